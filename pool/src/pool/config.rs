@@ -1,0 +1,244 @@
+//! The pool's knobs, their defaults, and the checks `build()` runs on them.
+
+use std::time::Duration;
+
+use crate::dial::{Dialer, Keepalive};
+
+/// Which idle connection a checkout takes.
+///
+/// ```
+/// use steadypool::QueueMode;
+/// assert_eq!(QueueMode::default(), QueueMode::Fifo);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueMode {
+    /// The one idle longest. Spreads use over all connections, so none sits idle long
+    /// enough to be dropped by a middlebox while the pool is busy.
+    #[default]
+    Fifo,
+    /// The one returned last. Keeps a hot core of connections and lets the rest idle
+    /// out, which saves server connections under light load.
+    Lifo,
+}
+
+/// The largest `TCP_KEEPCNT` Linux accepts.
+const MAX_KEEPALIVE_COUNT: u32 = 127;
+/// The largest `TCP_KEEPIDLE` / `TCP_KEEPINTVL` Linux accepts, in seconds.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) max_size: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) max_lifetime_jitter: Option<Duration>,
+    pub(crate) check_after: Duration,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) user_timeout: UserTimeout,
+    pub(crate) nodelay: bool,
+    pub(crate) queue_mode: QueueMode,
+    pub(crate) reaper_interval: Duration,
+    pub(crate) learn_idle_limit: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UserTimeout {
+    FollowKeepalive,
+    Set(Option<Duration>),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".to_owned(),
+            max_size: 10,
+            min_idle: 0,
+            wait_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(45)),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            max_lifetime_jitter: None,
+            check_after: Duration::from_millis(500),
+            keepalive: Some(Keepalive::default()),
+            user_timeout: UserTimeout::FollowKeepalive,
+            nodelay: true,
+            queue_mode: QueueMode::Fifo,
+            reaper_interval: Duration::from_secs(1),
+            learn_idle_limit: true,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn user_timeout(&self) -> Option<Duration> {
+        match self.user_timeout {
+            UserTimeout::Set(timeout) => timeout,
+            UserTimeout::FollowKeepalive => self.keepalive.map(|ka| ka.detection_time()),
+        }
+    }
+
+    /// How much earlier than `max_lifetime` a connection may be retired.
+    pub(crate) fn lifetime_jitter(&self) -> Duration {
+        match (self.max_lifetime_jitter, self.max_lifetime) {
+            (Some(jitter), _) => jitter,
+            (None, Some(lifetime)) => lifetime / 40,
+            (None, None) => Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn dialer(&self) -> Dialer {
+        Dialer::new()
+            .connect_timeout(self.connect_timeout)
+            .keepalive(self.keepalive)
+            .user_timeout(self.user_timeout())
+            .nodelay(self.nodelay)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        if self.max_size == 0 {
+            return Err(BuildError::ZeroMaxSize);
+        }
+        if self.min_idle > self.max_size {
+            return Err(BuildError::MinIdleAboveMaxSize {
+                min_idle: self.min_idle,
+                max_size: self.max_size,
+            });
+        }
+        for (knob, value) in [
+            ("wait_timeout", self.wait_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("ping_timeout", self.ping_timeout),
+            ("reaper_interval", self.reaper_interval),
+        ] {
+            if value.is_zero() {
+                return Err(BuildError::ZeroDuration { knob });
+            }
+        }
+        for (knob, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(BuildError::ZeroDuration { knob });
+            }
+        }
+        if let (Some(idle), Some(lifetime)) = (self.idle_timeout, self.max_lifetime)
+            && idle > lifetime
+        {
+            return Err(BuildError::IdleTimeoutAboveMaxLifetime { idle, lifetime });
+        }
+        if let (Some(jitter), Some(lifetime)) = (self.max_lifetime_jitter, self.max_lifetime)
+            && jitter >= lifetime
+        {
+            return Err(BuildError::JitterAboveMaxLifetime { jitter, lifetime });
+        }
+        if let Some(ka) = self.keepalive {
+            for (knob, value) in [
+                ("keepalive idle", ka.idle),
+                ("keepalive interval", ka.interval),
+            ] {
+                if value.as_secs() == 0 {
+                    return Err(BuildError::KeepaliveOutOfRange {
+                        knob,
+                        value: format!("{value:?}"),
+                        allowed: "1 s to 32767 s, in whole seconds",
+                    });
+                }
+                if value.as_secs() > MAX_KEEPALIVE_SECS {
+                    return Err(BuildError::KeepaliveOutOfRange {
+                        knob,
+                        value: format!("{value:?}"),
+                        allowed: "1 s to 32767 s, in whole seconds",
+                    });
+                }
+            }
+            if ka.count == 0 || ka.count > MAX_KEEPALIVE_COUNT {
+                return Err(BuildError::KeepaliveOutOfRange {
+                    knob: "keepalive count",
+                    value: ka.count.to_string(),
+                    allowed: "1 to 127 probes",
+                });
+            }
+        }
+        if let Some(timeout) = self.user_timeout()
+            && (timeout.is_zero() || timeout.as_millis() > u128::from(u32::MAX))
+        {
+            return Err(BuildError::UserTimeoutOutOfRange { timeout });
+        }
+        Ok(())
+    }
+}
+
+/// Why [`PoolBuilder::build`](crate::PoolBuilder::build) refused a configuration.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use steadypool::{drivers::tcp::TcpManager, BuildError, Pool};
+/// let err = Pool::builder(TcpManager::new("127.0.0.1:1")).max_size(0).build().unwrap_err();
+/// assert!(matches!(err, BuildError::ZeroMaxSize));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `max_size` is 0: no connection could ever be handed out.
+    #[error("max_size must be at least 1")]
+    ZeroMaxSize,
+    /// `min_idle` exceeds `max_size`.
+    #[error("min_idle ({min_idle}) must not exceed max_size ({max_size})")]
+    MinIdleAboveMaxSize {
+        /// The configured `min_idle`.
+        min_idle: usize,
+        /// The configured `max_size`.
+        max_size: usize,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{knob} must be greater than zero")]
+    ZeroDuration {
+        /// The knob's name.
+        knob: &'static str,
+    },
+    /// `idle_timeout` is longer than `max_lifetime`, so it could never fire.
+    #[error(
+        "idle_timeout ({idle:?}) must not exceed max_lifetime ({lifetime:?}); lower idle_timeout"
+    )]
+    IdleTimeoutAboveMaxLifetime {
+        /// The configured `idle_timeout`.
+        idle: Duration,
+        /// The configured `max_lifetime`.
+        lifetime: Duration,
+    },
+    /// The lifetime jitter would retire connections at birth.
+    #[error("max_lifetime_jitter ({jitter:?}) must be below max_lifetime ({lifetime:?})")]
+    JitterAboveMaxLifetime {
+        /// The configured jitter.
+        jitter: Duration,
+        /// The configured `max_lifetime`.
+        lifetime: Duration,
+    },
+    /// A keepalive setting the kernel would reject or that disables detection.
+    #[error("{knob} is {value}; allowed: {allowed}")]
+    KeepaliveOutOfRange {
+        /// Which setting.
+        knob: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted range.
+        allowed: &'static str,
+    },
+    /// `TCP_USER_TIMEOUT` outside 1 ms ..= u32::MAX ms.
+    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); use None to disable it")]
+    UserTimeoutOutOfRange {
+        /// The value given (or derived from keepalive).
+        timeout: Duration,
+    },
+    /// `build()` was called outside a tokio runtime; the reaper needs one.
+    #[error("build() must be called from within a tokio runtime (the pool spawns its reaper)")]
+    NoRuntime,
+}
