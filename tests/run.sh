@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. First installs, as root with apt-get, whatever the system
+# tests need and the machine lacks: PostgreSQL, Redis, iptables, iproute2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "NOT ROOT: cannot install ${missing[*]}; the tests that need them will say SKIPPED" >&2
+  fi
+fi
+
+cargo test --workspace --all-features "$@"
