@@ -306,10 +306,14 @@ impl Classify for io::Error {
     }
 }
 
-/// Walks an error's `source()` chain and classifies the first [`io::Error`] in it.
+/// Walks an error's `source()` chain and classifies the first [`io::Error`] (or
+/// [`DialError`](crate::DialError)) in it.
 ///
 /// Drivers wrap the transport error that broke the connection inside their own
-/// error types; this finds it. `None` when no I/O error is in the chain.
+/// error types; this finds it. A dial failure is classified as what it is, a failed
+/// connect (a dial timeout is `connect_timeout`, not the `user_timeout` its
+/// `ETIMEDOUT` would mean on an open connection). `None` when no I/O error is in the
+/// chain.
 ///
 /// ```
 /// use std::io;
@@ -328,6 +332,9 @@ impl Classify for io::Error {
 pub fn classify_source_chain(err: &(dyn StdError + 'static)) -> Option<Disposition> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
+        if let Some(dial) = e.downcast_ref::<crate::dial::DialError>() {
+            return Some(dial.classify());
+        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return Some(io.classify());
         }
@@ -396,6 +403,21 @@ mod tests {
             Disposition::Broken {
                 cause: ResetCause::PeerReset,
                 sent: Sent::Maybe
+            }
+        );
+    }
+
+    #[test]
+    fn a_dial_timeout_wrapped_in_an_io_error_is_a_connect_timeout() {
+        let dial = crate::dial::DialError::Timeout {
+            addr: "127.0.0.1:1".into(),
+            after: std::time::Duration::from_millis(300),
+        };
+        assert_eq!(
+            io::Error::from(dial).classify(),
+            Disposition::Broken {
+                cause: ResetCause::ConnectTimeout,
+                sent: Sent::No
             }
         );
     }

@@ -36,14 +36,20 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod breaker;
 pub mod cause;
+#[cfg(feature = "chaos")]
+pub mod chaos;
+pub mod diagnosis;
 pub mod dial;
 pub mod drivers;
 mod manager;
 pub mod metrics;
 mod pool;
 pub mod probe;
+pub mod retry;
 
+pub use crate::breaker::CircuitState;
 pub use crate::cause::{
     Classify, Disposition, Eviction, Phase, ResetCause, Sent, classify_source_chain,
 };
@@ -51,3 +57,8 @@ pub use crate::dial::{Address, DialError, Dialer, Keepalive};
 pub use crate::manager::Manager;
 pub use crate::pool::{BuildError, Connection, Error, Pool, PoolBuilder, QueueMode, Status};
 pub use crate::probe::SocketRef;
+pub use crate::retry::{
+    AttemptError, GiveUp, Idempotency, OperationFuture, PolicyError, RetryPolicy, RunError,
+};
+#[cfg(feature = "derive")]
+pub use steadypool_derive::Classify;

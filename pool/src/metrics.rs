@@ -10,7 +10,7 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `steadypool_resets_total` | counter | `cause`, `phase` | connections that broke, by why and when |
+//! | `steadypool_resets_total` | counter | `cause`, `phase` | connections that broke or could not be opened (`phase="connect"`), by why and when |
 //! | `steadypool_evictions_total` | counter | `reason` | connections closed on purpose |
 //! | `steadypool_retries_total` | counter | `cause`, `outcome` | operations that hit a broken connection, and what became of them |
 //! | `steadypool_connects_total` | counter | `outcome` | connect attempts: `ok` or the failure's cause |
@@ -19,8 +19,12 @@
 //! | `steadypool_connections` | gauge | `state` (`idle`, `in_use`) | pooled connections |
 //! | `steadypool_waiters` | gauge | | tasks waiting in `get()` |
 //! | `steadypool_circuit_state` | gauge | | connect circuit: 0 closed, 1 half-open, 2 open |
-//! | `steadypool_idle_limit_lower_seconds` | gauge | | longest idle time seen harmless on this path |
-//! | `steadypool_idle_limit_upper_seconds` | gauge | | shortest idle time after which a connection was found dead |
+//! | `steadypool_idle_limit_lower_seconds` | gauge | | longest idle time seen harmless on this path (0: none yet) |
+//! | `steadypool_idle_limit_upper_seconds` | gauge | | shortest idle time after which a connection was found closed (NaN: none) |
+//! | `steadypool_idle_evict_after_seconds` | gauge | | idle time after which the pool closes a connection now (`+Inf`: never) |
+//!
+//! The occupancy gauges are refreshed on every reaper tick; the idle-limit gauges
+//! whenever the evidence changes (see [`crate::diagnosis`]).
 
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use metrics::{
 };
 
 use crate::cause::{Eviction, Phase, ResetCause};
+use crate::diagnosis::IdleLimit;
 
 /// Connections that broke, by `cause` and `phase`.
 pub const RESETS: &str = "steadypool_resets_total";
@@ -53,6 +58,8 @@ pub const CIRCUIT_STATE: &str = "steadypool_circuit_state";
 pub const IDLE_LIMIT_LOWER: &str = "steadypool_idle_limit_lower_seconds";
 /// Upper bound of the learned idle limit.
 pub const IDLE_LIMIT_UPPER: &str = "steadypool_idle_limit_upper_seconds";
+/// The idle time after which the pool closes a connection now.
+pub const IDLE_EVICT_AFTER: &str = "steadypool_idle_evict_after_seconds";
 
 /// What became of an operation that hit a broken connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,12 +135,17 @@ fn describe() {
     describe_gauge!(
         IDLE_LIMIT_LOWER,
         Unit::Seconds,
-        "Longest idle time after which a connection was still fine (learned)."
+        "Longest idle time after which a connection was reused without trouble (learned); 0 while none was."
     );
     describe_gauge!(
         IDLE_LIMIT_UPPER,
         Unit::Seconds,
-        "Shortest idle time after which a connection was found dead (learned)."
+        "Shortest idle time after which a connection was found closed or reset (learned); NaN while none was."
+    );
+    describe_gauge!(
+        IDLE_EVICT_AFTER,
+        Unit::Seconds,
+        "Idle time after which the pool closes a connection now: idle_timeout, or the learned limit when lower; +Inf for never."
     );
 }
 
@@ -153,6 +165,7 @@ pub(crate) struct Recorder {
     circuit_state: Gauge,
     idle_limit_lower: Gauge,
     idle_limit_upper: Gauge,
+    idle_evict_after: Gauge,
 }
 
 impl Recorder {
@@ -198,7 +211,8 @@ impl Recorder {
             waiters: gauge!(WAITERS, "pool" => pool.clone()),
             circuit_state: gauge!(CIRCUIT_STATE, "pool" => pool.clone()),
             idle_limit_lower: gauge!(IDLE_LIMIT_LOWER, "pool" => pool.clone()),
-            idle_limit_upper: gauge!(IDLE_LIMIT_UPPER, "pool" => pool),
+            idle_limit_upper: gauge!(IDLE_LIMIT_UPPER, "pool" => pool.clone()),
+            idle_evict_after: gauge!(IDLE_EVICT_AFTER, "pool" => pool),
         }
     }
 
@@ -250,12 +264,93 @@ impl Recorder {
         self.circuit_state.set(state);
     }
 
-    pub(crate) fn idle_limit(&self, lower: Option<Duration>, upper: Option<Duration>) {
-        if let Some(lower) = lower {
-            self.idle_limit_lower.set(lower.as_secs_f64());
+    pub(crate) fn idle_limit(&self, limit: &IdleLimit) {
+        self.idle_limit_lower
+            .set(limit.lower.map_or(0.0, |lower| lower.as_secs_f64()));
+        self.idle_limit_upper
+            .set(limit.upper.map_or(f64::NAN, |upper| upper.as_secs_f64()));
+        self.idle_evict_after.set(
+            limit
+                .evict_after
+                .map_or(f64::INFINITY, |after| after.as_secs_f64()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_and_described_when_a_pool_is_built() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let pool = metrics::with_local_recorder(&recorder, || Recorder::new("described"));
+        pool.reset(ResetCause::UserTimeout, Phase::InUse);
+        pool.retry(ResetCause::PeerReset, RetryOutcome::NotSafe);
+        let snapshot = snapshotter.snapshot().into_vec();
+        for name in [
+            RESETS,
+            EVICTIONS,
+            RETRIES,
+            CONNECTS,
+            CONNECT_DURATION,
+            CHECKOUT_WAIT,
+            CONNECTIONS,
+            WAITERS,
+            CIRCUIT_STATE,
+            IDLE_LIMIT_LOWER,
+            IDLE_LIMIT_UPPER,
+            IDLE_EVICT_AFTER,
+        ] {
+            let series: Vec<_> = snapshot
+                .iter()
+                .filter(|(key, ..)| key.key().name() == name)
+                .collect();
+            assert!(!series.is_empty(), "{name} is not registered");
+            for (key, _, description, _) in &series {
+                assert!(description.is_some(), "{name} has no description");
+                assert!(
+                    key.key()
+                        .labels()
+                        .any(|l| l.key() == "pool" && l.value() == "described"),
+                    "{name} lacks the pool label"
+                );
+            }
         }
-        if let Some(upper) = upper {
-            self.idle_limit_upper.set(upper.as_secs_f64());
-        }
+        let counted = |name: &str, labels: &[(&str, &str)]| {
+            snapshot
+                .iter()
+                .filter(|(key, ..)| {
+                    key.key().name() == name
+                        && labels.iter().all(|(k, v)| {
+                            key.key().labels().any(|l| l.key() == *k && l.value() == *v)
+                        })
+                })
+                .map(|(.., value)| match value {
+                    DebugValue::Counter(n) => *n,
+                    _ => 0,
+                })
+                .sum::<u64>()
+        };
+        assert_eq!(
+            counted(RESETS, &[("cause", "user_timeout"), ("phase", "in_use")]),
+            1
+        );
+        assert_eq!(counted(RESETS, &[]), 1);
+        assert_eq!(
+            counted(RETRIES, &[("cause", "peer_reset"), ("outcome", "not_safe")]),
+            1
+        );
+        // Every combination exists from the start, so rates never miss a series.
+        assert_eq!(
+            snapshot
+                .iter()
+                .filter(|(key, ..)| key.key().name() == RESETS)
+                .count(),
+            ResetCause::ALL.len() * Phase::ALL.len()
+        );
     }
 }

@@ -29,10 +29,9 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::task::{Context, Poll, Waker};
 
 use socket2::SockRef;
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// A connection's socket, as a [`crate::Manager`] exposes it for probing.
@@ -93,8 +92,7 @@ pub enum Liveness {
 
 /// Probes an idle connection without consuming anything from it.
 ///
-/// Call it only on a connection no other task is reading from: on a
-/// [`SocketRef::Tokio`] stream the probe registers a no-op waker for reads.
+/// Call it only on a connection no other task is reading from.
 pub fn check(socket: SocketRef<'_>) -> Liveness {
     match socket {
         SocketRef::Tokio(stream) => check_tokio(stream),
@@ -104,15 +102,16 @@ pub fn check(socket: SocketRef<'_>) -> Liveness {
 
 fn check_tokio(stream: &TcpStream) -> Liveness {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    let mut buf = ReadBuf::uninit(&mut byte);
-    let mut cx = Context::from_waker(Waker::noop());
-    // `poll_peek` consults tokio's readiness first and returns `Pending` without a
-    // system call when nothing was recorded; when something was, it peeks and, on
-    // `EAGAIN`, clears the stale readiness so the next probe is free again.
-    match stream.poll_peek(&mut cx, &mut buf) {
-        Poll::Pending => Liveness::Alive,
-        Poll::Ready(result) => from_peek(result),
-    }
+    // `try_io` looks at the readiness tokio recorded (an atomic load) and returns
+    // `WouldBlock` without calling the closure when nothing was recorded; when
+    // something was, the closure peeks and, on `EAGAIN`, tokio clears the stale
+    // readiness so the next probe is free again. Unlike `poll_peek` it neither
+    // registers a waker nor draws on the task's cooperative budget: with the budget
+    // spent, `poll_peek` answers `Pending`, which would pass a dead socket as alive.
+    // READABLE alone: its mask covers a FIN and an RST (read-closed); a combined
+    // interest would match nothing here.
+    let result = stream.try_io(Interest::READABLE, || SockRef::from(stream).peek(&mut byte));
+    from_peek(result)
 }
 
 fn check_raw(sock: &SockRef<'_>) -> Liveness {

@@ -1,1 +1,26 @@
-//! Fixtures for the system tests.
+//! Fixtures for the system tests: real servers on loopback and a manager for them, the
+//! kernel's view of this process's sockets, and the metrics a pool recorded.
+
+use std::time::Duration;
+
+pub mod flaky;
+pub mod line_manager;
+pub mod recorded;
+pub mod servers;
+pub mod sockets;
+
+/// Checks `condition` every 10 ms until it holds or `within` passes; returns whether
+/// it held. Timing-dependent tests wait with a generous `within` instead of sleeping a
+/// guessed amount.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,7 +1,29 @@
 //! Ready-made managers.
 //!
-//! | driver | connection | feature |
-//! |---|---|---|
-//! | [`tcp`] | a raw [`tokio::net::TcpStream`] with the pool's socket options | always |
+//! | driver | connection | socket probe | ping | feature |
+//! |---|---|---|---|---|
+//! | [`tcp`] | a raw [`tokio::net::TcpStream`] with the pool's socket options | free (tokio readiness) | none | always |
+//! | [`postgres`] | a `tokio_postgres::Client` on the pool's socket | one `peek` on a duplicated descriptor | empty query | `postgres` |
+//! | [`redis`] | a `redis::aio::MultiplexedConnection` on the pool's socket | one `peek` on a duplicated descriptor | `PING` | `redis` |
+//! | [`deadpool`] | whatever an existing `deadpool::managed::Manager` makes | none (the socket is out of reach) | the manager's `recycle` | always |
 
+pub mod deadpool;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod tcp;
+
+/// Borrows a duplicated socket the way the probe takes it, for drivers whose
+/// background task owns the original.
+#[cfg(all(unix, any(feature = "postgres", feature = "redis")))]
+fn borrow_raw(socket: &socket2::Socket) -> crate::probe::RawSocket<'_> {
+    std::os::fd::AsFd::as_fd(socket)
+}
+
+#[cfg(all(windows, any(feature = "postgres", feature = "redis")))]
+fn borrow_raw(socket: &socket2::Socket) -> crate::probe::RawSocket<'_> {
+    std::os::windows::io::AsSocket::as_socket(socket)
+}

@@ -6,6 +6,7 @@ use super::config::{BuildError, Config, QueueMode, UserTimeout};
 use super::{Pool, reaper};
 use crate::dial::Keepalive;
 use crate::manager::Manager;
+use crate::retry::RetryPolicy;
 
 /// Configures and builds a [`Pool`].
 ///
@@ -28,6 +29,10 @@ use crate::manager::Manager;
 /// | [`queue_mode`](Self::queue_mode) | FIFO | connections idling out while the pool is busy |
 /// | [`reaper_interval`](Self::reaper_interval) | 1 s | dead sockets lingering in `CLOSE_WAIT` |
 /// | [`learn_idle_limit`](Self::learn_idle_limit) | on | repeated resets from an idle limit below `idle_timeout` |
+/// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2 | a burst of waiters, or a restarted upstream's every client, dialing at once |
+/// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
+/// | [`circuit_open_for`](Self::circuit_open_for) | 1 s | trial connects hammering a down upstream, or in lock-step across a fleet |
+/// | [`retry_policy`](Self::retry_policy) | [`RetryPolicy::default`] | retries without end, without pause, or multiplying an outage's load |
 ///
 /// Common idle limits on the path, to set [`idle_timeout`](Self::idle_timeout) below:
 ///
@@ -184,6 +189,41 @@ impl<M: Manager> PoolBuilder<M> {
     /// than `idle_timeout`.
     pub fn learn_idle_limit(mut self, learn: bool) -> Self {
         self.config.learn_idle_limit = learn;
+        self
+    }
+
+    /// How many connects may be in flight at once (see [`crate::breaker`]). Default 2.
+    /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
+    /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
+    /// storm of connections and handshakes at the same moment.
+    pub fn max_concurrent_connects(mut self, connects: usize) -> Self {
+        self.config.max_concurrent_connects = connects;
+        self
+    }
+
+    /// Open the connect circuit after this many consecutive failed connects. Default
+    /// 3. While open, checkouts that need a new connection fail at once with
+    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen) instead of each dialing an
+    /// upstream that is down. `u32::MAX` in effect turns the circuit off.
+    pub fn circuit_open_after(mut self, failures: u32) -> Self {
+        self.config.circuit_open_after = failures;
+        self
+    }
+
+    /// How long the circuit stays open at most before a trial connect: each open period
+    /// is drawn at random between half of this and all of it. Default 1 s. Bounds how
+    /// soon the pool notices a recovered upstream, while keeping trial connects rare and
+    /// out of step with other pools.
+    pub fn circuit_open_for(mut self, period: Duration) -> Self {
+        self.config.circuit_open_for = period;
+        self
+    }
+
+    /// Attempts, deadline, backoff and retry budget for [`Pool::run`] and its
+    /// siblings. Default [`RetryPolicy::default`]. Its deadline must be at least
+    /// `connect_timeout`.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
         self
     }
 

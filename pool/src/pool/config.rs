@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use crate::breaker::GateConfig;
 use crate::dial::{Dialer, Keepalive};
+use crate::retry::{PolicyError, RetryPolicy};
 
 /// Which idle connection a checkout takes.
 ///
@@ -44,6 +46,10 @@ pub(crate) struct Config {
     pub(crate) queue_mode: QueueMode,
     pub(crate) reaper_interval: Duration,
     pub(crate) learn_idle_limit: bool,
+    pub(crate) max_concurrent_connects: usize,
+    pub(crate) circuit_open_after: u32,
+    pub(crate) circuit_open_for: Duration,
+    pub(crate) retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +77,10 @@ impl Default for Config {
             queue_mode: QueueMode::Fifo,
             reaper_interval: Duration::from_secs(1),
             learn_idle_limit: true,
+            max_concurrent_connects: 2,
+            circuit_open_after: 3,
+            circuit_open_for: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -89,6 +99,14 @@ impl Config {
             (Some(jitter), _) => jitter,
             (None, Some(lifetime)) => lifetime / 40,
             (None, None) => Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn gate(&self) -> GateConfig {
+        GateConfig {
+            max_concurrent_connects: self.max_concurrent_connects,
+            open_after: self.circuit_open_after,
+            open_for: self.circuit_open_for,
         }
     }
 
@@ -115,6 +133,7 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("ping_timeout", self.ping_timeout),
             ("reaper_interval", self.reaper_interval),
+            ("circuit_open_for", self.circuit_open_for),
         ] {
             if value.is_zero() {
                 return Err(BuildError::ZeroDuration { knob });
@@ -166,6 +185,17 @@ impl Config {
                 });
             }
         }
+        if self.max_concurrent_connects == 0 {
+            return Err(BuildError::ZeroLimit {
+                knob: "max_concurrent_connects",
+            });
+        }
+        if self.circuit_open_after == 0 {
+            return Err(BuildError::ZeroLimit {
+                knob: "circuit_open_after",
+            });
+        }
+        self.retry.validate_for(self.connect_timeout)?;
         if let Some(timeout) = self.user_timeout()
             && (timeout.is_zero() || timeout.as_millis() > u128::from(u32::MAX))
         {
@@ -238,6 +268,15 @@ pub enum BuildError {
         /// The value given (or derived from keepalive).
         timeout: Duration,
     },
+    /// A count that must be at least 1 is zero.
+    #[error("{knob} must be at least 1")]
+    ZeroLimit {
+        /// The knob's name.
+        knob: &'static str,
+    },
+    /// The retry policy was refused.
+    #[error("retry policy: {0}")]
+    RetryPolicy(#[from] PolicyError),
     /// `build()` was called outside a tokio runtime; the reaper needs one.
     #[error("build() must be called from within a tokio runtime (the pool spawns its reaper)")]
     NoRuntime,

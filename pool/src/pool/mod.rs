@@ -27,8 +27,10 @@ use deadpool::managed::{Object, PoolError};
 pub use self::builder::PoolBuilder;
 use self::config::Config;
 pub use self::config::{BuildError, QueueMode};
-pub(crate) use self::slot::{Adapter, ConnectError, Core};
+pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
+use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
+use crate::diagnosis::{self, IdleLimit};
 use crate::manager::Manager;
 
 type Inner<M> = deadpool::managed::Pool<Adapter<M>>;
@@ -92,6 +94,8 @@ pub struct Status {
     pub in_use: usize,
     /// Tasks waiting for a connection.
     pub waiting: usize,
+    /// The connect circuit (see [`crate::breaker`]).
+    pub circuit: CircuitState,
 }
 
 /// Why a checkout failed.
@@ -119,6 +123,20 @@ pub enum Error<E: StdError + 'static> {
     /// A new connection was not ready within `connect_timeout`.
     #[error("could not connect (connect_timeout): no connection within {0:?}")]
     ConnectTimeout(Duration),
+    /// A new connection was needed, but the connect circuit is open: recent connects
+    /// all failed, so the pool did not dial (see [`crate::breaker`]).
+    #[error(
+        "not connecting: the connect circuit is open after {failures} failed connects \
+         (last cause: {cause}); next trial connect in {retry_in:?}"
+    )]
+    CircuitOpen {
+        /// The cause of the last failed connect.
+        cause: ResetCause,
+        /// Consecutive failed connects.
+        failures: u32,
+        /// Time until a trial connect may start (zero while one is in flight).
+        retry_in: Duration,
+    },
 }
 
 impl<E: StdError + 'static> Error<E> {
@@ -127,6 +145,7 @@ impl<E: StdError + 'static> Error<E> {
         match self {
             Error::Connect { cause, .. } => Some(*cause),
             Error::ConnectTimeout(_) => Some(ResetCause::ConnectTimeout),
+            Error::CircuitOpen { cause, .. } => Some(*cause),
             Error::Timeout(_) | Error::Closed => None,
         }
     }
@@ -217,6 +236,11 @@ impl<M: Manager> Pool<M> {
                     Error::Connect { cause, source }
                 }
                 PoolError::Backend(ConnectError::TimedOut(after)) => Error::ConnectTimeout(after),
+                PoolError::Backend(ConnectError::CircuitOpen(refusal)) => Error::CircuitOpen {
+                    cause: refusal.cause,
+                    failures: refusal.failures,
+                    retry_in: refusal.retry_in,
+                },
                 PoolError::Timeout(_) => Error::Timeout(wait),
                 PoolError::Closed
                 | PoolError::NoRuntimeSpecified
@@ -235,6 +259,7 @@ impl<M: Manager> Pool<M> {
             idle: status.available,
             in_use: status.size - status.available,
             waiting: status.waiting,
+            circuit: self.core().gate.state(),
         }
     }
 
@@ -260,6 +285,25 @@ impl<M: Manager> Pool<M> {
     /// Whether [`Pool::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.inner().is_closed()
+    }
+
+    /// What the pool has learned about the path's idle limit, and the idle time after
+    /// which it closes connections now (see [`crate::diagnosis`]).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
+    /// let limit = pool.idle_limit();
+    /// if let Some(below) = limit.recommended_idle_timeout() {
+    ///     println!("idle connections die on this path; set idle_timeout below {below:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn idle_limit(&self) -> IdleLimit {
+        let core = self.core();
+        core.diagnosis.idle_limit(Instant::now(), &core.recorder)
     }
 }
 
@@ -307,6 +351,18 @@ impl<M: Manager> Connection<M> {
     /// counted as a reset with `cause` in phase `in_use`.
     pub fn mark_broken(&mut self, cause: ResetCause) {
         self.broken = Some(cause);
+    }
+
+    /// Whether this connection served an earlier checkout (it sat in the pool before).
+    pub(crate) fn is_reused(&self) -> bool {
+        Object::metrics(self.slot_object()).recycle_count > 0
+    }
+
+    fn slot_object(&self) -> &Object<Adapter<M>> {
+        match &self.object {
+            Some(object) => object,
+            None => unreachable!("a Connection holds its object until dropped"),
+        }
     }
 
     /// Whether [`Connection::mark_broken`] was called.
@@ -357,12 +413,24 @@ impl<M: Manager> Drop for Connection<M> {
         match self.broken {
             Some(cause) => {
                 if let Some(pool) = Object::pool(&object) {
-                    let dead = object.obituary(now);
+                    // What the path did to it depends on how long it sat idle before
+                    // this checkout, not on how long the application held it.
+                    let dead = Obituary {
+                        idle: object.reused_after,
+                        ..object.obituary(now)
+                    };
                     pool.manager().core.record_reset(cause, Phase::InUse, &dead);
                 }
                 drop(Object::take(object));
             }
-            None => object.idle_since = now,
+            None => {
+                if diagnosis::teaches_idle_limit(object.reused_after)
+                    && let Some(pool) = Object::pool(&object)
+                {
+                    pool.manager().core.record_reuse(object.reused_after);
+                }
+                object.idle_since = now;
+            }
         }
     }
 }

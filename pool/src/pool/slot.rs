@@ -20,10 +20,13 @@ use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use super::config::Config;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
+use crate::breaker::{Gate, Refusal};
+use crate::diagnosis::Diagnosis;
 use crate::dial::Dialer;
 use crate::manager::Manager;
 use crate::metrics::Recorder;
 use crate::probe::{self, Liveness};
+use crate::retry::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
 #[derive(Debug)]
@@ -37,6 +40,9 @@ pub(crate) struct Slot<C> {
     /// When the connection last carried traffic the pool knows of: its return to the
     /// pool, or a successful ping.
     pub(crate) idle_since: Instant,
+    /// How long it sat idle before its current checkout (zero for a new connection):
+    /// what its fate in use teaches about the path's idle limit.
+    pub(crate) reused_after: Duration,
 }
 
 /// Why an idle or returning connection leaves the pool.
@@ -73,22 +79,41 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) dialer: Dialer,
     pub(crate) recorder: Recorder,
+    pub(crate) diagnosis: Diagnosis,
+    pub(crate) gate: Gate,
+    pub(crate) retry: RetryState,
     next_id: AtomicU64,
 }
 
 impl Core {
     pub(crate) fn new(config: Config) -> Core {
+        let recorder = Recorder::new(&config.name);
+        let diagnosis = Diagnosis::new(
+            config.idle_timeout,
+            config.learn_idle_limit,
+            config.reaper_interval,
+        );
+        diagnosis.idle_limit(Instant::now(), &recorder);
         Core {
             dialer: config.dialer(),
-            recorder: Recorder::new(&config.name),
+            recorder,
+            diagnosis,
+            gate: Gate::new(config.gate(), &config.name),
+            retry: RetryState::new(&config.retry),
             config,
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// The idle limit in force now: `idle_timeout`.
-    pub(crate) fn idle_limit(&self) -> Option<Duration> {
-        self.config.idle_timeout
+    /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
+    /// lower (see [`crate::diagnosis`]).
+    pub(crate) fn idle_limit(&self, now: Instant) -> Option<Duration> {
+        self.diagnosis.evict_after(now, &self.recorder)
+    }
+
+    /// A connection that sat idle for `idle` before its checkout came back healthy.
+    pub(crate) fn record_reuse(&self, idle: Duration) {
+        self.diagnosis.reused(idle, Instant::now(), &self.recorder);
     }
 
     /// The checks that need no I/O beyond the probe: used by checkout and the reaper.
@@ -102,7 +127,7 @@ impl Core {
             return Verdict::Evict(Eviction::MaxLifetime);
         }
         if self
-            .idle_limit()
+            .idle_limit(now)
             .is_some_and(|limit| now.saturating_duration_since(slot.idle_since) >= limit)
         {
             return Verdict::Evict(Eviction::IdleExpired);
@@ -119,19 +144,10 @@ impl Core {
         }
     }
 
-    /// Records a connection that broke.
+    /// Records a connection that broke: counted, learned from, and logged with a hint.
     pub(crate) fn record_reset(&self, cause: ResetCause, phase: Phase, dead: &Obituary) {
-        self.recorder.reset(cause, phase);
-        tracing::warn!(
-            pool = %self.config.name,
-            conn = dead.id,
-            cause = cause.as_str(),
-            phase = phase.as_str(),
-            idle_secs = dead.idle.as_secs_f64(),
-            age_secs = dead.age.as_secs_f64(),
-            peer = ?dead.peer,
-            "connection reset",
-        );
+        self.diagnosis
+            .reset(&self.config.name, &self.recorder, cause, phase, dead);
     }
 
     /// Records a connection closed on purpose.
@@ -163,6 +179,8 @@ pub(crate) enum ConnectError<E> {
     Failed(ResetCause, #[source] E),
     #[error("no connection within {0:?}")]
     TimedOut(Duration),
+    #[error("connect circuit open ({})", .0.cause)]
+    CircuitOpen(Refusal),
 }
 
 /// The deadpool manager wrapping a steadypool [`Manager`].
@@ -209,20 +227,21 @@ impl<M: Manager> Adapter<M> {
                     created: now,
                     retire_at: lifetime.map(|l| now + l),
                     idle_since: now,
+                    reused_after: Duration::ZERO,
                 })
             }
             Err(err) => {
                 let cause = match &err {
                     ConnectError::Failed(cause, _) => *cause,
                     ConnectError::TimedOut(_) => ResetCause::ConnectTimeout,
+                    ConnectError::CircuitOpen(refusal) => refusal.cause,
                 };
                 self.core.recorder.connect(Err(cause), took);
-                tracing::warn!(
-                    pool = %self.core.config.name,
-                    cause = cause.as_str(),
-                    phase = Phase::Connect.as_str(),
-                    error = %err,
-                    "connect failed",
+                self.core.diagnosis.connect_failed(
+                    &self.core.config.name,
+                    &self.core.recorder,
+                    cause,
+                    &err,
                 );
                 Err(err)
             }
@@ -235,11 +254,25 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
     type Error = ConnectError<M::Error>;
 
     async fn create(&self) -> Result<Self::Type, Self::Error> {
-        self.connect().await
+        let ticket = self
+            .core
+            .gate
+            .enter(&self.core.recorder)
+            .await
+            .map_err(ConnectError::CircuitOpen)?;
+        let result = self.connect().await;
+        match &result {
+            Ok(_) => ticket.succeeded(),
+            Err(ConnectError::Failed(cause, _)) => ticket.failed(*cause),
+            Err(ConnectError::TimedOut(_)) => ticket.failed(ResetCause::ConnectTimeout),
+            Err(ConnectError::CircuitOpen(_)) => drop(ticket),
+        }
+        result
     }
 
     async fn recycle(&self, slot: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
         let now = Instant::now();
+        slot.reused_after = now.saturating_duration_since(slot.idle_since);
         let mut verdict = self.core.inspect(&self.manager, slot, now);
         if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
             verdict = Verdict::Reset(ResetCause::Other);

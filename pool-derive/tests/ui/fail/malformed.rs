@@ -1,0 +1,13 @@
+use steadypool::Classify;
+
+#[derive(Debug, Classify)]
+enum E {
+    #[classify]
+    Bare,
+    #[classify(broken)]
+    NoCause,
+    #[classify(transient = "yes")]
+    Valued,
+}
+
+fn main() {}

@@ -1,0 +1,194 @@
+//! The hint on each reset warning: what most likely happened, and what to change.
+//!
+//! The text follows the three production causes: an idle-timeout conflict with a
+//! middlebox (a close found after idling, with the learned interval and the
+//! `idle_timeout` to set), an upstream crash or exhaustion (refused connects, busy
+//! connections reset), and a silent black hole (timeouts).
+
+use std::time::Duration;
+
+use super::idle_limit::{IdleLimit, MIN_EVIDENCE_IDLE, Reading};
+use crate::cause::{Phase, ResetCause};
+
+/// A duration the way an operator reads it: "61 s", "2.4 s", "350 ms".
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 10.0 {
+        format!("{secs:.0} s")
+    } else if secs >= 1.0 {
+        format!("{secs:.1} s")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// Like [`human`], but never above `d`: for values to stay below.
+fn human_floor(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 10.0 {
+        format!("{} s", d.as_secs())
+    } else if secs >= 1.0 {
+        format!("{:.1} s", (secs * 10.0).floor() / 10.0)
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn closed_how(cause: ResetCause) -> &'static str {
+    match cause {
+        ResetCause::PeerClosed => "closed by the peer (FIN)",
+        ResetCause::BrokenPipe => "broken pipe (EPIPE)",
+        _ => "reset (RST)",
+    }
+}
+
+/// The hint for a connection lost with `cause` in `phase` after `idle` (for one
+/// lost in use: the idle time before that checkout), given what the reset said about
+/// the path and what is known of its idle limit. `enforcing`: the pool evicts by the
+/// learned limit.
+pub(crate) fn hint(
+    cause: ResetCause,
+    phase: Phase,
+    idle: Duration,
+    reading: Reading,
+    limit: &IdleLimit,
+    enforcing: bool,
+) -> String {
+    match (reading, cause) {
+        (Reading::AfterIdle, _) => after_idle(cause, idle, limit, enforcing),
+        (Reading::UpstreamFailure, ResetCause::Refused) => {
+            "connect refused: upstream down or its listen backlog full; check that it runs and keeps up with accepting".to_owned()
+        }
+        (Reading::UpstreamFailure, _) => {
+            let when = if phase == Phase::InUse && idle < MIN_EVIDENCE_IDLE {
+                "while in use".to_owned()
+            } else if idle < MIN_EVIDENCE_IDLE {
+                format!("only {} after its last use", human(idle))
+            } else {
+                format!(
+                    "after {} idle, together with refused connects or busy connections failing",
+                    human(idle)
+                )
+            };
+            format!(
+                "{} {when}: the upstream crashed, restarted or shed load (max_connections, OOM kill), not an idle timeout; check its logs and restarts",
+                closed_how(cause)
+            )
+        }
+        (Reading::Unrelated, cause) => unrelated(cause, idle),
+    }
+}
+
+fn after_idle(cause: ResetCause, idle: Duration, limit: &IdleLimit, enforcing: bool) -> String {
+    let range = match (limit.lower, limit.upper) {
+        (Some(lower), Some(upper)) => format!("between {} and {}", human(lower), human(upper)),
+        (None, Some(upper)) => format!("idle for {} or less", human(upper)),
+        (_, None) => format!("idle for {} or less", human(idle)),
+    };
+    let below = limit.recommended_idle_timeout().unwrap_or(idle);
+    let mut text = format!(
+        "{} after {} idle: an intermediary (load balancer, NAT, firewall) or the server's own idle timeout closes connections {range}; set idle_timeout below {}",
+        closed_how(cause),
+        human(idle),
+        human_floor(below),
+    );
+    if enforcing && let Some(after) = limit.evict_after {
+        text.push_str(&format!(
+            " (meanwhile the pool closes connections idle for {})",
+            human_floor(after)
+        ));
+    }
+    text
+}
+
+fn unrelated(cause: ResetCause, idle: Duration) -> String {
+    match cause {
+        ResetCause::ConnectTimeout => "no connection within connect_timeout: a firewall drops the SYNs (black hole), the host is down, or the upstream's accept backlog is full".to_owned(),
+        ResetCause::KeepaliveTimeout => "peer unreachable: a firewall or NAT dropped this flow, or the host died (keepalive probes went unanswered); keep the keepalive idle time below the path's state timeout".to_owned(),
+        ResetCause::UserTimeout => "black hole mid-request: sent data went unacknowledged for user_timeout (a firewall or NAT dropped the flow, or the host vanished)".to_owned(),
+        ResetCause::UnexpectedData => "bytes arrived on an idle connection: a reply read late or never (a cancelled request left its response behind: protocol desync), or a notice the server sent before closing".to_owned(),
+        ResetCause::PingFailed => format!(
+            "the socket looked open but the ping failed after {} idle: the server is stuck or overloaded, or a middlebox dropped the flow silently; check the server and ping_timeout",
+            human(idle)
+        ),
+        _ => "an unclassified failure; the error says more".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human(Duration::from_millis(61_400)), "61 s");
+        assert_eq!(human(Duration::from_millis(2_449)), "2.4 s");
+        assert_eq!(human(Duration::from_millis(350)), "350 ms");
+        assert_eq!(human_floor(Duration::from_millis(45_750)), "45 s");
+        assert_eq!(human_floor(Duration::from_millis(1_999)), "1.9 s");
+    }
+
+    #[test]
+    fn a_close_after_idle_names_the_interval_and_the_fix() {
+        let limit = IdleLimit {
+            lower: Some(45 * S),
+            upper: Some(61 * S),
+            evict_after: Some(Duration::from_millis(45_750)),
+        };
+        let text = hint(
+            ResetCause::PeerReset,
+            Phase::Checkout,
+            61 * S,
+            Reading::AfterIdle,
+            &limit,
+            false,
+        );
+        assert!(text.contains("after 61 s idle"), "{text}");
+        assert!(text.contains("between 45 s and 61 s"), "{text}");
+        assert!(text.contains("set idle_timeout below 45 s"), "{text}");
+        assert!(!text.contains("meanwhile"), "{text}");
+    }
+
+    #[test]
+    fn every_cause_gets_a_hint_that_says_what_to_look_at() {
+        let none = IdleLimit::default();
+        let refused = hint(
+            ResetCause::Refused,
+            Phase::Connect,
+            Duration::ZERO,
+            Reading::UpstreamFailure,
+            &none,
+            true,
+        );
+        assert!(refused.contains("upstream down or its listen backlog full"));
+        let crash = hint(
+            ResetCause::PeerReset,
+            Phase::InUse,
+            Duration::ZERO,
+            Reading::UpstreamFailure,
+            &none,
+            true,
+        );
+        assert!(crash.contains("while in use") && crash.contains("crashed"));
+        let keepalive = hint(
+            ResetCause::KeepaliveTimeout,
+            Phase::Idle,
+            20 * S,
+            Reading::Unrelated,
+            &none,
+            true,
+        );
+        assert!(keepalive.contains("peer unreachable: a firewall or NAT dropped this flow"));
+        for cause in ResetCause::ALL {
+            for reading in [
+                Reading::AfterIdle,
+                Reading::UpstreamFailure,
+                Reading::Unrelated,
+            ] {
+                assert!(!hint(cause, Phase::Idle, S, reading, &none, true).is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The learned idle limit: how long a connection may sit idle on this path before
+//! something on it (a load balancer, a NAT gateway, a firewall, the server's own
+//! keepalive timeout) closes it.
+//!
+//! Nobody tells the client that limit, but every reset is a measurement of it:
+//!
+//! * a connection found closed or reset (FIN, RST, `EPIPE`) after sitting idle for
+//!   `d` bounds the limit **from above**: the limit is at most `d`;
+//! * a connection reused after sitting idle for `d` that came back healthy bounds it
+//!   **from below**: the limit is above `d`.
+//!
+//! The learner keeps the shortest such upper bound and the longest such lower bound.
+//! Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
+//! connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
+//! later than the configured `idle_timeout`. The lower bound is proven harmless, and the
+//! 5 % margin keeps timer jitter on either side from crossing it; 75 % of the upper
+//! bound covers the time the pool needs to notice a close (up to a reaper interval).
+//! Every further reset narrows the interval, so resets stop after a few.
+//!
+//! What is not an idle limit must not teach one:
+//!
+//! * A close found less than [`MIN_EVIDENCE_IDLE`] after the connection's last use says
+//!   the upstream failed (crash, restart, overload), and so does a refused connect.
+//!   Such an upstream failure also voids any upper bound learned shortly before it and
+//!   shortly after it ([`UPSTREAM_FAILURE_WINDOW`]): when a server crashes, every idle
+//!   connection dies with it, whatever its idle time.
+//! * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
+//!   bound drops it; a reset at or below the lower bound drops that.
+//! * Evidence older than [`FORGET_AFTER`] is forgotten, so a path that changed (a
+//!   new load balancer, a raised timeout) is learned again. A lower bound stays fresh
+//!   while connections keep being reused close to it.
+//!
+//! A crash with no request in flight and no refused connect afterwards (the server
+//! restarted at once) cannot be told from an idle limit; it may teach a limit that
+//! is too low. That costs extra connects (planned evictions), never resets, and is
+//! forgotten after [`FORGET_AFTER`].
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cause::ResetCause;
+use crate::metrics::Recorder;
+
+/// Closes found sooner than this after a connection's last use are upstream failures,
+/// not idle-limit evidence: middlebox idle timers run for seconds to hours.
+pub(crate) const MIN_EVIDENCE_IDLE: Duration = Duration::from_secs(1);
+/// Evidence older than this is forgotten.
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How close to an upstream failure a close counts as part of it rather than as
+/// idle-limit evidence (on top of one reaper interval, the time the reaper needs to
+/// find the idle victims).
+pub(crate) const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(5);
+/// The share of the lower bound the pool lets connections idle.
+const LOWER_MARGIN: f64 = 0.95;
+/// The share of the upper bound the pool lets connections idle.
+const UPPER_SHARE: f64 = 0.75;
+/// A healthy reuse at least this share of the lower bound keeps the bound fresh.
+const REFRESH_SHARE: f64 = 0.9;
+/// "None" in the atomics below.
+const NEVER: u64 = u64::MAX;
+
+/// What the pool knows about the path's idle limit, as returned by
+/// [`Pool::idle_limit`](crate::Pool::idle_limit).
+///
+/// ```
+/// use std::time::Duration;
+/// use steadypool::diagnosis::IdleLimit;
+///
+/// let limit = IdleLimit {
+///     lower: Some(Duration::from_secs(45)),
+///     upper: Some(Duration::from_secs(61)),
+///     evict_after: Some(Duration::from_millis(45_750)),
+/// };
+/// assert!(limit.contains(Duration::from_secs(60)));
+/// assert!(!limit.contains(Duration::from_secs(30)));
+/// assert_eq!(limit.recommended_idle_timeout(), Some(Duration::from_millis(45_750)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdleLimit {
+    /// The longest idle time after which a connection was reused and came back
+    /// healthy: the limit is above it. `None` until a connection was reused.
+    pub lower: Option<Duration>,
+    /// The shortest idle time after which a connection was found closed or reset by
+    /// the peer or a middlebox: the limit is at most that. `None` while no such close
+    /// was seen (or it was forgotten).
+    pub upper: Option<Duration>,
+    /// After how long idle the pool closes a connection now: `idle_timeout`, or less
+    /// when the learned limit is below it. `None`: never.
+    pub evict_after: Option<Duration>,
+}
+
+impl IdleLimit {
+    /// Whether `idle` lies in the learned interval (`lower < idle <= upper`); false
+    /// while no upper bound is known.
+    pub fn contains(&self, idle: Duration) -> bool {
+        self.upper.is_some_and(|upper| idle <= upper) && self.lower.is_none_or(|lower| idle > lower)
+    }
+
+    /// The longest `idle_timeout` this path tolerates, as far as the evidence goes:
+    /// the larger of the lower bound and 75 % of the upper bound. `None` while no
+    /// upper bound is known.
+    pub fn recommended_idle_timeout(&self) -> Option<Duration> {
+        let upper = self.upper?.mul_f64(UPPER_SHARE);
+        Some(self.lower.map_or(upper, |lower| lower.max(upper)))
+    }
+}
+
+/// What a reset says about the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Found closed after idling: the idle limit is at most that idle time.
+    AfterIdle,
+    /// The upstream itself failed (a busy connection broke, a connect was refused,
+    /// or the close came together with such a failure).
+    UpstreamFailure,
+    /// Not a close by the peer: a timeout, stray bytes, a failed ping.
+    Unrelated,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    value: Duration,
+    seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Evidence {
+    lower: Option<Bound>,
+    upper: Option<Bound>,
+    upstream_failed_at: Option<Instant>,
+}
+
+/// One pool's learner. Every checkout reads the limit in force; only evidence takes
+/// the lock, and healthy reuses well below the lower bound (the common case) do not.
+#[derive(Debug)]
+pub(crate) struct IdleLimitLearner {
+    evidence: Mutex<Evidence>,
+    /// The instant the atomics count nanoseconds from.
+    epoch: Instant,
+    /// The limit in force, in nanoseconds, or [`NEVER`].
+    evict_after: AtomicU64,
+    /// Healthy reuses idle at least this long (nanoseconds) are news.
+    news_from: AtomicU64,
+    /// When (nanoseconds after `epoch`) the oldest bound expires, or [`NEVER`].
+    expires: AtomicU64,
+    configured: Option<Duration>,
+    enforce: bool,
+    failure_window: Duration,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NEVER - 1)
+}
+
+impl IdleLimitLearner {
+    /// A learner for a pool configured with `idle_timeout`; it evicts by what it
+    /// learned only when `enforce` is set, and treats closes within
+    /// `reaper_interval` + [`UPSTREAM_FAILURE_WINDOW`] of an upstream failure as part
+    /// of it.
+    pub(crate) fn new(
+        idle_timeout: Option<Duration>,
+        enforce: bool,
+        reaper_interval: Duration,
+    ) -> IdleLimitLearner {
+        IdleLimitLearner {
+            evidence: Mutex::new(Evidence::default()),
+            epoch: Instant::now(),
+            evict_after: AtomicU64::new(idle_timeout.map_or(NEVER, nanos)),
+            news_from: AtomicU64::new(0),
+            expires: AtomicU64::new(NEVER),
+            configured: idle_timeout,
+            enforce,
+            failure_window: UPSTREAM_FAILURE_WINDOW.saturating_add(reaper_interval),
+        }
+    }
+
+    fn since_epoch(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.epoch))
+    }
+
+    /// The idle time after which a connection is closed now.
+    pub(crate) fn evict_after(&self, now: Instant, recorder: &Recorder) -> Option<Duration> {
+        if self.since_epoch(now) >= self.expires.load(Ordering::Relaxed) {
+            self.update(now, recorder, |_| ());
+        }
+        match self.evict_after.load(Ordering::Relaxed) {
+            NEVER => None,
+            value => Some(Duration::from_nanos(value)),
+        }
+    }
+
+    /// The interval and the limit in force, forgetting expired evidence first.
+    pub(crate) fn snapshot(&self, now: Instant, recorder: &Recorder) -> IdleLimit {
+        self.update(now, recorder, |_| ())
+    }
+
+    /// A connection reused after sitting idle for `idle` came back healthy.
+    pub(crate) fn reused(&self, idle: Duration, now: Instant, recorder: &Recorder) {
+        if idle < MIN_EVIDENCE_IDLE
+            || (nanos(idle) < self.news_from.load(Ordering::Relaxed)
+                && self.since_epoch(now) < self.expires.load(Ordering::Relaxed))
+        {
+            return;
+        }
+        self.update(now, recorder, |evidence| {
+            if evidence.upper.is_some_and(|upper| idle >= upper.value) {
+                evidence.upper = None;
+            }
+            match &mut evidence.lower {
+                Some(lower) if idle < lower.value => {
+                    if idle >= lower.value.mul_f64(REFRESH_SHARE) {
+                        lower.seen = now;
+                    }
+                }
+                lower => {
+                    *lower = Some(Bound {
+                        value: idle,
+                        seen: now,
+                    })
+                }
+            }
+        });
+    }
+
+    /// A connection broke with `cause` after sitting idle for `idle` (for one broken
+    /// in use: idle before that checkout). Returns what that says about the path.
+    pub(crate) fn reset(
+        &self,
+        cause: ResetCause,
+        idle: Duration,
+        now: Instant,
+        recorder: &Recorder,
+    ) -> Reading {
+        let closed_by_peer = matches!(
+            cause,
+            ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe
+        );
+        if cause == ResetCause::Refused || (closed_by_peer && idle < MIN_EVIDENCE_IDLE) {
+            self.upstream_failed(now, recorder);
+            return Reading::UpstreamFailure;
+        }
+        if !closed_by_peer {
+            return Reading::Unrelated;
+        }
+        let mut reading = Reading::AfterIdle;
+        let window = self.failure_window;
+        self.update(now, recorder, |evidence| {
+            if evidence
+                .upstream_failed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < window)
+            {
+                reading = Reading::UpstreamFailure;
+                return;
+            }
+            if evidence.lower.is_some_and(|lower| lower.value >= idle) {
+                evidence.lower = None;
+            }
+            if evidence.upper.is_none_or(|upper| idle <= upper.value) {
+                evidence.upper = Some(Bound {
+                    value: idle,
+                    seen: now,
+                });
+            }
+        });
+        reading
+    }
+
+    fn upstream_failed(&self, now: Instant, recorder: &Recorder) {
+        let window = self.failure_window;
+        self.update(now, recorder, |evidence| {
+            evidence.upstream_failed_at = Some(now);
+            if evidence
+                .upper
+                .is_some_and(|upper| now.saturating_duration_since(upper.seen) < window)
+            {
+                evidence.upper = None;
+            }
+        });
+    }
+
+    /// Applies `change` under the lock after forgetting expired evidence, then
+    /// republishes the limit (inside the lock, so gauges never go back in time).
+    fn update(
+        &self,
+        now: Instant,
+        recorder: &Recorder,
+        change: impl FnOnce(&mut Evidence),
+    ) -> IdleLimit {
+        let mut evidence = self
+            .evidence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = |bound: &Option<Bound>| {
+            bound.filter(|b| now.saturating_duration_since(b.seen) < FORGET_AFTER)
+        };
+        evidence.lower = fresh(&evidence.lower);
+        evidence.upper = fresh(&evidence.upper);
+        change(&mut evidence);
+
+        let mut limit = IdleLimit {
+            lower: evidence.lower.map(|b| b.value),
+            upper: evidence.upper.map(|b| b.value),
+            evict_after: self.configured,
+        };
+        if self.enforce
+            && let Some(upper) = limit.upper
+        {
+            let learned = limit
+                .lower
+                .map_or(Duration::ZERO, |lower| lower.mul_f64(LOWER_MARGIN))
+                .max(upper.mul_f64(UPPER_SHARE));
+            limit.evict_after = Some(self.configured.map_or(learned, |c| c.min(learned)));
+        }
+        let expires = [evidence.lower, evidence.upper]
+            .into_iter()
+            .flatten()
+            .map(|b| {
+                b.seen
+                    .checked_add(FORGET_AFTER)
+                    .map_or(NEVER, |at| self.since_epoch(at))
+            })
+            .min()
+            .unwrap_or(NEVER);
+        let news_from = limit
+            .lower
+            .map_or(0, |lower| nanos(lower.mul_f64(REFRESH_SHARE)));
+        self.evict_after
+            .store(limit.evict_after.map_or(NEVER, nanos), Ordering::Relaxed);
+        self.news_from.store(news_from, Ordering::Relaxed);
+        self.expires.store(expires, Ordering::Relaxed);
+        recorder.idle_limit(&limit);
+        limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn learner(idle_timeout: Option<Duration>, enforce: bool) -> (IdleLimitLearner, Recorder) {
+        (
+            IdleLimitLearner::new(idle_timeout, enforce, S),
+            Recorder::new("idle-limit-unit"),
+        )
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Equal to within a microsecond (the shares are applied in floating point).
+    fn about(actual: Option<Duration>, expected: Duration) -> bool {
+        actual.is_some_and(|a| a.abs_diff(expected) < Duration::from_micros(1))
+    }
+
+    #[test]
+    fn idle_timeout_rules_until_a_close_after_idle_is_seen() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        assert_eq!(l.evict_after(t, &r), Some(45 * S));
+        l.reused(40 * S, t, &r);
+        assert_eq!(l.evict_after(t, &r), Some(45 * S));
+        assert_eq!(l.snapshot(t, &r).lower, Some(40 * S));
+    }
+
+    #[test]
+    fn a_reset_after_idle_bounds_the_limit_and_evictions_follow() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        l.reused(ms(1900), t, &r);
+        assert_eq!(
+            l.reset(ResetCause::PeerClosed, ms(2100), t, &r),
+            Reading::AfterIdle
+        );
+        let limit = l.snapshot(t, &r);
+        assert_eq!(limit.lower, Some(ms(1900)));
+        assert_eq!(limit.upper, Some(ms(2100)));
+        assert!(limit.contains(2 * S));
+        // max(95 % of 1.9 s, 75 % of 2.1 s) = 1.805 s
+        assert!(about(limit.evict_after, ms(1805)), "{limit:?}");
+        // a shorter reset narrows it
+        l.reset(ResetCause::PeerReset, ms(2020), t, &r);
+        assert_eq!(l.snapshot(t, &r).upper, Some(ms(2020)));
+        // a longer one does not widen it
+        l.reset(ResetCause::PeerReset, 3 * S, t, &r);
+        assert_eq!(l.snapshot(t, &r).upper, Some(ms(2020)));
+    }
+
+    #[test]
+    fn learned_eviction_never_exceeds_idle_timeout() {
+        let (l, r) = learner(Some(10 * S), true);
+        let t = Instant::now();
+        l.reused(50 * S, t, &r);
+        l.reset(ResetCause::PeerReset, 61 * S, t, &r);
+        assert_eq!(l.evict_after(t, &r), Some(10 * S));
+    }
+
+    #[test]
+    fn switched_off_it_measures_but_does_not_evict() {
+        let (l, r) = learner(Some(45 * S), false);
+        let t = Instant::now();
+        l.reset(ResetCause::PeerClosed, 2 * S, t, &r);
+        let limit = l.snapshot(t, &r);
+        assert_eq!(limit.upper, Some(2 * S));
+        assert_eq!(limit.evict_after, Some(45 * S));
+    }
+
+    #[test]
+    fn without_idle_timeout_the_learned_limit_alone_applies() {
+        let (l, r) = learner(None, true);
+        let t = Instant::now();
+        assert_eq!(l.evict_after(t, &r), None);
+        l.reset(ResetCause::PeerClosed, 4 * S, t, &r);
+        assert_eq!(l.evict_after(t, &r), Some(3 * S));
+    }
+
+    #[test]
+    fn newest_evidence_wins_over_contradicting_evidence() {
+        let (l, r) = learner(None, false);
+        let t = Instant::now();
+        l.reused(30 * S, t, &r);
+        // the path's limit dropped below what was fine before
+        l.reset(ResetCause::PeerReset, 20 * S, t + S, &r);
+        let limit = l.snapshot(t + S, &r);
+        assert_eq!((limit.lower, limit.upper), (None, Some(20 * S)));
+        // and went up again
+        l.reused(25 * S, t + 2 * S, &r);
+        let limit = l.snapshot(t + 2 * S, &r);
+        assert_eq!((limit.lower, limit.upper), (Some(25 * S), None));
+    }
+
+    #[test]
+    fn busy_closes_and_refusals_are_upstream_failures_not_evidence() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        assert_eq!(
+            l.reset(ResetCause::PeerReset, ms(3), t, &r),
+            Reading::UpstreamFailure
+        );
+        // an idle connection killed by the same crash, found by the reaper
+        assert_eq!(
+            l.reset(ResetCause::PeerClosed, 7 * S, t + S, &r),
+            Reading::UpstreamFailure
+        );
+        assert_eq!(l.snapshot(t + S, &r).upper, None);
+        // long after the failure, the same close is evidence again
+        assert_eq!(
+            l.reset(ResetCause::PeerClosed, 7 * S, t + 60 * S, &r),
+            Reading::AfterIdle
+        );
+        assert_eq!(
+            l.reset(ResetCause::KeepaliveTimeout, 30 * S, t + 60 * S, &r),
+            Reading::Unrelated
+        );
+    }
+
+    #[test]
+    fn a_failure_voids_the_bound_learned_just_before_it() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
+        assert_eq!(l.snapshot(t, &r).upper, Some(3 * S));
+        assert_eq!(
+            l.reset(ResetCause::Refused, Duration::ZERO, t + S, &r),
+            Reading::UpstreamFailure
+        );
+        assert_eq!(l.evict_after(t + S, &r), Some(45 * S));
+    }
+
+    #[test]
+    fn old_evidence_is_forgotten_unless_refreshed() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        l.reused(ms(1900), t, &r);
+        l.reset(ResetCause::PeerClosed, ms(2100), t, &r);
+        // reuses near the lower bound keep it fresh; the upper bound ages out
+        let later = t + FORGET_AFTER - S;
+        l.reused(ms(1750), later, &r);
+        let after = t + FORGET_AFTER + S;
+        let limit = l.snapshot(after, &r);
+        assert_eq!(limit.lower, Some(ms(1900)));
+        assert_eq!(limit.upper, None);
+        assert_eq!(limit.evict_after, Some(45 * S));
+        let gone = l.snapshot(later + FORGET_AFTER, &r);
+        assert_eq!(
+            gone,
+            IdleLimit {
+                lower: None,
+                upper: None,
+                evict_after: Some(45 * S)
+            }
+        );
+    }
+
+    #[test]
+    fn recommendation_follows_the_evidence() {
+        let limit = IdleLimit {
+            lower: Some(S),
+            upper: Some(61 * S),
+            evict_after: None,
+        };
+        assert_eq!(limit.recommended_idle_timeout(), Some(ms(45_750)));
+        assert_eq!(IdleLimit::default().recommended_idle_timeout(), None);
+        assert!(!IdleLimit::default().contains(S));
+    }
+}

@@ -1,0 +1,314 @@
+//! Any existing [`deadpool::managed::Manager`] as a steadypool [`Manager`].
+//!
+//! Users of the deadpool family (deadpool-postgres, deadpool-redis, deadpool-lapin,
+//! your own) keep their manager and change one line to gain steadypool's checkout
+//! checks, reaper, lifetime and idle limits, retries and metrics:
+//!
+//! ```ignore
+//! // before: deadpool_postgres::Pool::builder(manager).max_size(16).build()?
+//! let pool = steadypool::Pool::builder(DeadpoolManager::new(manager)).max_size(16).build()?;
+//! ```
+//!
+//! What the wrapped manager keeps doing: opening connections (its `create`) and
+//! checking them (its `recycle`, run as steadypool's checkout ping after `check_after`
+//! of idleness). What it cannot get, because its socket is out of reach:
+//!
+//! * **the pool's socket options**: the wrapped manager opens its own sockets, so
+//!   keepalive, `TCP_USER_TIMEOUT` and nodelay are whatever it sets (deadpool-postgres
+//!   has `keepalives` and `tcp_user_timeout` in its config: set them there). The
+//!   pool's `connect_timeout` still bounds the whole `create`.
+//! * **the free probe**: the pool cannot see the socket, so a connection the server
+//!   closed while idle is found by the ping (`recycle`) at checkout, not by the reaper.
+//!   Keep `check_after` short, or use the native drivers
+//!   ([`postgres`](super::postgres), [`redis`](super::redis)), which have both.
+//!
+//! The wrapped manager's error type must implement [`Classify`], so the pool can tell
+//! a broken connection from a failed query: [`std::io::Error`] does, and so do
+//! `tokio_postgres::Error` (feature `postgres`) and `redis::RedisError` (feature
+//! `redis`), the error types of deadpool-postgres and deadpool-redis.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io;
+//! use deadpool::managed::{Metrics, RecycleResult};
+//! use steadypool::{drivers::deadpool::DeadpoolManager, Pool};
+//!
+//! /// A deadpool manager written for deadpool.
+//! struct Counter;
+//!
+//! impl deadpool::managed::Manager for Counter {
+//!     type Type = u32;
+//!     type Error = io::Error;
+//!
+//!     async fn create(&self) -> io::Result<u32> {
+//!         Ok(0)
+//!     }
+//!
+//!     async fn recycle(&self, n: &mut u32, _: &Metrics) -> RecycleResult<io::Error> {
+//!         *n += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let pool = Pool::builder(DeadpoolManager::new(Counter)).max_size(2).build()?;
+//! let conn = pool.get().await?;
+//! assert_eq!(**conn, 0);
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool::managed::{Metrics, RecycleError};
+
+use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::dial::{DialError, Dialer};
+use crate::manager::Manager;
+
+/// A deadpool manager, wrapped for a steadypool [`Pool`](crate::Pool). See the
+/// [module docs](self).
+pub struct DeadpoolManager<D> {
+    inner: Arc<D>,
+}
+
+impl<D> DeadpoolManager<D> {
+    /// Wraps `manager`.
+    pub fn new(manager: D) -> Self {
+        DeadpoolManager {
+            inner: Arc::new(manager),
+        }
+    }
+
+    /// The wrapped manager (for example to reach deadpool-postgres's statement caches).
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+}
+
+impl<D> fmt::Debug for DeadpoolManager<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadpoolManager")
+            .field("manager", &std::any::type_name::<D>())
+            .finish()
+    }
+}
+
+/// A connection made by a wrapped deadpool manager: dereferences to the manager's
+/// object. When it leaves the pool for good the wrapped manager's `detach` runs, as
+/// deadpool would run it.
+pub struct DeadpoolConnection<D: deadpool::managed::Manager> {
+    object: Option<D::Type>,
+    metrics: Metrics,
+    manager: Arc<D>,
+}
+
+impl<D: deadpool::managed::Manager> DeadpoolConnection<D> {
+    fn object(&self) -> &D::Type {
+        match &self.object {
+            Some(object) => object,
+            None => unreachable!("the object is only taken when the connection drops"),
+        }
+    }
+
+    fn object_mut(&mut self) -> &mut D::Type {
+        match &mut self.object {
+            Some(object) => object,
+            None => unreachable!("the object is only taken when the connection drops"),
+        }
+    }
+
+    /// When the object was created and last checked, in deadpool's terms.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl<D: deadpool::managed::Manager> Deref for DeadpoolConnection<D> {
+    type Target = D::Type;
+
+    fn deref(&self) -> &D::Type {
+        self.object()
+    }
+}
+
+impl<D: deadpool::managed::Manager> DerefMut for DeadpoolConnection<D> {
+    fn deref_mut(&mut self) -> &mut D::Type {
+        self.object_mut()
+    }
+}
+
+impl<D: deadpool::managed::Manager> Drop for DeadpoolConnection<D> {
+    fn drop(&mut self) {
+        if let Some(mut object) = self.object.take() {
+            self.manager.detach(&mut object);
+        }
+    }
+}
+
+impl<D: deadpool::managed::Manager> fmt::Debug for DeadpoolConnection<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadpoolConnection")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> Manager for DeadpoolManager<D>
+where
+    D: deadpool::managed::Manager + 'static,
+    D::Type: 'static,
+    D::Error: Classify + StdError + Send + Sync + 'static,
+{
+    type Connection = DeadpoolConnection<D>;
+    type Error = DeadpoolError<D::Error>;
+
+    /// Runs the wrapped manager's `create`. The dialer is not used: the wrapped
+    /// manager opens its own sockets, with its own options.
+    async fn connect(&self, _dialer: &Dialer) -> Result<DeadpoolConnection<D>, Self::Error> {
+        let object = self.inner.create().await.map_err(DeadpoolError::Backend)?;
+        Ok(DeadpoolConnection {
+            object: Some(object),
+            metrics: Metrics {
+                created: Instant::now(),
+                recycled: None,
+                recycle_count: 0,
+            },
+            manager: Arc::clone(&self.inner),
+        })
+    }
+
+    /// Runs the wrapped manager's `recycle`, its own health check.
+    async fn ping(&self, conn: &mut DeadpoolConnection<D>) -> Result<(), Self::Error> {
+        let metrics = conn.metrics;
+        let result = self.inner.recycle(conn.object_mut(), &metrics).await;
+        conn.metrics.recycled = Some(Instant::now());
+        conn.metrics.recycle_count += 1;
+        result.map_err(|err| match err {
+            RecycleError::Backend(e) => DeadpoolError::Backend(e),
+            RecycleError::Message(message) => DeadpoolError::Recycle(message),
+        })
+    }
+}
+
+/// Why a wrapped deadpool manager failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadpoolError<E: StdError + 'static> {
+    /// The wrapped manager's own error.
+    #[error(transparent)]
+    Backend(E),
+    /// The wrapped manager's `recycle` rejected the connection.
+    #[error("the connection failed its check: {0}")]
+    Recycle(Cow<'static, str>),
+    /// Not produced by this manager, which does not dial; every manager's error
+    /// converts from a [`DialError`].
+    #[error(transparent)]
+    Dial(#[from] DialError),
+}
+
+impl<E: Classify + StdError + 'static> Classify for DeadpoolError<E> {
+    fn classify(&self) -> Disposition {
+        match self {
+            DeadpoolError::Backend(e) => e.classify(),
+            DeadpoolError::Recycle(_) => Disposition::Broken {
+                cause: ResetCause::PingFailed,
+                sent: Sent::No,
+            },
+            DeadpoolError::Dial(e) => e.classify(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use deadpool::managed::RecycleResult;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::Pool;
+
+    /// A plain deadpool manager over TCP whose recycle fails once the peer is gone.
+    struct TcpDeadpool {
+        addr: std::net::SocketAddr,
+        detached: AtomicUsize,
+    }
+
+    impl deadpool::managed::Manager for TcpDeadpool {
+        type Type = TcpStream;
+        type Error = io::Error;
+
+        async fn create(&self) -> io::Result<TcpStream> {
+            TcpStream::connect(self.addr).await
+        }
+
+        async fn recycle(&self, conn: &mut TcpStream, _: &Metrics) -> RecycleResult<io::Error> {
+            let mut byte = [0u8; 1];
+            match conn.try_read(&mut byte) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Ok(_) => Err(RecycleError::message("peer closed")),
+                Err(e) => Err(RecycleError::Backend(e)),
+            }
+        }
+
+        fn detach(&self, _: &mut TcpStream) {
+            self.detached.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_connection_fails_the_wrapped_recycle_and_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let manager = DeadpoolManager::new(TcpDeadpool {
+            addr: listener.local_addr().unwrap(),
+            detached: AtomicUsize::new(0),
+        });
+        let pool = Pool::builder(manager)
+            .check_after(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let first = pool.get().await.unwrap();
+        let (mut server_side, _) = listener.accept().await.unwrap();
+        drop(first);
+        server_side.shutdown().await.unwrap();
+        drop(server_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let mut second = pool.get().await.unwrap();
+        let (_server_side, _) = listener.accept().await.unwrap();
+        assert_eq!(second.metrics().recycle_count, 0, "a new connection");
+        second.write_all(b"x").await.unwrap();
+        assert_eq!(pool.manager().inner().detached.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.status().size, 1);
+    }
+
+    #[test]
+    fn a_rejected_recycle_is_a_failed_ping_and_backend_errors_keep_their_class() {
+        let rejected: DeadpoolError<io::Error> = DeadpoolError::Recycle("stale".into());
+        assert_eq!(
+            rejected.classify(),
+            Disposition::Broken {
+                cause: ResetCause::PingFailed,
+                sent: Sent::No
+            }
+        );
+        let reset: DeadpoolError<io::Error> =
+            DeadpoolError::Backend(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(
+            reset.classify(),
+            Disposition::Broken {
+                cause: ResetCause::PeerReset,
+                sent: Sent::Maybe
+            }
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! Redis through [`redis`]'s multiplexed connection (feature `redis`).
+//!
+//! The pool opens each TCP socket through its [`Dialer`] (keepalive,
+//! `TCP_USER_TIMEOUT`, nodelay, connect timeout) and hands it to
+//! [`MultiplexedConnection::new_with_config`], which authenticates and selects the
+//! database on it. The connection's driver task owns the socket from then on; the pool
+//! keeps a duplicate of its descriptor to probe it ([`SocketRef::Raw`]), so a
+//! connection the server closed while it sat idle (`timeout`, `CLIENT KILL`, a restart)
+//! is found by the reaper or at checkout instead of by your command.
+//!
+//! * **checkout ping**: `PING`;
+//! * **broken**: the driver task ended;
+//! * **errors**: [`Classify`] for [`RedisError`]:
+//!
+//! | error | disposition |
+//! |---|---|
+//! | I/O error (reset, closed, timed out, ...) | broken, cause from the errno |
+//! | connection dropped without an I/O error | broken, `peer_closed` |
+//! | unparsable reply | broken, `unexpected_data` |
+//! | `READONLY` (the node became a replica) | broken, `other`: a new connection may reach the new primary |
+//! | `LOADING`, `TRYAGAIN`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN` | transient: retry after a backoff |
+//! | anything else (`WRONGTYPE`, `ERR ...`) | application error |
+//!
+//! Commands time out after the connection config's response timeout (500 ms by
+//! redis's default; set your own with [`RedisManager::connection_config`]); a timeout
+//! counts as `user_timeout`, a request the server never answered.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadypool::{drivers::redis::RedisManager, Pool};
+//!
+//! let pool = Pool::builder(RedisManager::new("redis://127.0.0.1:6379/0")?)
+//!     .name("cache")
+//!     .build()?;
+//! let mut conn = pool.get().await?;
+//! let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut *conn).await?;
+//! let greeting: String = redis::cmd("GET").arg("greeting").query_async(&mut *conn).await?;
+//! assert_eq!(greeting, "hello");
+//! # Ok(()) }
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, RetryMethod, ServerErrorKind,
+};
+use tokio::task::JoinHandle;
+
+use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::dial::{Address, DialError, Dialer};
+use crate::manager::Manager;
+use crate::probe::SocketRef;
+
+/// Opens Redis connections on the pool's sockets. See the [module docs](self).
+#[derive(Clone)]
+pub struct RedisManager {
+    addr: Address,
+    info: RedisConnectionInfo,
+    config: AsyncConnectionConfig,
+}
+
+impl fmt::Debug for RedisManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection info holds the password: show only where connections go.
+        f.debug_struct("RedisManager")
+            .field("addr", &self.addr)
+            .field("db", &self.info.db())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisManager {
+    /// A manager for a `redis://host:port/db` URL or a [`redis::ConnectionInfo`].
+    ///
+    /// # Errors
+    /// [`RedisDriverError::Redis`] for a URL redis cannot parse;
+    /// [`RedisDriverError::Config`] for `rediss://` (TLS) and Unix-domain sockets, which
+    /// this manager does not open.
+    pub fn new(info: impl IntoConnectionInfo) -> Result<Self, RedisDriverError> {
+        let info = info.into_connection_info()?;
+        let addr = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Address::from((host.as_str(), *port)),
+            ConnectionAddr::TcpTls { .. } => {
+                return Err(RedisDriverError::Config(
+                    "TLS (rediss://) is not supported by this manager: use redis's own client behind a custom Manager"
+                        .to_owned(),
+                ));
+            }
+            _ => {
+                return Err(RedisDriverError::Config(
+                    "Unix-domain sockets and other non-TCP addresses are not pooled through the dialer: use redis://host:port"
+                        .to_owned(),
+                ));
+            }
+        };
+        Ok(RedisManager {
+            addr,
+            info: info.redis_settings().clone(),
+            config: AsyncConnectionConfig::new(),
+        })
+    }
+
+    /// The settings each multiplexed connection gets (response timeout, push sender,
+    /// ...). Default: [`AsyncConnectionConfig::new`]. Its connection timeout is not
+    /// used: the pool's `connect_timeout` bounds the connect.
+    pub fn connection_config(mut self, config: AsyncConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where connections go.
+    pub fn address(&self) -> &Address {
+        &self.addr
+    }
+}
+
+/// A pooled Redis connection: dereferences to the [`MultiplexedConnection`].
+///
+/// Dropping it stops its driver task and closes the socket, also for clones of the
+/// multiplexed connection taken from it: do not keep those beyond the checkout.
+pub struct RedisConnection {
+    conn: MultiplexedConnection,
+    socket: socket2::Socket,
+    driver: JoinHandle<()>,
+}
+
+impl RedisConnection {
+    /// Whether the driver task ended (the server closed the connection, or it broke).
+    pub fn is_closed(&self) -> bool {
+        self.driver.is_finished()
+    }
+}
+
+impl Drop for RedisConnection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Deref for RedisConnection {
+    type Target = MultiplexedConnection;
+
+    fn deref(&self) -> &MultiplexedConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for RedisConnection {
+    fn deref_mut(&mut self) -> &mut MultiplexedConnection {
+        &mut self.conn
+    }
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager for RedisManager {
+    type Connection = RedisConnection;
+    type Error = RedisDriverError;
+
+    async fn connect(&self, dialer: &Dialer) -> Result<RedisConnection, RedisDriverError> {
+        let stream = dialer.connect(&self.addr).await?;
+        let socket = socket2::SockRef::from(&stream)
+            .try_clone()
+            .map_err(RedisDriverError::Socket)?;
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(&self.info, stream, self.config.clone()).await?;
+        Ok(RedisConnection {
+            conn,
+            socket,
+            driver: tokio::spawn(driver),
+        })
+    }
+
+    fn socket<'a>(&self, conn: &'a RedisConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::Raw(super::borrow_raw(&conn.socket)))
+    }
+
+    async fn ping(&self, conn: &mut RedisConnection) -> Result<(), RedisDriverError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn.conn)
+            .await
+            .map_err(RedisDriverError::from)
+    }
+
+    fn is_broken(&self, conn: &mut RedisConnection) -> bool {
+        conn.is_closed()
+    }
+}
+
+/// Why a Redis connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisDriverError {
+    /// The TCP connection could not be opened.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// Redis reported an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// The connection info cannot be used with the pool.
+    #[error("redis configuration: {0}")]
+    Config(String),
+    /// The socket could not be duplicated for probing (out of descriptors?).
+    #[error("could not duplicate the socket for probing: {0}")]
+    Socket(#[source] io::Error),
+}
+
+impl Classify for RedisDriverError {
+    fn classify(&self) -> Disposition {
+        match self {
+            RedisDriverError::Dial(e) => e.classify(),
+            RedisDriverError::Redis(e) => e.classify(),
+            RedisDriverError::Socket(_) => Disposition::Broken {
+                cause: ResetCause::Other,
+                sent: Sent::No,
+            },
+            RedisDriverError::Config(_) => Disposition::Application,
+        }
+    }
+}
+
+impl Classify for RedisError {
+    fn classify(&self) -> Disposition {
+        if let Some(io) = io_error_in(self) {
+            return io.classify();
+        }
+        let broken = |cause| Disposition::Broken {
+            cause,
+            sent: Sent::Maybe,
+        };
+        if self.is_connection_dropped() {
+            return broken(ResetCause::PeerClosed);
+        }
+        match self.kind() {
+            ErrorKind::Parse => broken(ResetCause::UnexpectedData),
+            ErrorKind::Server(ServerErrorKind::ReadOnly) => broken(ResetCause::Other),
+            ErrorKind::Io => broken(ResetCause::Other),
+            _ if matches!(self.retry_method(), RetryMethod::WaitAndRetry)
+                || self.code() == Some("BUSY") =>
+            {
+                Disposition::Transient
+            }
+            _ => Disposition::Application,
+        }
+    }
+}
+
+/// The I/O error inside a redis error. redis keeps it behind an
+/// `Arc<dyn Error + Send + Sync>`, which a plain downcast of the source does not see
+/// through.
+fn io_error_in(err: &RedisError) -> Option<&io::Error> {
+    let mut current: Option<&(dyn StdError + 'static)> = StdError::source(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        if let Some(shared) = e.downcast_ref::<Arc<dyn StdError + Send + Sync>>()
+            && let Some(io) = shared.downcast_ref::<io::Error>()
+        {
+            return Some(io);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(line: &str) -> RedisError {
+        let value = redis::parse_redis_value(line.as_bytes()).unwrap();
+        match value {
+            redis::Value::ServerError(err) => RedisError::from(err),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn io_errors_are_broken_with_their_cause() {
+        let cases = [
+            (io::ErrorKind::ConnectionReset, ResetCause::PeerReset),
+            (io::ErrorKind::BrokenPipe, ResetCause::BrokenPipe),
+            (io::ErrorKind::UnexpectedEof, ResetCause::PeerClosed),
+            (io::ErrorKind::TimedOut, ResetCause::UserTimeout),
+        ];
+        for (kind, cause) in cases {
+            let err = RedisError::from(io::Error::from(kind));
+            assert_eq!(
+                err.classify(),
+                Disposition::Broken {
+                    cause,
+                    sent: Sent::Maybe
+                },
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn busy_server_replies_are_transient_and_others_application() {
+        for line in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-BUSY Redis is busy running a script\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+        ] {
+            assert_eq!(
+                server_error(line).classify(),
+                Disposition::Transient,
+                "{line}"
+            );
+        }
+        for line in [
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-ERR unknown command 'FOO'\r\n",
+        ] {
+            assert_eq!(
+                server_error(line).classify(),
+                Disposition::Application,
+                "{line}"
+            );
+        }
+        assert!(
+            server_error("-READONLY You can't write against a read only replica.\r\n")
+                .classify()
+                .is_broken()
+        );
+    }
+
+    #[test]
+    fn tls_and_unix_urls_are_refused_with_a_reason() {
+        let err = RedisManager::new("rediss://127.0.0.1:6380").unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+        let err = RedisManager::new("redis+unix:///tmp/redis.sock").unwrap_err();
+        assert!(err.to_string().contains("Unix"), "{err}");
+        let ok = RedisManager::new("redis://127.0.0.1:6390/2").unwrap();
+        assert_eq!(ok.address().to_string(), "127.0.0.1:6390");
+    }
+}

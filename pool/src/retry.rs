@@ -1,0 +1,972 @@
+//! Running an operation on a pooled connection, and reconnecting when it breaks.
+//!
+//! [`Pool::run`], [`Pool::run_idempotent`] and [`Pool::run_with`] check out a
+//! connection, hand it to your closure, and look at the error if there is one
+//! ([`Classify`]). When the connection broke they discard it (counted with its
+//! cause) and, when that is safe, try again on another connection.
+//!
+//! # Retry rules
+//!
+//! * **An idempotent operation** (running it twice does no harm: a read, a `SET` to a
+//!   fixed value, an upsert keyed by a request id) is retried whenever the connection
+//!   broke. Use [`Pool::run_idempotent`].
+//! * **Any other operation** is retried only when the request provably never reached
+//!   the server: no connection could be opened, or the manager's error says
+//!   [`Sent::No`]. If the connection broke after the request may have been sent, the
+//!   operation is **never replayed**: you get [`RunError::NotSafe`] with the cause, and
+//!   the operation may or may not have taken effect. This is what [`Pool::run`] does.
+//! * **A transient error** (the server is busy; the connection is fine) is retried
+//!   after a backoff, for both kinds: the server refused the work, it did not run it.
+//! * **An application error** (the server answered "no") is returned as it is, at once,
+//!   and the connection goes back to the pool.
+//! * **No connection at all** because the pool is closed, exhausted past
+//!   `wait_timeout`, or its [connect circuit](crate::breaker) is open: returned at
+//!   once. Failing fast is the point of the circuit.
+//!
+//! Every retry is bounded three ways, by the [`RetryPolicy`]: a number of attempts,
+//! an overall deadline (which also bounds the operation itself; one still running at
+//! the deadline is cancelled and its connection discarded), and the pool's **retry
+//! budget**: retries may be at most `ratio` x the requests of the last 10 seconds,
+//! plus `floor`. During a hard outage the budget runs out and each request fails after
+//! its first attempt, instead of every request turning into several (the way a fixed
+//! retry count triples the load on a struggling upstream).
+//!
+//! **Backoff.** The first retry after a pooled connection that turned out to be stale
+//! (the peer closed or reset it while it sat idle, and the checkout probe could not
+//! see it yet) happens at once: the upstream is fine, only that socket was dead.
+//! Every other retry waits, and every wait is random: the `n`-th is drawn from
+//! `[d, 2d)` where `d` doubles from the backoff base up to half the cap, so no wait
+//! exceeds the cap and even capped waits are spread out. Waits that would pass the
+//! deadline are not started.
+//!
+//! A closure that panics: its connection is discarded (never returned half-used),
+//! the panic goes on to the caller, and the pool stays consistent. The same holds for
+//! a `run` future dropped half-way.
+//!
+//! Each `run` is a tracing span `run` with fields `pool`, `idempotent`, `attempt` and
+//! `conn` (the connection id); each operation that hit a failure counts once in
+//! `steadypool_retries_total{cause, outcome}` (a transient failure has cause `other`).
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadypool::{drivers::tcp::TcpManager, Pool, RunError};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
+//!
+//! // A read: safe to run twice, so it is retried on any broken connection.
+//! let reply = pool
+//!     .run_idempotent(|conn| {
+//!         Box::pin(async move {
+//!             conn.write_all(b"GET balance\n").await?;
+//!             let mut buf = [0u8; 64];
+//!             let n = conn.read(&mut buf).await?;
+//!             Ok(buf[..n].to_vec())
+//!         })
+//!     })
+//!     .await?;
+//!
+//! // A payment: never replayed once it may have reached the server.
+//! match pool
+//!     .run(|conn| Box::pin(async move { conn.write_all(b"PAY 10\n").await }))
+//!     .await
+//! {
+//!     Ok(()) => {}
+//!     Err(RunError::NotSafe { cause, .. }) => {
+//!         eprintln!("connection broke ({cause}); the payment may or may not have run");
+//!     }
+//!     Err(other) => return Err(other.into()),
+//! }
+//! # drop(reply); Ok(()) }
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::manager::Manager;
+use crate::metrics::RetryOutcome;
+use crate::pool::{Connection, Error, Pool};
+
+/// The future an operation returns: boxed, `Send`, and borrowing the connection.
+///
+/// Write the closure as `|conn| Box::pin(async move { ... })`.
+pub type OperationFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
+
+/// Whether running an operation twice is harmless.
+///
+/// ```
+/// use steadypool::Idempotency;
+/// assert!(Idempotency::Idempotent.is_idempotent());
+/// assert!(!Idempotency::NotIdempotent.is_idempotent());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Idempotency {
+    /// Running it twice does no harm: retried whenever the connection broke.
+    Idempotent,
+    /// Running it twice could do harm: retried only when it provably never reached
+    /// the server.
+    NotIdempotent,
+}
+
+impl Idempotency {
+    /// Whether this is [`Idempotency::Idempotent`].
+    pub const fn is_idempotent(self) -> bool {
+        matches!(self, Idempotency::Idempotent)
+    }
+}
+
+/// How hard [`Pool::run`] and friends try: attempts, deadline, backoff, retry budget.
+/// Set it with [`PoolBuilder::retry_policy`](crate::PoolBuilder::retry_policy).
+///
+/// | setting | default | prevents |
+/// |---|---|---|
+/// | [`max_attempts`](Self::max_attempts) | 3 | retrying forever |
+/// | [`deadline`](Self::deadline) | 10 s | a request outliving its caller's patience; must be at least `connect_timeout` |
+/// | [`backoff`](Self::backoff) | 50 ms base, 2 s cap | retries hammering a failing upstream, in lock-step with other clients |
+/// | [`jitter_seed`](Self::jitter_seed) | random | (tests) irreproducible waits |
+/// | [`budget`](Self::budget) | ratio 0.2, floor 10 | an outage multiplying the load (every request tried several times) |
+///
+/// ```
+/// use std::time::Duration;
+/// use steadypool::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .max_attempts(5)
+///     .deadline(Duration::from_secs(20))
+///     .backoff(Duration::from_millis(20), Duration::from_secs(1))
+///     .budget(0.1, 20);
+/// assert!(policy.validate().is_ok());
+/// assert!(RetryPolicy::default().max_attempts(0).validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    deadline: Duration,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    jitter_seed: Option<u64>,
+    budget_ratio: f64,
+    budget_floor: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            deadline: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_secs(2),
+            jitter_seed: None,
+            budget_ratio: 0.2,
+            budget_floor: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Attempts in all, the first included: 1 never retries. Default 3.
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The longest one `run` may take, checkouts, waits and the operation itself
+    /// included. Default 10 s. Must be at least the pool's `connect_timeout`, or a
+    /// single slow connect could use it all.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The first wait (`base`) and the longest (`cap`). Default 50 ms and 2 s. Waits
+    /// double from `base` and are drawn at random, never above `cap`.
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// Makes the random waits reproducible (for tests). Each `run` still gets its own
+    /// sequence, derived from the seed and the order in which runs start. Default:
+    /// a random seed.
+    #[must_use]
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
+    /// The pool's retry budget: retries may be at most `ratio` x the requests started
+    /// in the last 10 s, plus `floor` (which lets a quiet pool retry at all).
+    /// Default 0.2 and 10: in an outage at most one request in five is retried.
+    #[must_use]
+    pub fn budget(mut self, ratio: f64, floor: u32) -> Self {
+        self.budget_ratio = ratio;
+        self.budget_floor = floor;
+        self
+    }
+
+    /// Checks the settings that do not depend on the pool.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the offending setting.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.max_attempts == 0 {
+            return Err(PolicyError::ZeroAttempts);
+        }
+        if self.deadline.is_zero() {
+            return Err(PolicyError::ZeroDeadline);
+        }
+        if self.backoff_base.is_zero() {
+            return Err(PolicyError::ZeroBackoff);
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err(PolicyError::BackoffCapBelowBase {
+                base: self.backoff_base,
+                cap: self.backoff_cap,
+            });
+        }
+        if !self.budget_ratio.is_finite() || self.budget_ratio < 0.0 {
+            return Err(PolicyError::BudgetRatio {
+                ratio: self.budget_ratio.to_string(),
+            });
+        }
+        if self.budget_ratio == 0.0 && self.budget_floor == 0 {
+            return Err(PolicyError::ZeroBudget);
+        }
+        Ok(())
+    }
+
+    /// [`RetryPolicy::validate`], plus the checks against the pool's connect timeout.
+    pub(crate) fn validate_for(&self, connect_timeout: Duration) -> Result<(), PolicyError> {
+        self.validate()?;
+        if self.deadline < connect_timeout {
+            return Err(PolicyError::DeadlineBelowConnectTimeout {
+                deadline: self.deadline,
+                connect_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`RetryPolicy`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// `max_attempts` is 0: the operation could never run.
+    #[error("max_attempts must be at least 1 (1 means: never retry)")]
+    ZeroAttempts,
+    /// The deadline is zero.
+    #[error("the retry deadline must be greater than zero")]
+    ZeroDeadline,
+    /// The deadline is shorter than one connect may take.
+    #[error(
+        "the retry deadline ({deadline:?}) is shorter than connect_timeout ({connect_timeout:?}): \
+         one slow connect could use it all; raise the deadline or lower connect_timeout"
+    )]
+    DeadlineBelowConnectTimeout {
+        /// The policy's deadline.
+        deadline: Duration,
+        /// The pool's `connect_timeout`.
+        connect_timeout: Duration,
+    },
+    /// The backoff base is zero: retries would not wait at all.
+    #[error("the backoff base must be greater than zero: retries without a pause hammer a failing upstream")]
+    ZeroBackoff,
+    /// The backoff cap is below its base.
+    #[error("the backoff cap ({cap:?}) must not be below its base ({base:?})")]
+    BackoffCapBelowBase {
+        /// The first wait.
+        base: Duration,
+        /// The longest wait.
+        cap: Duration,
+    },
+    /// The budget ratio is negative or not a number.
+    #[error("the retry budget ratio must be a finite number of at least 0, got {ratio}")]
+    BudgetRatio {
+        /// The ratio given.
+        ratio: String,
+    },
+    /// Ratio and floor are both zero: no retry could ever run.
+    #[error(
+        "the retry budget is zero (ratio 0, floor 0): no retry could ever run; \
+         to turn retries off, set max_attempts(1)"
+    )]
+    ZeroBudget,
+}
+
+/// Why retrying stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUp {
+    /// `max_attempts` were made.
+    Attempts,
+    /// The deadline passed, or the next wait would have passed it.
+    Deadline,
+    /// The pool's retry budget was spent.
+    Budget,
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GiveUp::Attempts => "attempts exhausted",
+            GiveUp::Deadline => "deadline passed",
+            GiveUp::Budget => "retry budget spent",
+        })
+    }
+}
+
+/// What went wrong in one attempt: the operation's error or the checkout's.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError<E: StdError + 'static> {
+    /// The operation returned this error.
+    #[error(transparent)]
+    Operation(E),
+    /// No connection could be had.
+    #[error(transparent)]
+    Checkout(Error<E>),
+}
+
+/// Why [`Pool::run`] (or a sibling) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError<E: StdError + 'static> {
+    /// The operation's own error (the server answered; the connection was fine and
+    /// went back to the pool). Never retried.
+    #[error(transparent)]
+    Operation(E),
+    /// The connection broke after the request may have reached the server, and the
+    /// operation is not idempotent: it was not replayed, and may or may not have
+    /// taken effect.
+    #[error(
+        "the connection broke ({cause}) after the request may have reached the server; \
+         not retried because the operation is not idempotent: it may or may not have taken effect"
+    )]
+    NotSafe {
+        /// Why the connection broke.
+        cause: ResetCause,
+        /// Attempts made.
+        attempts: u32,
+        /// The operation's error.
+        #[source]
+        source: E,
+    },
+    /// Retrying stopped: attempts, deadline or budget ran out.
+    #[error("gave up after {attempts} attempt(s), {reason}; last cause: {}", cause_text(.cause))]
+    GaveUp {
+        /// What ran out.
+        reason: GiveUp,
+        /// Attempts made.
+        attempts: u32,
+        /// The cause of the last broken connection or failed connect; `None` when the
+        /// last failure was transient, or the deadline cut an attempt short.
+        cause: Option<ResetCause>,
+        /// The last attempt's error, if it ended with one.
+        #[source]
+        source: Option<AttemptError<E>>,
+    },
+    /// No connection: the pool is closed, stayed exhausted, or its connect circuit is
+    /// open. Not retried.
+    #[error(transparent)]
+    Pool(Error<E>),
+}
+
+fn cause_text(cause: &Option<ResetCause>) -> &'static str {
+    cause.map_or("none", ResetCause::as_str)
+}
+
+impl<E: StdError + 'static> RunError<E> {
+    /// The reset cause behind the failure, if a connection broke or could not be made.
+    pub fn cause(&self) -> Option<ResetCause> {
+        match self {
+            RunError::Operation(_) => None,
+            RunError::NotSafe { cause, .. } => Some(*cause),
+            RunError::GaveUp { cause, .. } => *cause,
+            RunError::Pool(err) => err.cause(),
+        }
+    }
+}
+
+/// The waits between attempts of one `run`. See the [module docs](self).
+///
+/// backon's jitter adds up to one more delay on top of the delay (so a capped delay
+/// could reach twice the cap); its exponential part is therefore capped at half the
+/// cap, which keeps every wait at or below the cap and still random at the top.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    waits: ExponentialBackoff,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(base: Duration, cap: Duration, seed: u64) -> Backoff {
+        let half_cap = cap / 2;
+        let waits = ExponentialBuilder::new()
+            .with_min_delay(base.min(half_cap))
+            .with_max_delay(half_cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .with_jitter()
+            // Always seeded: without backon's `std` feature an unseeded backoff uses one
+            // fixed seed, which would put every pool's waits in lock-step.
+            .with_jitter_seed(seed)
+            .build();
+        Backoff { waits, cap }
+    }
+
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        self.waits.next().unwrap_or(self.cap).min(self.cap)
+    }
+}
+
+/// How long the budget remembers requests and retries.
+const BUDGET_WINDOW_SECS: u64 = 10;
+
+/// The pool's retry budget: a token bucket whose deposits expire. Each request
+/// deposits `ratio` of a token, each retry withdraws one, `floor` tokens are always
+/// there; what was deposited or withdrawn more than 10 s ago no longer counts. So
+/// retries <= ratio x recent requests + floor, at every moment.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    ratio: f64,
+    floor: f64,
+    started: Instant,
+    window: Mutex<[Second; BUDGET_WINDOW_SECS as usize]>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Second {
+    at: u64,
+    requests: u64,
+    retries: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(ratio: f64, floor: u32) -> Budget {
+        Budget {
+            ratio,
+            floor: f64::from(floor),
+            started: Instant::now(),
+            window: Mutex::new([Second::default(); BUDGET_WINDOW_SECS as usize]),
+        }
+    }
+
+    fn with_current<R>(&self, f: impl FnOnce(&mut [Second], usize, u64) -> R) -> R {
+        // The slots are plain counters: a panic elsewhere cannot leave them
+        // half-updated, so a poisoned lock is still sound.
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        // Seconds are counted from 1, so a never-used slot (at 0) is never current.
+        let now = Instant::now().saturating_duration_since(self.started).as_secs() + 1;
+        let index = (now % BUDGET_WINDOW_SECS) as usize;
+        if window[index].at != now {
+            window[index] = Second {
+                at: now,
+                ..Second::default()
+            };
+        }
+        f(&mut window[..], index, now)
+    }
+
+    /// Counts a request (a `run` call).
+    pub(crate) fn deposit(&self) {
+        self.with_current(|window, index, _| window[index].requests += 1);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub(crate) fn withdraw(&self) -> bool {
+        self.with_current(|window, index, now| {
+            let recent = window
+                .iter()
+                .filter(|s| s.at + BUDGET_WINDOW_SECS > now && s.at > 0);
+            let (requests, retries) =
+                recent.fold((0u64, 0u64), |(q, r), s| (q + s.requests, r + s.retries));
+            let allowed = self.ratio * requests as f64 + self.floor;
+            if (retries + 1) as f64 <= allowed {
+                window[index].retries += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// A pool's retry state: the budget and the counter that gives each run its own
+/// jitter sequence.
+#[derive(Debug)]
+pub(crate) struct RetryState {
+    pub(crate) budget: Budget,
+    runs: AtomicU64,
+}
+
+impl RetryState {
+    pub(crate) fn new(policy: &RetryPolicy) -> RetryState {
+        RetryState {
+            budget: Budget::new(policy.budget_ratio, policy.budget_floor),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    fn next_seed(&self, policy: &RetryPolicy) -> u64 {
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
+        match policy.jitter_seed {
+            Some(seed) => seed ^ run.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            None => fastrand::u64(..),
+        }
+    }
+}
+
+/// A connection lent to an operation. Discarded, not returned, if the operation
+/// does not finish: it panicked, or the `run` future was dropped or timed out, and
+/// the connection may hold half a request or half a reply.
+struct Lent<M: Manager> {
+    conn: Option<Connection<M>>,
+}
+
+impl<M: Manager> Lent<M> {
+    fn get(&mut self) -> &mut M::Connection {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a lent connection is only taken back once"),
+        }
+    }
+
+    fn give_back(mut self) -> Connection<M> {
+        match self.conn.take() {
+            Some(conn) => conn,
+            None => unreachable!("a lent connection is only taken back once"),
+        }
+    }
+}
+
+impl<M: Manager> Drop for Lent<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let id = conn.id();
+            if std::thread::panicking() {
+                tracing::warn!(conn = id, "operation panicked; its connection is discarded");
+            } else {
+                tracing::debug!(conn = id, "operation cancelled; its connection is discarded");
+            }
+            drop(conn.detach());
+        }
+    }
+}
+
+/// The last failure of a run, kept to report it.
+struct Failure<E: StdError + 'static> {
+    cause: Option<ResetCause>,
+    error: Option<AttemptError<E>>,
+}
+
+impl<M: Manager> Pool<M> {
+    /// Runs an operation that must not run twice, retrying only when the request
+    /// provably never reached the server. See the [retry rules](crate::retry).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
+    /// use tokio::io::AsyncWriteExt;
+    /// let sent = pool
+    ///     .run(|conn| Box::pin(async move { conn.write_all(b"INCR visits\n").await }))
+    ///     .await;
+    /// # drop(sent); }
+    /// ```
+    ///
+    /// # Errors
+    /// [`RunError`]: the operation's own error, [`RunError::NotSafe`] when the
+    /// connection broke after sending, [`RunError::GaveUp`], or [`RunError::Pool`].
+    pub async fn run<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+    {
+        self.run_with(Idempotency::NotIdempotent, op).await
+    }
+
+    /// Runs an operation that may safely run more than once, retrying on any broken
+    /// connection. See the [retry rules](crate::retry).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// let value = pool
+    ///     .run_idempotent(|conn| {
+    ///         Box::pin(async move {
+    ///             conn.write_all(b"GET visits\n").await?;
+    ///             let mut buf = [0u8; 8];
+    ///             conn.read_exact(&mut buf).await?;
+    ///             Ok(u64::from_be_bytes(buf))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # drop(value); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`RunError`]: the operation's own error, [`RunError::GaveUp`], or
+    /// [`RunError::Pool`].
+    pub async fn run_idempotent<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+    {
+        self.run_with(Idempotency::Idempotent, op).await
+    }
+
+    /// Runs an operation whose idempotency is known only at run time.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>, is_read: bool) {
+    /// use steadypool::Idempotency;
+    /// use tokio::io::AsyncWriteExt;
+    /// let kind = if is_read { Idempotency::Idempotent } else { Idempotency::NotIdempotent };
+    /// let done = pool
+    ///     .run_with(kind, |conn| Box::pin(async move { conn.write_all(b"...\n").await }))
+    ///     .await;
+    /// # drop(done); }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Pool::run`] and [`Pool::run_idempotent`].
+    pub async fn run_with<T, F>(
+        &self,
+        idempotency: Idempotency,
+        op: F,
+    ) -> Result<T, RunError<M::Error>>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+    {
+        let span = tracing::debug_span!(
+            "run",
+            pool = %self.core().config.name,
+            idempotent = idempotency.is_idempotent(),
+            attempt = tracing::field::Empty,
+            conn = tracing::field::Empty,
+        );
+        self.attempts(idempotency, op, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn attempts<T, F>(
+        &self,
+        idempotency: Idempotency,
+        mut op: F,
+        span: tracing::Span,
+    ) -> Result<T, RunError<M::Error>>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+    {
+        let core = self.core();
+        let policy = &core.config.retry;
+        let recorder = &core.recorder;
+        let deadline = Instant::now() + policy.deadline;
+        core.retry.budget.deposit();
+        let mut backoff = Backoff::new(
+            policy.backoff_base,
+            policy.backoff_cap,
+            core.retry.next_seed(policy),
+        );
+        let mut last: Option<Failure<M::Error>> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            span.record("attempt", attempt);
+            let gave_up_at_deadline = |last: Option<Failure<M::Error>>| {
+                let (cause, error) = last.map_or((None, None), |f| (f.cause, f.error));
+                recorder.retry(cause.unwrap_or(ResetCause::Other), RetryOutcome::GaveUp);
+                RunError::GaveUp {
+                    reason: GiveUp::Deadline,
+                    attempts: attempt,
+                    cause,
+                    source: error,
+                }
+            };
+
+            let conn = match tokio::time::timeout_at(deadline, self.get()).await {
+                Err(_) => return Err(gave_up_at_deadline(last)),
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err @ (Error::Connect { .. } | Error::ConnectTimeout(_)))) => {
+                    // Not a single byte left: safe to retry whatever the operation.
+                    let failure = Failure {
+                        cause: err.cause(),
+                        error: Some(AttemptError::Checkout(err)),
+                    };
+                    last = Some(
+                        self.pause(attempt, deadline, &mut backoff, false, failure)
+                            .await?,
+                    );
+                    continue;
+                }
+                Ok(Err(err)) => {
+                    if let Some(failure) = &last {
+                        recorder.retry(
+                            failure.cause.unwrap_or(ResetCause::Other),
+                            RetryOutcome::GaveUp,
+                        );
+                    }
+                    return Err(RunError::Pool(err));
+                }
+            };
+            span.record("conn", conn.id());
+            let reused = conn.is_reused();
+            let mut lent = Lent { conn: Some(conn) };
+            let result = match tokio::time::timeout_at(deadline, op(lent.get())).await {
+                Ok(result) => result,
+                Err(_) => return Err(gave_up_at_deadline(last)),
+            };
+            let mut conn = lent.give_back();
+            let err = match result {
+                Ok(value) => {
+                    if let Some(failure) = last {
+                        recorder.retry(
+                            failure.cause.unwrap_or(ResetCause::Other),
+                            RetryOutcome::Succeeded,
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(err) => err,
+            };
+            match err.classify() {
+                Disposition::Application => {
+                    drop(conn);
+                    if let Some(failure) = last {
+                        recorder.retry(
+                            failure.cause.unwrap_or(ResetCause::Other),
+                            RetryOutcome::Succeeded,
+                        );
+                    }
+                    return Err(RunError::Operation(err));
+                }
+                Disposition::Transient => {
+                    drop(conn);
+                    let failure = Failure {
+                        cause: None,
+                        error: Some(AttemptError::Operation(err)),
+                    };
+                    last = Some(
+                        self.pause(attempt, deadline, &mut backoff, false, failure)
+                            .await?,
+                    );
+                }
+                Disposition::Broken { cause, sent } => {
+                    conn.mark_broken(cause);
+                    drop(conn);
+                    if sent == Sent::Maybe && !idempotency.is_idempotent() {
+                        recorder.retry(cause, RetryOutcome::NotSafe);
+                        return Err(RunError::NotSafe {
+                            cause,
+                            attempts: attempt,
+                            source: err,
+                        });
+                    }
+                    let stale = attempt == 1 && reused && is_stale(cause);
+                    let failure = Failure {
+                        cause: Some(cause),
+                        error: Some(AttemptError::Operation(err)),
+                    };
+                    last = Some(self.pause(attempt, deadline, &mut backoff, stale, failure).await?);
+                    continue;
+                }
+            }
+        }
+    }
+
+    /// Decides whether another attempt may follow `failure`, and waits for it.
+    /// Returns the failure to remember, or the error that ends the run.
+    async fn pause(
+        &self,
+        attempt: u32,
+        deadline: Instant,
+        backoff: &mut Backoff,
+        at_once: bool,
+        failure: Failure<M::Error>,
+    ) -> Result<Failure<M::Error>, RunError<M::Error>> {
+        let core = self.core();
+        let policy = &core.config.retry;
+        let label = failure.cause.unwrap_or(ResetCause::Other);
+        let give_up = |reason: GiveUp, failure: Failure<M::Error>| {
+            let outcome = match reason {
+                GiveUp::Budget => RetryOutcome::BudgetSpent,
+                GiveUp::Attempts | GiveUp::Deadline => RetryOutcome::GaveUp,
+            };
+            core.recorder.retry(label, outcome);
+            tracing::debug!(attempt, cause = label.as_str(), %reason, "not retrying");
+            RunError::GaveUp {
+                reason,
+                attempts: attempt,
+                cause: failure.cause,
+                source: failure.error,
+            }
+        };
+        if attempt >= policy.max_attempts {
+            return Err(give_up(GiveUp::Attempts, failure));
+        }
+        let wait = if at_once {
+            Duration::ZERO
+        } else {
+            backoff.next_wait()
+        };
+        if Instant::now() + wait >= deadline {
+            return Err(give_up(GiveUp::Deadline, failure));
+        }
+        if !core.retry.budget.withdraw() {
+            return Err(give_up(GiveUp::Budget, failure));
+        }
+        tracing::debug!(
+            attempt,
+            cause = label.as_str(),
+            wait_ms = wait.as_secs_f64() * 1000.0,
+            "retrying",
+        );
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(failure)
+    }
+}
+
+/// Causes that, on a connection just taken from the pool, mean only that socket went
+/// stale while it sat idle (the upstream itself answered it).
+fn is_stale(cause: ResetCause) -> bool {
+    matches!(
+        cause,
+        ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_are_jittered_and_never_pass_the_cap() {
+        let base = Duration::from_millis(10);
+        let cap = Duration::from_millis(200);
+        let mut all = Vec::new();
+        for seed in 0..50 {
+            let mut backoff = Backoff::new(base, cap, seed);
+            let waits: Vec<Duration> = (0..12).map(|_| backoff.next_wait()).collect();
+            assert!(waits.iter().all(|w| *w <= cap), "{waits:?}");
+            assert!(waits[0] >= base && waits[0] < base * 2, "{waits:?}");
+            assert!(waits[3] >= base * 8, "waits grow: {waits:?}");
+            // At the top, still spread over [cap/2, cap].
+            assert!(waits[11] >= cap / 2);
+            all.push(waits[11]);
+        }
+        all.sort();
+        all.dedup();
+        assert!(all.len() > 25, "capped waits are not jittered: {all:?}");
+    }
+
+    #[test]
+    fn a_seed_reproduces_the_waits() {
+        let base = Duration::from_millis(5);
+        let cap = Duration::from_secs(1);
+        let waits = |seed| {
+            let mut backoff = Backoff::new(base, cap, seed);
+            (0..8).map(|_| backoff.next_wait()).collect::<Vec<_>>()
+        };
+        assert_eq!(waits(7), waits(7));
+        assert_ne!(waits(7), waits(8));
+    }
+
+    #[test]
+    fn runs_of_a_seeded_policy_get_different_but_reproducible_seeds() {
+        let policy = RetryPolicy::default().jitter_seed(42);
+        let seeds = |state: &RetryState| (0..4).map(|_| state.next_seed(&policy)).collect::<Vec<_>>();
+        let first = seeds(&RetryState::new(&policy));
+        assert_eq!(first, seeds(&RetryState::new(&policy)));
+        let mut unique = first.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), first.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_allows_ratio_of_recent_requests_plus_floor() {
+        let budget = Budget::new(0.5, 2);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 7, "0.5 x 10 requests + 2");
+        // Ten seconds later the old requests and retries no longer count.
+        tokio::time::advance(Duration::from_secs(BUDGET_WINDOW_SECS)).await;
+        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 2, "only the floor is left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_counts_a_sliding_window() {
+        let budget = Budget::new(1.0, 0);
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 8);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // The first four requests aged out; the retries taken since still count.
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 0);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_a_reason() {
+        let ok = RetryPolicy::default();
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            ok.clone().max_attempts(0).validate(),
+            Err(PolicyError::ZeroAttempts)
+        );
+        assert_eq!(
+            ok.clone().budget(0.0, 0).validate(),
+            Err(PolicyError::ZeroBudget)
+        );
+        assert!(matches!(
+            ok.clone().budget(-0.1, 10).validate(),
+            Err(PolicyError::BudgetRatio { .. })
+        ));
+        assert!(matches!(
+            ok.clone().budget(f64::NAN, 10).validate(),
+            Err(PolicyError::BudgetRatio { .. })
+        ));
+        assert_eq!(
+            ok.clone()
+                .backoff(Duration::ZERO, Duration::from_secs(1))
+                .validate(),
+            Err(PolicyError::ZeroBackoff)
+        );
+        assert!(matches!(
+            ok.clone()
+                .backoff(Duration::from_secs(2), Duration::from_secs(1))
+                .validate(),
+            Err(PolicyError::BackoffCapBelowBase { .. })
+        ));
+        let err = ok
+            .clone()
+            .deadline(Duration::from_secs(1))
+            .validate_for(Duration::from_secs(5))
+            .unwrap_err();
+        assert!(err.to_string().contains("shorter than connect_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The metrics one pool recorded, for assertions.
+//!
+//! A pool binds its metric handles when it is built, so [`RecordedMetrics::build`]
+//! builds it with a fresh [`DebuggingRecorder`] installed for that moment only: every
+//! later increment, on any thread, lands in this test's recorder and no other. Tests
+//! can run in parallel, on any runtime.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadypool::{drivers::tcp::TcpManager, Phase, Pool, ResetCause};
+//! use steadypool_tests::recorded::RecordedMetrics;
+//!
+//! let (pool, metrics) = RecordedMetrics::build(Pool::builder(TcpManager::new("127.0.0.1:7000")))?;
+//! // ... a connection breaks ...
+//! assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
+//! # drop(pool); Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS};
+use steadypool::{BuildError, Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
+
+/// A counter series: its name and its labels, sorted.
+type Series = (String, Vec<(String, String)>);
+
+/// The counters one pool recorded since it was built.
+pub struct RecordedMetrics {
+    snapshotter: Snapshotter,
+    /// Taking a snapshot resets the recorder's counters, so the totals live here.
+    totals: Mutex<HashMap<Series, u64>>,
+}
+
+impl RecordedMetrics {
+    /// Builds the pool with its metrics going to a recorder of its own.
+    ///
+    /// # Errors
+    /// The builder's [`BuildError`].
+    pub fn build<M: Manager>(
+        builder: PoolBuilder<M>,
+    ) -> Result<(Pool<M>, RecordedMetrics), BuildError> {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let pool = metrics::with_local_recorder(&recorder, || builder.build())?;
+        Ok((
+            pool,
+            RecordedMetrics {
+                snapshotter,
+                totals: Mutex::new(HashMap::new()),
+            },
+        ))
+    }
+
+    /// The sum of counter `name` over every series whose labels include all of
+    /// `labels`.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            if let DebugValue::Counter(n) = value {
+                let key = key.key();
+                let mut series_labels: Vec<(String, String)> = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                series_labels.sort();
+                *totals
+                    .entry((key.name().to_owned(), series_labels))
+                    .or_default() += n;
+            }
+        }
+        totals
+            .iter()
+            .filter(|((series, series_labels), _)| {
+                series == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Connections that broke with `cause` in `phase`.
+    pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
+        self.counter(
+            RESETS,
+            &[("cause", cause.as_str()), ("phase", phase.as_str())],
+        )
+    }
+
+    /// Connections that broke with `cause`, in any phase.
+    pub fn resets_with_cause(&self, cause: ResetCause) -> u64 {
+        self.counter(RESETS, &[("cause", cause.as_str())])
+    }
+
+    /// Every connection that broke, whatever the cause.
+    pub fn all_resets(&self) -> u64 {
+        self.counter(RESETS, &[])
+    }
+
+    /// Connections closed on purpose for `reason`.
+    pub fn evictions(&self, reason: Eviction) -> u64 {
+        self.counter(EVICTIONS, &[("reason", reason.as_str())])
+    }
+
+    /// Connect attempts with `outcome` (`"ok"` or a cause's label).
+    pub fn connects(&self, outcome: &str) -> u64 {
+        self.counter(CONNECTS, &[("outcome", outcome)])
+    }
+}

@@ -1,0 +1,174 @@
+//! The connect gate against an upstream that goes down and comes back on the same
+//! port: retries back off with jitter, the circuit opens, checkouts fail fast without
+//! dialing while it is open, and the pool recovers within one open period of the
+//! upstream's return.
+
+use std::time::{Duration, Instant};
+
+use steadypool::{CircuitState, Error, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
+
+const BASE: Duration = Duration::from_millis(40);
+const OPEN_FOR: Duration = Duration::from_millis(600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_then_back() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let manager = LedgerManager::new(server.addr());
+    let pool = Pool::builder(manager.clone())
+        .name("breaker")
+        .max_size(4)
+        .connect_timeout(Duration::from_secs(1))
+        .max_concurrent_connects(2)
+        .circuit_open_after(10)
+        .circuit_open_for(OPEN_FOR)
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(4)
+                .deadline(Duration::from_secs(10))
+                .backoff(BASE, Duration::from_secs(1))
+                .jitter_seed(52_886),
+        )
+        .build()
+        .unwrap();
+    // Up: it works. The connection is taken out of the pool so that the attempts
+    // below all dial (a pooled one would first be found dead at checkout).
+    let mut warm = pool.get().await.unwrap();
+    assert_eq!(flaky::run(&mut warm, 1).await.unwrap(), 1);
+    drop(warm.detach());
+    assert_eq!(manager.connects().len(), 1);
+
+    server.stop().await;
+
+    // Two requests, one after the other, four attempts each, every connect refused.
+    // Between one request's attempts the n-th wait is drawn from [d, 2d) with d =
+    // base, 2 x base, 4 x base: each wait is at least d, and without jitter every wait
+    // would sit right at d.
+    let mut stretch: Vec<f64> = Vec::new();
+    for id in [2, 3] {
+        let before = manager.connects().len();
+        let err = pool
+            .run_idempotent(|conn| Box::pin(flaky::run(conn, id)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.cause(), Some(ResetCause::Refused), "{err}");
+        let starts = manager.connects()[before..].to_vec();
+        assert_eq!(starts.len(), 4, "each attempt dialed once");
+        for (n, pair) in starts.windows(2).enumerate() {
+            let floor = BASE * 2u32.pow(n as u32);
+            let wait = pair[1] - pair[0];
+            assert!(wait >= floor, "wait {n} was {wait:?}, below {floor:?}");
+            stretch.push(wait.as_secs_f64() / floor.as_secs_f64() - 1.0);
+        }
+    }
+    assert_eq!(pool.status().circuit, CircuitState::Closed, "8 < 10 failures");
+    assert!(
+        stretch.iter().any(|s| *s > 0.1),
+        "waits are not jittered (each at its floor): {stretch:?}"
+    );
+
+    // A third request: its second failed connect is the tenth in a row, which opens
+    // the circuit; its third attempt fails fast.
+    let err = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 4)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::Pool(Error::CircuitOpen {
+                cause: ResetCause::Refused,
+                failures: 10,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(manager.connects().len(), 1 + 10);
+    assert_eq!(pool.status().circuit, CircuitState::Open);
+
+    // Open: checkouts that need a connection fail at once, naming the cause, and
+    // nobody dials.
+    let dialed = manager.connects().len();
+    let fast = Instant::now();
+    for _ in 0..20 {
+        match pool.get().await {
+            Err(Error::CircuitOpen {
+                cause, retry_in, ..
+            }) => {
+                assert_eq!(cause, ResetCause::Refused);
+                assert!(retry_in <= OPEN_FOR);
+            }
+            other => panic!("expected CircuitOpen, got {other:?}"),
+        }
+    }
+    let err = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 5)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Pool(Error::CircuitOpen { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(manager.connects().len(), dialed, "no dial while open");
+    assert!(
+        fast.elapsed() < OPEN_FOR,
+        "21 checkouts failed fast, in {:?}",
+        fast.elapsed()
+    );
+
+    // Back: the pool recovers at the first checkout after the open period ends.
+    server.restart().unwrap();
+    let back = Instant::now();
+    let recovered = loop {
+        if pool.get().await.is_ok() {
+            break back.elapsed();
+        }
+        assert!(
+            back.elapsed() < OPEN_FOR * 5,
+            "no recovery within {:?}",
+            OPEN_FOR * 5
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("recovered {recovered:?} after the upstream came back (open period up to {OPEN_FOR:?})");
+    assert!(
+        recovered <= OPEN_FOR + Duration::from_millis(500),
+        "recovered after {recovered:?}"
+    );
+    assert_eq!(pool.status().circuit, CircuitState::Closed);
+    assert_eq!(
+        pool.run_idempotent(|conn| Box::pin(flaky::run(conn, 6)))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// A failed trial connect keeps the circuit open for another (random) period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_trial_reopens_the_circuit() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let addr = server.addr();
+    server.stop().await;
+    let manager = LedgerManager::new(addr);
+    let pool = Pool::builder(manager.clone())
+        .circuit_open_after(2)
+        .circuit_open_for(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert!(matches!(pool.get().await, Err(Error::Connect { .. })));
+    }
+    assert_eq!(pool.status().circuit, CircuitState::Open);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The trial: dials once, fails, reopens.
+    assert!(matches!(pool.get().await, Err(Error::Connect { .. })));
+    assert_eq!(manager.connects().len(), 3);
+    assert_eq!(pool.status().circuit, CircuitState::Open);
+    assert!(matches!(
+        pool.get().await,
+        Err(Error::CircuitOpen { failures: 3, .. })
+    ));
+}

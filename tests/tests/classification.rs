@@ -1,0 +1,221 @@
+//! The classification matrix: each fault injected for real on loopback, and the
+//! label the pool recorded for it, read back from the metrics recorder.
+//!
+//! | fault | cause / phase |
+//! |---|---|
+//! | the server closes an idle connection (FIN), found by the reaper | `peer_closed` / `idle` |
+//! | the server resets an idle connection (RST), found by the reaper | `peer_reset` / `idle` |
+//! | the same, found by a checkout | `peer_reset` / `checkout` |
+//! | the server crashes with requests in flight (RST on unread requests) | `peer_reset` / `in_use` |
+//! | nothing listens any more | `refused` / `connect` |
+//! | the listener's accept queue is full, so SYNs are dropped | `connect_timeout` / `connect` |
+//! | the server writes on an idle connection | `unexpected_data` / `idle` |
+//! | the server hangs, and the checkout ping times out | `ping_failed` / `checkout` |
+//!
+//! Each test also checks that nothing else was recorded: one fault, one label.
+//! The black-hole causes (`keepalive_timeout`, `user_timeout`) need packets dropped by
+//! the kernel and are covered with the other kernel-level faults.
+
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use steadypool::{Classify, Disposition, Error, Phase, Pool, PoolBuilder, ResetCause};
+use steadypool_tests::eventually;
+use steadypool_tests::line_manager::{LineManager, request};
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::servers::LineServer;
+use tokio::task::JoinSet;
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Generous: these are waits for loopback events, which take microseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A pool whose idle connections only the reaper looks at (every 50 ms).
+fn reaped(server: &LineServer) -> PoolBuilder<LineManager> {
+    Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(Duration::from_millis(50))
+        .check_after(HOUR)
+}
+
+/// A pool whose idle connections only a checkout looks at.
+fn checked_out(server: &LineServer) -> PoolBuilder<LineManager> {
+    Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(HOUR)
+        .check_after(HOUR)
+}
+
+/// Opens one connection, uses it, and leaves it idle in the pool.
+async fn one_idle(pool: &Pool<LineManager>, server: &LineServer) {
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+    drop(conn);
+    assert!(eventually(PATIENCE, || server.live() == 1).await);
+}
+
+/// Waits until `metrics` shows `n` resets with `cause` in `phase`, then checks that
+/// nothing else was recorded.
+async fn recorded(metrics: &RecordedMetrics, cause: ResetCause, phase: Phase, n: u64) {
+    let seen = eventually(PATIENCE, || metrics.resets(cause, phase) >= n).await;
+    assert!(
+        seen,
+        "expected {n} x {cause}/{phase}, recorded {}",
+        metrics.resets(cause, phase)
+    );
+    assert_eq!(metrics.resets(cause, phase), n);
+    assert_eq!(metrics.all_resets(), n, "another label was recorded as well");
+}
+
+#[tokio::test]
+async fn fin_on_an_idle_connection_is_peer_closed_idle() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    one_idle(&pool, &server).await;
+
+    assert_eq!(server.close_all().await, 1);
+    recorded(&metrics, ResetCause::PeerClosed, Phase::Idle, 1).await;
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn rst_on_an_idle_connection_is_peer_reset_idle() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    one_idle(&pool, &server).await;
+
+    assert_eq!(server.reset_all().await, 1);
+    recorded(&metrics, ResetCause::PeerReset, Phase::Idle, 1).await;
+}
+
+#[tokio::test]
+async fn rst_on_an_idle_connection_found_at_checkout_is_peer_reset_checkout() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(checked_out(&server)).unwrap();
+    one_idle(&pool, &server).await;
+
+    assert_eq!(server.reset_all().await, 1);
+    // Let the RST reach the client's socket and tokio's reactor.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+    recorded(&metrics, ResetCause::PeerReset, Phase::Checkout, 1).await;
+}
+
+#[tokio::test]
+async fn server_crash_with_requests_in_flight_is_peer_reset_in_use() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(checked_out(&server).max_size(3)).unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pool.get().await.unwrap());
+    }
+    assert!(eventually(PATIENCE, || server.live() == 3).await);
+    // The server stops reading, the requests go out and wait for replies, then the
+    // server dies. A process that dies with unread requests in its sockets resets
+    // them: that is what the zero-linger close does here.
+    assert_eq!(server.freeze_all().await, 3);
+    let mut in_flight = JoinSet::new();
+    for mut conn in conns {
+        in_flight.spawn(async move {
+            let result = request(&mut conn, "SET k v").await;
+            if let Err(err) = &result
+                && let Disposition::Broken { cause, .. } = err.classify()
+            {
+                conn.mark_broken(cause);
+            }
+            result
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.reset_all().await, 3);
+
+    while let Some(outcome) = in_flight.join_next().await {
+        let err = outcome.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    recorded(&metrics, ResetCause::PeerReset, Phase::InUse, 3).await;
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn connect_with_nothing_listening_is_refused_connect() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    let (pool, metrics) = RecordedMetrics::build(Pool::builder(LineManager::new(addr))).unwrap();
+
+    let err = pool.get().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Connect {
+                cause: ResetCause::Refused,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    recorded(&metrics, ResetCause::Refused, Phase::Connect, 1).await;
+    assert_eq!(metrics.connects("refused"), 1);
+    assert_eq!(metrics.connects("ok"), 0);
+}
+
+/// A listener that never accepts, with an accept queue of one, already taken: the
+/// kernel drops every further SYN, so a connect neither succeeds nor fails. This is
+/// what an upstream too busy to accept looks like, and, from the client, a black
+/// hole as well; no root or packet filter is needed for it.
+fn listener_with_a_full_queue() -> (Socket, std::net::TcpStream, std::net::SocketAddr) {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let queued = std::net::TcpStream::connect(addr).unwrap();
+    (listener, queued, addr)
+}
+
+#[tokio::test]
+async fn connect_to_a_listener_that_never_accepts_is_connect_timeout() {
+    let (_listener, _queued, addr) = listener_with_a_full_queue();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(addr)).connect_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+
+    let err = pool.get().await.unwrap_err();
+    assert_eq!(err.cause(), Some(ResetCause::ConnectTimeout), "{err}");
+    recorded(&metrics, ResetCause::ConnectTimeout, Phase::Connect, 1).await;
+    assert_eq!(metrics.connects("connect_timeout"), 1);
+}
+
+#[tokio::test]
+async fn bytes_on_an_idle_connection_are_unexpected_data_idle() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    one_idle(&pool, &server).await;
+
+    assert_eq!(server.send_all(b"NOTICE going away\n").await, 1);
+    recorded(&metrics, ResetCause::UnexpectedData, Phase::Idle, 1).await;
+}
+
+#[tokio::test]
+async fn a_ping_the_server_never_answers_is_ping_failed_checkout() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .reaper_interval(HOUR)
+            .check_after(Duration::from_millis(50))
+            .ping_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    one_idle(&pool, &server).await;
+
+    assert_eq!(server.freeze_all().await, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The hung connection fails its ping; a new one (the server still accepts and
+    // serves new connections) takes its place.
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+    assert_eq!(pool.manager().pings(), 1);
+    recorded(&metrics, ResetCause::PingFailed, Phase::Checkout, 1).await;
+}

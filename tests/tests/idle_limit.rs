@@ -1,0 +1,203 @@
+//! The learned idle limit, against a real server that closes connections idle for
+//! 2 s (like a Node.js `keepAliveTimeout` or an nginx `keepalive_timeout`), under a
+//! workload whose connections sit idle for about 1 to 4 s between requests.
+//!
+//! Two pools run side by side against two such servers: one learns the limit (the
+//! default), the control does not. Once the learning pool's interval contains 2 s,
+//! the next 100 of its requests must meet no reset at all, while the control keeps
+//! meeting them in the same time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use steadypool::metrics::{EVICTIONS, IDLE_LIMIT_LOWER, IDLE_LIMIT_UPPER, RESETS};
+use steadypool::{Classify, Disposition, Pool};
+use steadypool_tests::line_manager::{LineManager, request};
+use steadypool_tests::servers::LineServer;
+use tokio::task::JoinSet;
+
+const SERVER_IDLE_LIMIT: Duration = Duration::from_secs(2);
+/// Enough concurrent clients that, with FIFO checkout, a connection sits idle about
+/// 2.5 s between uses (the mean gap), half the time past the server's limit.
+const CLIENTS: usize = 16;
+/// The pool times idleness from a connection's return, the server from its reply:
+/// the two clocks differ by a loopback round trip plus scheduling, under 50 ms even
+/// on a loaded machine.
+const CLOCK_SKEW: Duration = Duration::from_millis(50);
+
+/// One client: a request, then 1 to 4 s of nothing, forever. A request that meets a
+/// broken connection marks it broken, as an application does.
+async fn client(pool: Pool<LineManager>, requests: Arc<AtomicU64>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1000..=4000))).await;
+        let Ok(mut conn) = pool.get().await else {
+            continue;
+        };
+        match request(&mut conn, "GET k").await {
+            Ok(_) => {
+                requests.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(err) => {
+                if let Disposition::Broken { cause, .. } = err.classify() {
+                    conn.mark_broken(cause);
+                }
+            }
+        }
+    }
+}
+
+/// The values recorded since the last look (a snapshot resets the recorder).
+struct Recorded(Vec<(String, Vec<(String, String)>, DebugValue)>);
+
+impl Recorded {
+    fn take(snapshotter: &Snapshotter) -> Recorded {
+        Recorded(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| {
+                    let labels = key
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect();
+                    (key.key().name().to_owned(), labels, value)
+                })
+                .collect(),
+        )
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a DebugValue> {
+        self.0
+            .iter()
+            .filter(move |(series, series_labels, _)| {
+                series == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|(_, _, value)| value)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.matching(name, labels)
+            .map(|value| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn gauge(&self, name: &str, pool: &str) -> Option<f64> {
+        self.matching(name, &[("pool", pool)])
+            .find_map(|value| match value {
+                DebugValue::Gauge(v) => Some(v.0),
+                _ => None,
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_learned_interval_contains_the_servers_limit_and_resets_after_idle_stop() {
+    let started = Instant::now();
+    let learning_server = LineServer::with_idle_timeout(SERVER_IDLE_LIMIT)
+        .await
+        .unwrap();
+    let control_server = LineServer::with_idle_timeout(SERVER_IDLE_LIMIT)
+        .await
+        .unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let builder = |name: &str, server: &LineServer| {
+        Pool::builder(LineManager::new(server.addr()))
+            .name(name)
+            .max_size(CLIENTS)
+            .reaper_interval(Duration::from_millis(100))
+            // No checkout pings: the probe, the reaper and the learned limit alone.
+            .check_after(Duration::from_secs(3600))
+    };
+    let (pool, control) = metrics::with_local_recorder(&recorder, || {
+        (
+            builder("learning", &learning_server).build().unwrap(),
+            builder("control", &control_server)
+                .learn_idle_limit(false)
+                .build()
+                .unwrap(),
+        )
+    });
+
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut clients = JoinSet::new();
+    for _ in 0..CLIENTS {
+        clients.spawn(client(pool.clone(), Arc::clone(&requests)));
+        clients.spawn(client(control.clone(), Arc::new(AtomicU64::new(0))));
+    }
+
+    let learned = steadypool_tests::eventually(Duration::from_secs(20), || {
+        let limit = pool.idle_limit();
+        limit.lower.is_some() && limit.upper.is_some()
+    })
+    .await;
+    if !learned {
+        let r = Recorded::take(&snapshotter);
+        for (n, l, v) in &r.0 { if matches!(v, DebugValue::Counter(x) if *x > 0) || matches!(v, DebugValue::Gauge(_)) { eprintln!("{n} {l:?} {v:?}"); } }
+    }
+    assert!(learned, "nothing learned: {:?}", pool.idle_limit());
+    let limit = pool.idle_limit();
+    let (Some(lower), Some(upper)) = (limit.lower, limit.upper) else {
+        panic!("a bound was forgotten: {limit:?}");
+    };
+    let learning_took = started.elapsed();
+    let before = Recorded::take(&snapshotter);
+    let resets_to_learn = before.counter(RESETS, &[("pool", "learning")]);
+    println!(
+        "learned {lower:?} < limit <= {upper:?} after {learning_took:?} and {resets_to_learn} resets; evicting after {:?}",
+        limit.evict_after
+    );
+    assert!(
+        lower < SERVER_IDLE_LIMIT + CLOCK_SKEW && SERVER_IDLE_LIMIT < upper + CLOCK_SKEW,
+        "the learned interval misses 2 s: {limit:?}"
+    );
+    assert!(upper < SERVER_IDLE_LIMIT + Duration::from_secs(1), "{limit:?}");
+    assert!(resets_to_learn >= 1, "learned without a reset: {limit:?}");
+    let evict_after = limit.evict_after.unwrap();
+    assert!(evict_after < SERVER_IDLE_LIMIT, "{limit:?}");
+    // The interval is exported.
+    let gauge_lower = before.gauge(IDLE_LIMIT_LOWER, "learning").unwrap();
+    let gauge_upper = before.gauge(IDLE_LIMIT_UPPER, "learning").unwrap();
+    assert!(gauge_lower > 0.0 && gauge_lower < gauge_upper, "{gauge_lower} {gauge_upper}");
+    assert!(
+        (gauge_upper - SERVER_IDLE_LIMIT.as_secs_f64()).abs() < 1.0,
+        "{gauge_upper}"
+    );
+
+    let counted_from = requests.load(Ordering::SeqCst);
+    let hundred_more = steadypool_tests::eventually(Duration::from_secs(30), || {
+        requests.load(Ordering::SeqCst) >= counted_from + 100
+    })
+    .await;
+    clients.abort_all();
+    assert!(hundred_more, "the workload stalled");
+    let after = Recorded::take(&snapshotter);
+    let resets = after.counter(RESETS, &[("pool", "learning")]);
+    let control_resets = after.counter(RESETS, &[("pool", "control")]);
+    let evicted = after.counter(EVICTIONS, &[("pool", "learning"), ("reason", "idle_expired")]);
+    println!(
+        "next {} requests: {resets} resets, {evicted} idle evictions (control: {control_resets} resets); total {:?}",
+        requests.load(Ordering::SeqCst) - counted_from,
+        started.elapsed()
+    );
+    assert_eq!(resets, 0, "resets after learning: {:?}", pool.idle_limit());
+    assert!(evicted > 0, "the learned limit evicted nothing");
+    assert!(
+        control_resets > 0,
+        "the control pool met no reset: the workload does not exercise the limit"
+    );
+}

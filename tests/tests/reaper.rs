@@ -1,0 +1,222 @@
+//! The reaper keeps idle connections honest without any checkout: it closes those the
+//! peer closed (no socket lingers in `CLOSE_WAIT`, as the kernel reports it), those
+//! idle past `idle_timeout`, those past their jittered `max_lifetime`, and keeps
+//! `min_idle` ready. Real loopback sockets; time bounds are generous.
+
+use std::time::Duration;
+
+use steadypool::probe::TcpState;
+use steadypool::{Eviction, Manager, Phase, Pool, ResetCause};
+use steadypool_tests::line_manager::LineManager;
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::servers::{Ending, LineServer};
+use steadypool_tests::{eventually, sockets};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const TICK: Duration = Duration::from_millis(100);
+/// What "within one reaper tick" may stretch to on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(2);
+
+async fn open_idle<M: Manager>(pool: &Pool<M>, server: &LineServer, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get().await.unwrap());
+    }
+    assert!(eventually(SLACK, || server.live() == n).await);
+}
+
+#[tokio::test]
+async fn no_socket_stays_in_close_wait_longer_than_a_reaper_tick() {
+    let server = LineServer::start().await.unwrap();
+    let port = server.addr().port();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .reaper_interval(TICK)
+            .check_after(HOUR),
+    )
+    .unwrap();
+    open_idle(&pool, &server, 4).await;
+    assert_eq!(sockets::count_in_state(port, TcpState::Established).unwrap(), 4);
+
+    assert_eq!(server.close_all().await, 4);
+    let closed_at = tokio::time::Instant::now();
+    let gone = eventually(TICK + SLACK, || {
+        sockets::count_in_state(port, TcpState::CloseWait).unwrap() == 0
+            && sockets::to_port(port).unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "sockets still held after {:?}: {:?}",
+        closed_at.elapsed(),
+        sockets::to_port(port).unwrap()
+    );
+    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 4);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn reset_idle_connections_are_closed_by_the_reaper() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .reaper_interval(TICK)
+            .check_after(HOUR),
+    )
+    .unwrap();
+    open_idle(&pool, &server, 2).await;
+
+    assert_eq!(server.reset_all().await, 2);
+    let gone = eventually(TICK + SLACK, || pool.status().size == 0).await;
+    assert!(gone, "reset connections stayed in the pool");
+    assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Idle), 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_idle_timeout() {
+    let server = LineServer::start().await.unwrap();
+    let idle_timeout = Duration::from_millis(300);
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .reaper_interval(Duration::from_millis(50))
+            .idle_timeout(Some(idle_timeout))
+            .check_after(HOUR),
+    )
+    .unwrap();
+    open_idle(&pool, &server, 2).await;
+
+    let closed = eventually(idle_timeout + SLACK, || server.ended().len() == 2).await;
+    assert!(closed, "idle connections were not closed");
+    for ended in server.ended() {
+        assert_eq!(ended.how, Ending::ClientClosed);
+        assert!(ended.lived >= idle_timeout, "closed after {:?}", ended.lived);
+    }
+    assert_eq!(metrics.evictions(Eviction::IdleExpired), 2);
+    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn lifetimes_are_jittered_within_max_lifetime_minus_jitter_and_max_lifetime() {
+    const CONNECTIONS: usize = 8;
+    let server = LineServer::start().await.unwrap();
+    let lifetime = Duration::from_millis(1500);
+    let jitter = Duration::from_millis(1000);
+    let tick = Duration::from_millis(20);
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .max_size(CONNECTIONS)
+            .reaper_interval(tick)
+            .idle_timeout(None)
+            .max_lifetime(Some(lifetime))
+            .max_lifetime_jitter(jitter)
+            .check_after(HOUR),
+    )
+    .unwrap();
+    open_idle(&pool, &server, CONNECTIONS).await;
+
+    let all_retired = eventually(lifetime + SLACK, || server.ended().len() == CONNECTIONS).await;
+    assert!(all_retired, "only {} retired", server.ended().len());
+    let lived: Vec<Duration> = server.ended().iter().map(|e| e.lived).collect();
+    // The server accepted each connection a moment after the pool opened it, and the
+    // reaper notices a retirement up to a tick (plus scheduling delay) late.
+    let earliest = lifetime - jitter - Duration::from_millis(50);
+    let latest = lifetime + tick + SLACK;
+    for l in &lived {
+        assert!(
+            (earliest..=latest).contains(l),
+            "a connection lived {l:?}, outside [{earliest:?}, {latest:?}]"
+        );
+    }
+    let spread = lived.iter().max().unwrap().saturating_sub(*lived.iter().min().unwrap());
+    // Eight draws from a 1 s window all falling within 50 ms: odds about 1e-8.
+    assert!(
+        spread > Duration::from_millis(50),
+        "lifetimes not jittered: {lived:?}"
+    );
+    assert_eq!(metrics.evictions(Eviction::MaxLifetime), CONNECTIONS as u64);
+    assert_eq!(metrics.all_resets(), 0);
+}
+
+#[tokio::test]
+async fn min_idle_is_filled_and_refilled_after_the_peer_closes_everything() {
+    let server = LineServer::start().await.unwrap();
+    let port = server.addr().port();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .max_size(5)
+            .min_idle(3)
+            .reaper_interval(TICK)
+            .check_after(HOUR),
+    )
+    .unwrap();
+
+    let filled = eventually(TICK + SLACK, || {
+        let s = pool.status();
+        s.idle == 3 && s.size == 3
+    })
+    .await;
+    assert!(filled, "min_idle not reached: {:?}", pool.status());
+    assert!(eventually(SLACK, || server.live() == 3).await);
+    assert_eq!(server.accepts(), 3);
+
+    assert_eq!(server.close_all().await, 3);
+    let refilled = eventually(2 * TICK + SLACK, || {
+        server.accepts() == 6 && pool.status().idle == 3 && server.live() == 3
+    })
+    .await;
+    assert!(
+        refilled,
+        "not refilled: {:?}, accepts {}",
+        pool.status(),
+        server.accepts()
+    );
+    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    assert_eq!(sockets::count_in_state(port, TcpState::CloseWait).unwrap(), 0);
+    assert_eq!(sockets::count_in_state(port, TcpState::Established).unwrap(), 3);
+    // The refill never grows the pool past min_idle.
+    tokio::time::sleep(3 * TICK).await;
+    assert_eq!(server.accepts(), 6);
+}
+
+#[tokio::test]
+async fn min_idle_refill_leaves_room_for_checkouts_and_respects_max_size() {
+    let server = LineServer::start().await.unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .max_size(2)
+        .min_idle(2)
+        .reaper_interval(Duration::from_millis(20))
+        .check_after(HOUR)
+        .build()
+        .unwrap();
+    assert!(eventually(SLACK, || pool.status().idle == 2).await);
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    // Both in use: the refill may not open a third.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pool.status().size, 2);
+    assert_eq!(server.accepts(), 2);
+    drop((a, b));
+    assert_eq!(pool.status().idle, 2);
+}
+
+#[tokio::test]
+async fn closing_the_pool_closes_idle_connections_and_stops_the_reaper() {
+    let server = LineServer::start().await.unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .min_idle(2)
+            .reaper_interval(Duration::from_millis(20))
+            .check_after(HOUR),
+    )
+    .unwrap();
+    assert!(eventually(SLACK, || server.live() == 2).await);
+
+    pool.close();
+    assert!(eventually(SLACK, || server.live() == 0).await);
+    assert_eq!(metrics.evictions(Eviction::Closed), 2);
+    // A running reaper would refill min_idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.accepts(), 2);
+    assert!(pool.get().await.is_err());
+}

@@ -1,0 +1,105 @@
+//! The retry budget: with the upstream hard down, retries stay within
+//! `ratio x requests + floor` instead of multiplying the load by `max_attempts`
+//! (golang/go#52886), and each request turned away is counted.
+
+use std::time::Duration;
+
+use steadypool::metrics::RETRIES;
+use steadypool::{GiveUp, Pool, RetryPolicy, RunError};
+use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer, ResetPoint};
+use steadypool_tests::recorded::RecordedMetrics;
+
+const REQUESTS: usize = 200;
+const RATIO: f64 = 0.2;
+const FLOOR: u32 = 10;
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(5)
+        .backoff(Duration::from_millis(1), Duration::from_millis(4))
+        .budget(RATIO, FLOOR)
+}
+
+fn allowed_retries() -> usize {
+    (RATIO * REQUESTS as f64) as usize + FLOOR as usize
+}
+
+/// Every request reaches a server that resets it before running it: connects work,
+/// every attempt fails. Each attempt is one request line at the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_budget_when_every_request_is_reset() {
+    let server = LedgerServer::start(Faults {
+        reset_probability: 1.0,
+        reset_point: Some(ResetPoint::Before),
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr()))
+            .name("budget")
+            .retry_policy(policy()),
+    )
+    .unwrap();
+
+    let mut budget_spent = 0;
+    for id in 0..REQUESTS as u64 {
+        let err = pool
+            .run_idempotent(|conn| Box::pin(flaky::run(conn, id)))
+            .await
+            .unwrap_err();
+        assert!(err.cause().is_some(), "{err}");
+        if matches!(
+            err,
+            RunError::GaveUp {
+                reason: GiveUp::Budget,
+                ..
+            }
+        ) {
+            budget_spent += 1;
+        }
+    }
+    let retries = server.requests() - REQUESTS;
+    eprintln!(
+        "{REQUESTS} requests, upstream resetting all: {retries} retries (budget {}), \
+         {budget_spent} turned away; without a budget: {}",
+        allowed_retries(),
+        REQUESTS * 4
+    );
+    assert!(retries <= allowed_retries(), "{retries} retries");
+    assert!(retries >= FLOOR as usize, "the budget was used: {retries}");
+    assert!(budget_spent > REQUESTS / 2, "{budget_spent}");
+    assert_eq!(
+        metrics.counter(RETRIES, &[("outcome", "budget_spent")]),
+        budget_spent as u64
+    );
+}
+
+/// The listener is gone: every connect is refused. With the circuit switched off, only
+/// the budget limits how many connects the retries make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_budget_when_connects_are_refused() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let addr = server.addr();
+    server.stop().await;
+    let manager = LedgerManager::new(addr);
+    let pool = Pool::builder(manager.clone())
+        .circuit_open_after(u32::MAX)
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    for id in 0..REQUESTS as u64 {
+        let err = pool
+            .run(|conn| Box::pin(flaky::run(conn, id)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.cause(), Some(steadypool::ResetCause::Refused), "{err}");
+    }
+    let retries = manager.connects().len() - REQUESTS;
+    eprintln!(
+        "{REQUESTS} requests, upstream refusing: {retries} retried connects (budget {})",
+        allowed_retries()
+    );
+    assert!(retries <= allowed_retries(), "{retries} retries");
+    assert!(retries >= FLOOR as usize, "{retries}");
+}

@@ -1,0 +1,338 @@
+//! The retry rules, one by one, against a real server on loopback: a stale pooled
+//! connection is replaced at once, transient errors back off on the same connection,
+//! application errors come back untouched, and panics, cancellations and deadlines
+//! never leave a half-used connection in the pool.
+
+use std::time::Duration;
+
+use steadypool::{
+    BuildError, CircuitState, GiveUp, Idempotency, Pool, PolicyError, ResetCause, RetryPolicy,
+    RunError,
+};
+use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(4)
+        .deadline(Duration::from_secs(10))
+        .backoff(Duration::from_millis(5), Duration::from_millis(50))
+}
+
+/// A stale pooled connection that the probe could not see (the server resets it as
+/// the request arrives) is replaced at once. The backoff base is far beyond the
+/// deadline, so any wait before the retry would have ended the run with
+/// `GiveUp::Deadline`: success proves the retry did not sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connection_is_replaced_without_sleeping() {
+    let server = LedgerServer::start(Faults {
+        requests_per_connection: Some(1),
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .max_size(1)
+        .check_after(Duration::from_secs(3600))
+        .connect_timeout(Duration::from_secs(1))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(5))
+                .backoff(Duration::from_secs(60), Duration::from_secs(120)),
+        )
+        .build()
+        .unwrap();
+
+    let first = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    assert_eq!(pool.status().idle, 1, "the connection went back to the pool");
+
+    let second = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 2)))
+        .await;
+    assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
+    assert_eq!(server.accepted(), 2);
+    assert_eq!(server.resets(), 1);
+}
+
+/// The same stale connection under a non-idempotent operation: the request may have
+/// reached the server, so it is not replayed; the error names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
+    let server = LedgerServer::start(Faults {
+        requests_per_connection: Some(1),
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .max_size(1)
+        .check_after(Duration::from_secs(3600))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    pool.run(|conn| Box::pin(flaky::run(conn, 1))).await.unwrap();
+    let err = pool
+        .run(|conn| Box::pin(flaky::run(conn, 2)))
+        .await
+        .unwrap_err();
+    let RunError::NotSafe {
+        cause, attempts, ..
+    } = &err
+    else {
+        panic!("expected NotSafe, got {err}");
+    };
+    assert!(
+        matches!(cause, ResetCause::PeerReset | ResetCause::PeerClosed),
+        "{cause}"
+    );
+    assert_eq!(*attempts, 1);
+    assert_eq!(err.cause(), Some(*cause));
+    assert!(err.to_string().contains(cause.as_str()), "{err}");
+    assert_eq!(server.runs(2), 0);
+    assert_eq!(server.requests(), 2, "no second attempt reached the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_back_off_and_keep_the_connection() {
+    let server = LedgerServer::start(Faults {
+        busy_first: 2,
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    // Not idempotent, yet retried: BUSY means the server did not run it.
+    let runs = pool
+        .run(|conn| Box::pin(flaky::run(conn, 7)))
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+    assert_eq!(server.busy_sent(), 2);
+    assert_eq!(server.accepted(), 1, "the connection was kept throughout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_stop_at_max_attempts() {
+    let server = LedgerServer::start(Faults {
+        busy_first: 100,
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy().max_attempts(3))
+        .build()
+        .unwrap();
+    let err = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 7)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::GaveUp {
+                reason: GiveUp::Attempts,
+                attempts: 3,
+                cause: None,
+                source: Some(steadypool::AttemptError::Operation(LedgerError::Busy)),
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(server.busy_sent(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_errors_come_back_at_once_and_the_connection_stays() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    let err = pool
+        .run_idempotent(|conn| Box::pin(flaky::fail(conn, 3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Operation(LedgerError::Refused(3))),
+        "{err:?}"
+    );
+    assert_eq!(err.cause(), None);
+    assert_eq!(server.requests(), 1);
+    let status = pool.status();
+    assert_eq!((status.idle, status.in_use), (1, 0));
+}
+
+/// A panicking operation: the panic reaches the caller (here through the spawned
+/// task), the connection is discarded rather than returned half-used, and the pool
+/// goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consistent() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .max_size(2)
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    let panicking = pool.clone();
+    let joined = tokio::spawn(async move {
+        panicking
+            .run_idempotent::<(), _>(|conn| {
+                Box::pin(async move {
+                    flaky::run(conn, 1).await?;
+                    panic!("operation failed in an unexpected way");
+                })
+            })
+            .await
+    })
+    .await;
+    assert!(joined.unwrap_err().is_panic());
+    let status = pool.status();
+    assert_eq!(
+        (status.size, status.idle, status.in_use),
+        (0, 0, 0),
+        "{status:?}"
+    );
+    assert_eq!(
+        pool.run_idempotent(|conn| Box::pin(flaky::run(conn, 2)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(server.accepted(), 2, "the panicked connection was not reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_half_way_discards_its_connection() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
+    let run = pool.run(|conn| Box::pin(flaky::hang(conn, 1)));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), run)
+            .await
+            .is_err()
+    );
+    let status = pool.status();
+    assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
+}
+
+/// The deadline bounds the operation too: one that hangs is cut off, reported as
+/// `GiveUp::Deadline`, and its connection discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_cuts_off_a_hanging_operation() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .connect_timeout(Duration::from_millis(300))
+        .retry_policy(policy().deadline(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let err = pool
+        .run_with(Idempotency::Idempotent, |conn| {
+            Box::pin(flaky::hang(conn, 1))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::GaveUp {
+                reason: GiveUp::Deadline,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(pool.status().size, 0);
+}
+
+/// A closed pool is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pool_fails_at_once() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .build()
+        .unwrap();
+    pool.close();
+    let err = pool
+        .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Pool(steadypool::Error::Closed)),
+        "{err:?}"
+    );
+    assert_eq!(pool.status().circuit, CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn bad_policies_and_gate_settings_are_refused_with_clear_errors() {
+    let build = |policy: RetryPolicy| {
+        Pool::builder(LedgerManager::new("127.0.0.1:9".parse().unwrap()))
+            .retry_policy(policy)
+            .build()
+            .map(drop)
+    };
+    let err = build(RetryPolicy::default().max_attempts(0)).unwrap_err();
+    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroAttempts));
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+
+    let err = build(RetryPolicy::default().budget(0.0, 0)).unwrap_err();
+    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroBudget));
+    assert!(err.to_string().contains("max_attempts(1)"), "{err}");
+
+    let err = build(RetryPolicy::default().budget(-1.0, 10)).unwrap_err();
+    assert!(err.to_string().contains("budget ratio"), "{err}");
+
+    let err = build(RetryPolicy::default().deadline(Duration::from_secs(2))).unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::RetryPolicy(PolicyError::DeadlineBelowConnectTimeout {
+            deadline: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+        })
+    );
+    assert!(err.to_string().contains("connect_timeout"), "{err}");
+
+    let manager = || LedgerManager::new("127.0.0.1:9".parse().unwrap());
+    let err = Pool::builder(manager())
+        .max_concurrent_connects(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::ZeroLimit {
+            knob: "max_concurrent_connects"
+        }
+    );
+    let err = Pool::builder(manager())
+        .circuit_open_after(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::ZeroLimit {
+            knob: "circuit_open_after"
+        }
+    );
+    let err = Pool::builder(manager())
+        .circuit_open_for(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::ZeroDuration {
+            knob: "circuit_open_for"
+        }
+    );
+}
