@@ -185,8 +185,12 @@ fn arm(
             })
         }
         Rule::Delegate => {
-            let (member, ty) =
-                pick_field(case.fields, attr, "delegate", "an error that implements Classify")?;
+            let (member, ty) = pick_field(
+                case.fields,
+                attr,
+                "delegate",
+                "an error that implements Classify",
+            )?;
             if mentions_any(ty, params) {
                 bounds.push(parse_quote!(#ty: ::steadypool::Classify));
             }
@@ -314,7 +318,9 @@ fn parse_rule(attr: &Attribute) -> syn::Result<Rule> {
         [(first, _), (second, span), ..] => {
             return Err(syn::Error::new(
                 *span,
-                format!("`{first}` and `{second}` cannot be combined: a variant means one thing, keep one"),
+                format!(
+                    "`{first}` and `{second}` cannot be combined: a variant means one thing, keep one"
+                ),
             ));
         }
     };
@@ -354,7 +360,10 @@ fn cause_variant(name: &LitStr) -> syn::Result<Ident> {
     if let Some((_, variant)) = CAUSES.iter().find(|(label, _)| *label == value) {
         return Ok(Ident::new(variant, name.span()));
     }
-    let labels: Vec<String> = CAUSES.iter().map(|(label, _)| format!("\"{label}\"")).collect();
+    let labels: Vec<String> = CAUSES
+        .iter()
+        .map(|(label, _)| format!("\"{label}\""))
+        .collect();
     let hint = closest_cause(&value)
         .map(|label| format!("did you mean \"{label}\"? "))
         .unwrap_or_default();

@@ -101,7 +101,10 @@ fn transport_with_sent_no_overrides_only_broken_results() {
 #[test]
 fn fixed_variants_classify_as_declared() {
     assert_eq!(Every::Busy.classify(), Disposition::Transient);
-    assert_eq!(Every::BusyFor { millis: 5 }.classify(), Disposition::Transient);
+    assert_eq!(
+        Every::BusyFor { millis: 5 }.classify(),
+        Disposition::Transient
+    );
     assert_eq!(
         Every::Garbage("?".into()).classify(),
         broken(ResetCause::UnexpectedData, Sent::Maybe)
@@ -114,7 +117,10 @@ fn fixed_variants_classify_as_declared() {
         Every::ExplicitMaybe { code: 1 }.classify(),
         broken(ResetCause::PeerReset, Sent::Maybe)
     );
-    assert_eq!(Every::Refused("no".into()).classify(), Disposition::Application);
+    assert_eq!(
+        Every::Refused("no".into()).classify(),
+        Disposition::Application
+    );
     assert_eq!(Every::NotFound.classify(), Disposition::Application);
     assert_eq!(
         Every::OtherFields {
@@ -128,7 +134,8 @@ fn fixed_variants_classify_as_declared() {
 
 #[test]
 fn delegate_asks_the_wrapped_error() {
-    let timed_out = steadypool::Error::<io::Error>::ConnectTimeout(std::time::Duration::from_secs(1));
+    let timed_out =
+        steadypool::Error::<io::Error>::ConnectTimeout(std::time::Duration::from_secs(1));
     assert_eq!(
         Every::Pool(Box::new(timed_out)).classify(),
         broken(ResetCause::ConnectTimeout, Sent::No)
@@ -304,7 +311,11 @@ fn every_reset_cause_label_is_accepted_and_means_that_cause() {
     ];
     assert_eq!(all.len(), ResetCause::ALL.len(), "a cause is missing here");
     for (variant, cause) in all.iter().zip(ResetCause::ALL) {
-        assert_eq!(variant.classify(), broken(cause, Sent::Maybe), "{variant:?}");
+        assert_eq!(
+            variant.classify(),
+            broken(cause, Sent::Maybe),
+            "{variant:?}"
+        );
     }
 }
 

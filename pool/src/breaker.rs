@@ -30,7 +30,7 @@
 //!
 //! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
 //!     .max_concurrent_connects(2)
-//!     .circuit_open_after(5)
+//!     .circuit_open_after(3)
 //!     .circuit_open_for(Duration::from_secs(1))
 //!     .build()?;
 //! match pool.get().await {
@@ -172,10 +172,7 @@ impl Gate {
     ///
     /// # Errors
     /// A [`Refusal`] while the circuit is open, or half-open with its trial in flight.
-    pub(crate) async fn enter<'g>(
-        &'g self,
-        recorder: &'g Recorder,
-    ) -> Result<Ticket<'g>, Refusal> {
+    pub(crate) async fn enter<'g>(&'g self, recorder: &'g Recorder) -> Result<Ticket<'g>, Refusal> {
         let trial = self.admit(recorder)?;
         let mut ticket = Ticket {
             gate: self,
@@ -425,7 +422,10 @@ mod tests {
         );
         periods.sort();
         periods.dedup();
-        assert!(periods.len() > 10, "open periods are not jittered: {periods:?}");
+        assert!(
+            periods.len() > 10,
+            "open periods are not jittered: {periods:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,14 @@
 //!   `min_idle` ready.
 //! * **Every discarded connection is labelled** ([`cause`], [`metrics`]) with a
 //!   [`ResetCause`] and a [`Phase`].
+//! * **Transparent reconnect that never replays** ([`retry`]): [`Pool::run_idempotent`]
+//!   retries an operation on a fresh connection when its connection broke;
+//!   [`Pool::run`] retries only when the request provably never left. Waits are
+//!   jittered, attempts and time bounded, and a per-pool retry budget keeps an outage
+//!   from multiplying the load.
+//! * **A connect gate** ([`breaker`]): a few connects in flight at most, and a circuit
+//!   that makes checkouts fail fast while the upstream is down, instead of every
+//!   waiter dialing it.
 //!
 //! Built on [`deadpool::managed`](https://docs.rs/deadpool): its queue and semaphore,
 //! plus everything it leaves to you.

@@ -99,7 +99,18 @@ use crate::pool::{Connection, Error, Pool};
 
 /// The future an operation returns: boxed, `Send`, and borrowing the connection.
 ///
-/// Write the closure as `|conn| Box::pin(async move { ... })`.
+/// Write the closure as `|conn| Box::pin(async move { ... })`; the boxed future may
+/// borrow `conn` and must be `Send`, so `run` itself can be spawned:
+///
+/// ```no_run
+/// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
+/// use tokio::io::AsyncWriteExt;
+/// let task = tokio::spawn(async move {
+///     pool.run_idempotent(|conn| Box::pin(async move { conn.write_all(b"PING\n").await }))
+///         .await
+/// });
+/// # drop(task); }
+/// ```
 pub type OperationFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
 /// Whether running an operation twice is harmless.
@@ -263,6 +274,13 @@ impl RetryPolicy {
 }
 
 /// Why a [`RetryPolicy`] was refused.
+///
+/// ```
+/// use steadypool::{PolicyError, RetryPolicy};
+/// let err = RetryPolicy::default().budget(0.0, 0).validate().unwrap_err();
+/// assert_eq!(err, PolicyError::ZeroBudget);
+/// println!("{err}"); // ... to turn retries off, set max_attempts(1)
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
@@ -284,7 +302,9 @@ pub enum PolicyError {
         connect_timeout: Duration,
     },
     /// The backoff base is zero: retries would not wait at all.
-    #[error("the backoff base must be greater than zero: retries without a pause hammer a failing upstream")]
+    #[error(
+        "the backoff base must be greater than zero: retries without a pause hammer a failing upstream"
+    )]
     ZeroBackoff,
     /// The backoff cap is below its base.
     #[error("the backoff cap ({cap:?}) must not be below its base ({base:?})")]
@@ -309,6 +329,10 @@ pub enum PolicyError {
 }
 
 /// Why retrying stopped.
+///
+/// ```
+/// assert_eq!(steadypool::GiveUp::Budget.to_string(), "retry budget spent");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GiveUp {
@@ -331,6 +355,13 @@ impl fmt::Display for GiveUp {
 }
 
 /// What went wrong in one attempt: the operation's error or the checkout's.
+///
+/// ```
+/// use std::io;
+/// use steadypool::AttemptError;
+/// let last: AttemptError<io::Error> = AttemptError::Checkout(steadypool::Error::Closed);
+/// assert_eq!(last.to_string(), "the pool is closed");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError<E: StdError + 'static> {
     /// The operation returned this error.
@@ -342,6 +373,28 @@ pub enum AttemptError<E: StdError + 'static> {
 }
 
 /// Why [`Pool::run`] (or a sibling) failed.
+///
+/// ```
+/// use std::io;
+/// use steadypool::{GiveUp, ResetCause, RunError};
+///
+/// fn explain(err: &RunError<io::Error>) -> String {
+///     match err {
+///         RunError::Operation(e) => format!("the server said no: {e}"),
+///         RunError::NotSafe { cause, .. } => format!("broke after sending ({cause}); check before redoing"),
+///         RunError::GaveUp { reason: GiveUp::Budget, .. } => "upstream struggling; shed load".into(),
+///         other => format!("unavailable ({:?}): {other}", other.cause()),
+///     }
+/// }
+///
+/// let err = RunError::NotSafe {
+///     cause: ResetCause::PeerReset,
+///     attempts: 1,
+///     source: io::Error::from(io::ErrorKind::ConnectionReset),
+/// };
+/// assert_eq!(err.cause(), Some(ResetCause::PeerReset));
+/// assert!(explain(&err).contains("peer_reset"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError<E: StdError + 'static> {
@@ -470,7 +523,10 @@ impl Budget {
         // half-updated, so a poisoned lock is still sound.
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         // Seconds are counted from 1, so a never-used slot (at 0) is never current.
-        let now = Instant::now().saturating_duration_since(self.started).as_secs() + 1;
+        let now = Instant::now()
+            .saturating_duration_since(self.started)
+            .as_secs()
+            + 1;
         let index = (now % BUDGET_WINDOW_SECS) as usize;
         if window[index].at != now {
             window[index] = Second {
@@ -556,12 +612,11 @@ impl<M: Manager> Lent<M> {
 impl<M: Manager> Drop for Lent<M> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let id = conn.id();
-            if std::thread::panicking() {
-                tracing::warn!(conn = id, "operation panicked; its connection is discarded");
-            } else {
-                tracing::debug!(conn = id, "operation cancelled; its connection is discarded");
-            }
+            tracing::debug!(
+                conn = conn.id(),
+                "operation did not finish (it panicked, was cancelled or hit the deadline); \
+                 its connection is discarded",
+            );
             drop(conn.detach());
         }
     }
@@ -689,8 +744,14 @@ impl<M: Manager> Pool<M> {
             attempt += 1;
             span.record("attempt", attempt);
             let gave_up_at_deadline = |last: Option<Failure<M::Error>>| {
+                // Only a run that already failed once counts as a retry that gave up.
+                if let Some(failure) = &last {
+                    recorder.retry(
+                        failure.cause.unwrap_or(ResetCause::Other),
+                        RetryOutcome::GaveUp,
+                    );
+                }
                 let (cause, error) = last.map_or((None, None), |f| (f.cause, f.error));
-                recorder.retry(cause.unwrap_or(ResetCause::Other), RetryOutcome::GaveUp);
                 RunError::GaveUp {
                     reason: GiveUp::Deadline,
                     attempts: attempt,
@@ -782,7 +843,10 @@ impl<M: Manager> Pool<M> {
                         cause: Some(cause),
                         error: Some(AttemptError::Operation(err)),
                     };
-                    last = Some(self.pause(attempt, deadline, &mut backoff, stale, failure).await?);
+                    last = Some(
+                        self.pause(attempt, deadline, &mut backoff, stale, failure)
+                            .await?,
+                    );
                     continue;
                 }
             }
@@ -891,7 +955,8 @@ mod tests {
     #[test]
     fn runs_of_a_seeded_policy_get_different_but_reproducible_seeds() {
         let policy = RetryPolicy::default().jitter_seed(42);
-        let seeds = |state: &RetryState| (0..4).map(|_| state.next_seed(&policy)).collect::<Vec<_>>();
+        let seeds =
+            |state: &RetryState| (0..4).map(|_| state.next_seed(&policy)).collect::<Vec<_>>();
         let first = seeds(&RetryState::new(&policy));
         assert_eq!(first, seeds(&RetryState::new(&policy)));
         let mut unique = first.clone();
@@ -967,6 +1032,9 @@ mod tests {
             .deadline(Duration::from_secs(1))
             .validate_for(Duration::from_secs(5))
             .unwrap_err();
-        assert!(err.to_string().contains("shorter than connect_timeout"), "{err}");
+        assert!(
+            err.to_string().contains("shorter than connect_timeout"),
+            "{err}"
+        );
     }
 }

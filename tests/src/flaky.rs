@@ -236,14 +236,11 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
         let reset = {
             let mut dice = lock(&shared.dice);
             (dice.f64() < shared.faults.reset_probability).then(|| {
-                shared
-                    .faults
-                    .reset_point
-                    .unwrap_or(match dice.u8(0..3) {
-                        0 => ResetPoint::Before,
-                        1 => ResetPoint::During,
-                        _ => ResetPoint::After,
-                    })
+                shared.faults.reset_point.unwrap_or(match dice.u8(0..3) {
+                    0 => ResetPoint::Before,
+                    1 => ResetPoint::During,
+                    _ => ResetPoint::After,
+                })
             })
         };
         if reset == Some(ResetPoint::Before) {
@@ -251,7 +248,10 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
         let mut words = line.split_whitespace();
-        let reply = match (words.next(), words.next().and_then(|id| id.parse::<u64>().ok())) {
+        let reply = match (
+            words.next(),
+            words.next().and_then(|id| id.parse::<u64>().ok()),
+        ) {
             (Some("RUN"), Some(id)) => {
                 if shared.busy_sent.load(Ordering::SeqCst) < shared.faults.busy_first {
                     shared.busy_sent.fetch_add(1, Ordering::SeqCst);
@@ -376,7 +376,11 @@ pub async fn run(conn: &mut LedgerConnection, id: u64) -> Result<u32, LedgerErro
         return Err(LedgerError::Busy);
     }
     let mut words = reply.split_whitespace();
-    match (words.next(), words.next(), words.next().map(str::parse::<u32>)) {
+    match (
+        words.next(),
+        words.next(),
+        words.next().map(str::parse::<u32>),
+    ) {
         (Some("DONE"), Some(echo), Some(Ok(runs))) if echo == id.to_string() => Ok(runs),
         _ => Err(LedgerError::Garbled(reply)),
     }

@@ -61,7 +61,11 @@ async fn upstream_down_then_back() {
             stretch.push(wait.as_secs_f64() / floor.as_secs_f64() - 1.0);
         }
     }
-    assert_eq!(pool.status().circuit, CircuitState::Closed, "8 < 10 failures");
+    assert_eq!(
+        pool.status().circuit,
+        CircuitState::Closed,
+        "8 < 10 failures"
+    );
     assert!(
         stretch.iter().any(|s| *s > 0.1),
         "waits are not jittered (each at its floor): {stretch:?}"
@@ -132,7 +136,9 @@ async fn upstream_down_then_back() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    eprintln!("recovered {recovered:?} after the upstream came back (open period up to {OPEN_FOR:?})");
+    eprintln!(
+        "recovered {recovered:?} after the upstream came back (open period up to {OPEN_FOR:?})"
+    );
     assert!(
         recovered <= OPEN_FOR + Duration::from_millis(500),
         "recovered after {recovered:?}"

@@ -23,21 +23,24 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
     let mut last_ok: Vec<Arc<Mutex<Option<Instant>>>> = Vec::with_capacity(POOLS);
     let mut workers = Vec::new();
     for p in 0..POOLS {
-        let pool = Pool::builder(LedgerManager::with_log(server.addr(), Arc::clone(&connects)))
-            .name(format!("storm-{p}"))
-            .max_size(CONNECTIONS)
-            .connect_timeout(Duration::from_secs(1))
-            .max_concurrent_connects(2)
-            .circuit_open_after(3)
-            .circuit_open_for(Duration::from_secs(1))
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(3)
-                    .deadline(Duration::from_secs(5))
-                    .backoff(Duration::from_millis(50), Duration::from_secs(1)),
-            )
-            .build()
-            .unwrap();
+        let pool = Pool::builder(LedgerManager::with_log(
+            server.addr(),
+            Arc::clone(&connects),
+        ))
+        .name(format!("storm-{p}"))
+        .max_size(CONNECTIONS)
+        .connect_timeout(Duration::from_secs(1))
+        .max_concurrent_connects(2)
+        .circuit_open_after(3)
+        .circuit_open_for(Duration::from_secs(1))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(5))
+                .backoff(Duration::from_millis(50), Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
         let ok = Arc::new(Mutex::new(None));
         for w in 0..CONNECTIONS {
             let pool = pool.clone();
@@ -73,7 +76,10 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
 
     let warm = Instant::now();
     while pools.iter().any(|p| p.status().size < CONNECTIONS) {
-        assert!(warm.elapsed() < Duration::from_secs(20), "pools never filled");
+        assert!(
+            warm.elapsed() < Duration::from_secs(20),
+            "pools never filled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -100,7 +106,9 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
     let recovered_in = back.elapsed();
     // Let the pools refill to eight connections, then stop the workload.
     let refill = Instant::now();
-    while pools.iter().any(|p| p.status().size < CONNECTIONS) && refill.elapsed() < Duration::from_secs(5) {
+    while pools.iter().any(|p| p.status().size < CONNECTIONS)
+        && refill.elapsed() < Duration::from_secs(5)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running.store(false, Ordering::Relaxed);

@@ -82,9 +82,9 @@ async fn idempotent_requests_all_succeed_and_others_never_run_twice() {
                     Ok(reported) => assert_eq!((reported, runs), (1, 1), "request {id}"),
                     Err(err) => {
                         failed_not_idempotent += 1;
-                        let cause = err
-                            .cause()
-                            .unwrap_or_else(|| panic!("request {id} failed without a cause: {err}"));
+                        let cause = err.cause().unwrap_or_else(|| {
+                            panic!("request {id} failed without a cause: {err}")
+                        });
                         assert!(
                             matches!(err, RunError::NotSafe { .. }),
                             "request {id}: {err}"

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use steadypool::{
-    BuildError, CircuitState, GiveUp, Idempotency, Pool, PolicyError, ResetCause, RetryPolicy,
+    BuildError, CircuitState, GiveUp, Idempotency, PolicyError, Pool, ResetCause, RetryPolicy,
     RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
@@ -48,7 +48,11 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
         .await
         .unwrap();
     assert_eq!(first, 1);
-    assert_eq!(pool.status().idle, 1, "the connection went back to the pool");
+    assert_eq!(
+        pool.status().idle,
+        1,
+        "the connection went back to the pool"
+    );
 
     let second = pool
         .run_idempotent(|conn| Box::pin(flaky::run(conn, 2)))
@@ -74,7 +78,9 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
         .retry_policy(policy())
         .build()
         .unwrap();
-    pool.run(|conn| Box::pin(flaky::run(conn, 1))).await.unwrap();
+    pool.run(|conn| Box::pin(flaky::run(conn, 1)))
+        .await
+        .unwrap();
     let err = pool
         .run(|conn| Box::pin(flaky::run(conn, 2)))
         .await
@@ -206,7 +212,11 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
             .unwrap(),
         1
     );
-    assert_eq!(server.accepted(), 2, "the panicked connection was not reused");
+    assert_eq!(
+        server.accepted(),
+        2,
+        "the panicked connection was not reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

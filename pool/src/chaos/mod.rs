@@ -70,28 +70,22 @@
 #![cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
 
 mod faults;
+mod listener;
 mod relay;
 mod stats;
 
 use std::io;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, SockRef, Socket, Type};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 pub use self::faults::{CloseWith, Faults, IdleClose, Latency};
+use self::listener::Listener;
 use self::relay::{Control, Shared};
 pub use self::stats::ChaosStats;
 use crate::dial::{Address, Dialer};
-
-/// Pending connections the listener holds.
-const BACKLOG: i32 = 1024;
-/// Tries at binding a free port that the proxy can later stop and resume listening on.
-const BIND_ATTEMPTS: usize = 16;
 
 /// Why the proxy could not start, or could not apply a fault.
 #[derive(Debug, thiserror::Error)]
@@ -185,14 +179,6 @@ impl ChaosBuilder {
     pub async fn start(self) -> Result<ChaosProxy, ChaosError> {
         self.faults.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ChaosError::NoRuntime)?;
-        let listener = Arc::new(bind(self.listen)?);
-        let local_addr = listener.local_addr().map_err(|source| ChaosError::Bind {
-            addr: self.listen,
-            source,
-        })?;
-        if self.faults.refuse {
-            set_listening(&listener, false)?;
-        }
         let shared = Arc::new(Shared::new(
             self.upstream,
             Dialer::new().connect_timeout(self.connect_timeout),
@@ -202,19 +188,22 @@ impl ChaosBuilder {
             faults: self.faults,
             crash_epoch: 0,
         });
-        let accept = runtime
-            .spawn(accept_loop(
-                Arc::clone(&listener),
-                Arc::clone(&shared),
-                watcher,
-            ))
-            .abort_handle();
+        let listener = Listener::start(self.listen, !self.faults.refuse, {
+            let shared = Arc::clone(&shared);
+            move |client| {
+                let shared = Arc::clone(&shared);
+                let control = watcher.clone();
+                runtime.spawn(async move {
+                    if let Ok(client) = tokio::net::TcpStream::from_std(client) {
+                        relay::serve(shared, control, client).await;
+                    }
+                });
+            }
+        })?;
         Ok(ChaosProxy {
-            local_addr,
             listener,
             shared,
             control,
-            accept,
         })
     }
 }
@@ -226,18 +215,11 @@ impl ChaosBuilder {
 /// them.
 #[derive(Debug)]
 pub struct ChaosProxy {
-    local_addr: SocketAddr,
-    listener: Arc<TcpListener>,
+    // Dropping the listener stops accepting; dropping `control` ends every relay (the
+    // accept side holds only a receiver).
+    listener: Listener,
     shared: Arc<Shared>,
     control: watch::Sender<Control>,
-    accept: AbortHandle,
-}
-
-impl Drop for ChaosProxy {
-    fn drop(&mut self) {
-        // Dropping `control` ends every relay; the accept loop holds only a receiver.
-        self.accept.abort();
-    }
 }
 
 impl ChaosProxy {
@@ -262,7 +244,7 @@ impl ChaosProxy {
 
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     /// The faults in force.
@@ -279,12 +261,10 @@ impl ChaosProxy {
     pub fn set_faults(&self, faults: Faults) -> Result<(), ChaosError> {
         faults.validate()?;
         let was_refusing = self.faults().refuse;
-        // Stop listening before announcing refusal, and listen again before announcing
-        // its end, so the accept loop never waits on a socket that is not listening.
         let switched = if faults.refuse == was_refusing {
             Ok(())
         } else {
-            set_listening(&self.listener, !faults.refuse)
+            self.listener.set_listening(!faults.refuse)
         };
         let refuse = if switched.is_ok() {
             faults.refuse
@@ -404,92 +384,6 @@ impl ChaosProxy {
         let shared = Arc::clone(&self.shared);
         drop(self);
         shared.wait_until(|shared| shared.open_relays() == 0).await;
-    }
-}
-
-/// Binds a listener on `addr`. A port of 0 is resolved to a concrete free port first:
-/// a socket bound to an explicit port keeps it while it stops and resumes listening,
-/// which is how the proxy refuses connections without giving its port away.
-fn bind(addr: SocketAddr) -> Result<TcpListener, ChaosError> {
-    let bind_error = |source| ChaosError::Bind { addr, source };
-    let mut last = None;
-    for _ in 0..BIND_ATTEMPTS {
-        let target = if addr.port() == 0 {
-            let probe = std::net::TcpListener::bind(addr).map_err(bind_error)?;
-            probe.local_addr().map_err(bind_error)?
-        } else {
-            addr
-        };
-        match bind_exact(target) {
-            Ok(listener) => return Ok(listener),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => last = Some(e),
-            Err(e) => return Err(bind_error(e)),
-        }
-    }
-    Err(bind_error(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::AddrInUse, "no free port")
-    })))
-}
-
-fn bind_exact(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
-}
-
-/// Stops (`false`) or resumes (`true`) listening, keeping the port. On Linux, shutting
-/// down a listening socket's read side returns it to the closed state while it stays
-/// bound: new SYNs are answered with an RST (`ECONNREFUSED`), and `listen` revives it.
-fn set_listening(listener: &TcpListener, listening: bool) -> Result<(), ChaosError> {
-    let socket = SockRef::from(listener);
-    if listening {
-        socket
-            .listen(BACKLOG)
-            .map_err(|source| ChaosError::Listener {
-                action: "resume",
-                source,
-            })
-    } else {
-        socket
-            .shutdown(Shutdown::Read)
-            .map_err(|source| ChaosError::Listener {
-                action: "stop",
-                source,
-            })
-    }
-}
-
-async fn accept_loop(
-    listener: Arc<TcpListener>,
-    shared: Arc<Shared>,
-    mut control: watch::Receiver<Control>,
-) {
-    loop {
-        if control.borrow_and_update().faults.refuse {
-            if control.wait_for(|c| !c.faults.refuse).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    tokio::spawn(relay::serve(Arc::clone(&shared), control.clone(), client));
-                }
-                // Refusal just began (the socket stopped listening), or the process is
-                // out of descriptors: pause instead of spinning on the error.
-                Err(_) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(20)) => {}
-                        changed = control.changed() => if changed.is_err() { return },
-                    }
-                }
-            },
-            changed = control.changed() => if changed.is_err() { return },
-        }
     }
 }
 

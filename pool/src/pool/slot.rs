@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use super::config::Config;
-use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::breaker::{Gate, Refusal};
+use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::diagnosis::Diagnosis;
 use crate::dial::Dialer;
 use crate::manager::Manager;
@@ -237,11 +237,15 @@ impl<M: Manager> Adapter<M> {
                     ConnectError::CircuitOpen(refusal) => refusal.cause,
                 };
                 self.core.recorder.connect(Err(cause), took);
+                let shown: &dyn std::fmt::Display = match &err {
+                    ConnectError::Failed(_, source) => source,
+                    other => other,
+                };
                 self.core.diagnosis.connect_failed(
                     &self.core.config.name,
                     &self.core.recorder,
                     cause,
-                    &err,
+                    shown,
                 );
                 Err(err)
             }
@@ -254,6 +258,42 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
     type Error = ConnectError<M::Error>;
 
     async fn create(&self) -> Result<Self::Type, Self::Error> {
+        // Opening a connection takes a round trip or more, and its future is large
+        // (resolve, connect, the manager's handshake). It lives on the heap so that
+        // every checkout's future stays small: a checkout that finds an idle
+        // connection would otherwise copy kilobytes it never uses.
+        Box::pin(self.gated_connect()).await
+    }
+
+    async fn recycle(&self, slot: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
+        let now = Instant::now();
+        slot.reused_after = now.saturating_duration_since(slot.idle_since);
+        let mut verdict = self.core.inspect(&self.manager, slot, now);
+        if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
+            verdict = Verdict::Reset(ResetCause::Other);
+        }
+        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
+            // A round trip (~20 µs and up): on the heap too, for the same reason.
+            verdict = Box::pin(self.ping(slot)).await;
+        }
+        match verdict {
+            Verdict::Keep => Ok(()),
+            Verdict::Evict(reason) => {
+                self.core.record_eviction(reason, &slot.obituary(now));
+                Err(RecycleError::message(reason.as_str()))
+            }
+            Verdict::Reset(cause) => {
+                self.core
+                    .record_reset(cause, Phase::Checkout, &slot.obituary(now));
+                Err(RecycleError::message(cause.as_str()))
+            }
+        }
+    }
+}
+
+impl<M: Manager> Adapter<M> {
+    /// A new connection, through the connect gate.
+    async fn gated_connect(&self) -> Result<Slot<M::Connection>, ConnectError<M::Error>> {
         let ticket = self
             .core
             .gate
@@ -270,43 +310,23 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
         result
     }
 
-    async fn recycle(&self, slot: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
-        let now = Instant::now();
-        slot.reused_after = now.saturating_duration_since(slot.idle_since);
-        let mut verdict = self.core.inspect(&self.manager, slot, now);
-        if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
-            verdict = Verdict::Reset(ResetCause::Other);
-        }
-        if matches!(verdict, Verdict::Keep)
-            && now.saturating_duration_since(slot.idle_since) >= self.core.config.check_after
+    /// The manager's ping under `ping_timeout`; a success counts as traffic.
+    async fn ping(&self, slot: &mut Slot<M::Connection>) -> Verdict {
+        match tokio::time::timeout(
+            self.core.config.ping_timeout,
+            self.manager.ping(&mut slot.conn),
+        )
+        .await
         {
-            match tokio::time::timeout(
-                self.core.config.ping_timeout,
-                self.manager.ping(&mut slot.conn),
-            )
-            .await
-            {
-                Ok(Ok(())) => slot.idle_since = Instant::now(),
-                Ok(Err(err)) => {
-                    verdict = Verdict::Reset(match err.classify() {
-                        Disposition::Broken { cause, .. } if cause != ResetCause::Other => cause,
-                        _ => ResetCause::PingFailed,
-                    });
-                }
-                Err(_) => verdict = Verdict::Reset(ResetCause::PingFailed),
+            Ok(Ok(())) => {
+                slot.idle_since = Instant::now();
+                Verdict::Keep
             }
-        }
-        match verdict {
-            Verdict::Keep => Ok(()),
-            Verdict::Evict(reason) => {
-                self.core.record_eviction(reason, &slot.obituary(now));
-                Err(RecycleError::message(reason.as_str()))
-            }
-            Verdict::Reset(cause) => {
-                self.core
-                    .record_reset(cause, Phase::Checkout, &slot.obituary(now));
-                Err(RecycleError::message(cause.as_str()))
-            }
+            Ok(Err(err)) => Verdict::Reset(match err.classify() {
+                Disposition::Broken { cause, .. } if cause != ResetCause::Other => cause,
+                _ => ResetCause::PingFailed,
+            }),
+            Err(_) => Verdict::Reset(ResetCause::PingFailed),
         }
     }
 }

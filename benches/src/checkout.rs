@@ -1,0 +1,167 @@
+//! Scenario 1: what a checkout costs. Each pool holds `size` real, idle loopback
+//! connections; `tasks` tasks (OS threads for r2d2) check one out and return it at
+//! once, in a loop. The figure is wall time per checkout.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::error::BenchError;
+use crate::pools::{AnyPool, Kind, PoolSpec};
+use crate::report::Record;
+
+/// Pool sizes measured.
+pub const POOL_SIZES: [usize; 2] = [8, 32];
+/// Concurrent tasks measured.
+pub const TASKS: [usize; 4] = [1, 16, 64, 256];
+
+/// The case name of a pool size and a task count, as used in results.
+///
+/// ```
+/// assert_eq!(steadypool_benches::checkout::case(8, 16), "pool8-tasks16");
+/// ```
+pub fn case(size: usize, tasks: usize) -> String {
+    format!("pool{size}-tasks{tasks}")
+}
+
+/// Builds a pool of `kind` to `addr` and opens all `size` of its connections.
+///
+/// # Errors
+/// When the pool cannot be built or a connection cannot be opened.
+pub async fn prepare(kind: Kind, addr: SocketAddr, size: usize) -> Result<AnyPool, BenchError> {
+    let pool = PoolSpec::new(kind, addr, size).build().await?;
+    pool.fill(kind, size).await?;
+    Ok(pool)
+}
+
+/// Runs `iters` checkouts spread over `tasks` tasks and returns the time they took.
+///
+/// # Errors
+/// [`BenchError::Checkout`] when a checkout fails.
+pub async fn run(kind: Kind, pool: &AnyPool, tasks: usize, iters: u64) -> Result<Duration, BenchError> {
+    let tasks = tasks.max(1);
+    let per_task = iters.div_ceil(tasks as u64).max(1);
+    let done = per_task * tasks as u64;
+    let took = match pool {
+        AnyPool::R2d2(r2d2) => {
+            let r2d2 = r2d2.clone();
+            tokio::task::spawn_blocking(move || run_threads(&r2d2, tasks, per_task))
+                .await
+                .map_err(|e| BenchError::Setup(e.to_string()))?
+        }
+        _ => run_tasks(pool, tasks, per_task).await,
+    }
+    .map_err(|message| BenchError::Checkout {
+        pool: kind.label(),
+        message,
+    })?;
+    // Scaled to exactly `iters` checkouts.
+    Ok(took.mul_f64(iters as f64 / done as f64))
+}
+
+async fn run_tasks(pool: &AnyPool, tasks: usize, per_task: u64) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..tasks {
+        let pool = pool.clone();
+        set.spawn(async move {
+            for _ in 0..per_task {
+                pool.get_and_drop().await?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.map_err(|e| e.to_string())??;
+    }
+    Ok(started.elapsed())
+}
+
+/// r2d2 is a blocking pool: its users are threads. They start together behind a
+/// barrier, so thread creation is not timed.
+fn run_threads(
+    pool: &r2d2::Pool<crate::pools::R2d2Echo>,
+    threads: usize,
+    per_thread: u64,
+) -> Result<Duration, String> {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let mut handles = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let pool = pool.clone();
+        let barrier = Arc::clone(&barrier);
+        handles.push(std::thread::spawn(move || {
+            barrier.wait();
+            for _ in 0..per_thread {
+                drop(pool.get().map_err(|e| e.to_string())?);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    barrier.wait();
+    let started = Instant::now();
+    let mut outcome = Ok(());
+    for handle in handles {
+        let joined = handle
+            .join()
+            .map_err(|_| "a checkout thread panicked".to_owned())
+            .and_then(|r| r);
+        if outcome.is_ok() {
+            outcome = joined;
+        }
+    }
+    outcome.map(|()| started.elapsed())
+}
+
+/// How long the `bench-all` checkout measurement runs per cell.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Time to run before measuring.
+    pub warm_up: Duration,
+    /// Length of one timed batch.
+    pub batch: Duration,
+    /// Timed batches; the median is reported.
+    pub batches: usize,
+}
+
+/// Measures every kind at every pool size and task count: nanoseconds per checkout,
+/// the median of `settings.batches` batches.
+///
+/// # Errors
+/// When a pool cannot be built or a checkout fails.
+pub async fn scenario(settings: Settings, kinds: &[Kind]) -> Result<Vec<Record>, BenchError> {
+    let server = crate::echo::EchoServer::start().await?;
+    let mut records = Vec::new();
+    for size in POOL_SIZES {
+        for &kind in kinds {
+            let pool = prepare(kind, server.addr(), size).await?;
+            for tasks in TASKS {
+                let ns = measure(kind, &pool, tasks, settings).await?;
+                eprintln!("checkout {:>14} {:<16} {ns:>10.0} ns", kind.label(), case(size, tasks));
+                records.push(Record::new("checkout", case(size, tasks), kind.label(), "ns_per_checkout", ns));
+            }
+        }
+    }
+    Ok(records)
+}
+
+async fn measure(kind: Kind, pool: &AnyPool, tasks: usize, settings: Settings) -> Result<f64, BenchError> {
+    // Size a batch from a first run, then warm up at that size.
+    let mut iters: u64 = (tasks as u64 * 16).max(256);
+    let mut warmed = Duration::ZERO;
+    while warmed < settings.warm_up {
+        let took = run(kind, pool, tasks, iters).await?;
+        warmed += took;
+        let per = took.as_secs_f64() / iters as f64;
+        if per > 0.0 {
+            iters = ((settings.batch.as_secs_f64() / per) as u64).max(tasks as u64);
+        }
+    }
+    let mut per_op = Vec::with_capacity(settings.batches);
+    for _ in 0..settings.batches.max(1) {
+        let took = run(kind, pool, tasks, iters).await?;
+        per_op.push(took.as_secs_f64() * 1e9 / iters as f64);
+    }
+    Ok(crate::stats::median(&mut per_op))
+}

@@ -1,0 +1,17 @@
+//! Workloads, pools and scenarios shared by the criterion benches and the `bench-all`
+//! runner: steadypool side by side with deadpool, bb8, mobc and r2d2, on the same
+//! loopback connections and under the same faults.
+//!
+//! See `BENCHMARKS.md` at the repository root for the scenarios, the commands and the
+//! numbers.
+
+pub mod checkout;
+pub mod echo;
+mod error;
+pub mod goodput;
+pub mod pools;
+pub mod report;
+pub mod stats;
+pub mod wire;
+
+pub use crate::error::BenchError;

@@ -1,0 +1,2 @@
+//! The idle probe.
+fn main() {}
