@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs, as root with apt-get, whatever the system
-# tests need and the machine lacks: PostgreSQL, Redis, iptables, iproute2.
+# tests need and the machine lacks: PostgreSQL, Redis, iptables, iproute2 (ip, ss),
+# util-linux (unshare) and procps (kill).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -28,7 +28,9 @@ fn runtime() -> Runtime {
 
 fn peers_checkout(c: &mut Criterion) {
     let rt = runtime();
-    let server = rt.block_on(EchoServer::start()).expect("start the echo server");
+    let server = rt
+        .block_on(EchoServer::start())
+        .expect("start the echo server");
     let mut group = c.benchmark_group("peers_checkout");
     group
         .sample_size(20)

@@ -2,6 +2,7 @@
 //! connections; `tasks` tasks (OS threads for r2d2) check one out and return it at
 //! once, in a loop. The figure is wall time per checkout.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::error::BenchError;
-use crate::pools::{AnyPool, Kind, PoolSpec};
+use crate::pools::{AnyPool, Bb8Echo, DeadpoolEcho, Kind, MobcEcho, PoolSpec, SteadyEcho};
 use crate::report::Record;
 
 /// Pool sizes measured.
@@ -40,7 +41,12 @@ pub async fn prepare(kind: Kind, addr: SocketAddr, size: usize) -> Result<AnyPoo
 ///
 /// # Errors
 /// [`BenchError::Checkout`] when a checkout fails.
-pub async fn run(kind: Kind, pool: &AnyPool, tasks: usize, iters: u64) -> Result<Duration, BenchError> {
+pub async fn run(
+    kind: Kind,
+    pool: &AnyPool,
+    tasks: usize,
+    iters: u64,
+) -> Result<Duration, BenchError> {
     let tasks = tasks.max(1);
     let per_task = iters.div_ceil(tasks as u64).max(1);
     let done = per_task * tasks as u64;
@@ -51,7 +57,10 @@ pub async fn run(kind: Kind, pool: &AnyPool, tasks: usize, iters: u64) -> Result
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?
         }
-        _ => run_tasks(pool, tasks, per_task).await,
+        AnyPool::Steady(pool) => run_tasks(pool, tasks, per_task).await,
+        AnyPool::Deadpool(pool) => run_tasks(pool, tasks, per_task).await,
+        AnyPool::Bb8(pool) => run_tasks(pool, tasks, per_task).await,
+        AnyPool::Mobc(pool) => run_tasks(pool, tasks, per_task).await,
     }
     .map_err(|message| BenchError::Checkout {
         pool: kind.label(),
@@ -61,7 +70,38 @@ pub async fn run(kind: Kind, pool: &AnyPool, tasks: usize, iters: u64) -> Result
     Ok(took.mul_f64(iters as f64 / done as f64))
 }
 
-async fn run_tasks(pool: &AnyPool, tasks: usize, per_task: u64) -> Result<Duration, String> {
+/// One pool type's checkout, so that each measured loop awaits that pool's own
+/// future (a shared enum future would be as large as the largest pool's, and copying
+/// it would be timed for every pool).
+trait Checkout: Clone + Send + Sync + 'static {
+    fn get_and_drop(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Checkout for steadypool::Pool<SteadyEcho> {
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+impl Checkout for deadpool::managed::Pool<DeadpoolEcho> {
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+impl Checkout for bb8::Pool<Bb8Echo> {
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+impl Checkout for mobc::Pool<MobcEcho> {
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+async fn run_tasks<P: Checkout>(pool: &P, tasks: usize, per_task: u64) -> Result<Duration, String> {
     let started = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..tasks {
@@ -138,15 +178,30 @@ pub async fn scenario(settings: Settings, kinds: &[Kind]) -> Result<Vec<Record>,
             let pool = prepare(kind, server.addr(), size).await?;
             for tasks in TASKS {
                 let ns = measure(kind, &pool, tasks, settings).await?;
-                eprintln!("checkout {:>14} {:<16} {ns:>10.0} ns", kind.label(), case(size, tasks));
-                records.push(Record::new("checkout", case(size, tasks), kind.label(), "ns_per_checkout", ns));
+                eprintln!(
+                    "checkout {:>14} {:<16} {ns:>10.0} ns",
+                    kind.label(),
+                    case(size, tasks)
+                );
+                records.push(Record::new(
+                    "checkout",
+                    case(size, tasks),
+                    kind.label(),
+                    "ns_per_checkout",
+                    ns,
+                ));
             }
         }
     }
     Ok(records)
 }
 
-async fn measure(kind: Kind, pool: &AnyPool, tasks: usize, settings: Settings) -> Result<f64, BenchError> {
+async fn measure(
+    kind: Kind,
+    pool: &AnyPool,
+    tasks: usize,
+    settings: Settings,
+) -> Result<f64, BenchError> {
     // Size a batch from a first run, then warm up at that size.
     let mut iters: u64 = (tasks as u64 * 16).max(256);
     let mut warmed = Duration::ZERO;

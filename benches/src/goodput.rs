@@ -283,7 +283,10 @@ fn case(with_faults: bool) -> String {
 ///
 /// # Errors
 /// When a run cannot be set up.
-pub async fn scenario(settings: &Settings, contenders: &[Contender]) -> Result<(Vec<Record>, Vec<Run>), BenchError> {
+pub async fn scenario(
+    settings: &Settings,
+    contenders: &[Contender],
+) -> Result<(Vec<Record>, Vec<Run>), BenchError> {
     let mut records = Vec::new();
     let mut all_runs = Vec::new();
     for contender in contenders {
@@ -304,7 +307,10 @@ pub async fn scenario(settings: &Settings, contenders: &[Contender]) -> Result<(
                 runs.push(run);
             }
             let total: usize = runs.iter().map(|r| r.samples.len()).sum();
-            let ok: usize = runs.iter().map(|r| r.samples.iter().filter(|s| s.ok).count()).sum();
+            let ok: usize = runs
+                .iter()
+                .map(|r| r.samples.iter().filter(|s| s.ok).count())
+                .sum();
             let mut throughputs: Vec<f64> = runs.iter().map(Run::throughput).collect();
             let throughput = stats::median(&mut throughputs);
             let mut latencies: Vec<f64> = runs
@@ -313,7 +319,9 @@ pub async fn scenario(settings: &Settings, contenders: &[Contender]) -> Result<(
                 .map(|s| s.latency.as_secs_f64() * 1e3)
                 .collect();
             let label = contender.label();
-            let rec = |metric: &str, value: f64| Record::new("goodput", case(with_faults), &label, metric, value);
+            let rec = |metric: &str, value: f64| {
+                Record::new("goodput", case(with_faults), &label, metric, value)
+            };
             records.push(rec("success_pct", 100.0 * ok as f64 / total.max(1) as f64));
             records.push(rec("failed", (total - ok) as f64));
             records.push(rec("throughput_rps", throughput));
@@ -321,7 +329,10 @@ pub async fn scenario(settings: &Settings, contenders: &[Contender]) -> Result<(
             records.push(rec("p99_ms", stats::percentile(&mut latencies, 0.99)));
             match clean_throughput {
                 None => clean_throughput = Some(throughput),
-                Some(clean) => records.push(rec("throughput_vs_no_faults", throughput / f64::max(clean, 1e-9))),
+                Some(clean) => records.push(rec(
+                    "throughput_vs_no_faults",
+                    throughput / f64::max(clean, 1e-9),
+                )),
             }
             all_runs.extend(runs);
         }

@@ -6,12 +6,15 @@
 //! numbers.
 
 pub mod checkout;
+pub mod dead_peer;
 pub mod echo;
 mod error;
 pub mod goodput;
+pub mod plot;
 pub mod pools;
 pub mod report;
 pub mod stats;
+pub mod storm;
 pub mod wire;
 
 pub use crate::error::BenchError;

@@ -411,7 +411,11 @@ impl PoolSpec {
                 })
                 .name(kind.label())
                 .max_size(self.size);
-                AnyPool::Steady((self.steady)(builder).build().map_err(|e| refused(e.to_string()))?)
+                AnyPool::Steady(
+                    (self.steady)(builder)
+                        .build()
+                        .map_err(|e| refused(e.to_string()))?,
+                )
             }
             Kind::DeadpoolBare | Kind::DeadpoolPeek => {
                 let recycle = if kind == Kind::DeadpoolPeek {
@@ -543,7 +547,9 @@ impl AnyPool {
             AnyPool::Steady(pool) => pool.status().size,
             AnyPool::Deadpool(pool) => pool.status().size,
             AnyPool::Bb8(pool) => pool.state().connections as usize,
-            AnyPool::Mobc(pool) => usize::try_from(pool.state().await.connections).unwrap_or(usize::MAX),
+            AnyPool::Mobc(pool) => {
+                usize::try_from(pool.state().await.connections).unwrap_or(usize::MAX)
+            }
             AnyPool::R2d2(pool) => pool.state().connections as usize,
         }
     }

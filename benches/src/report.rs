@@ -81,10 +81,19 @@ pub fn fill_ratios(records: &mut [Record]) {
     let baseline: BTreeMap<(String, String, String), f64> = records
         .iter()
         .filter(|r| r.pool == BASELINE)
-        .map(|r| ((r.scenario.clone(), r.case.clone(), r.metric.clone()), r.value))
+        .map(|r| {
+            (
+                (r.scenario.clone(), r.case.clone(), r.metric.clone()),
+                r.value,
+            )
+        })
         .collect();
     for record in records.iter_mut() {
-        let key = (record.scenario.clone(), record.case.clone(), record.metric.clone());
+        let key = (
+            record.scenario.clone(),
+            record.case.clone(),
+            record.metric.clone(),
+        );
         record.ratio = baseline
             .get(&key)
             .filter(|base| **base != 0.0 && base.is_finite())
@@ -93,7 +102,7 @@ pub fn fill_ratios(records: &mut [Record]) {
 }
 
 fn cell(record: &Record) -> String {
-    let value = if record.value.abs() >= 100.0 {
+    let value = if record.value.fract() == 0.0 || record.value.abs() >= 100.0 {
         format!("{:.0}", record.value)
     } else if record.value.abs() >= 1.0 {
         format!("{:.2}", record.value)
@@ -135,7 +144,9 @@ pub fn markdown(records: &[Record]) -> String {
         if metrics.len() == 1 {
             let _ = writeln!(out, "{} ({})\n", scenario, metrics[0]);
             table(&mut out, &pools, &cases, |pool, case| {
-                rows.iter().find(|r| r.pool == pool && r.case == case).map(|r| cell(r))
+                rows.iter()
+                    .find(|r| r.pool == pool && r.case == case)
+                    .map(|r| cell(r))
             });
         } else {
             for case in &cases {
@@ -151,7 +162,12 @@ pub fn markdown(records: &[Record]) -> String {
     out
 }
 
-fn table(out: &mut String, rows: &[&str], columns: &[&str], cell: impl Fn(&str, &str) -> Option<String>) {
+fn table(
+    out: &mut String,
+    rows: &[&str],
+    columns: &[&str],
+    cell: impl Fn(&str, &str) -> Option<String>,
+) {
     let _ = writeln!(out, "| pool | {} |", columns.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(columns.len()));
     for row in rows {

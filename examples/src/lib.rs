@@ -13,5 +13,21 @@
 
 pub mod console;
 pub mod demo;
+pub mod idle_probe;
 pub mod kv;
 pub mod recommend;
+
+/// An error's message followed by its sources' messages, each once.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
+}

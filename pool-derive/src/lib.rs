@@ -1,5 +1,7 @@
 //! Derive macros for `steadypool`. Use them through `steadypool` (feature `derive`, on
 //! by default): `use steadypool::Classify;` brings both the trait and the derive.
+#![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};

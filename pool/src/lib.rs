@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;

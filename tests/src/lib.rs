@@ -4,8 +4,12 @@
 use std::time::Duration;
 
 pub mod flaky;
+pub mod host;
 pub mod line_manager;
+pub mod netns;
+pub mod postgres;
 pub mod recorded;
+pub mod redis;
 pub mod servers;
 pub mod sockets;
 

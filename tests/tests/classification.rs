@@ -62,7 +62,11 @@ async fn recorded(metrics: &RecordedMetrics, cause: ResetCause, phase: Phase, n:
         metrics.resets(cause, phase)
     );
     assert_eq!(metrics.resets(cause, phase), n);
-    assert_eq!(metrics.all_resets(), n, "another label was recorded as well");
+    assert_eq!(
+        metrics.all_resets(),
+        n,
+        "another label was recorded as well"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +170,12 @@ async fn connect_with_nothing_listening_is_refused_connect() {
 fn listener_with_a_full_queue() -> (Socket, std::net::TcpStream, std::net::SocketAddr) {
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     listener
-        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
         .unwrap();
     listener.listen(0).unwrap();
     let addr = listener.local_addr().unwrap().as_socket().unwrap();

@@ -57,14 +57,14 @@ async fn the_hint_for_a_close_after_idle_names_the_idle_time_and_the_fix() {
             .ok_or_else(|| format!("no idle_secs: {line}"))?;
         let named = format!("after {idle:.1} s idle");
         for expected in [
-            "pool=\"hinted\"",
+            "pool=hinted",
             "cause=\"peer_closed\"",
             "phase=\"checkout\"",
             "age_secs=",
             &format!("peer={}", server.addr()),
             "hint=closed by the peer (FIN)",
             &named,
-            "closes connections idle for",
+            "closes idle connections after at most",
             "set idle_timeout below",
         ] {
             if !line.contains(expected) {

@@ -72,8 +72,15 @@ async fn one_request(
     }
 }
 
+/// One recorded series: its name, its labels and its value.
+struct Series {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: DebugValue,
+}
+
 /// The values recorded since the last look (a snapshot resets the recorder).
-struct Recorded(Vec<(String, Vec<(String, String)>, DebugValue)>);
+struct Recorded(Vec<Series>);
 
 impl Recorded {
     fn take(snapshotter: &Snapshotter) -> Recorded {
@@ -82,13 +89,14 @@ impl Recorded {
                 .snapshot()
                 .into_vec()
                 .into_iter()
-                .map(|(key, _, _, value)| {
-                    let labels = key
+                .map(|(key, _, _, value)| Series {
+                    name: key.key().name().to_owned(),
+                    labels: key
                         .key()
                         .labels()
                         .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    (key.key().name().to_owned(), labels, value)
+                        .collect(),
+                    value,
                 })
                 .collect(),
         )
@@ -101,13 +109,13 @@ impl Recorded {
     ) -> impl Iterator<Item = &'a DebugValue> {
         self.0
             .iter()
-            .filter(move |(series, series_labels, _)| {
-                series == name
+            .filter(move |series| {
+                series.name == name
                     && labels
                         .iter()
-                        .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+                        .all(|(k, v)| series.labels.iter().any(|(sk, sv)| sk == k && sv == v))
             })
-            .map(|(_, _, value)| value)
+            .map(|series| &series.value)
     }
 
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {

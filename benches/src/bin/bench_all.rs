@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use steadypool_benches::BenchError;
+use steadypool_benches::dead_peer::{self, Hole};
+use steadypool_benches::pools::Kind;
 use steadypool_benches::report::{self, Record};
-use steadypool_benches::{checkout, goodput};
+use steadypool_benches::{checkout, goodput, storm};
 
 /// steadypool against deadpool, bb8, mobc and r2d2: checkout cost, goodput under
 /// faults, dead-peer detection and reconnect storms.
@@ -30,6 +32,10 @@ struct Args {
     /// Only these scenarios (checkout, goodput, dead-peer, storm); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these pools (labels as in the results, e.g. steadypool,bb8-ping); all by
+    /// default.
+    #[arg(long, value_delimiter = ',')]
+    pools: Vec<String>,
     /// Tiny sizes, to check that everything runs (seconds, not minutes).
     #[arg(long, hide = true)]
     smoke: bool,
@@ -39,6 +45,13 @@ struct Args {
     /// Write the markdown tables into this file.
     #[arg(long)]
     tables: Option<PathBuf>,
+    /// Make the dead-peer black hole with the chaos proxy even where iptables works.
+    #[arg(long, hide = true)]
+    chaos_hole: bool,
+    /// Internal: run the dead-peer scenario in this process, which `unshare --net`
+    /// started in a network namespace of its own, waiting at most this many seconds.
+    #[arg(long, hide = true)]
+    dead_peer_child: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +70,10 @@ impl Args {
         } else {
             Mode::Quick
         }
+    }
+
+    fn wants_pool(&self, label: &str) -> bool {
+        self.pools.is_empty() || self.pools.iter().any(|p| p == label)
     }
 
     fn wants(&self, scenario: &str) -> bool {
@@ -107,21 +124,126 @@ fn goodput_settings(mode: Mode) -> goodput::Settings {
     }
 }
 
+fn dead_peer_cap(mode: Mode) -> Duration {
+    match mode {
+        Mode::Smoke => Duration::from_secs(3),
+        Mode::Quick => Duration::from_secs(35),
+        Mode::Full => Duration::from_secs(60),
+    }
+}
+
+fn storm_settings(mode: Mode) -> storm::Settings {
+    match mode {
+        Mode::Smoke => storm::Settings {
+            pools: 5,
+            size: 4,
+            workers: 4,
+            tick: Duration::from_millis(100),
+            before: Duration::from_millis(500),
+            down_for: Duration::from_millis(500),
+            after: Duration::from_secs(1),
+        },
+        Mode::Quick => storm::Settings {
+            pools: 50,
+            size: 8,
+            workers: 8,
+            tick: Duration::from_millis(100),
+            before: Duration::from_secs(1),
+            down_for: Duration::from_secs(2),
+            after: Duration::from_secs(4),
+        },
+        Mode::Full => storm::Settings {
+            pools: 50,
+            size: 8,
+            workers: 8,
+            tick: Duration::from_millis(100),
+            before: Duration::from_secs(2),
+            down_for: Duration::from_secs(5),
+            after: Duration::from_secs(8),
+        },
+    }
+}
+
+/// Runs the dead-peer scenario with an iptables black hole in a child process that
+/// lives in a network namespace of its own, or with the chaos proxy's black hole
+/// when that is not possible here.
+async fn dead_peer(cap: Duration, force_chaos: bool) -> Result<Vec<Record>, BenchError> {
+    if force_chaos {
+        return dead_peer::measure(Hole::Chaos, cap).await;
+    }
+    if !dead_peer::netns_available() {
+        eprintln!(
+            "dead-peer: NOTE: no network namespace with iptables here (needs root, unshare, ip, \
+             iptables); using the chaos proxy's black hole, which keepalive cannot see"
+        );
+        return dead_peer::measure(Hole::Chaos, cap).await;
+    }
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(exe)
+        .arg("--dead-peer-child")
+        .arg(cap.as_secs().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let output = child.wait_with_output().await?;
+    if !output.status.success() {
+        return Err(BenchError::Command {
+            command: "unshare --net -- bench-all --dead-peer-child".to_owned(),
+            message: output.status.to_string(),
+        });
+    }
+    let mut records = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        records.push(serde_json::from_str(line)?);
+    }
+    Ok(records)
+}
+
 async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
     let mode = args.mode();
     let mut records = Vec::new();
     if args.wants("checkout") {
-        let kinds = steadypool_benches::pools::Kind::ALL;
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| args.wants_pool(k.label()))
+            .collect();
         records.extend(checkout::scenario(checkout_settings(mode), &kinds).await?);
     }
     if args.wants("goodput") {
-        let (found, runs) = goodput::scenario(&goodput_settings(mode), &goodput::CONTENDERS).await?;
+        let contenders: Vec<goodput::Contender> = goodput::CONTENDERS
+            .into_iter()
+            .filter(|c| args.wants_pool(&c.label()))
+            .collect();
+        let (found, runs) = goodput::scenario(&goodput_settings(mode), &contenders).await?;
         records.extend(found);
         if let Some(dir) = &args.plots {
             steadypool_benches::plot::goodput(dir, &runs)?;
         }
     }
+    if args.wants("dead-peer") {
+        records.extend(dead_peer(dead_peer_cap(mode), args.chaos_hole).await?);
+    }
+    if args.wants("storm") {
+        let settings = storm_settings(mode);
+        let kinds: Vec<Kind> = storm::KINDS
+            .into_iter()
+            .filter(|k| args.wants_pool(k.label()))
+            .collect();
+        let (found, runs) = storm::scenario(settings, &kinds).await?;
+        records.extend(found);
+        if let Some(dir) = &args.plots {
+            steadypool_benches::plot::storm(dir, &runs, settings.after)?;
+        }
+    }
     Ok(records)
+}
+
+async fn dead_peer_child(cap: Duration) -> Result<Vec<Record>, BenchError> {
+    dead_peer::prepare_namespace()?;
+    dead_peer::measure(Hole::Iptables, cap).await
 }
 
 fn main() -> ExitCode {
@@ -137,6 +259,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(cap) = args.dead_peer_child {
+        let outcome = runtime
+            .block_on(dead_peer_child(Duration::from_secs(cap)))
+            .and_then(|records| {
+                let mut stdout = std::io::stdout().lock();
+                for record in &records {
+                    writeln!(stdout, "{}", record.to_json()?)?;
+                }
+                Ok(())
+            });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("bench-all (dead-peer, in its namespace): {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = runtime.block_on(run(&args)).and_then(|mut records| {
         report::fill_ratios(&mut records);
         let mut stdout = std::io::stdout().lock();

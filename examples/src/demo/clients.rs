@@ -114,7 +114,7 @@ fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure 
     Failure {
         label,
         reset: None,
-        message: error_chain(err),
+        message: crate::error_chain(err),
     }
 }
 
@@ -203,20 +203,6 @@ fn broken(cause: ResetCause, message: String) -> Failure {
         reset: Some((cause, Phase::InUse)),
         message,
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let more = inner.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = inner.source();
-    }
-    text
 }
 
 /// steadypool for the key-value protocol.

@@ -289,6 +289,19 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
+    /// Parses a command line (the program's name first), as `main` does.
+    ///
+    /// # Errors
+    /// clap's error: its message says what was wrong, `exit_code()` is 2 for bad
+    /// usage (0 for `--help`).
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as clap::Parser>::try_parse_from(args)
+    }
+
     /// Checks the values and turns them into a [`DemoConfig`].
     ///
     /// # Errors

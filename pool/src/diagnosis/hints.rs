@@ -82,12 +82,12 @@ pub(crate) fn hint(
 fn after_idle(cause: ResetCause, idle: Duration, limit: &IdleLimit, enforcing: bool) -> String {
     let range = match (limit.lower, limit.upper) {
         (Some(lower), Some(upper)) => format!("between {} and {}", human(lower), human(upper)),
-        (None, Some(upper)) => format!("idle for {} or less", human(upper)),
-        (_, None) => format!("idle for {} or less", human(idle)),
+        (None, Some(upper)) => format!("after at most {}", human(upper)),
+        (_, None) => format!("after at most {}", human(idle)),
     };
     let below = limit.recommended_idle_timeout().unwrap_or(idle);
     let mut text = format!(
-        "{} after {} idle: an intermediary (load balancer, NAT, firewall) or the server's own idle timeout closes connections {range}; set idle_timeout below {}",
+        "{} after {} idle: an intermediary (load balancer, NAT, firewall) or the server's own idle timeout closes idle connections {range}; set idle_timeout below {}",
         closed_how(cause),
         human(idle),
         human_floor(below),
@@ -146,7 +146,10 @@ mod tests {
             false,
         );
         assert!(text.contains("after 61 s idle"), "{text}");
-        assert!(text.contains("between 45 s and 61 s"), "{text}");
+        assert!(
+            text.contains("closes idle connections between 45 s and 61 s"),
+            "{text}"
+        );
         assert!(text.contains("set idle_timeout below 45 s"), "{text}");
         assert!(!text.contains("meanwhile"), "{text}");
     }

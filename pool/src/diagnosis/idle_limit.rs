@@ -48,9 +48,12 @@ pub(crate) const MIN_EVIDENCE_IDLE: Duration = Duration::from_secs(1);
 /// Evidence older than this is forgotten.
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 /// How close to an upstream failure a close counts as part of it rather than as
-/// idle-limit evidence (on top of one reaper interval, the time the reaper needs to
-/// find the idle victims).
-pub(crate) const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(5);
+/// idle-limit evidence, on top of one reaper interval (the time the reaper needs to
+/// find the idle victims). A crash's victims are all found within that interval; the
+/// refused connect that gives the crash away comes when the next checkout needs a
+/// new connection, usually soon after. Wider would throw away real evidence that
+/// merely happened near an unrelated failure.
+pub(crate) const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(2);
 /// The share of the lower bound the pool lets connections idle.
 const LOWER_MARGIN: f64 = 0.95;
 /// The share of the upper bound the pool lets connections idle.

@@ -8,10 +8,10 @@
 //! peer's address, and a hint that says what most likely happened and what to change:
 //!
 //! ```text
-//! WARN connection reset pool="api" conn=17 cause="peer_reset" phase="checkout"
-//!   idle_secs=61.2 age_secs=600.4 peer="10.0.3.7:443" suppressed=0
+//! WARN connection reset pool=api conn=17 cause="peer_reset" phase="checkout"
+//!   idle_secs=61.2 age_secs=600.4 peer=10.0.3.7:443 suppressed=0
 //!   hint=reset (RST) after 61 s idle: an intermediary (load balancer, NAT, firewall) or
-//!   the server's own idle timeout closes connections between 45 s and 61 s;
+//!   the server's own idle timeout closes idle connections between 45 s and 61 s;
 //!   set idle_timeout below 45 s
 //! ```
 //!
@@ -103,7 +103,7 @@ impl Diagnosis {
         let limit = self.learner.snapshot(now, recorder);
         let hint = hints::hint(cause, phase, lost.idle, reading, &limit, self.enforcing);
         tracing::warn!(
-            pool,
+            pool = %pool,
             conn = lost.id,
             cause = cause.as_str(),
             phase = phase.as_str(),
@@ -140,7 +140,7 @@ impl Diagnosis {
             self.enforcing,
         );
         tracing::warn!(
-            pool,
+            pool = %pool,
             cause = cause.as_str(),
             phase = Phase::Connect.as_str(),
             error = %error,

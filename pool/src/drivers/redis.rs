@@ -120,7 +120,9 @@ impl RedisManager {
     }
 }
 
-/// A pooled Redis connection: dereferences to the [`MultiplexedConnection`].
+/// A pooled Redis connection: runs commands itself (it is a
+/// [`ConnectionLike`](redis::aio::ConnectionLike)) and dereferences to the
+/// [`MultiplexedConnection`].
 ///
 /// Dropping it stops its driver task and closes the socket, also for clones of the
 /// multiplexed connection taken from it: do not keep those beyond the checkout.
@@ -157,6 +159,29 @@ impl DerefMut for RedisConnection {
     }
 }
 
+/// Commands run on a checked-out connection directly: `cmd.query_async(&mut *conn)`.
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
 impl fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConnection")
@@ -189,7 +214,7 @@ impl Manager for RedisManager {
 
     async fn ping(&self, conn: &mut RedisConnection) -> Result<(), RedisDriverError> {
         redis::cmd("PING")
-            .query_async::<()>(&mut conn.conn)
+            .query_async::<()>(conn)
             .await
             .map_err(RedisDriverError::from)
     }

@@ -28,9 +28,11 @@ pub(super) fn spawn<M: Manager>(pool: &Pool<M>, runtime: &tokio::runtime::Handle
 }
 
 async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
+    // A random phase: pools built together (a fleet deployed at once, or many pools in
+    // one process) would otherwise probe and refill in lock-step after an outage.
+    let phase = interval.mul_f64(fastrand::f64());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker.tick().await;
     loop {
         ticker.tick().await;
         let Some(pool) = weak.upgrade() else { return };

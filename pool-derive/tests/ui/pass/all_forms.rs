@@ -36,12 +36,22 @@ fn main() {
     type E = KvError<io::Error>;
     let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
     assert_eq!(
-        E::Write { source: reset(), bytes: 0 }.classify(),
-        Disposition::Broken { cause: ResetCause::PeerReset, sent: Sent::No }
+        E::Write {
+            source: reset(),
+            bytes: 0
+        }
+        .classify(),
+        Disposition::Broken {
+            cause: ResetCause::PeerReset,
+            sent: Sent::No
+        }
     );
     assert!(E::Io(reset()).classify().is_broken());
     assert!(E::Driver(reset()).classify().is_broken());
-    assert_eq!(E::Pool(steadypool::Error::Closed).classify(), Disposition::Application);
+    assert_eq!(
+        E::Pool(steadypool::Error::Closed).classify(),
+        Disposition::Application
+    );
     assert_eq!(E::Loading.classify(), Disposition::Transient);
     assert!(E::Garbage { bytes: vec![0] }.classify().is_broken());
     assert!(E::GoingAway.classify().is_broken());

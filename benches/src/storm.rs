@@ -1,0 +1,240 @@
+//! Scenario 4: a reconnect storm.
+//!
+//! `pools` pools of `size` connections each (all opened up front) serve
+//! `workers` tasks per pool; each task sends one request per `tick` (at its own phase),
+//! whatever became of the last one, and gives a request at most 1 s. Then the upstream
+//! restarts: every open connection is reset and new connects are refused for
+//! `down_for`; then it accepts again. Every connect attempt any pool starts is logged:
+//! the figure of merit is how many hit the upstream at once, and how soon every pool
+//! serves again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadypool::chaos::ChaosProxy;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use crate::echo::EchoServer;
+use crate::error::BenchError;
+use crate::pools::{ConnectLog, Kind, PoolSpec};
+use crate::report::Record;
+use crate::stats;
+
+/// The pools compared.
+pub const KINDS: [Kind; 3] = [Kind::Steadypool, Kind::DeadpoolPeek, Kind::Bb8Ping];
+
+/// Width of one bucket of the connect-attempt count.
+pub const BUCKET: Duration = Duration::from_millis(100);
+
+/// A request slower than this counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The storm's size and timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Pools (one per simulated client process).
+    pub pools: usize,
+    /// Connections per pool.
+    pub size: usize,
+    /// Tasks sending requests, per pool.
+    pub workers: usize,
+    /// Each task sends one request per tick.
+    pub tick: Duration,
+    /// Steady traffic before the restart.
+    pub before: Duration,
+    /// How long the upstream refuses connections.
+    pub down_for: Duration,
+    /// How long to keep going once it accepts again.
+    pub after: Duration,
+}
+
+/// One run of one pool kind, with times counted from the moment the upstream went down.
+#[derive(Debug, Clone)]
+pub struct StormRun {
+    /// The pool.
+    pub kind: Kind,
+    /// Every connect attempt, in seconds from the upstream going down (negative: before).
+    pub attempts: Vec<f64>,
+    /// How long the upstream refused connections.
+    pub down_for: Duration,
+    /// From the upstream coming back until every pool had served a request again
+    /// (`None`: some pool never did).
+    pub recovery: Option<Duration>,
+    /// Requests started after the upstream came back that failed.
+    pub failed_after_restart: u64,
+    /// Requests started after the upstream came back.
+    pub requests_after_restart: u64,
+}
+
+struct Outcome {
+    pool: usize,
+    started: Instant,
+    ok: bool,
+}
+
+/// Runs the storm once for `kind`.
+///
+/// # Errors
+/// When the server, the proxy or a pool cannot be set up.
+pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchError> {
+    let server = EchoServer::start().await?;
+    let proxy = ChaosProxy::builder(server.addr()).seed(9).start().await?;
+    let log = Arc::new(ConnectLog::new());
+    let mut pools = Vec::with_capacity(settings.pools);
+    for _ in 0..settings.pools {
+        let pool = PoolSpec::new(kind, proxy.local_addr(), settings.size)
+            .log_connects(Arc::clone(&log))
+            .build()
+            .await?;
+        pool.fill(kind, settings.size).await?;
+        pools.push(pool);
+    }
+    let start = Instant::now();
+    let down_at = start + settings.before;
+    let up_at = down_at + settings.down_for;
+    let end = up_at + settings.after;
+    let mut workers = JoinSet::new();
+    let mut rng = fastrand::Rng::with_seed(17);
+    for (index, pool) in pools.iter().enumerate() {
+        for worker in 0..settings.workers {
+            let pool = pool.clone();
+            let phase = settings.tick.mul_f64(rng.f64());
+            let id_base = ((index * settings.workers + worker) as u64) << 32;
+            workers.spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut ticks = tokio::time::interval_at((start + phase).into(), settings.tick);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                for n in 0u64.. {
+                    let at = ticks.tick().await.into_std();
+                    if at >= end {
+                        break;
+                    }
+                    let ok = matches!(
+                        tokio::time::timeout(REQUEST_TIMEOUT, pool.request(id_base | n)).await,
+                        Ok(Ok(()))
+                    );
+                    outcomes.push(Outcome {
+                        pool: index,
+                        started: at,
+                        ok,
+                    });
+                }
+                outcomes
+            });
+        }
+    }
+    tokio::time::sleep_until(down_at.into()).await;
+    proxy.set_refuse(true)?;
+    proxy.crash().await;
+    tokio::time::sleep_until(up_at.into()).await;
+    proxy.set_refuse(false)?;
+    let mut outcomes = Vec::new();
+    while let Some(joined) = workers.join_next().await {
+        outcomes.extend(joined.map_err(|e| BenchError::Setup(e.to_string()))?);
+    }
+    drop(pools);
+    let mut first_success = vec![None; settings.pools];
+    let (mut failed, mut requests) = (0, 0);
+    for outcome in outcomes.iter().filter(|o| o.started >= up_at) {
+        requests += 1;
+        if outcome.ok {
+            let first = &mut first_success[outcome.pool];
+            if first.is_none_or(|at| outcome.started < at) {
+                *first = Some(outcome.started);
+            }
+        } else {
+            failed += 1;
+        }
+    }
+    let recovery = first_success.iter().try_fold(Duration::ZERO, |latest, at| {
+        at.map(|at| latest.max(at - up_at))
+    });
+    let origin_to_down = down_at
+        .saturating_duration_since(log.origin())
+        .as_secs_f64();
+    let attempts = log
+        .attempts()
+        .iter()
+        .map(|at| at.as_secs_f64() - origin_to_down)
+        .collect();
+    Ok(StormRun {
+        kind,
+        attempts,
+        down_for: settings.down_for,
+        recovery,
+        failed_after_restart: failed,
+        requests_after_restart: requests,
+    })
+}
+
+impl StormRun {
+    /// Connect attempts per [`BUCKET`], from the upstream going down until `until`
+    /// after it.
+    pub fn per_bucket(&self, until: Duration) -> Vec<u64> {
+        let after: Vec<Duration> = self
+            .attempts
+            .iter()
+            .filter(|at| **at >= 0.0)
+            .map(|at| Duration::from_secs_f64(*at))
+            .collect();
+        stats::buckets(&after, BUCKET, until)
+    }
+}
+
+/// Runs the storm for every kind in `kinds`.
+///
+/// Per kind: `peak_connects_per_100ms`, `connects_while_down`,
+/// `connects_after_restart`, `recovery_s` (capped at the run's end when some pool
+/// never recovered) and `failed_after_restart`.
+///
+/// # Errors
+/// When a run cannot be set up.
+pub async fn scenario(
+    settings: Settings,
+    kinds: &[Kind],
+) -> Result<(Vec<Record>, Vec<StormRun>), BenchError> {
+    let mut records = Vec::new();
+    let mut runs = Vec::new();
+    let case = format!(
+        "{}x{}-down{}s",
+        settings.pools,
+        settings.size,
+        settings.down_for.as_secs_f64()
+    );
+    for &kind in kinds {
+        let run = run_once(kind, settings).await?;
+        let down = settings.down_for.as_secs_f64();
+        let while_down = run
+            .attempts
+            .iter()
+            .filter(|at| (0.0..down).contains(*at))
+            .count();
+        let after = run.attempts.iter().filter(|at| **at >= down).count();
+        let peak = run
+            .per_bucket(settings.down_for + settings.after)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let label = kind.label();
+        eprintln!(
+            "storm {label:>14}: peak {peak} connects/100ms, {while_down} while down, {after} after, recovery {:?}",
+            run.recovery
+        );
+        let rec =
+            |metric: &str, value: f64| Record::new("storm", case.clone(), label, metric, value);
+        records.push(rec("peak_connects_per_100ms", peak as f64));
+        records.push(rec("connects_while_down", while_down as f64));
+        records.push(rec("connects_after_restart", after as f64));
+        records.push(
+            rec(
+                "recovery_s",
+                run.recovery.unwrap_or(settings.after).as_secs_f64(),
+            )
+            .capped(run.recovery.is_none()),
+        );
+        records.push(rec("failed_after_restart", run.failed_after_restart as f64));
+        runs.push(run);
+    }
+    Ok((records, runs))
+}

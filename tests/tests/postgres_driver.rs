@@ -1,0 +1,319 @@
+//! The PostgreSQL driver against a real server (a fresh cluster per test): backends
+//! terminated while idle never reach the application, a crash is counted with its
+//! causes and refused while the server is down, "too many connections" is reported
+//! as a refusal with its message, query errors leave the connection in the pool, and
+//! a deadpool-postgres manager wrapped by steadypool gets the same replacement of dead
+//! connections. Without root or the PostgreSQL programs these tests say SKIPPED.
+
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, RecyclingMethod};
+use steadypool::drivers::deadpool::DeadpoolManager;
+use steadypool::drivers::postgres::PgManager;
+use steadypool::probe::TcpState;
+use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause, Sent};
+use steadypool_tests::postgres::{Hogs, PgServer};
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::{eventually, sockets};
+use tokio_postgres::NoTls;
+
+const TICK: Duration = Duration::from_millis(200);
+/// Generous room for timing on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(15);
+
+fn pool_for(server: &PgServer, name: &str) -> (Pool<PgManager>, RecordedMetrics) {
+    RecordedMetrics::build(
+        Pool::builder(PgManager::new(server.config()).unwrap())
+            .name(name)
+            .reaper_interval(TICK)
+            .learn_idle_limit(false),
+    )
+    .unwrap()
+}
+
+/// The server process id behind a pooled connection.
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Opens `n` connections at once, returns their backend pids; they go back idle.
+async fn open_idle(pool: &Pool<PgManager>, n: usize) -> Vec<i32> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get().await.unwrap());
+    }
+    let mut pids = Vec::new();
+    for conn in &held {
+        pids.push(backend_pid(conn).await);
+    }
+    pids
+}
+
+/// Whether the server still lists backend `pid`.
+async fn backend_alive(admin: &tokio_postgres::Client, pid: i32) -> bool {
+    let row = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}
+
+/// None of this process's sockets to the server is left half-closed.
+async fn no_close_wait(port: u16) -> bool {
+    eventually(SLACK, || {
+        sockets::count_in_state(port, TcpState::CloseWait).unwrap() == 0
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_terminated_while_idle_never_reach_the_application() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "terminate-idle");
+    let pids = open_idle(&pool, 3).await;
+
+    let admin = server.connect().await;
+    for pid in &pids {
+        let row = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[pid])
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "backend {pid} was not terminated");
+    }
+    assert!(
+        eventually(SLACK, || pool.status().size == 0).await,
+        "terminated connections stayed in the pool: {:?}",
+        pool.status()
+    );
+    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    assert!(no_close_wait(server.port()).await);
+
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+    assert!(!pids.contains(&pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_terminated_mid_query_is_broken_with_its_cause() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "terminate-busy");
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+
+    let busy = tokio::spawn(async move {
+        let result = conn.batch_execute("SELECT pg_sleep(60)").await;
+        (conn, result)
+    });
+    let admin = server.connect().await;
+    let deadline = tokio::time::Instant::now() + SLACK;
+    loop {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the query never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+
+    let (mut conn, result) = busy.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err:?}");
+    let disposition = err.classify();
+    assert_eq!(
+        disposition,
+        Disposition::Broken {
+            cause: ResetCause::PeerClosed,
+            sent: Sent::Maybe
+        }
+    );
+    conn.mark_broken(ResetCause::PeerClosed);
+    drop(conn);
+    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::InUse), 1);
+    assert!(no_close_wait(server.port()).await);
+    let fresh = pool.get().await.unwrap();
+    assert_ne!(backend_pid(&fresh).await, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "crash");
+    open_idle(&pool, 3).await;
+
+    server.stop_immediate();
+    assert!(
+        eventually(SLACK, || pool.status().size == 0).await,
+        "connections to the crashed server stayed in the pool: {:?}",
+        pool.status()
+    );
+    let closed = metrics.resets_with_cause(ResetCause::PeerClosed)
+        + metrics.resets_with_cause(ResetCause::PeerReset);
+    assert_eq!(
+        closed, 3,
+        "every connection counted as peer_closed or peer_reset"
+    );
+    assert_eq!(metrics.all_resets(), 3);
+    assert!(no_close_wait(server.port()).await);
+
+    let err = pool.get().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Connect {
+                cause: ResetCause::Refused,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+
+    server.restart();
+    let conn = pool.get().await.unwrap();
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_connections_is_a_refusal_that_says_so_and_passes() {
+    let Some(server) = PgServer::builder().max_connections(4).start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "too-many");
+    let mut hogs = Hogs::fill(&server).await;
+    assert_eq!(hogs.len(), 4);
+
+    let err = pool.get().await.unwrap_err();
+    let Error::Connect { cause, source } = &err else {
+        panic!("expected a connect error, got {err}");
+    };
+    assert_eq!(*cause, ResetCause::Refused);
+    assert!(
+        err.to_string().contains("too many connections") && err.to_string().contains("53300"),
+        "{err}"
+    );
+    assert_eq!(
+        source.classify(),
+        Disposition::Broken {
+            cause: ResetCause::Refused,
+            sent: Sent::No
+        }
+    );
+    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+
+    hogs.release();
+    let deadline = tokio::time::Instant::now() + SLACK;
+    let conn = loop {
+        match pool.get().await {
+            Ok(conn) => break conn,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no connection after the others left: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_are_application_errors_and_keep_the_connection() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "query-errors");
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+    for bad in ["SELECT 1/0", "SELECT * FROM no_such_table", "SELEKT 1"] {
+        let err = conn.batch_execute(bad).await.unwrap_err();
+        assert_eq!(err.classify(), Disposition::Application, "{bad}: {err:?}");
+    }
+    drop(conn);
+    let again = pool.get().await.unwrap();
+    assert_eq!(backend_pid(&again).await, pid, "the same connection");
+    assert_eq!(metrics.all_resets(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_deadpool_postgres_manager_gets_dead_connections_replaced() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let wrapped = deadpool_postgres::Manager::from_config(
+        server.config(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(DeadpoolManager::new(wrapped))
+            .name("deadpool-postgres")
+            .check_after(Duration::from_millis(1)),
+    )
+    .unwrap();
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+    drop(conn);
+
+    let admin = server.connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + SLACK;
+    while backend_alive(&admin, pid).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend {pid} never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The pool cannot probe the wrapped socket: the dead connection is found by the
+    // wrapped manager's own check (`recycle`, which asks the client whether it is
+    // closed) at the next checkout.
+    loop {
+        let conn = pool.get().await.unwrap();
+        if conn.is_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never noticed the closed client"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let fresh = backend_pid(&conn).await;
+        if fresh == pid {
+            panic!("the terminated backend was handed out");
+        }
+        break;
+    }
+    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+}

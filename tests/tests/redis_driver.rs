@@ -1,0 +1,282 @@
+//! The Redis driver against a real redis-server: connections the server closes while
+//! they sit in the pool (`CLIENT KILL`, its `timeout`, a crash) are found and replaced
+//! before the application sees them, each counted with its cause, and no socket is
+//! left in `CLOSE_WAIT`. Without redis-server installed these tests say SKIPPED.
+
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use steadypool::drivers::redis::RedisManager;
+use steadypool::probe::TcpState;
+use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause};
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::redis::RedisServer;
+use steadypool_tests::{eventually, sockets};
+
+const TICK: Duration = Duration::from_millis(200);
+/// Generous room for timing on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(10);
+
+fn pool_for(server: &RedisServer, name: &str) -> (Pool<RedisManager>, RecordedMetrics) {
+    RecordedMetrics::build(
+        Pool::builder(RedisManager::new(server.url()).unwrap())
+            .name(name)
+            .reaper_interval(TICK)
+            .learn_idle_limit(false),
+    )
+    .unwrap()
+}
+
+/// Opens `n` connections at once and returns their Redis client ids; they go back to
+/// the pool idle.
+async fn open_idle(pool: &Pool<RedisManager>, n: usize) -> Vec<i64> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get().await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for conn in &mut held {
+        ids.push(client_id(&mut **conn).await);
+    }
+    ids
+}
+
+async fn client_id(conn: &mut impl redis::aio::ConnectionLike) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn admin_command(admin: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(admin).await.unwrap()
+}
+
+/// How many clients wait in a blocking command, as the server counts them.
+async fn blocked_clients(admin: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every pooled socket to the server is gone and none lingers half-closed.
+async fn no_sockets_left(port: u16) -> bool {
+    eventually(SLACK, || {
+        sockets::count_in_state(port, TcpState::CloseWait).unwrap() == 0
+            && sockets::to_port(port).unwrap().is_empty()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_while_idle_never_reach_the_application() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "client-kill");
+    let before = open_idle(&pool, 3).await;
+
+    let mut admin = server.connect().await;
+    let killed = admin_command(&mut admin, &["CLIENT", "KILL", "TYPE", "normal"]).await;
+    assert_eq!(
+        killed,
+        redis::Value::Int(3),
+        "the admin connection skips itself"
+    );
+
+    assert!(
+        eventually(SLACK, || pool.status().size == 0).await,
+        "killed connections stayed in the pool: {:?}",
+        pool.status()
+    );
+    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    drop(admin);
+    assert!(no_sockets_left(server.port()).await);
+
+    let mut conn = pool.get().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    assert!(!before.contains(&client_id(&mut *conn).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_closes_are_caught_idle_or_at_checkout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "server-timeout");
+    let mut admin = server.connect().await;
+    admin_command(&mut admin, &["CONFIG", "SET", "timeout", "1"]).await;
+    drop(admin);
+    let before = open_idle(&pool, 3).await;
+
+    let closed = |metrics: &RecordedMetrics| {
+        metrics.resets(ResetCause::PeerClosed, Phase::Idle)
+            + metrics.resets(ResetCause::PeerClosed, Phase::Checkout)
+    };
+    assert!(
+        eventually(SLACK, || closed(&metrics) == 3).await,
+        "the server's idle closes were not all counted: {} of 3",
+        closed(&metrics)
+    );
+    assert_eq!(metrics.all_resets(), 3, "only peer_closed resets");
+    assert!(no_sockets_left(server.port()).await);
+
+    for _ in 0..3 {
+        let mut conn = pool.get().await.unwrap();
+        let id = client_id(&mut *conn).await;
+        assert!(!before.contains(&id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_is_refused_while_down_and_recovered_after() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "crash");
+    open_idle(&pool, 2).await;
+
+    server.kill();
+    assert!(
+        eventually(SLACK, || pool.status().size == 0).await,
+        "connections to the dead server stayed in the pool"
+    );
+    assert_eq!(
+        metrics.resets_with_cause(ResetCause::PeerClosed)
+            + metrics.resets_with_cause(ResetCause::PeerReset),
+        2
+    );
+    assert!(no_sockets_left(server.port()).await);
+
+    let err = pool.get().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Connect {
+                cause: ResetCause::Refused,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+
+    server.restart();
+    let mut conn = pool.get().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_errors_are_application_errors_and_keep_the_connection() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "app-errors");
+    let mut conn = pool.get().await.unwrap();
+    let id = client_id(&mut *conn).await;
+
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("text")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let wrong_type = redis::cmd("LPUSH")
+        .arg("k")
+        .arg("x")
+        .query_async::<i64>(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        wrong_type.classify(),
+        Disposition::Application,
+        "{wrong_type}"
+    );
+    let not_a_number = redis::cmd("INCR")
+        .arg("k")
+        .query_async::<i64>(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_a_number.classify(),
+        Disposition::Application,
+        "{not_a_number}"
+    );
+    drop(conn);
+
+    let mut again = pool.get().await.unwrap();
+    assert_eq!(client_id(&mut *again).await, id, "the same connection");
+    assert_eq!(metrics.all_resets(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // BLPOP waits as long as it is told to: no response timeout.
+    let manager = RedisManager::new(server.url())
+        .unwrap()
+        .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(manager)
+            .name("mid-command")
+            .reaper_interval(TICK),
+    )
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let id = client_id(&mut *conn).await;
+
+    let blocked = tokio::spawn(async move {
+        let result = redis::cmd("BLPOP")
+            .arg("never")
+            .arg(0)
+            .query_async::<redis::Value>(&mut *conn)
+            .await;
+        (conn, result)
+    });
+    let mut admin = server.connect().await;
+    let deadline = tokio::time::Instant::now() + SLACK;
+    while blocked_clients(&mut admin).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BLPOP never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = admin_command(&mut admin, &["CLIENT", "KILL", "ID", &id.to_string()]).await;
+    assert_eq!(killed, redis::Value::Int(1));
+
+    let (mut conn, result) = blocked.await.unwrap();
+    let err = result.unwrap_err();
+    let disposition = err.classify();
+    let Disposition::Broken { cause, .. } = disposition else {
+        panic!("a killed connection must be broken: {err} → {disposition:?}");
+    };
+    assert!(
+        matches!(
+            cause,
+            ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe
+        ),
+        "{err}: {cause}"
+    );
+    conn.mark_broken(cause);
+    drop(conn);
+    drop(admin);
+    assert_eq!(metrics.resets(cause, Phase::InUse), 1);
+    assert!(no_sockets_left(server.port()).await);
+}
