@@ -114,8 +114,7 @@ async fn serve(listener: TcpListener) {
             let mut line = String::new();
             loop {
                 line.clear();
-                match tokio::time::timeout(SERVER_IDLE_TIMEOUT, stream.read_line(&mut line)).await
-                {
+                match tokio::time::timeout(SERVER_IDLE_TIMEOUT, stream.read_line(&mut line)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     // Idle too long, closed by the client, or broken: close (FIN).
                     _ => return,
@@ -136,7 +135,12 @@ async fn serve(listener: TcpListener) {
                         _ => "ERR unknown command".to_owned(),
                     }
                 };
-                if stream.get_mut().write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                if stream
+                    .get_mut()
+                    .write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -202,7 +206,10 @@ async fn main() -> anyhow::Result<()> {
             "{key} read back as {value:?}"
         );
     }
-    ensure!(get(&pool, "missing").await?.is_none(), "a missing key was found");
+    ensure!(
+        get(&pool, "missing").await?.is_none(),
+        "a missing key was found"
+    );
     println!("16 reads after the idle spell: all correct, none failed");
     println!("pool status: {:?}", pool.status());
     Ok(())

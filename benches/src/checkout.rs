@@ -154,9 +154,13 @@ fn run_threads(
     outcome.map(|()| started.elapsed())
 }
 
-/// How long the `bench-all` checkout measurement runs per cell.
-#[derive(Debug, Clone, Copy)]
+/// Which cells the `bench-all` checkout measurement runs, and for how long.
+#[derive(Debug, Clone)]
 pub struct Settings {
+    /// Pool sizes (default [`POOL_SIZES`]).
+    pub sizes: Vec<usize>,
+    /// Task counts (default [`TASKS`]).
+    pub tasks: Vec<usize>,
     /// Time to run before measuring.
     pub warm_up: Duration,
     /// Length of one timed batch.
@@ -168,16 +172,33 @@ pub struct Settings {
 /// Measures every kind at every pool size and task count: nanoseconds per checkout,
 /// the median of `settings.batches` batches.
 ///
+/// The kinds take turns, batch by batch, so that a burst of load from elsewhere on the
+/// machine falls on all of them alike rather than on whichever ran at that moment.
+///
 /// # Errors
 /// When a pool cannot be built or a checkout fails.
 pub async fn scenario(settings: Settings, kinds: &[Kind]) -> Result<Vec<Record>, BenchError> {
     let server = crate::echo::EchoServer::start().await?;
     let mut records = Vec::new();
-    for size in POOL_SIZES {
+    for &size in &settings.sizes {
+        let mut pools = Vec::with_capacity(kinds.len());
         for &kind in kinds {
-            let pool = prepare(kind, server.addr(), size).await?;
-            for tasks in TASKS {
-                let ns = measure(kind, &pool, tasks, settings).await?;
+            pools.push((kind, prepare(kind, server.addr(), size).await?));
+        }
+        for &tasks in &settings.tasks {
+            let mut iters = Vec::with_capacity(pools.len());
+            for (kind, pool) in &pools {
+                iters.push(warm_up(*kind, pool, tasks, &settings).await?);
+            }
+            let mut per_op = vec![Vec::with_capacity(settings.batches); pools.len()];
+            for _ in 0..settings.batches.max(1) {
+                for (i, (kind, pool)) in pools.iter().enumerate() {
+                    let took = run(*kind, pool, tasks, iters[i]).await?;
+                    per_op[i].push(took.as_secs_f64() * 1e9 / iters[i] as f64);
+                }
+            }
+            for ((kind, _), mut samples) in pools.iter().zip(per_op) {
+                let ns = crate::stats::median(&mut samples);
                 eprintln!(
                     "checkout {:>14} {:<16} {ns:>10.0} ns",
                     kind.label(),
@@ -196,13 +217,13 @@ pub async fn scenario(settings: Settings, kinds: &[Kind]) -> Result<Vec<Record>,
     Ok(records)
 }
 
-async fn measure(
+/// Runs checkouts for `settings.warm_up`, and returns how many make one batch.
+async fn warm_up(
     kind: Kind,
     pool: &AnyPool,
     tasks: usize,
-    settings: Settings,
-) -> Result<f64, BenchError> {
-    // Size a batch from a first run, then warm up at that size.
+    settings: &Settings,
+) -> Result<u64, BenchError> {
     let mut iters: u64 = (tasks as u64 * 16).max(256);
     let mut warmed = Duration::ZERO;
     while warmed < settings.warm_up {
@@ -213,10 +234,5 @@ async fn measure(
             iters = ((settings.batch.as_secs_f64() / per) as u64).max(tasks as u64);
         }
     }
-    let mut per_op = Vec::with_capacity(settings.batches);
-    for _ in 0..settings.batches.max(1) {
-        let took = run(kind, pool, tasks, iters).await?;
-        per_op.push(took.as_secs_f64() * 1e9 / iters as f64);
-    }
-    Ok(crate::stats::median(&mut per_op))
+    Ok(iters)
 }

@@ -114,12 +114,32 @@ fn run(program: &str, args: &[&str]) -> Result<(), BenchError> {
     }
 }
 
-/// Makes this process's network namespace usable: brings up loopback. Call it first
-/// thing in a process started under `unshare --net`.
+/// This process's network namespace, as the kernel names it (`net:[inode]`).
 ///
 /// # Errors
-/// When `ip` fails (not in a namespace of our own, or not root).
-pub fn prepare_namespace() -> Result<(), BenchError> {
+/// When `/proc/self/ns/net` cannot be read (not Linux).
+pub fn namespace_id() -> Result<String, BenchError> {
+    Ok(std::fs::read_link("/proc/self/ns/net")?
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Makes this process's network namespace usable: brings up loopback. Call it first
+/// thing in a process started under `unshare --net`, with the namespace of the process
+/// that started it: it refuses to touch anything unless this one is another (so a
+/// firewall rule can never land on the host's).
+///
+/// # Errors
+/// [`BenchError::Setup`] when this process is still in `outside`; otherwise when `ip`
+/// fails.
+pub fn prepare_namespace(outside: &str) -> Result<(), BenchError> {
+    let inside = namespace_id()?;
+    if inside == outside {
+        return Err(BenchError::Setup(format!(
+            "the dead-peer run must be in a network namespace of its own, but it is in \
+             {inside}, the one it was started from; run it through bench-all"
+        )));
+    }
     run("ip", &["link", "set", "lo", "up"])
 }
 
@@ -242,8 +262,16 @@ pub async fn measure(hole: Hole, cap: Duration) -> Result<Vec<Record>, BenchErro
     while let Some(joined) = clocks.join_next().await {
         seen.push(joined.map_err(|e| BenchError::Setup(e.to_string()))?);
     }
-    // Let what still waits (r2d2's blocked threads) go: the held packets flow again.
+    // Let what still waits (r2d2's blocked threads) go: the held bytes flow again.
+    // Through the proxy they arrive at once; give them a moment while the proxy and
+    // the server are still there, or those threads would find them gone and retry
+    // connecting until r2d2's 30 s timeout. Dropped packets come back only with the
+    // next retransmission, many seconds away: a process that measured with iptables
+    // should exit without waiting for blocked threads.
     switch.set(false)?;
+    if hole == Hole::Chaos {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let order = |label: &str| {
         ZOMBIE_KINDS

@@ -270,6 +270,16 @@ pub async fn run_once(
     })
 }
 
+fn rec_resets(records: &mut Vec<Record>, label: &str, resets: u64) {
+    records.push(Record::new(
+        "goodput",
+        case(true),
+        label,
+        "resets_injected",
+        resets as f64,
+    ));
+}
+
 fn case(with_faults: bool) -> String {
     if with_faults { "faults" } else { "no-faults" }.to_owned()
 }
@@ -279,7 +289,8 @@ fn case(with_faults: bool) -> String {
 ///
 /// Per contender and case: `success_pct` and `failed` over all runs,
 /// `throughput_rps` (median over runs), `p50_ms` and `p99_ms` of the successful
-/// requests of all runs; with faults also `throughput_vs_no_faults`.
+/// requests of all runs; with faults also `resets_injected` (by the proxy, all runs)
+/// and `throughput_vs_no_faults`.
 ///
 /// # Errors
 /// When a run cannot be set up.
@@ -327,6 +338,13 @@ pub async fn scenario(
             records.push(rec("throughput_rps", throughput));
             records.push(rec("p50_ms", stats::percentile(&mut latencies, 0.5)));
             records.push(rec("p99_ms", stats::percentile(&mut latencies, 0.99)));
+            if with_faults {
+                rec_resets(
+                    &mut records,
+                    &label,
+                    runs.iter().map(|r| r.injected_resets).sum(),
+                );
+            }
             match clean_throughput {
                 None => clean_throughput = Some(throughput),
                 Some(clean) => records.push(rec(

@@ -115,6 +115,9 @@ fn cell(record: &Record) -> String {
         value
     };
     match record.ratio {
+        Some(ratio) if record.pool != BASELINE && record.capped => {
+            format!("{value} (≥ {ratio:.2}x)")
+        }
         Some(ratio) if record.pool != BASELINE => format!("{value} ({ratio:.2}x)"),
         _ => value,
     }

@@ -84,8 +84,8 @@ impl Recommendation {
         };
         let keepalive_idle =
             Duration::from_secs((limit.as_secs() / 2).max(1)).min(KEEPALIVE_IDLE_MAX);
-        let keepalive_interval = Duration::from_secs((keepalive_idle.as_secs() / 3).max(1))
-            .min(KEEPALIVE_INTERVAL_MAX);
+        let keepalive_interval =
+            Duration::from_secs((keepalive_idle.as_secs() / 3).max(1)).min(KEEPALIVE_INTERVAL_MAX);
         Recommendation {
             idle_timeout,
             keepalive: Keepalive::new(keepalive_idle, keepalive_interval, KEEPALIVE_COUNT),

@@ -1,41 +1,4 @@
 //! The [`Manager`] trait: what the pool needs to know about your protocol.
-//!
-//! A manager opens a connection through the pool's [`Dialer`] (so the pool's socket
-//! options are always applied), shows the pool the connection's socket (so it can be
-//! probed for free), and may offer a round-trip [`Manager::ping`]. Everything but
-//! `connect` has a default.
-//!
-//! A complete manager for a line-based protocol:
-//!
-//! ```
-//! use std::io;
-//! use steadypool::{Address, Dialer, Manager, SocketRef};
-//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
-//! use tokio::net::TcpStream;
-//!
-//! struct LineManager(Address);
-//!
-//! impl Manager for LineManager {
-//!     type Connection = BufStream<TcpStream>;
-//!     type Error = io::Error;
-//!
-//!     async fn connect(&self, dialer: &Dialer) -> io::Result<Self::Connection> {
-//!         Ok(BufStream::new(dialer.connect(&self.0).await?))
-//!     }
-//!
-//!     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
-//!         Some(SocketRef::Tokio(conn.get_ref()))
-//!     }
-//!
-//!     async fn ping(&self, conn: &mut Self::Connection) -> io::Result<()> {
-//!         conn.write_all(b"PING\n").await?;
-//!         conn.flush().await?;
-//!         let mut line = String::new();
-//!         conn.read_line(&mut line).await?;
-//!         (line == "PONG\n").then_some(()).ok_or_else(|| io::Error::other(line))
-//!     }
-//! }
-//! ```
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -44,7 +7,44 @@ use crate::cause::Classify;
 use crate::dial::{DialError, Dialer};
 use crate::probe::SocketRef;
 
-/// Opens, probes and pings connections of one protocol. See the [module docs](self).
+/// Opens, probes and pings connections of one protocol.
+///
+/// A manager opens a connection through the pool's [`Dialer`] (so the pool's socket
+/// options are always applied), shows the pool the connection's socket (so it can be
+/// probed for free), and may offer a round-trip [`Manager::ping`]. Everything but
+/// `connect` has a default.
+///
+/// A complete manager for a line-based protocol:
+///
+/// ```
+/// use std::io;
+/// use steadypool::{Address, Dialer, Manager, SocketRef};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+/// use tokio::net::TcpStream;
+///
+/// struct LineManager(Address);
+///
+/// impl Manager for LineManager {
+///     type Connection = BufStream<TcpStream>;
+///     type Error = io::Error;
+///
+///     async fn connect(&self, dialer: &Dialer) -> io::Result<Self::Connection> {
+///         Ok(BufStream::new(dialer.connect(&self.0).await?))
+///     }
+///
+///     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
+///         Some(SocketRef::Tokio(conn.get_ref()))
+///     }
+///
+///     async fn ping(&self, conn: &mut Self::Connection) -> io::Result<()> {
+///         conn.write_all(b"PING\n").await?;
+///         conn.flush().await?;
+///         let mut line = String::new();
+///         conn.read_line(&mut line).await?;
+///         (line == "PONG\n").then_some(()).ok_or_else(|| io::Error::other(line))
+///     }
+/// }
+/// ```
 pub trait Manager: Send + Sync + 'static {
     /// The connection handed to the application.
     type Connection: Send + 'static;

@@ -124,6 +124,11 @@ fn check_raw(sock: &SockRef<'_>) -> Liveness {
     let result = sock.peek(&mut byte);
     match result {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Liveness::Alive,
+        // The kernel reports an RST's error once: when a driver's task owns the
+        // socket it has usually read it already, and the duplicate sees only the end of
+        // stream. The state still tells them apart: a FIN leaves CLOSE_WAIT, an RST
+        // leaves CLOSED.
+        Ok(0) if tcp_info_state(sock).is_ok_and(|state| state == TCP_CLOSED) => Liveness::PeerReset,
         other => from_peek(other),
     }
 }
@@ -137,6 +142,11 @@ fn from_peek(result: io::Result<usize>) -> Liveness {
         Err(e) => Liveness::Error(e),
     }
 }
+
+/// `tcpi_state` values (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSED: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
 
 /// A TCP connection's state, as the kernel reports it in `TCP_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,9 +177,9 @@ pub enum TcpState {
 pub fn tcp_state(socket: SocketRef<'_>) -> io::Result<TcpState> {
     let state = tcp_info_state(&socket.sock_ref())?;
     Ok(match state {
-        1 => TcpState::Established,
-        7 => TcpState::Closed,
-        8 => TcpState::CloseWait,
+        TCP_ESTABLISHED => TcpState::Established,
+        TCP_CLOSED => TcpState::Closed,
+        TCP_CLOSE_WAIT => TcpState::CloseWait,
         other => TcpState::Other(other),
     })
 }
@@ -283,6 +293,38 @@ mod tests {
         assert!(matches!(
             check(SocketRef::Raw(client.as_fd())),
             Liveness::PeerReset
+        ));
+    }
+
+    #[tokio::test]
+    async fn rst_already_read_by_the_owner_is_still_peer_reset_on_the_raw_path() {
+        let (client, server) = pair().await;
+        server.set_zero_linger().unwrap();
+        drop(server);
+        settle().await;
+        // The socket's owner (a driver's task) reads first and takes the error.
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let owner_read = SockRef::from(&client).recv_with_flags(&mut byte, libc::MSG_DONTWAIT);
+        assert_eq!(
+            owner_read.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
+        let duplicate = client.as_fd().try_clone_to_owned().unwrap();
+        assert!(matches!(
+            check(SocketRef::Raw(duplicate.as_fd())),
+            Liveness::PeerReset
+        ));
+    }
+
+    #[tokio::test]
+    async fn fin_already_seen_by_the_owner_stays_peer_closed_on_the_raw_path() {
+        let (client, server) = pair().await;
+        drop(server);
+        settle().await;
+        let duplicate = client.as_fd().try_clone_to_owned().unwrap();
+        assert!(matches!(
+            check(SocketRef::Raw(duplicate.as_fd())),
+            Liveness::PeerClosed
         ));
     }
 

@@ -1,5 +1,7 @@
 //! Fixtures for the system tests: real servers on loopback and a manager for them, the
-//! kernel's view of this process's sockets, and the metrics a pool recorded.
+//! kernel's view of this process's sockets, and the metrics a pool recorded; real
+//! PostgreSQL and Redis servers, private network namespaces for kernel-level faults,
+//! and what the machine offers (with the rule for skipping when it lacks something).
 
 use std::time::Duration;
 

@@ -46,21 +46,30 @@ async fn min_idle_above_max_size() {
 async fn zero_keepalive_interval() {
     let keepalive = Keepalive::new(Duration::from_secs(10), Duration::ZERO, 3);
     let err = refused(builder().keepalive(Some(keepalive)), "keepalive interval");
-    assert!(matches!(err, BuildError::KeepaliveOutOfRange { .. }), "{err:?}");
+    assert!(
+        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn zero_keepalive_count() {
     let keepalive = Keepalive::new(Duration::from_secs(10), Duration::from_secs(3), 0);
     let err = refused(builder().keepalive(Some(keepalive)), "keepalive count");
-    assert!(matches!(err, BuildError::KeepaliveOutOfRange { .. }), "{err:?}");
+    assert!(
+        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn sub_second_keepalive_idle_the_kernel_cannot_express() {
     let keepalive = Keepalive::new(Duration::from_millis(500), Duration::from_secs(1), 3);
     let err = refused(builder().keepalive(Some(keepalive)), "keepalive idle");
-    assert!(matches!(err, BuildError::KeepaliveOutOfRange { .. }), "{err:?}");
+    assert!(
+        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +175,10 @@ async fn an_address_that_does_not_resolve_names_it() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     let message = format!("{err}: {}", err_source(&err));
-    assert!(message.contains("could not resolve localhost:99999"), "{message}");
+    assert!(
+        message.contains("could not resolve localhost:99999"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -250,6 +262,10 @@ async fn an_exhausted_pool_fails_with_a_timeout_after_wait_timeout() {
     let err = pool.get().await.unwrap_err();
     assert!(started.elapsed() >= wait);
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-    assert_eq!(err.cause(), None, "an exhausted pool is not an upstream failure");
+    assert_eq!(
+        err.cause(),
+        None,
+        "an exhausted pool is not an upstream failure"
+    );
     assert!(err.to_string().contains("max_size"), "{err}");
 }

@@ -52,7 +52,10 @@ async fn all_slots_usable(pool: &Pool<LineManager>, max_size: usize) {
         held.push(conn);
     }
     let extra = tokio::time::timeout(Duration::from_millis(300), pool.get()).await;
-    assert!(extra.is_err(), "more than max_size connections were handed out");
+    assert!(
+        extra.is_err(),
+        "more than max_size connections were handed out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +77,10 @@ async fn a_thousand_checkouts_dropped_at_random_points_leak_nothing() {
             let mut done = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let mut conn = pool.get().await.unwrap();
-                assert_eq!(request(&mut conn, &format!("GET user{i}")).await.unwrap(), "NONE");
+                assert_eq!(
+                    request(&mut conn, &format!("GET user{i}")).await.unwrap(),
+                    "NONE"
+                );
                 done += 1;
             }
             done
@@ -219,7 +225,10 @@ async fn two_hundred_fifty_six_tasks_on_eight_connections_all_complete() {
         let pool = pool.clone();
         tasks.spawn(async move {
             let mut conn = pool.get().await.unwrap();
-            assert_eq!(request(&mut conn, &format!("SET k{i} v{i}")).await.unwrap(), "OK");
+            assert_eq!(
+                request(&mut conn, &format!("SET k{i} v{i}")).await.unwrap(),
+                "OK"
+            );
             assert_eq!(
                 request(&mut conn, &format!("GET k{i}")).await.unwrap(),
                 format!("VALUE v{i}")
@@ -232,7 +241,11 @@ async fn two_hundred_fifty_six_tasks_on_eight_connections_all_complete() {
         finished += 1;
     }
     assert_eq!(finished, 256);
-    assert!(server.accepts() <= 8, "{} connections opened", server.accepts());
+    assert!(
+        server.accepts() <= 8,
+        "{} connections opened",
+        server.accepts()
+    );
     let status = pool.status();
     assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
 }

@@ -34,7 +34,10 @@ async fn kernel_shows(port: u16, state: TcpState, count: usize) {
         sockets::count_in_state(port, state).unwrap_or(0) == count
     })
     .await;
-    assert!(shown, "the kernel never showed {count} sockets in {state:?}");
+    assert!(
+        shown,
+        "the kernel never showed {count} sockets in {state:?}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
@@ -60,13 +63,19 @@ async fn fin_on_an_idle_connection_is_discarded_as_peer_closed() {
     kernel_shows(server.addr().port(), TcpState::CloseWait, 1).await;
 
     let mut conn = pool.get().await.unwrap();
-    assert!(!first.contains(&conn.id()), "the closed connection came back");
+    assert!(
+        !first.contains(&conn.id()),
+        "the closed connection came back"
+    );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
     assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
     assert_eq!(metrics.all_resets(), 1);
     assert_eq!(server.accepts(), 2);
     drop(conn);
-    assert_eq!(sockets::count_in_state(server.addr().port(), TcpState::CloseWait).unwrap(), 0);
+    assert_eq!(
+        sockets::count_in_state(server.addr().port(), TcpState::CloseWait).unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -81,7 +90,10 @@ async fn rst_on_an_idle_connection_is_discarded_as_peer_reset() {
     kernel_shows(server.addr().port(), TcpState::Established, 0).await;
 
     let mut conn = pool.get().await.unwrap();
-    assert!(!first.contains(&conn.id()), "the reset connection came back");
+    assert!(
+        !first.contains(&conn.id()),
+        "the reset connection came back"
+    );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
     assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Checkout), 1);
     assert_eq!(metrics.all_resets(), 1);
@@ -98,10 +110,16 @@ async fn bytes_on_an_idle_connection_are_discarded_as_unexpected_data() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut conn = pool.get().await.unwrap();
-    assert!(!first.contains(&conn.id()), "the desynced connection came back");
+    assert!(
+        !first.contains(&conn.id()),
+        "the desynced connection came back"
+    );
     // Had the stray line stayed, this reply would be the notice.
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(metrics.resets(ResetCause::UnexpectedData, Phase::Checkout), 1);
+    assert_eq!(
+        metrics.resets(ResetCause::UnexpectedData, Phase::Checkout),
+        1
+    );
     assert_eq!(metrics.all_resets(), 1);
 }
 
@@ -121,7 +139,10 @@ async fn every_dead_idle_connection_is_skipped_then_a_fresh_one_is_opened() {
     // A raw TCP connection: prove it is the live one by a round trip.
     conn.write_all(b"PING\n").await.unwrap();
     let mut reply = String::new();
-    BufReader::new(&mut *conn).read_line(&mut reply).await.unwrap();
+    BufReader::new(&mut *conn)
+        .read_line(&mut reply)
+        .await
+        .unwrap();
     assert_eq!(reply, "PONG\n");
     assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 3);
     assert_eq!(server.accepts(), 4);
@@ -161,10 +182,7 @@ async fn a_connection_idle_past_idle_timeout_is_closed_at_checkout() {
     assert_eq!(metrics.evictions(Eviction::IdleExpired), 1);
     assert_eq!(metrics.all_resets(), 0, "an idle expiry is not a reset");
     let closed = eventually(PATIENCE, || {
-        server
-            .ended()
-            .iter()
-            .any(|e| e.how == Ending::ClientClosed)
+        server.ended().iter().any(|e| e.how == Ending::ClientClosed)
     })
     .await;
     assert!(closed, "the expired connection was not closed");
@@ -182,7 +200,11 @@ async fn only_a_connection_idle_past_check_after_is_pinged() {
     for _ in 0..5 {
         drop(pool.get().await.unwrap());
     }
-    assert_eq!(pool.manager().pings(), 0, "a recently used connection was pinged");
+    assert_eq!(
+        pool.manager().pings(),
+        0,
+        "a recently used connection was pinged"
+    );
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(pool.get().await.unwrap());

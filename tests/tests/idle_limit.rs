@@ -21,22 +21,37 @@ use tokio::task::JoinSet;
 
 const SERVER_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// Requests per burst, all holding a connection at once: each burst needs this many
-/// connections, which then sit idle until a later burst takes them.
-const BURST: usize = 8;
-/// Independent clients sending bursts into the same pool. With FIFO checkout a
-/// connection then sits idle across about two gaps of either client: 0 to 4 s, about
-/// half of the time past the server's limit, and twice the requests per second.
-const CLIENTS: usize = 2;
+/// connections, which then sit idle until the next burst takes them.
+const BURST: usize = 16;
 /// The pool times idleness from a connection's return, the server from its reply:
 /// the two clocks differ by a loopback round trip plus scheduling, under 50 ms even
 /// on a loaded machine.
 const CLOCK_SKEW: Duration = Duration::from_millis(50);
 
-/// The workload: a burst of [`BURST`] concurrent requests, then 1 to 4 s of nothing,
+/// The gaps between bursts, 1 to 4 s: each round of four draws one gap from each of
+/// four 400 ms bands (starting at 1, 1.75, 2.5 and 3.25 s), in random order. Random,
+/// yet every round has a gap well below the server's limit (the first band stays
+/// below 75 % of it, short enough to be reused whatever was learned) and gaps well
+/// above it, so the test's duration does not hang on luck.
+struct Gaps(Vec<Duration>);
+
+impl Gaps {
+    fn next(&mut self) -> Duration {
+        if self.0.is_empty() {
+            self.0 = (0..4)
+                .map(|band| Duration::from_millis(1000 + 750 * band + fastrand::u64(0..400)))
+                .collect();
+            fastrand::shuffle(&mut self.0);
+        }
+        self.0.pop().unwrap_or(SERVER_IDLE_LIMIT)
+    }
+}
+
+/// The workload: a burst of [`BURST`] concurrent requests, then a gap of nothing,
 /// forever. Counts the requests that succeeded.
 async fn bursts(pool: Pool<LineManager>, requests: Arc<AtomicU64>) {
+    let mut gaps = Gaps(Vec::new());
     loop {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(1000..=4000))).await;
         let everyone_holds_one = Arc::new(Barrier::new(BURST));
         let mut burst = JoinSet::new();
         for _ in 0..BURST {
@@ -47,6 +62,7 @@ async fn bursts(pool: Pool<LineManager>, requests: Arc<AtomicU64>) {
             ));
         }
         while burst.join_next().await.is_some() {}
+        tokio::time::sleep(gaps.next()).await;
     }
 }
 
@@ -150,7 +166,7 @@ async fn the_learned_interval_contains_the_servers_limit_and_resets_after_idle_s
     let builder = |name: &str, server: &LineServer| {
         Pool::builder(LineManager::new(server.addr()))
             .name(name)
-            .max_size(BURST * CLIENTS)
+            .max_size(BURST)
             .reaper_interval(Duration::from_millis(100))
             // No checkout pings: the probe, the reaper and the learned limit alone.
             .check_after(Duration::from_secs(3600))
@@ -167,10 +183,8 @@ async fn the_learned_interval_contains_the_servers_limit_and_resets_after_idle_s
 
     let requests = Arc::new(AtomicU64::new(0));
     let mut clients = JoinSet::new();
-    for _ in 0..CLIENTS {
-        clients.spawn(bursts(pool.clone(), Arc::clone(&requests)));
-        clients.spawn(bursts(control.clone(), Arc::new(AtomicU64::new(0))));
-    }
+    clients.spawn(bursts(pool.clone(), Arc::clone(&requests)));
+    clients.spawn(bursts(control.clone(), Arc::new(AtomicU64::new(0))));
 
     let learned = steadypool_tests::eventually(Duration::from_secs(20), || {
         let limit = pool.idle_limit();

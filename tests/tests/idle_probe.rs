@@ -142,12 +142,19 @@ async fn a_port_that_does_not_speak_the_protocol_is_a_clear_error() {
     });
     let err = idle_probe::run(ProbeConfig {
         rtt_timeout: Duration::from_millis(500),
-        ..config(addr.to_string(), ProbeProtocol::Redis, Duration::from_secs(10))
+        ..config(
+            addr.to_string(),
+            ProbeProtocol::Redis,
+            Duration::from_secs(10),
+        )
     })
     .await
     .unwrap_err();
     assert!(matches!(err, ProbeError::NotSpeaking { .. }), "{err:?}");
-    assert!(err.to_string().contains("does not answer as redis"), "{err}");
+    assert!(
+        err.to_string().contains("does not answer as redis"),
+        "{err}"
+    );
     assert_ne!(err.exit_code(), 0);
 }
 

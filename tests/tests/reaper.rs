@@ -36,7 +36,10 @@ async fn no_socket_stays_in_close_wait_longer_than_a_reaper_tick() {
     )
     .unwrap();
     open_idle(&pool, &server, 4).await;
-    assert_eq!(sockets::count_in_state(port, TcpState::Established).unwrap(), 4);
+    assert_eq!(
+        sockets::count_in_state(port, TcpState::Established).unwrap(),
+        4
+    );
 
     assert_eq!(server.close_all().await, 4);
     let closed_at = tokio::time::Instant::now();
@@ -89,7 +92,11 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     assert!(closed, "idle connections were not closed");
     for ended in server.ended() {
         assert_eq!(ended.how, Ending::ClientClosed);
-        assert!(ended.lived >= idle_timeout, "closed after {:?}", ended.lived);
+        assert!(
+            ended.lived >= idle_timeout,
+            "closed after {:?}",
+            ended.lived
+        );
     }
     assert_eq!(metrics.evictions(Eviction::IdleExpired), 2);
     assert_eq!(metrics.all_resets(), 0);
@@ -128,7 +135,11 @@ async fn lifetimes_are_jittered_within_max_lifetime_minus_jitter_and_max_lifetim
             "a connection lived {l:?}, outside [{earliest:?}, {latest:?}]"
         );
     }
-    let spread = lived.iter().max().unwrap().saturating_sub(*lived.iter().min().unwrap());
+    let spread = lived
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*lived.iter().min().unwrap());
     // Eight draws from a 1 s window all falling within 50 ms: odds about 1e-8.
     assert!(
         spread > Duration::from_millis(50),
@@ -172,8 +183,14 @@ async fn min_idle_is_filled_and_refilled_after_the_peer_closes_everything() {
         server.accepts()
     );
     assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
-    assert_eq!(sockets::count_in_state(port, TcpState::CloseWait).unwrap(), 0);
-    assert_eq!(sockets::count_in_state(port, TcpState::Established).unwrap(), 3);
+    assert_eq!(
+        sockets::count_in_state(port, TcpState::CloseWait).unwrap(),
+        0
+    );
+    assert_eq!(
+        sockets::count_in_state(port, TcpState::Established).unwrap(),
+        3
+    );
     // The refill never grows the pool past min_idle.
     tokio::time::sleep(3 * TICK).await;
     assert_eq!(server.accepts(), 6);

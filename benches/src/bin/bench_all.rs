@@ -36,6 +36,12 @@ struct Args {
     /// default.
     #[arg(long, value_delimiter = ',')]
     pools: Vec<String>,
+    /// Checkout: only these pool sizes (default 8,32).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Checkout: only these task counts (default 1,16,64,256).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<usize>,
     /// Tiny sizes, to check that everything runs (seconds, not minutes).
     #[arg(long, hide = true)]
     smoke: bool,
@@ -84,16 +90,22 @@ impl Args {
 fn checkout_settings(mode: Mode) -> checkout::Settings {
     match mode {
         Mode::Smoke => checkout::Settings {
+            sizes: checkout::POOL_SIZES.to_vec(),
+            tasks: checkout::TASKS.to_vec(),
             warm_up: Duration::from_millis(5),
             batch: Duration::from_millis(5),
             batches: 1,
         },
         Mode::Quick => checkout::Settings {
+            sizes: checkout::POOL_SIZES.to_vec(),
+            tasks: checkout::TASKS.to_vec(),
             warm_up: Duration::from_millis(100),
             batch: Duration::from_millis(40),
             batches: 5,
         },
         Mode::Full => checkout::Settings {
+            sizes: checkout::POOL_SIZES.to_vec(),
+            tasks: checkout::TASKS.to_vec(),
             warm_up: Duration::from_millis(500),
             batch: Duration::from_millis(100),
             batches: 15,
@@ -123,6 +135,10 @@ fn goodput_settings(mode: Mode) -> goodput::Settings {
         },
     }
 }
+
+/// Carries the starting process's network namespace into the dead-peer run, which
+/// checks that it runs somewhere else before it adds a firewall rule.
+const OUTSIDE_NAMESPACE: &str = "STEADYPOOL_BENCH_OUTSIDE_NETNS";
 
 fn dead_peer_cap(mode: Mode) -> Duration {
     match mode {
@@ -180,6 +196,7 @@ async fn dead_peer(cap: Duration, force_chaos: bool) -> Result<Vec<Record>, Benc
     }
     let exe = std::env::current_exe()?;
     let child = tokio::process::Command::new("unshare")
+        .env(OUTSIDE_NAMESPACE, dead_peer::namespace_id()?)
         .arg("--net")
         .arg("--")
         .arg(exe)
@@ -210,7 +227,14 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
             .into_iter()
             .filter(|k| args.wants_pool(k.label()))
             .collect();
-        records.extend(checkout::scenario(checkout_settings(mode), &kinds).await?);
+        let mut settings = checkout_settings(mode);
+        if !args.sizes.is_empty() {
+            settings.sizes.clone_from(&args.sizes);
+        }
+        if !args.tasks.is_empty() {
+            settings.tasks.clone_from(&args.tasks);
+        }
+        records.extend(checkout::scenario(settings, &kinds).await?);
     }
     if args.wants("goodput") {
         let contenders: Vec<goodput::Contender> = goodput::CONTENDERS
@@ -242,7 +266,12 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
 }
 
 async fn dead_peer_child(cap: Duration) -> Result<Vec<Record>, BenchError> {
-    dead_peer::prepare_namespace()?;
+    let outside = std::env::var(OUTSIDE_NAMESPACE).map_err(|_| {
+        BenchError::Setup(format!(
+            "{OUTSIDE_NAMESPACE} is not set: the dead-peer run is started by bench-all only"
+        ))
+    })?;
+    dead_peer::prepare_namespace(&outside)?;
     dead_peer::measure(Hole::Iptables, cap).await
 }
 

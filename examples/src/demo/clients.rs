@@ -156,16 +156,15 @@ where
                     });
                 }
             };
-            let result = match tokio::time::timeout(REQUEST_TIMEOUT, (self.send)(&mut conn, op))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Failure {
-                    label: "timeout".to_owned(),
-                    reset: None,
-                    message: format!("no reply within {REQUEST_TIMEOUT:?}"),
-                }),
-            };
+            let result =
+                match tokio::time::timeout(REQUEST_TIMEOUT, (self.send)(&mut conn, op)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure {
+                        label: "timeout".to_owned(),
+                        reset: None,
+                        message: format!("no reply within {REQUEST_TIMEOUT:?}"),
+                    }),
+                };
             if let Err(failure) = &result
                 && (failure.reset.is_some() || failure.label == "timeout")
             {
@@ -206,7 +205,10 @@ fn broken(cause: ResetCause, message: String) -> Failure {
 }
 
 /// steadypool for the key-value protocol.
-pub(crate) fn steady_kv(addr: &str, size: usize) -> Result<Steady<KvManager>, steadypool::BuildError> {
+pub(crate) fn steady_kv(
+    addr: &str,
+    size: usize,
+) -> Result<Steady<KvManager>, steadypool::BuildError> {
     fn send(conn: &mut KvConnection, op: Op) -> OperationFuture<'_, (), KvError> {
         Box::pin(async move { op.call(conn).await.map(drop) })
     }

@@ -52,13 +52,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use self::clients::Protocol;
 use self::clients::Client;
+pub use self::clients::Protocol;
+use self::report::PoolMetrics;
 pub use self::report::{
     ChaosSummary, FaultSummary, LatencySummary, Learned, PoolReport, Report, ResetCount,
     ScheduleSummary,
 };
-use self::report::PoolMetrics;
 use self::tally::Tally;
 use self::workload::{Requests, Schedule};
 use crate::console::{Console, Verbosity, human, parse_duration};
@@ -247,7 +247,8 @@ impl Default for DemoConfig {
 #[command(
     name = "demo",
     about = "Production's connection resets, scaled down: steadypool and a plain deadpool pool side by side",
-    long_about = None
+    long_about = None,
+    args_override_self = true
 )]
 pub struct DemoArgs {
     /// How long to run the workload (e.g. 5s, 30s, 2min).
@@ -461,12 +462,11 @@ pub async fn run(
     let size = config.concurrency;
     let (steady, plain): (Arc<dyn Client>, Arc<dyn Client>) = match protocol {
         Protocol::Kv => {
-            let steady = metrics::with_local_recorder(&recorder, || {
-                clients::steady_kv(&addr_of(0), size)
-            })
-            .map_err(|e| DemoError::Setup(e.to_string()))?;
-            let plain =
-                clients::plain_kv(&addr_of(1), size).map_err(|e| DemoError::Setup(e.to_string()))?;
+            let steady =
+                metrics::with_local_recorder(&recorder, || clients::steady_kv(&addr_of(0), size))
+                    .map_err(|e| DemoError::Setup(e.to_string()))?;
+            let plain = clients::plain_kv(&addr_of(1), size)
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
             (Arc::new(steady), Arc::new(plain))
         }
         Protocol::Redis => {

@@ -88,9 +88,13 @@ pub struct PoolReport {
     /// (`steadypool_resets_total`), the plain pool's from the errors its application
     /// got.
     pub resets: Vec<ResetCount>,
-    /// All of `resets` except `phase = connect` (failed connects): the established
-    /// connections lost.
-    pub resets_of_connections: u64,
+    /// All of `resets` except connects that never got through (`refused`,
+    /// `connect_timeout`): the connections that were open, their handshake included,
+    /// when they were lost.
+    pub connections_lost: u64,
+    /// Idle connections the pool closed itself, past its idle limit (steadypool's
+    /// `idle_expired` evictions; 0 for the plain pool).
+    pub closed_idle: u64,
     /// Connections the pool closed on purpose, by reason (steadypool only).
     pub evictions: BTreeMap<String, u64>,
     /// What became of steadypool's requests that hit a broken connection, by outcome
@@ -255,6 +259,10 @@ impl PoolReport {
             Some(m) => (m.resets, m.evictions, m.retry_outcomes),
             None => (totals.resets.clone(), BTreeMap::new(), BTreeMap::new()),
         };
+        let closed_idle = evictions
+            .get(Eviction::IdleExpired.as_str())
+            .copied()
+            .unwrap_or(0);
         let quantile = |q: f64| totals.latency.value_at_quantile(q) as f64 / 1000.0;
         PoolReport {
             name: name.to_owned(),
@@ -272,11 +280,15 @@ impl PoolReport {
                 .map(|(k, v)| (k.clone(), v.example.clone()))
                 .collect(),
             retries: totals.counts.retries,
-            resets_of_connections: resets
+            connections_lost: resets
                 .iter()
-                .filter(|((_, phase), _)| *phase != Phase::Connect)
+                .filter(|((cause, phase), _)| {
+                    *phase != Phase::Connect
+                        || !matches!(cause, ResetCause::Refused | ResetCause::ConnectTimeout)
+                })
                 .map(|(_, n)| n)
                 .sum(),
+            closed_idle,
             resets: resets
                 .iter()
                 .map(|((cause, phase), count)| ResetCount {
@@ -417,9 +429,7 @@ impl Report {
                 self.pools
                     .iter()
                     .any(|p| p.chaos.is_some_and(|c| f(&c) > 0))
-                    .then(|| {
-                        per_pool(label, &|p| p.chaos.map_or("-".to_owned(), |c| count(f(&c))))
-                    })
+                    .then(|| per_pool(label, &|p| p.chaos.map_or("-".to_owned(), |c| count(f(&c)))))
             };
             rows.extend(chaos_row("  idle timeout (RST)", |c| c.idle_rst));
             rows.extend(chaos_row("  idle timeout (FIN)", |c| c.idle_fin));
@@ -509,18 +519,26 @@ impl Report {
         };
         if let Some(chaos) = steady.chaos {
             let _ = writeln!(out);
-            let verdict = if chaos.ended_by_faults == steady.resets_of_connections {
-                "every one accounted for"
+            let ended = chaos.ended_by_faults;
+            let lost = steady.connections_lost;
+            let accounting = if lost == ended {
+                "every one of them".to_owned()
+            } else if lost < ended && lost + steady.closed_idle >= ended {
+                format!(
+                    "the other {} were past its learned idle limit when it found them, \
+                     and went as planned closes",
+                    count(ended - lost)
+                )
             } else {
-                "the difference ended during the last moments of the run"
+                "the difference ended in the last moments of the run".to_owned()
             };
             let _ = writeln!(
                 out,
-                "{}'s proxy ended {} connections; it counted {} lost connections ({verdict}), \
-                 and its application saw {} failures.",
+                "{}'s proxy ended {} connections; steadypool counted {} lost connections \
+                 ({accounting}), and its application saw {} failures.",
                 steady.name,
-                count(chaos.ended_by_faults),
-                count(steady.resets_of_connections),
+                count(ended),
+                count(lost),
                 count(steady.failures)
             );
         }

@@ -181,10 +181,7 @@ mod tests {
             }
         );
         assert_eq!(totals.failures["peer_reset / in_use"].count, 2);
-        assert_eq!(
-            totals.resets[&(ResetCause::PeerReset, Phase::InUse)],
-            2
-        );
+        assert_eq!(totals.resets[&(ResetCause::PeerReset, Phase::InUse)], 2);
         assert_eq!(totals.latency.len(), 3);
     }
 }

@@ -166,7 +166,10 @@ mod tests {
             );
             assert_eq!(s.gaps.len(), 1, "{s:?}");
             let (start, end) = s.gaps[0];
-            assert!(end - start > LB && end + TAIL <= Duration::from_secs(5), "{s:?}");
+            assert!(
+                end - start > LB && end + TAIL <= Duration::from_secs(5),
+                "{s:?}"
+            );
             assert_eq!(s.crashes.len(), 1, "{s:?}");
             assert!(s.gap_end(s.crashes[0]).is_none(), "{s:?}");
         }

@@ -61,8 +61,8 @@ use crate::recommend::{ClosedBy, Recommendation, RecommendationSummary};
 /// The idle times the ladder tries: the usual limits of servers, proxies, load
 /// balancers and NAT gateways.
 const RUNGS_SECS: [u64; 24] = [
-    1, 2, 3, 5, 8, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 350, 450, 600, 900, 1200,
-    1800, 2700, 3600,
+    1, 2, 3, 5, 8, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 350, 450, 600, 900, 1200, 1800,
+    2700, 3600,
 ];
 /// Connections of the staggered refinement round: the first and the last open a
 /// whole second apart, so their second always turns in between.
@@ -141,7 +141,8 @@ impl ProbeConfig {
 #[command(
     name = "idle-probe",
     about = "Finds how long connections to a server may sit idle before the path closes them, and the steadypool settings that stay clear of it",
-    long_about = None
+    long_about = None,
+    args_override_self = true
 )]
 pub struct ProbeArgs {
     /// The server, as HOST:PORT.
@@ -362,11 +363,7 @@ impl ProbeReport {
             );
         }
         if let Some(alive) = self.alive_after_secs {
-            let _ = writeln!(
-                out,
-                "  Connections idle {} still answered.",
-                secs(alive)
-            );
+            let _ = writeln!(out, "  Connections idle {} still answered.", secs(alive));
         }
         let _ = writeln!(
             out,
@@ -422,7 +419,8 @@ pub async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> {
             let manager = RedisManager::new(format!("redis://{}/0", config.target).as_str())
                 .map_err(|e| ProbeError::Config(format!("{}: {e}", config.target)))?
                 .connection_config(
-                    redis::AsyncConnectionConfig::new().set_response_timeout(Some(config.rtt_timeout)),
+                    redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(config.rtt_timeout)),
                 );
             let watcher = Watcher {
                 manager,
@@ -468,7 +466,12 @@ fn split_host_port(target: &str) -> Result<(String, u16), ProbeError> {
     let port = port
         .parse()
         .map_err(|_| ProbeError::Config(format!("{port:?} in {target:?} is not a port number")))?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    ))
 }
 
 /// What all rounds found so far.
@@ -816,7 +819,12 @@ async fn run_round<M: Manager>(
     let status = console.status_line();
     let started = Instant::now();
     let mut set = JoinSet::new();
-    for (check_at, delay) in round.checks.iter().copied().zip(round.delays.iter().copied()) {
+    for (check_at, delay) in round
+        .checks
+        .iter()
+        .copied()
+        .zip(round.delays.iter().copied())
+    {
         let watcher = Arc::clone(watcher);
         let handshake = round.handshake;
         set.spawn(async move {

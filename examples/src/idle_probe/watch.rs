@@ -152,8 +152,7 @@ impl<M: Manager> Watcher<M> {
             }
             match (check_at, self.check) {
                 (Some(at), Check::Ping(timeout)) if idle >= at => {
-                    return match tokio::time::timeout(timeout, self.manager.ping(&mut conn)).await
-                    {
+                    return match tokio::time::timeout(timeout, self.manager.ping(&mut conn)).await {
                         Ok(Ok(())) => Evidence::Alive { after: at },
                         Ok(Err(err)) => Evidence::DeadOnCheck {
                             after: at,

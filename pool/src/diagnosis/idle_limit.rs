@@ -364,6 +364,9 @@ mod tests {
         let (l, r) = learner(Some(45 * S), true);
         let t = Instant::now();
         assert_eq!(l.evict_after(t, &r), Some(45 * S));
+        // Reuses within a second of the last use say nothing about a middlebox.
+        l.reused(ms(500), t, &r);
+        assert_eq!(l.snapshot(t, &r).lower, None);
         l.reused(40 * S, t, &r);
         assert_eq!(l.evict_after(t, &r), Some(45 * S));
         assert_eq!(l.snapshot(t, &r).lower, Some(40 * S));

@@ -8,6 +8,12 @@
 //! or crashed while the connection sat idle is found by the reaper or at checkout,
 //! never by your query.
 //!
+//! The background task reads the socket before the probe looks, so the probe sees what
+//! it left: a reset the task already read shows as end of stream (a crash while idle
+//! usually counts as `peer_closed`, not `peer_reset`), and a notification (`NOTIFY`)
+//! caught in the instant between its arrival and the task reading it is taken for
+//! `unexpected_data`, which costs one reconnect.
+//!
 //! * **checkout ping**: an empty query (`""`), one round trip, no parsing or planning;
 //! * **broken**: [`Client::is_closed`], or the background task ended;
 //! * **errors**: [`Classify`] for [`tokio_postgres::Error`] maps the SQLSTATEs that

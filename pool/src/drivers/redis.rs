@@ -6,7 +6,9 @@
 //! database on it. The connection's driver task owns the socket from then on; the pool
 //! keeps a duplicate of its descriptor to probe it ([`SocketRef::Raw`]), so a
 //! connection the server closed while it sat idle (`timeout`, `CLIENT KILL`, a restart)
-//! is found by the reaper or at checkout instead of by your command.
+//! is found by the reaper or at checkout instead of by your command. The driver task
+//! reads the socket before the probe looks, so a reset it already read shows as end of
+//! stream: a crash while idle usually counts as `peer_closed`.
 //!
 //! * **checkout ping**: `PING`;
 //! * **broken**: the driver task ended;
