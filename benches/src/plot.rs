@@ -31,6 +31,9 @@ fn plot_error(path: &Path, err: impl std::fmt::Display) -> BenchError {
 /// A series: its name and its points.
 type Series = (String, Vec<(f64, f64)>);
 
+/// A series with gaps: `None` where it has no value.
+type GappedSeries = (String, Vec<Option<(f64, f64)>>);
+
 /// Draws `goodput_faults.svg` in `dir`: for the first faulty run of each contender
 /// without an application retry, the 99th-percentile latency and the failed requests
 /// per 100 ms, with the crashes marked.
@@ -54,7 +57,7 @@ pub fn goodput(dir: &Path, runs: &[Run]) -> Result<(), BenchError> {
         .map(|r| r.elapsed.as_secs_f64())
         .fold(0.0, f64::max)
         .max(0.1);
-    let mut latency: Vec<Series> = Vec::new();
+    let mut latency: Vec<GappedSeries> = Vec::new();
     let mut failures: Vec<Series> = Vec::new();
     for run in &chosen {
         let n = (span / GOODPUT_BUCKET.as_secs_f64()).ceil() as usize + 1;
@@ -71,11 +74,13 @@ pub fn goodput(dir: &Path, runs: &[Run]) -> Result<(), BenchError> {
             }
         }
         let width = GOODPUT_BUCKET.as_secs_f64();
+        // Lulls carry no requests: leave a gap there instead of a line across.
         let p99 = buckets
             .iter_mut()
             .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(i, b)| (i as f64 * width, crate::stats::percentile(b, 0.99)))
+            .map(|(i, b)| {
+                (!b.is_empty()).then(|| (i as f64 * width, crate::stats::percentile(b, 0.99)))
+            })
             .collect();
         let fails = failed
             .iter()
@@ -85,16 +90,25 @@ pub fn goodput(dir: &Path, runs: &[Run]) -> Result<(), BenchError> {
         latency.push((run.contender.label(), p99));
         failures.push((run.contender.label(), fails));
     }
+    let mut lulls = Vec::new();
+    let mut start = goodput::ACTIVE.as_secs_f64();
+    while start < span {
+        lulls.push((
+            start,
+            (start + (goodput::PERIOD - goodput::ACTIVE).as_secs_f64()).min(span),
+        ));
+        start += goodput::PERIOD.as_secs_f64();
+    }
     let root = SVGBackend::new(&path, (1000, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(&path, e))?;
     let (upper, lower) = root.split_vertically(430);
     let max_latency = latency
         .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .flat_map(|(_, points)| points.iter().flatten().map(|p| p.1))
         .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&upper)
         .caption(
-            "Goodput under faults: p99 latency per 100 ms (crashes dashed)",
+            "Goodput under faults: p99 latency per 100 ms (crashes dashed, lulls shaded)",
             ("sans-serif", 20),
         )
         .margin(12)
@@ -104,12 +118,14 @@ pub fn goodput(dir: &Path, runs: &[Run]) -> Result<(), BenchError> {
         .map_err(|e| plot_error(&path, e))?;
     chart
         .configure_mesh()
+        .light_line_style(BLACK.mix(0.03))
         .x_desc("time (s)")
         .y_desc("p99 latency (ms)")
         .draw()
         .map_err(|e| plot_error(&path, e))?;
+    draw_bands(&mut chart, &lulls, 0.01, max_latency * 2.0).map_err(|e| plot_error(&path, e))?;
     draw_marks(&mut chart, &crashes, 0.01, max_latency * 2.0).map_err(|e| plot_error(&path, e))?;
-    draw_lines(&mut chart, &latency).map_err(|e| plot_error(&path, e))?;
+    draw_gapped(&mut chart, &latency).map_err(|e| plot_error(&path, e))?;
     let max_failed = failures
         .iter()
         .flat_map(|(_, points)| points.iter().map(|p| p.1))
@@ -123,10 +139,12 @@ pub fn goodput(dir: &Path, runs: &[Run]) -> Result<(), BenchError> {
         .map_err(|e| plot_error(&path, e))?;
     chart
         .configure_mesh()
+        .light_line_style(BLACK.mix(0.03))
         .x_desc("time (s)")
         .y_desc("failed")
         .draw()
         .map_err(|e| plot_error(&path, e))?;
+    draw_bands(&mut chart, &lulls, 0.0, max_failed * 1.1).map_err(|e| plot_error(&path, e))?;
     draw_marks(&mut chart, &crashes, 0.0, max_failed * 1.1).map_err(|e| plot_error(&path, e))?;
     draw_lines(&mut chart, &failures).map_err(|e| plot_error(&path, e))?;
     root.present().map_err(|e| plot_error(&path, e))?;
@@ -187,16 +205,12 @@ pub fn storm(dir: &Path, runs: &[StormRun], after: Duration) -> Result<(), Bench
         .map_err(|e| plot_error(&path, e))?;
     chart
         .configure_mesh()
+        .light_line_style(BLACK.mix(0.03))
         .x_desc("time since the upstream went down (s)")
         .y_desc("connect attempts / 100 ms")
         .draw()
         .map_err(|e| plot_error(&path, e))?;
-    chart
-        .draw_series(std::iter::once(Rectangle::new(
-            [(0.0, 0.5), (down, max * 2.0)],
-            RGBColor(0, 0, 0).mix(0.08).filled(),
-        )))
-        .map_err(|e| plot_error(&path, e))?;
+    draw_bands(&mut chart, &[(0.0, down)], 0.5, max * 2.0).map_err(|e| plot_error(&path, e))?;
     // A log axis has no zero: empty buckets sit on its floor.
     let floored: Vec<Series> = series
         .into_iter()
@@ -263,5 +277,58 @@ where
             BLACK.mix(0.5).stroke_width(1),
         ))?;
     }
+    Ok(())
+}
+
+/// Draws each run of consecutive points of each series as one line.
+fn draw_gapped<'a, Y>(
+    chart: &mut Chart<'a, Y>,
+    series: &[GappedSeries],
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for (index, (name, points)) in series.iter().enumerate() {
+        let color = PALETTE[index % PALETTE.len()];
+        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for point in points {
+            match (point, segments.last_mut()) {
+                (Some(point), Some(segment)) => segment.push(*point),
+                (None, Some(segment)) if !segment.is_empty() => segments.push(Vec::new()),
+                _ => {}
+            }
+        }
+        for (n, segment) in segments.into_iter().filter(|s| !s.is_empty()).enumerate() {
+            let drawn = chart.draw_series(LineSeries::new(segment, color.stroke_width(2)))?;
+            if n == 0 {
+                drawn.label(name.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+}
+
+/// Shades the spans `(from, to)` over the whole height.
+fn draw_bands<'a, Y>(
+    chart: &mut Chart<'a, Y>,
+    spans: &[(f64, f64)],
+    low: f64,
+    high: f64,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    chart.draw_series(
+        spans.iter().map(|(from, to)| {
+            Rectangle::new([(*from, low), (*to, high)], BLACK.mix(0.07).filled())
+        }),
+    )?;
     Ok(())
 }

@@ -38,7 +38,7 @@ impl ClosedBy {
 /// use std::time::Duration;
 /// use steadypool_examples::recommend::Recommendation;
 ///
-/// let alb = Recommendation::for_limit(Duration::from_secs(60), None);
+/// let alb = Recommendation::for_limit(Duration::from_secs(60), None, None);
 /// assert_eq!(alb.idle_timeout, Duration::from_secs(45));
 /// assert_eq!(alb.keepalive.idle, Duration::from_secs(10));
 /// ```
@@ -59,31 +59,37 @@ const KEEPALIVE_INTERVAL_MAX: Duration = Duration::from_secs(3);
 const KEEPALIVE_COUNT: u32 = 3;
 
 impl Recommendation {
-    /// Settings for a path that closes connections idle for `limit` (the shortest
-    /// idle time after which one died).
+    /// Settings for a path where a connection died after sitting idle for `upper`,
+    /// and, if known, one idle for `lower` was still fine.
     ///
-    /// `idle_timeout` is the share of the limit that steadypool's own learner keeps to
-    /// ([`IdleLimit::recommended_idle_timeout`] without a lower bound: 75 %), rounded
-    /// down to 100 ms (whole seconds from 10 s), which leaves room for timer jitter
-    /// on both sides. Keepalive starts probing at half the limit (whole seconds, 1 s
-    /// to 10 s), so a NAT or L4 load balancer that counts keepalive as traffic never
-    /// sees the connection idle that long.
-    pub fn for_limit(limit: Duration, closed_by: Option<ClosedBy>) -> Recommendation {
+    /// `idle_timeout` is 75 % of `upper` (the share steadypool's own learner keeps
+    /// to, [`IdleLimit::recommended_idle_timeout`]), but never above `lower`: a dead
+    /// connection is often *found* well after the path closed it, so `upper` can lie
+    /// far past the real limit, while `lower` is proven harmless. It is rounded down to
+    /// 100 ms (whole seconds from 10 s). Keepalive starts probing at half of it (whole
+    /// seconds, 1 s to 10 s), so a NAT or L4 load balancer that counts keepalive as
+    /// traffic never sees a pooled connection idle that long.
+    pub fn for_limit(
+        upper: Duration,
+        lower: Option<Duration>,
+        closed_by: Option<ClosedBy>,
+    ) -> Recommendation {
         let share = IdleLimit {
             lower: None,
-            upper: Some(limit),
+            upper: Some(upper),
             evict_after: None,
         }
         .recommended_idle_timeout()
-        .unwrap_or(limit);
-        let idle_timeout = if share >= Duration::from_secs(10) {
-            Duration::from_secs(share.as_secs())
+        .unwrap_or(upper);
+        let safe = lower.map_or(share, |lower| share.min(lower));
+        let idle_timeout = if safe >= Duration::from_secs(10) {
+            Duration::from_secs(safe.as_secs())
         } else {
-            Duration::from_millis(share.as_millis() as u64 / 100 * 100)
+            Duration::from_millis(safe.as_millis() as u64 / 100 * 100)
                 .max(Duration::from_millis(100))
         };
         let keepalive_idle =
-            Duration::from_secs((limit.as_secs() / 2).max(1)).min(KEEPALIVE_IDLE_MAX);
+            Duration::from_secs((idle_timeout.as_secs() / 2).max(1)).min(KEEPALIVE_IDLE_MAX);
         let keepalive_interval =
             Duration::from_secs((keepalive_idle.as_secs() / 3).max(1)).min(KEEPALIVE_INTERVAL_MAX);
         Recommendation {
@@ -171,7 +177,7 @@ mod tests {
 
     #[test]
     fn short_limits_get_short_timeouts_and_the_fastest_keepalive() {
-        let r = Recommendation::for_limit(Duration::from_millis(2050), Some(ClosedBy::Fin));
+        let r = Recommendation::for_limit(Duration::from_millis(2050), None, Some(ClosedBy::Fin));
         assert_eq!(r.idle_timeout, Duration::from_millis(1500));
         assert_eq!(
             r.keepalive,
@@ -185,8 +191,28 @@ mod tests {
     }
 
     #[test]
+    fn a_loose_upper_bound_gives_way_to_the_proven_lower_one() {
+        // Found dead only 2.9 s after its last use, on a path that closes at 2 s:
+        // 75 % of 2.9 s would be past the limit, 1.72 s idle was proven fine.
+        let r = Recommendation::for_limit(
+            Duration::from_millis(2900),
+            Some(Duration::from_millis(1720)),
+            Some(ClosedBy::Rst),
+        );
+        assert_eq!(r.idle_timeout, Duration::from_millis(1700));
+        // A narrow interval leaves 75 % of the upper bound in force.
+        let r = Recommendation::for_limit(
+            Duration::from_secs(60),
+            Some(Duration::from_secs(58)),
+            None,
+        );
+        assert_eq!(r.idle_timeout, Duration::from_secs(45));
+    }
+
+    #[test]
     fn long_limits_keep_steadypools_defaults_for_keepalive() {
-        let nat = Recommendation::for_limit(Duration::from_secs(350), Some(ClosedBy::Silence));
+        let nat =
+            Recommendation::for_limit(Duration::from_secs(350), None, Some(ClosedBy::Silence));
         assert_eq!(nat.idle_timeout, Duration::from_secs(262));
         assert_eq!(nat.keepalive, Keepalive::default());
         assert!(

@@ -4,8 +4,9 @@
 //!
 //! Two pools run side by side against two such servers: one learns the limit (the
 //! default), the control does not. Once the learning pool's interval contains 2 s,
-//! the next 100 of its requests must meet no reset at all, while the control keeps
-//! meeting them in the same time.
+//! the next 100 of its requests must meet no reset at all, while the control, under
+//! the same workload, meets them throughout. (A burst's connections all go idle
+//! together, so they die together: the first lesson costs one burst's worth.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -541,6 +541,10 @@ pub async fn run(
         () = interrupt => true,
     };
     let _ = stop_tx.send(true);
+    let ran = started.elapsed().min(config.duration);
+    background.abort_all();
+    while background.join_next().await.is_some() {}
+    console.clear();
     if interrupted {
         console.line("interrupted: finishing the requests in flight");
         if tokio::time::timeout(STOP_GRACE, drain(&mut workers))
@@ -550,10 +554,6 @@ pub async fn run(
             workers.abort_all();
         }
     }
-    let ran = started.elapsed().min(config.duration);
-    background.abort_all();
-    while background.join_next().await.is_some() {}
-    console.clear();
 
     if let Some(proxies) = &proxies {
         for proxy in proxies {

@@ -186,7 +186,7 @@ impl Learned {
         let limit = limit.unwrap_or_default();
         let recommendation = limit
             .upper
-            .map(|upper| Recommendation::for_limit(upper, closed_by));
+            .map(|upper| Recommendation::for_limit(upper, limit.lower, closed_by));
         Learned {
             idle_limit_lower_secs: limit.lower.map(|d| d.as_secs_f64()),
             idle_limit_upper_secs: limit.upper.map(|d| d.as_secs_f64()),
@@ -342,7 +342,7 @@ fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -407,15 +407,12 @@ impl Report {
                     .map_or("-".to_owned(), |r| count(r.count))
             }));
         }
-        let evicted = self
-            .pools
-            .iter()
-            .any(|p| p.evictions.get(Eviction::IdleExpired.as_str()).is_some());
-        if evicted {
-            rows.push(per_pool("closed before the path did (idle)", &|p| {
-                p.evictions
-                    .get(Eviction::IdleExpired.as_str())
-                    .map_or("-".to_owned(), |n| count(*n))
+        if self.pools.iter().any(|p| p.closed_idle > 0) {
+            rows.push(per_pool("idle connections closed by the pool", &|p| {
+                match p.closed_idle {
+                    0 => "-".to_owned(),
+                    n => count(n),
+                }
             }));
         }
         rows.push(per_pool("latency p50", &|p| millis(p.latency_ms.p50)));
@@ -547,10 +544,17 @@ impl Report {
         let (Some(upper), Some(recommendation)) =
             (learned.idle_limit_upper_secs, learned.recommendation)
         else {
-            let _ = writeln!(
-                out,
-                "steadypool learned no idle limit: no connection was found closed after idling."
-            );
+            let found_after_idling = steady.resets.iter().any(|r| {
+                (r.phase == Phase::Idle.as_str() || r.phase == Phase::Checkout.as_str())
+                    && matches!(r.cause, "peer_reset" | "peer_closed" | "broken_pipe")
+            });
+            let why = if found_after_idling {
+                "the connections it found closed after idling went together with upstream \
+                 failures (crashes, resets mid-request), which it does not take for an idle limit"
+            } else {
+                "no connection was found closed after idling"
+            };
+            let _ = writeln!(out, "steadypool settled on no idle limit for this path: {why}.");
             return;
         };
         let _ = writeln!(out, "What steadypool learned about this path's idle limit:");

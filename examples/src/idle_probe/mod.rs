@@ -19,8 +19,9 @@
 //!    bisected, several checks at once, until it is narrower than 5 %.
 //!
 //! The estimate is the shortest idle time after which a connection died. The
-//! recommended `idle_timeout` is 75 % of it (see [`Recommendation`]). Everything ends
-//! by `--max-time`.
+//! recommended `idle_timeout` is 75 % of it, and never more than the longest idle
+//! time a checked connection survived (see [`Recommendation`]). Everything ends by
+//! `--max-time`.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -622,7 +623,7 @@ async fn probe<M: Manager>(
 
     let limit = findings.first_death();
     let alive = findings.alive_below(limit.map(|(after, _)| after));
-    let recommendation = limit.map(|(after, by)| Recommendation::for_limit(after, Some(by)));
+    let recommendation = limit.map(|(after, by)| Recommendation::for_limit(after, alive, Some(by)));
     console.clear();
     Ok(ProbeReport {
         target: config.target.clone(),
