@@ -65,7 +65,8 @@ pub enum CircuitState {
     /// Connects go ahead (at most `max_concurrent_connects` at once).
     #[default]
     Closed,
-    /// One trial connect is in flight; other checkouts that need a connection fail fast.
+    /// The open period is over: the next connect is a trial, and while it is in
+    /// flight other checkouts that need a connection fail fast.
     HalfOpen,
     /// Recent connects all failed; checkouts that need a connection fail fast.
     Open,
@@ -163,6 +164,9 @@ impl Gate {
     pub(crate) fn state(&self) -> CircuitState {
         match self.lock().circuit {
             Circuit::Closed => CircuitState::Closed,
+            // Nothing moves the circuit on when the open period ends; the next connect
+            // does. Until then it is half-open in all but name.
+            Circuit::Open { until } if Instant::now() >= until => CircuitState::HalfOpen,
             Circuit::Open { .. } => CircuitState::Open,
             Circuit::HalfOpen => CircuitState::HalfOpen,
         }
@@ -437,7 +441,7 @@ mod tests {
             .failed(ResetCause::Refused);
         tokio::time::advance(Duration::from_secs(10)).await;
         drop(gate.enter(&recorder).await.unwrap());
-        assert_eq!(gate.state(), CircuitState::Open);
+        assert_eq!(gate.state(), CircuitState::HalfOpen);
         assert!(gate.enter(&recorder).await.is_ok());
     }
 

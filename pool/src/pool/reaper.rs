@@ -47,8 +47,10 @@ async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Durati
 pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
     evict(pool);
     refill(pool).await;
+    let core = &pool.manager().core;
+    core.recorder.circuit_state(core.gate.state().gauge_value());
     let status = pool.status();
-    pool.manager().core.recorder.occupancy(
+    core.recorder.occupancy(
         status.available,
         status.size - status.available,
         status.waiting,
