@@ -6,7 +6,7 @@
 //! restarts: every open connection is reset and new connects are refused for
 //! `down_for`; then it accepts again. Every connect attempt any pool starts is logged:
 //! the figure of merit is how many hit the upstream at once, and how soon every pool
-//! serves again.
+//! answers again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,18 +58,21 @@ pub struct StormRun {
     pub attempts: Vec<f64>,
     /// How long the upstream refused connections.
     pub down_for: Duration,
-    /// From the upstream coming back until every pool had served a request again
+    /// From the upstream coming back until every pool had answered a request again
     /// (`None`: some pool never did).
     pub recovery: Option<Duration>,
     /// Requests started after the upstream came back that failed.
     pub failed_after_restart: u64,
     /// Requests started after the upstream came back.
     pub requests_after_restart: u64,
+    /// 99th percentile of how long those requests took, failed or not, in ms.
+    pub p99_ms_after_restart: f64,
 }
 
 struct Outcome {
     pool: usize,
     started: Instant,
+    finished: Instant,
     ok: bool,
 }
 
@@ -117,6 +120,7 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
                     outcomes.push(Outcome {
                         pool: index,
                         started: at,
+                        finished: Instant::now(),
                         ok,
                     });
                 }
@@ -136,15 +140,21 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
     drop(pools);
     let mut first_success = vec![None; settings.pools];
     let (mut failed, mut requests) = (0, 0);
-    for outcome in outcomes.iter().filter(|o| o.started >= up_at) {
-        requests += 1;
-        if outcome.ok {
+    let mut waits = Vec::new();
+    for outcome in &outcomes {
+        // A pool has recovered when a request is answered again, whenever it started:
+        // a checkout that waited through the outage and succeeded after it counts
+        // when it succeeded.
+        if outcome.ok && outcome.finished >= up_at {
             let first = &mut first_success[outcome.pool];
-            if first.is_none_or(|at| outcome.started < at) {
-                *first = Some(outcome.started);
+            if first.is_none_or(|at| outcome.finished < at) {
+                *first = Some(outcome.finished);
             }
-        } else {
-            failed += 1;
+        }
+        if outcome.started >= up_at {
+            requests += 1;
+            failed += u64::from(!outcome.ok);
+            waits.push((outcome.finished - outcome.started).as_secs_f64() * 1e3);
         }
     }
     let recovery = first_success.iter().try_fold(Duration::ZERO, |latest, at| {
@@ -165,6 +175,7 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
         recovery,
         failed_after_restart: failed,
         requests_after_restart: requests,
+        p99_ms_after_restart: stats::percentile(&mut waits, 0.99),
     })
 }
 
@@ -186,7 +197,8 @@ impl StormRun {
 ///
 /// Per kind: `peak_connects_per_100ms`, `connects_while_down`,
 /// `connects_after_restart`, `recovery_s` (capped at the run's end when some pool
-/// never recovered) and `failed_after_restart`.
+/// never recovered), `failed_after_restart` and `p99_ms_after_restart` (the requests
+/// started after the upstream came back: how many failed, and how long they took).
 ///
 /// # Errors
 /// When a run cannot be set up.
@@ -234,6 +246,7 @@ pub async fn scenario(
             .capped(run.recovery.is_none()),
         );
         records.push(rec("failed_after_restart", run.failed_after_restart as f64));
+        records.push(rec("p99_ms_after_restart", run.p99_ms_after_restart));
         runs.push(run);
     }
     Ok((records, runs))

@@ -79,7 +79,7 @@ async fn storm_logs_connect_attempts_and_recovers() {
     let (records, runs) = storm::scenario(settings, &[Kind::Steadypool, Kind::DeadpoolPeek])
         .await
         .unwrap();
-    assert_eq!(records.len(), 10);
+    assert_eq!(records.len(), 12);
     let deadpool = &runs[1];
     assert!(
         deadpool.attempts.iter().any(|at| (0.0..0.3).contains(at)),

@@ -201,11 +201,8 @@ mod tests {
         );
         assert_eq!(r.idle_timeout, Duration::from_millis(1700));
         // A narrow interval leaves 75 % of the upper bound in force.
-        let r = Recommendation::for_limit(
-            Duration::from_secs(60),
-            Some(Duration::from_secs(58)),
-            None,
-        );
+        let r =
+            Recommendation::for_limit(Duration::from_secs(60), Some(Duration::from_secs(58)), None);
         assert_eq!(r.idle_timeout, Duration::from_secs(45));
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 pub mod flaky;
 pub mod host;
 pub mod line_manager;
+pub mod load;
 pub mod netns;
 pub mod postgres;
 pub mod recorded;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS};
+use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS, RETRIES, RetryOutcome};
 use steadypool::{BuildError, Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 
 /// A counter series: its name and its labels, sorted.
@@ -103,6 +103,23 @@ impl RecordedMetrics {
     /// Connections closed on purpose for `reason`.
     pub fn evictions(&self, reason: Eviction) -> u64 {
         self.counter(EVICTIONS, &[("reason", reason.as_str())])
+    }
+
+    /// Operations that hit a broken connection and ended with `outcome`, whatever the
+    /// cause.
+    pub fn retries(&self, outcome: RetryOutcome) -> u64 {
+        self.counter(RETRIES, &[("outcome", outcome.as_str())])
+    }
+
+    /// Every cause and phase with resets counted, and how many: for failure messages
+    /// and a test's report.
+    pub fn reset_table(&self) -> Vec<(ResetCause, Phase, u64)> {
+        ResetCause::ALL
+            .iter()
+            .flat_map(|cause| Phase::ALL.iter().map(move |phase| (*cause, *phase)))
+            .map(|(cause, phase)| (cause, phase, self.resets(cause, phase)))
+            .filter(|(.., n)| *n > 0)
+            .collect()
     }
 
     /// Connect attempts with `outcome` (`"ok"` or a cause's label).

@@ -79,6 +79,31 @@ pub fn count_in_state(port: u16, state: TcpState) -> io::Result<usize> {
     Ok(to_port(port)?.iter().filter(|s| s.state == state).count())
 }
 
+/// Waits until none of this process's sockets to `port` is in `CLOSE_WAIT`, for at
+/// most `within`. Returns how long that took, or the sockets still lingering.
+///
+/// # Errors
+/// The sockets to `port` (all of them, for the failure message) when some stayed in
+/// `CLOSE_WAIT` for `within`.
+///
+/// # Panics
+/// When `/proc` cannot be read.
+pub async fn close_wait_cleared(
+    port: u16,
+    within: std::time::Duration,
+) -> Result<std::time::Duration, Vec<KernelSocket>> {
+    let started = std::time::Instant::now();
+    let lingering = || match count_in_state(port, TcpState::CloseWait) {
+        Ok(n) => n,
+        Err(e) => panic!("cannot read this process's sockets from /proc: {e}"),
+    };
+    if crate::eventually(within, || lingering() == 0).await {
+        Ok(started.elapsed())
+    } else {
+        Err(to_port(port).unwrap_or_default())
+    }
+}
+
 fn socket_inodes() -> io::Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
     for entry in fs::read_dir("/proc/self/fd")? {

@@ -408,12 +408,13 @@ impl Report {
             }));
         }
         if self.pools.iter().any(|p| p.closed_idle > 0) {
-            rows.push(per_pool("idle connections closed by the pool", &|p| {
-                match p.closed_idle {
+            rows.push(per_pool(
+                "idle connections closed by the pool",
+                &|p| match p.closed_idle {
                     0 => "-".to_owned(),
                     n => count(n),
-                }
-            }));
+                },
+            ));
         }
         rows.push(per_pool("latency p50", &|p| millis(p.latency_ms.p50)));
         rows.push(per_pool("latency p99", &|p| millis(p.latency_ms.p99)));
@@ -554,7 +555,10 @@ impl Report {
             } else {
                 "no connection was found closed after idling"
             };
-            let _ = writeln!(out, "steadypool settled on no idle limit for this path: {why}.");
+            let _ = writeln!(
+                out,
+                "steadypool settled on no idle limit for this path: {why}."
+            );
             return;
         };
         let _ = writeln!(out, "What steadypool learned about this path's idle limit:");

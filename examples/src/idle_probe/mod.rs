@@ -77,8 +77,6 @@ const STAGGER_SPAN: Duration = Duration::from_secs(1);
 const BISECT_CHECKS: u32 = 5;
 /// Bisection stops when the interval is narrower than this share of its top.
 const PRECISION: f64 = 0.05;
-/// How long a TCP connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The time a rung's connection usually needs to open, kept free of `--max-time`.
 const OPEN_ALLOWANCE: Duration = Duration::from_secs(1);
 
@@ -114,7 +112,8 @@ pub struct ProbeConfig {
     /// The longest the whole probe may take. Default 60 s.
     pub max_time: Duration,
     /// How long a check's round trip may take before the connection counts as
-    /// silently dropped. Default 2 s.
+    /// silently dropped; also how long a TCP connect, and then a handshake, may take.
+    /// Default 2 s.
     pub rtt_timeout: Duration,
     /// Connection settings for `postgres` besides host and port (libpq style).
     /// Default `user=postgres dbname=postgres`.
@@ -157,7 +156,7 @@ pub struct ProbeArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub max_time: Duration,
     /// How long a check's round trip may take before the connection counts as
-    /// silently dropped.
+    /// silently dropped (also the limit for connecting, and for the handshake).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub rtt_timeout: Duration,
     /// PostgreSQL connection settings besides host and port.
@@ -402,7 +401,8 @@ impl ProbeReport {
 pub async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> {
     // No keepalive: its probes would keep NAT flows alive and hide the limit.
     let dialer = Dialer::new()
-        .connect_timeout(CONNECT_TIMEOUT)
+        // A connect is one round trip: it gets as long as a check's round trip.
+        .connect_timeout(config.rtt_timeout)
         .keepalive(None)
         .user_timeout(None);
     let ping = Check::Ping(config.rtt_timeout);

@@ -59,7 +59,13 @@ pub(crate) fn hint(
         (Reading::UpstreamFailure, ResetCause::Refused) => {
             "connect refused: upstream down or its listen backlog full; check that it runs and keeps up with accepting".to_owned()
         }
-        (Reading::UpstreamFailure, _) => {
+        // A lone close of a busy connection is no evidence either way, but says the
+        // same about the upstream as a burst of them.
+        (Reading::UpstreamFailure, _)
+        | (
+            Reading::Unrelated,
+            ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe,
+        ) => {
             let when = if phase == Phase::InUse && idle < MIN_EVIDENCE_IDLE {
                 "while in use".to_owned()
             } else if idle < MIN_EVIDENCE_IDLE {

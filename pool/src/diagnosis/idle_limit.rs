@@ -19,11 +19,15 @@
 //!
 //! What is not an idle limit must not teach one:
 //!
-//! * A close found less than [`MIN_EVIDENCE_IDLE`] after the connection's last use says
-//!   the upstream failed (crash, restart, overload), and so does a refused connect.
-//!   Such an upstream failure also voids any upper bound learned shortly before it and
-//!   shortly after it ([`UPSTREAM_FAILURE_WINDOW`]): when a server crashes, every idle
-//!   connection dies with it, whatever its idle time.
+//! * A close found less than [`MIN_EVIDENCE_IDLE`] after the connection's last use is
+//!   no idle-limit evidence. One alone is background noise (a proxy shedding one
+//!   request, a server's per-connection limit) and teaches nothing. A burst of them
+//!   ([`CRASH_BURST`] within [`CRASH_BURST_SPAN`]) says the upstream failed (crash,
+//!   restart), and so does a refused connect. Such an upstream failure also voids any
+//!   upper bound learned shortly before it and shortly after it
+//!   ([`UPSTREAM_FAILURE_WINDOW`]): when a server crashes, every idle connection dies
+//!   with it, whatever its idle time. Counting every lone close as a failure would
+//!   keep a path with a steady trickle of resets from ever learning its limit.
 //! * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
 //!   bound drops it; a reset at or below the lower bound drops that.
 //! * Evidence older than [`FORGET_AFTER`] is forgotten, so a path that changed (a
@@ -53,7 +57,13 @@ pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 /// refused connect that gives the crash away comes when the next checkout needs a
 /// new connection, usually soon after. Wider would throw away real evidence that
 /// merely happened near an unrelated failure.
-pub(crate) const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(2);
+pub(crate) const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(1);
+/// Busy connections breaking this close together are one upstream failure: a crash
+/// resets every connection at once, while independent resets (1 % of requests at
+/// 1,000 requests per second) almost never land four within 20 ms.
+pub(crate) const CRASH_BURST: u32 = 4;
+/// See [`CRASH_BURST`].
+pub(crate) const CRASH_BURST_SPAN: Duration = Duration::from_millis(20);
 /// The share of the lower bound the pool lets connections idle.
 const LOWER_MARGIN: f64 = 0.95;
 /// The share of the upper bound the pool lets connections idle.
@@ -114,8 +124,8 @@ impl IdleLimit {
 pub(crate) enum Reading {
     /// Found closed after idling: the idle limit is at most that idle time.
     AfterIdle,
-    /// The upstream itself failed (a busy connection broke, a connect was refused,
-    /// or the close came together with such a failure).
+    /// The upstream itself failed (busy connections broke together, a connect was
+    /// refused, or the close came together with such a failure).
     UpstreamFailure,
     /// Not a close by the peer: a timeout, stray bytes, a failed ping.
     Unrelated,
@@ -132,6 +142,9 @@ struct Evidence {
     lower: Option<Bound>,
     upper: Option<Bound>,
     upstream_failed_at: Option<Instant>,
+    /// The current run of closes on connections busy a moment ago: when it began and
+    /// how many it holds.
+    busy_closes: Option<(Instant, u32)>,
 }
 
 /// One pool's learner. Every checkout reads the limit in force; only evidence takes
@@ -239,9 +252,17 @@ impl IdleLimitLearner {
             cause,
             ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe
         );
-        if cause == ResetCause::Refused || (closed_by_peer && idle < MIN_EVIDENCE_IDLE) {
+        if cause == ResetCause::Refused {
             self.upstream_failed(now, recorder);
             return Reading::UpstreamFailure;
+        }
+        if closed_by_peer && idle < MIN_EVIDENCE_IDLE {
+            return if self.busy_close_is_a_crash(now) {
+                self.upstream_failed(now, recorder);
+                Reading::UpstreamFailure
+            } else {
+                Reading::Unrelated
+            };
         }
         if !closed_by_peer {
             return Reading::Unrelated;
@@ -267,6 +288,23 @@ impl IdleLimitLearner {
             }
         });
         reading
+    }
+
+    /// Counts a close on a connection busy a moment ago; true once the run of such
+    /// closes is long enough to be a crash.
+    fn busy_close_is_a_crash(&self, now: Instant) -> bool {
+        let mut evidence = self
+            .evidence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let run = match evidence.busy_closes {
+            Some((began, count)) if now.saturating_duration_since(began) <= CRASH_BURST_SPAN => {
+                (began, count + 1)
+            }
+            _ => (now, 1),
+        };
+        evidence.busy_closes = Some(run);
+        run.1 >= CRASH_BURST
     }
 
     fn upstream_failed(&self, now: Instant, recorder: &Recorder) {
@@ -439,11 +477,33 @@ mod tests {
     }
 
     #[test]
-    fn busy_closes_and_refusals_are_upstream_failures_not_evidence() {
+    fn a_lone_busy_close_teaches_nothing_and_voids_nothing() {
         let (l, r) = learner(Some(45 * S), true);
         let t = Instant::now();
+        l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
         assert_eq!(
-            l.reset(ResetCause::PeerReset, ms(3), t, &r),
+            l.reset(ResetCause::PeerReset, ms(3), t + ms(100), &r),
+            Reading::Unrelated
+        );
+        assert_eq!(
+            l.reset(ResetCause::PeerReset, ms(5), t + ms(200), &r),
+            Reading::Unrelated
+        );
+        assert_eq!(l.snapshot(t + S, &r).upper, Some(3 * S));
+    }
+
+    #[test]
+    fn busy_close_bursts_and_refusals_are_upstream_failures_not_evidence() {
+        let (l, r) = learner(Some(45 * S), true);
+        let t = Instant::now();
+        for i in 0..CRASH_BURST - 1 {
+            assert_eq!(
+                l.reset(ResetCause::PeerReset, ms(3), t + ms(u64::from(i)), &r),
+                Reading::Unrelated
+            );
+        }
+        assert_eq!(
+            l.reset(ResetCause::PeerReset, ms(3), t + ms(5), &r),
             Reading::UpstreamFailure
         );
         // an idle connection killed by the same crash, found by the reaper

@@ -123,6 +123,20 @@ impl Core {
         slot: &Slot<M::Connection>,
         now: Instant,
     ) -> Verdict {
+        // The probe first: a connection the path already closed is a reset (and
+        // evidence about the path's idle limit) even when it is also past a limit of
+        // ours. In the common case it costs an atomic load, no more than the limits.
+        if let Some(socket) = manager.socket(&slot.conn) {
+            match probe::check(socket) {
+                Liveness::Alive => {}
+                Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed),
+                Liveness::PeerReset => return Verdict::Reset(ResetCause::PeerReset),
+                Liveness::UnexpectedData => return Verdict::Reset(ResetCause::UnexpectedData),
+                Liveness::Error(err) => {
+                    return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle));
+                }
+            }
+        }
         if slot.retire_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(Eviction::MaxLifetime);
         }
@@ -132,16 +146,7 @@ impl Core {
         {
             return Verdict::Evict(Eviction::IdleExpired);
         }
-        let Some(socket) = manager.socket(&slot.conn) else {
-            return Verdict::Keep;
-        };
-        match probe::check(socket) {
-            Liveness::Alive => Verdict::Keep,
-            Liveness::PeerClosed => Verdict::Reset(ResetCause::PeerClosed),
-            Liveness::PeerReset => Verdict::Reset(ResetCause::PeerReset),
-            Liveness::UnexpectedData => Verdict::Reset(ResetCause::UnexpectedData),
-            Liveness::Error(err) => Verdict::Reset(ResetCause::of_io(&err, Phase::Idle)),
-        }
+        Verdict::Keep
     }
 
     /// Records a connection that broke: counted, learned from, and logged with a hint.

@@ -1,0 +1,193 @@
+//! Kernel-level resets under load, each test in a private network namespace (see
+//! `steadypool_tests::netns`): established connections destroyed with `ss -K`, and an
+//! iptables rule answering every packet to the server with a TCP reset, both while
+//! tasks run idempotent requests. The resets must be counted as `peer_reset`, every
+//! request must be retried to success, and afterwards no socket of this process may
+//! sit in `CLOSE_WAIT` (as the kernel reports it). Without root, iptables, ip, ss or
+//! unshare these tests say SKIPPED.
+
+use std::io;
+use std::time::Duration;
+
+use steadypool::metrics::RetryOutcome;
+use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool_tests::line_manager::{LineManager, request};
+use steadypool_tests::load::Load;
+use steadypool_tests::netns;
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::servers::LineServer;
+use steadypool_tests::sockets;
+
+const TICK: Duration = Duration::from_millis(200);
+/// Generous room for timing on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(15);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
+    RecordedMetrics::build(
+        Pool::builder(LineManager::new(server.addr()))
+            .name(name)
+            .max_size(8)
+            .reaper_interval(TICK)
+            .learn_idle_limit(false)
+            .connect_timeout(Duration::from_secs(2))
+            // While the firewall resets every packet, connects fail too; the open
+            // circuit would fail requests fast on purpose, and this test asks for none
+            // to fail, so it stays closed.
+            .circuit_open_after(u32::MAX)
+            .retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(100)
+                    .deadline(Duration::from_secs(30))
+                    .backoff(Duration::from_millis(10), Duration::from_millis(200))
+                    .budget(1.0, 1_000),
+            ),
+    )
+    .unwrap()
+}
+
+/// A `SET` to a fixed value: safe to run twice.
+async fn set(pool: &Pool<LineManager>, n: u64) -> Result<(), RunError<io::Error>> {
+    let line = format!("SET key{} fixed", n % 32);
+    let reply = pool
+        .run_idempotent(move |conn| {
+            let line = line.clone();
+            Box::pin(async move { request(conn, &line).await })
+        })
+        .await?;
+    assert_eq!(reply, "OK");
+    Ok(())
+}
+
+fn start_load(pool: &Pool<LineManager>) -> Load {
+    let pool = pool.clone();
+    Load::start(12, move |worker, n| {
+        let pool = pool.clone();
+        async move {
+            let result = set(&pool, n).await;
+            // Pauses of varying length leave some connections idle at any moment.
+            let pause = (n.wrapping_mul(7919) + worker as u64) % 10;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            result
+        }
+    })
+}
+
+async fn assert_no_close_wait(port: u16) {
+    match sockets::close_wait_cleared(port, TICK + SLACK).await {
+        Ok(took) => eprintln!("no socket in CLOSE_WAIT to port {port} after {took:?}"),
+        Err(left) => panic!("sockets left in CLOSE_WAIT: {left:?}"),
+    }
+}
+
+fn report(test: &str, metrics: &RecordedMetrics) {
+    eprintln!(
+        "{test}: resets {:?}; retried operations: {} succeeded, {} gave up; connects: {} ok, \
+         {} refused",
+        metrics.reset_table(),
+        metrics.retries(RetryOutcome::Succeeded),
+        metrics.retries(RetryOutcome::GaveUp),
+        metrics.connects("ok"),
+        metrics.connects(ResetCause::Refused.as_str()),
+    );
+}
+
+#[test]
+fn killed_sockets_mid_load_are_peer_reset_and_retried() {
+    let Some(ns) = netns::isolate("killed_sockets_mid_load_are_peer_reset_and_retried") else {
+        return;
+    };
+    runtime().block_on(async {
+        let server = LineServer::start().await.unwrap();
+        let port = server.addr().port();
+        let (pool, metrics) = pool_for(&server, "ss-kill-load");
+        let load = start_load(&pool);
+        for _ in 0..3 {
+            assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+            ns.kill_server_sockets(port);
+        }
+        assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+        let outcome = load.stop().await;
+        report("ss -K mid-load", &metrics);
+        eprintln!(
+            "ss -K mid-load: {} requests succeeded, {} failed",
+            outcome.succeeded, outcome.failed
+        );
+
+        assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+        assert!(
+            metrics.resets_with_cause(ResetCause::PeerReset) >= 1,
+            "{:?}",
+            metrics.reset_table()
+        );
+        // A killed socket is an RST: read as a reset, or, once that was reported, as
+        // a broken pipe by a write or end of stream by a read.
+        let resets = metrics.resets_with_cause(ResetCause::PeerReset)
+            + metrics.resets_with_cause(ResetCause::BrokenPipe)
+            + metrics.resets_with_cause(ResetCause::PeerClosed);
+        assert_eq!(metrics.all_resets(), resets, "{:?}", metrics.reset_table());
+        assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
+        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert_eq!(pool.status().in_use, 0);
+        assert_no_close_wait(port).await;
+    });
+}
+
+#[test]
+fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
+    let Some(ns) = netns::isolate("a_firewall_reset_mid_load_is_peer_reset_and_retried") else {
+        return;
+    };
+    runtime().block_on(async {
+        let server = LineServer::start().await.unwrap();
+        let port = server.addr().port();
+        let (pool, metrics) = pool_for(&server, "reject-load");
+        let load = start_load(&pool);
+        for _ in 0..2 {
+            assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+            let failed_before = metrics.all_resets();
+            ns.reject_with_reset(port);
+            // Long enough for requests in flight and new connects to meet the rule.
+            let struck =
+                steadypool_tests::eventually(SLACK, || metrics.all_resets() > failed_before).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ns.clear_rules();
+            assert!(struck, "no request met the reset");
+        }
+        assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+        let outcome = load.stop().await;
+        report("REJECT tcp-reset mid-load", &metrics);
+        eprintln!(
+            "REJECT tcp-reset mid-load: {} requests succeeded, {} failed",
+            outcome.succeeded, outcome.failed
+        );
+
+        assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+        assert!(
+            metrics.resets(ResetCause::PeerReset, Phase::InUse) >= 1,
+            "{:?}",
+            metrics.reset_table()
+        );
+        // A SYN answered with a reset is a refused connect.
+        let accounted = metrics.resets_with_cause(ResetCause::PeerReset)
+            + metrics.resets_with_cause(ResetCause::BrokenPipe)
+            + metrics.resets(ResetCause::Refused, Phase::Connect);
+        assert_eq!(
+            metrics.all_resets(),
+            accounted,
+            "{:?}",
+            metrics.reset_table()
+        );
+        assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
+        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert_eq!(pool.status().in_use, 0);
+        assert_no_close_wait(port).await;
+    });
+}

@@ -1,0 +1,230 @@
+//! Redis closing the pool's connections under load, against a real redis-server:
+//! `CLIENT KILL TYPE normal` while tasks run commands, and the server's own idle
+//! timeout (`timeout 1`) under a workload with idle gaps. Commands go through
+//! `run_idempotent` (a `SET` to a fixed value, a `GET`): no error may reach the
+//! application, every closed connection is counted once with its cause, and no
+//! socket of this process is left in `CLOSE_WAIT` (as the kernel reports it). Without
+//! redis-server installed these tests say SKIPPED.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncConnectionConfig;
+use steadypool::drivers::redis::{RedisDriverError, RedisManager};
+use steadypool::metrics::RetryOutcome;
+use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool_tests::load::Load;
+use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::redis::RedisServer;
+use steadypool_tests::sockets;
+
+const TICK: Duration = Duration::from_millis(200);
+/// Generous room for timing on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(15);
+
+fn pool_for(
+    server: &RedisServer,
+    name: &str,
+    size: usize,
+) -> (Pool<RedisManager>, RecordedMetrics) {
+    // A reply slower than redis's default 500 ms is no fault of the server's here,
+    // only of a loaded test machine.
+    let manager = RedisManager::new(server.url()).unwrap().connection_config(
+        AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
+    );
+    RecordedMetrics::build(
+        Pool::builder(manager)
+            .name(name)
+            .max_size(size)
+            .reaper_interval(TICK)
+            .learn_idle_limit(false)
+            .retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(10)
+                    .deadline(Duration::from_secs(20))
+                    .backoff(Duration::from_millis(10), Duration::from_millis(200)),
+            ),
+    )
+    .unwrap()
+}
+
+/// Sets key `n % 64` to `n`'s value, then reads it back; both are safe to run twice.
+async fn set_and_get(pool: &Pool<RedisManager>, n: u64) -> Result<(), RunError<RedisDriverError>> {
+    let key = format!("key:{}", n % 64);
+    let value = format!("value:{n}");
+    let got: String = pool
+        .run_idempotent(move |conn| {
+            let key = key.clone();
+            let value = value.clone();
+            Box::pin(async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .query_async::<()>(&mut *conn)
+                    .await?;
+                Ok(redis::cmd("GET").arg(&key).query_async(&mut *conn).await?)
+            })
+        })
+        .await?;
+    assert!(got.starts_with("value:"), "{got}");
+    Ok(())
+}
+
+async fn assert_no_close_wait(port: u16) {
+    match sockets::close_wait_cleared(port, TICK + SLACK).await {
+        Ok(took) => eprintln!("no socket in CLOSE_WAIT to port {port} after {took:?}"),
+        Err(left) => panic!("sockets left in CLOSE_WAIT: {left:?}"),
+    }
+}
+
+fn report(test: &str, metrics: &RecordedMetrics) {
+    eprintln!(
+        "{test}: resets {:?}; retried operations: {} succeeded, {} gave up; connects: {} ok",
+        metrics.reset_table(),
+        metrics.retries(RetryOutcome::Succeeded),
+        metrics.retries(RetryOutcome::GaveUp),
+        metrics.connects("ok"),
+    );
+}
+
+/// Resets counted for `cause` while idle or at checkout: found before any command.
+fn found_unused(metrics: &RecordedMetrics, cause: ResetCause) -> u64 {
+    metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout)
+}
+
+/// Every reset is a close found before use, or a close or reset that struck a command
+/// in flight (the server killed a connection a command was on).
+fn assert_only_closes(metrics: &RecordedMetrics) {
+    let in_use = metrics.resets(ResetCause::PeerClosed, Phase::InUse)
+        + metrics.resets(ResetCause::PeerReset, Phase::InUse)
+        + metrics.resets(ResetCause::BrokenPipe, Phase::InUse);
+    assert_eq!(
+        metrics.all_resets(),
+        found_unused(metrics, ResetCause::PeerClosed) + in_use,
+        "{:?}",
+        metrics.reset_table()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_mid_load_reaches_no_command() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "redis-kill", 8);
+    let load = {
+        let pool = pool.clone();
+        Load::start(12, move |worker, n| {
+            let pool = pool.clone();
+            async move {
+                let result = set_and_get(&pool, n).await;
+                // Pauses of varying length leave some connections idle at any moment.
+                let pause = (n.wrapping_mul(7919) + worker as u64) % 20;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                result
+            }
+        })
+    };
+    let mut admin = server.connect().await;
+    let mut killed = 0;
+    for _ in 0..3 {
+        assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        killed += n as u64;
+    }
+    assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
+    let outcome = load.stop().await;
+    report("CLIENT KILL mid-load", &metrics);
+    eprintln!(
+        "CLIENT KILL mid-load: {killed} connections killed; {} commands succeeded, {} failed",
+        outcome.succeeded, outcome.failed
+    );
+
+    assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+    assert!(killed > 0);
+    drop(admin);
+    // A killed connection is found by the reaper, at checkout, or by the command on it.
+    assert!(
+        steadypool_tests::eventually(SLACK, || metrics.all_resets() == killed).await,
+        "{killed} killed, counted {:?}",
+        metrics.reset_table()
+    );
+    assert_only_closes(&metrics);
+    assert!(found_unused(&metrics, ResetCause::PeerClosed) >= 1);
+    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+    let status = pool.status();
+    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
+    assert_no_close_wait(server.port()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut admin = server.connect().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("timeout")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let (pool, metrics) = pool_for(&server, "redis-timeout", 4);
+    // Cycles of one second of commands and three of silence, each worker a little out
+    // of step with the others: every cycle the server closes the connections that
+    // went quiet, and the next commands must not notice.
+    const CYCLE_MS: u128 = 4_000;
+    const BUSY_MS: u128 = 1_000;
+    let started = Instant::now();
+    let load = {
+        let pool = pool.clone();
+        Load::start(4, move |worker, n| {
+            let pool = pool.clone();
+            async move {
+                let offset = worker as u128 * 100;
+                let at = (started.elapsed().as_millis() + CYCLE_MS - offset) % CYCLE_MS;
+                if at >= BUSY_MS {
+                    let quiet = (CYCLE_MS - at) as u64;
+                    tokio::time::sleep(Duration::from_millis(quiet)).await;
+                }
+                set_and_get(&pool, n).await
+            }
+        })
+    };
+    let cycles = 3;
+    tokio::time::sleep(Duration::from_millis((CYCLE_MS * cycles) as u64 + 500)).await;
+    let outcome = load.stop().await;
+    report("server idle timeout", &metrics);
+    eprintln!(
+        "server idle timeout: {} commands succeeded, {} failed",
+        outcome.succeeded, outcome.failed
+    );
+
+    assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+    assert!(
+        found_unused(&metrics, ResetCause::PeerClosed) >= cycles as u64,
+        "the server's idle closes were not all seen: {:?}",
+        metrics.reset_table()
+    );
+    assert_eq!(
+        metrics.all_resets(),
+        found_unused(&metrics, ResetCause::PeerClosed),
+        "only closes found idle or at checkout: {:?}",
+        metrics.reset_table()
+    );
+    assert_eq!(
+        metrics.retries(RetryOutcome::Succeeded),
+        0,
+        "nothing to retry"
+    );
+    let status = pool.status();
+    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
+    assert_no_close_wait(server.port()).await;
+}
