@@ -9,7 +9,7 @@
 //! its output on, fails if it failed, and returns `None`, so the body does not run
 //! twice. Creating a namespace and changing its firewall needs root, `unshare`, `ip`,
 //! `iptables` and `ss`; without them the test is skipped (see
-//! [`host::skip`](crate::host::skip)).
+//! [`host::skip`]).
 //!
 //! The test must be a plain `#[test]` (the body builds its own runtime), and pass its
 //! own name as the test harness lists it.

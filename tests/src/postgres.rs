@@ -4,7 +4,7 @@
 //! It runs as the `postgres` user (PostgreSQL refuses to run as root), so the test
 //! process must be root or `postgres`; without that, or without the PostgreSQL server
 //! programs (`initdb`, `pg_ctl`), [`PgServer::start`] skips the test (see
-//! [`host::skip`](crate::host::skip)).
+//! [`host::skip`]).
 //!
 //! Crash tests stop it the hard way ([`PgServer::stop_immediate`]: every backend
 //! quits at once without a goodbye, then crash recovery on the next start) or gently

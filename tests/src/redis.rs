@@ -4,7 +4,7 @@
 //! It runs as a child process of the test (`redis-server --pidfile`, ready once the
 //! pidfile appears, which Redis writes after it listens), so killing it leaves no
 //! zombie behind. Without `redis-server` installed, [`RedisServer::start`] skips the
-//! test (see [`host::skip`](crate::host::skip)).
+//! test (see [`host::skip`]).
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
