@@ -16,7 +16,7 @@ use steadypool_tests::load::Load;
 use steadypool_tests::netns;
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::LineServer;
-use steadypool_tests::sockets;
+use steadypool_tests::{eventually, sockets};
 
 const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
@@ -109,13 +109,38 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "ss-kill-load");
         let load = start_load(&pool);
-        for _ in 0..3 {
-            assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-            ns.kill_server_sockets(port);
+        assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+        ns.kill_server_sockets(port);
+        // Then with requests certainly in flight: the server stops answering on every
+        // connection, the pool's connections all fill with waiting requests, and the
+        // kill strikes them mid-request.
+        assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+        let max_size = pool.status().max_size;
+        let deadline = tokio::time::Instant::now() + SLACK;
+        loop {
+            // Connections opened since the last freeze answer until frozen too.
+            server.freeze_all().await;
+            let before = load.succeeded();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if load.succeeded() == before && pool.status().in_use == max_size {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "requests kept being answered: {:?}",
+                pool.status()
+            );
         }
+        let in_use_before = metrics.resets(ResetCause::PeerReset, Phase::InUse);
+        ns.kill_server_sockets(port);
+        assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
+        let struck_in_flight =
+            metrics.resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
+        ns.kill_server_sockets(port);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
         report("ss -K mid-load", &metrics);
+        eprintln!("ss -K mid-load: the kill on a stalled server struck {struck_in_flight} requests in flight");
         eprintln!(
             "ss -K mid-load: {} requests succeeded, {} failed",
             outcome.succeeded, outcome.failed
@@ -133,7 +158,11 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
             + metrics.resets_with_cause(ResetCause::BrokenPipe)
             + metrics.resets_with_cause(ResetCause::PeerClosed);
         assert_eq!(metrics.all_resets(), resets, "{:?}", metrics.reset_table());
-        assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
+        assert_eq!(
+            struck_in_flight, max_size as u64,
+            "every request waiting on the stalled server met the reset"
+        );
+        assert!(metrics.retries(RetryOutcome::Succeeded) >= max_size as u64);
         assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
         assert_eq!(pool.status().in_use, 0);
         assert_no_close_wait(port).await;
@@ -155,8 +184,7 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
             let failed_before = metrics.all_resets();
             ns.reject_with_reset(port);
             // Long enough for requests in flight and new connects to meet the rule.
-            let struck =
-                steadypool_tests::eventually(SLACK, || metrics.all_resets() > failed_before).await;
+            let struck = eventually(SLACK, || metrics.all_resets() > failed_before).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             ns.clear_rules();
             assert!(struck, "no request met the reset");

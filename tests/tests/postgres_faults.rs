@@ -162,9 +162,17 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
         "{lost} connections counted lost, {open_at_crash} were open: {:?}",
         metrics.reset_table()
     );
+    // An idle session gets the server's last notice ("terminating connection due to
+    // immediate shutdown command") just before the close. A checkout that probes in
+    // that instant, before the driver's task has read the notice, sees bytes on an
+    // idle connection: unexpected_data (see the driver's docs). At most one per
+    // connection open at the crash, found before use.
+    let noticed = metrics.resets(ResetCause::UnexpectedData, Phase::Checkout)
+        + metrics.resets(ResetCause::UnexpectedData, Phase::Idle);
+    assert!(noticed <= open_at_crash, "{:?}", metrics.reset_table());
     assert_eq!(
         metrics.all_resets(),
-        lost + metrics.resets_with_cause(ResetCause::Refused),
+        lost + metrics.resets_with_cause(ResetCause::Refused) + noticed,
         "only peer_closed, peer_reset and refused: {:?}",
         metrics.reset_table()
     );
