@@ -132,17 +132,18 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
             );
         }
         let in_use_before = metrics.resets(ResetCause::PeerReset, Phase::InUse);
+        let struck = || metrics.resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
         ns.kill_server_sockets(port);
+        eventually(SLACK, || struck() >= max_size as u64).await;
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-        let struck_in_flight =
-            metrics.resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
+        let struck_in_flight = struck();
         ns.kill_server_sockets(port);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
         report("ss -K mid-load", &metrics);
-        eprintln!("ss -K mid-load: the kill on a stalled server struck {struck_in_flight} requests in flight");
         eprintln!(
-            "ss -K mid-load: {} requests succeeded, {} failed",
+            "ss -K mid-load: {} requests succeeded, {} failed; the kill on a stalled server \
+             struck {struck_in_flight} requests in flight",
             outcome.succeeded, outcome.failed
         );
 

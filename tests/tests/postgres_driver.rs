@@ -317,3 +317,38 @@ async fn a_wrapped_deadpool_postgres_manager_gets_dead_connections_replaced() {
     }
     assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
 }
+
+/// A query given as text prepares a statement and closes it after returning; the
+/// server's answer to the close lands after the connection went back to the pool. The
+/// checkout probe must leave those bytes to the driver's task, not discard a healthy
+/// connection as `unexpected_data`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_on_a_healthy_connection_do_not_discard_it() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = pool_for(&server, "pg-late-replies");
+    let mut workers = Vec::new();
+    for worker in 0..8_i32 {
+        let pool = pool.clone();
+        workers.push(tokio::spawn(async move {
+            for i in 0..200_i32 {
+                let conn = pool.get().await.unwrap();
+                let row = conn
+                    .query_one("SELECT $1::int4 + 1", &[&(worker * 1000 + i)])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, i32>(0), worker * 1000 + i + 1);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(metrics.all_resets(), 0, "{:?}", metrics.reset_table());
+    assert!(
+        metrics.connects("ok") <= 10,
+        "a fault-free load reconnected: {} connects",
+        metrics.connects("ok")
+    );
+}

@@ -157,11 +157,6 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     assert!(metrics.resets(ResetCause::Refused, Phase::Connect) >= 1);
     let lost = metrics.resets_with_cause(ResetCause::PeerClosed)
         + metrics.resets_with_cause(ResetCause::PeerReset);
-    assert!(
-        lost >= open_at_crash,
-        "{lost} connections counted lost, {open_at_crash} were open: {:?}",
-        metrics.reset_table()
-    );
     // An idle session gets the server's last notice ("terminating connection due to
     // immediate shutdown command") just before the close. A checkout that probes in
     // that instant, before the driver's task has read the notice, sees bytes on an
@@ -170,6 +165,11 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     let noticed = metrics.resets(ResetCause::UnexpectedData, Phase::Checkout)
         + metrics.resets(ResetCause::UnexpectedData, Phase::Idle);
     assert!(noticed <= open_at_crash, "{:?}", metrics.reset_table());
+    assert!(
+        lost + noticed >= open_at_crash,
+        "{lost} connections counted lost, {open_at_crash} were open: {:?}",
+        metrics.reset_table()
+    );
     assert_eq!(
         metrics.all_resets(),
         lost + metrics.resets_with_cause(ResetCause::Refused) + noticed,
@@ -292,9 +292,20 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
         held.push(conn);
     }
     drop(held);
-    let found_idle = metrics.resets(ResetCause::PeerClosed, Phase::Idle)
-        + metrics.resets(ResetCause::PeerClosed, Phase::Checkout);
-    assert_eq!(found_idle, IDLE as u64, "{:?}", metrics.reset_table());
+    // A terminated backend says why (FATAL 57P01) just before it closes. The reaper
+    // or a checkout that probes before the driver's task has read that message sees
+    // bytes on an idle connection and reports unexpected_data instead of peer_closed
+    // (see the driver's docs); on a busy machine that is common.
+    let found_idle =
+        |cause| metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout);
+    let misread = found_idle(ResetCause::UnexpectedData);
+    eprintln!("terminated idle: {misread} of {IDLE} found as unexpected_data, not peer_closed");
+    assert_eq!(
+        found_idle(ResetCause::PeerClosed) + misread,
+        IDLE as u64,
+        "{:?}",
+        metrics.reset_table()
+    );
     assert_eq!(
         metrics.all_resets(),
         IDLE as u64,

@@ -8,11 +8,12 @@
 //! or crashed while the connection sat idle is found by the reaper or at checkout,
 //! never by your query.
 //!
-//! The background task reads the socket before the probe looks, so the probe sees what
-//! it left: a reset the task already read shows as end of stream (a crash while idle
-//! usually counts as `peer_closed`, not `peer_reset`), and a notification (`NOTIFY`)
-//! caught in the instant between its arrival and the task reading it is taken for
-//! `unexpected_data`, which costs one reconnect.
+//! The background task reads the socket before the probe looks. A reset the task
+//! already read is told from a FIN by the socket's TCP state. Bytes the task has not
+//! read yet (the reply to closing a prepared statement, which arrives after the query
+//! returned; a notification; the server's FATAL message before it closes) are the
+//! task's business, not a desync: the pool keeps the connection, and a close behind
+//! those bytes is found as end of stream or through `Client::is_closed`.
 //!
 //! * **checkout ping**: an empty query (`""`), one round trip, no parsing or planning;
 //! * **broken**: [`Client::is_closed`], or the background task ended;

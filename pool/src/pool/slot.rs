@@ -25,7 +25,7 @@ use crate::diagnosis::Diagnosis;
 use crate::dial::Dialer;
 use crate::manager::Manager;
 use crate::metrics::Recorder;
-use crate::probe::{self, Liveness};
+use crate::probe::{self, Liveness, SocketRef};
 use crate::retry::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
@@ -131,6 +131,12 @@ impl Core {
                 Liveness::Alive => {}
                 Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed),
                 Liveness::PeerReset => return Verdict::Reset(ResetCause::PeerReset),
+                // A raw socket is a duplicate of one a driver's task reads: bytes
+                // waiting there are the task's next message (a late reply to a statement
+                // close, a notification, or a server's goodbye before its FIN), not a
+                // desync. The task reads them, and a close behind them shows up as end
+                // of stream or through `is_broken`.
+                Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
                 Liveness::UnexpectedData => return Verdict::Reset(ResetCause::UnexpectedData),
                 Liveness::Error(err) => {
                     return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle));
