@@ -45,7 +45,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -99,10 +99,13 @@ impl fmt::Display for CircuitState {
 }
 
 /// Why the gate turned a connect away without dialing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
     /// The cause of the last failed connect.
     pub(crate) cause: ResetCause,
+    /// The last failed connect's error, as text: what the upstream actually said
+    /// ("too many connections", a TLS failure, ...).
+    pub(crate) last_error: Arc<str>,
     /// Consecutive failed connects so far.
     pub(crate) failures: u32,
     /// Time until the next trial connect may start (zero while one is in flight).
@@ -129,6 +132,7 @@ struct State {
     circuit: Circuit,
     failures: u32,
     last_cause: ResetCause,
+    last_error: Arc<str>,
 }
 
 /// One pool's connect gate. See the [module docs](self).
@@ -148,6 +152,7 @@ impl Gate {
                 circuit: Circuit::Closed,
                 failures: 0,
                 last_cause: ResetCause::Other,
+                last_error: Arc::from(""),
             }),
             config,
             pool: pool.to_owned(),
@@ -253,10 +258,18 @@ impl Gate {
         }
     }
 
-    fn failed(&self, cause: ResetCause, trial: bool, recorder: &Recorder) {
+    fn failed(
+        &self,
+        cause: ResetCause,
+        error: &dyn fmt::Display,
+        trial: bool,
+        recorder: &Recorder,
+    ) {
+        let error = Arc::from(error.to_string());
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
         state.last_cause = cause;
+        state.last_error = error;
         let open = match state.circuit {
             Circuit::HalfOpen => trial,
             Circuit::Closed => state.failures >= self.config.open_after,
@@ -299,6 +312,7 @@ impl Gate {
 fn refusal(state: &State, retry_in: Duration) -> Refusal {
     Refusal {
         cause: state.last_cause,
+        last_error: Arc::clone(&state.last_error),
         failures: state.failures,
         retry_in,
     }
@@ -320,9 +334,9 @@ impl Ticket<'_> {
         self.gate.succeeded(self.recorder);
     }
 
-    pub(crate) fn failed(mut self, cause: ResetCause) {
+    pub(crate) fn failed(mut self, cause: ResetCause, error: &dyn fmt::Display) {
         self.settled = true;
-        self.gate.failed(cause, self.trial, self.recorder);
+        self.gate.failed(cause, error, self.trial, self.recorder);
     }
 }
 
@@ -355,13 +369,13 @@ mod tests {
             gate.enter(&recorder)
                 .await
                 .unwrap()
-                .failed(ResetCause::Refused);
+                .failed(ResetCause::Refused, &"refused");
         }
         assert_eq!(gate.state(), CircuitState::Closed);
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::Refused);
+            .failed(ResetCause::Refused, &"refused");
         assert_eq!(gate.state(), CircuitState::Open);
         let refused = gate.enter(&recorder).await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);
@@ -376,12 +390,12 @@ mod tests {
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::PeerReset);
+            .failed(ResetCause::PeerReset, &"refused");
         gate.enter(&recorder).await.unwrap().succeeded();
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::PeerReset);
+            .failed(ResetCause::PeerReset, &"refused");
         assert_eq!(gate.state(), CircuitState::Closed);
     }
 
@@ -391,7 +405,7 @@ mod tests {
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::Refused);
+            .failed(ResetCause::Refused, &"refused");
         tokio::time::advance(Duration::from_secs(10)).await;
         let trial = gate.enter(&recorder).await.unwrap();
         assert_eq!(gate.state(), CircuitState::HalfOpen);
@@ -408,14 +422,14 @@ mod tests {
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::Refused);
+            .failed(ResetCause::Refused, &"refused");
         let mut periods = Vec::new();
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(10)).await;
             gate.enter(&recorder)
                 .await
                 .unwrap()
-                .failed(ResetCause::ConnectTimeout);
+                .failed(ResetCause::ConnectTimeout, &"refused");
             assert_eq!(gate.state(), CircuitState::Open);
             periods.push(gate.enter(&recorder).await.err().unwrap().retry_in);
         }
@@ -438,7 +452,7 @@ mod tests {
         gate.enter(&recorder)
             .await
             .unwrap()
-            .failed(ResetCause::Refused);
+            .failed(ResetCause::Refused, &"refused");
         tokio::time::advance(Duration::from_secs(10)).await;
         drop(gate.enter(&recorder).await.unwrap());
         assert_eq!(gate.state(), CircuitState::HalfOpen);
@@ -452,8 +466,8 @@ mod tests {
         let second = gate.enter(&recorder).await.unwrap();
         let mut third = Box::pin(gate.enter(&recorder));
         assert!(futures_poll(&mut third).is_none(), "only two permits");
-        first.failed(ResetCause::Refused);
-        second.failed(ResetCause::Refused);
+        first.failed(ResetCause::Refused, &"refused");
+        second.failed(ResetCause::Refused, &"refused");
         assert_eq!(gate.state(), CircuitState::Open);
         let refused = third.await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);

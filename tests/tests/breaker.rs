@@ -98,11 +98,21 @@ async fn upstream_down_then_back() {
     let dialed = manager.connects().len();
     for _ in 0..20 {
         match pool.get().await {
-            Err(Error::CircuitOpen {
-                cause, retry_in, ..
-            }) => {
+            Err(err) => {
+                let Error::CircuitOpen {
+                    cause,
+                    retry_in,
+                    ref last_error,
+                    ..
+                } = err
+                else {
+                    panic!("expected CircuitOpen, got {err:?}");
+                };
                 assert_eq!(cause, ResetCause::Refused);
                 assert!(retry_in <= OPEN_FOR);
+                // The upstream's own words travel with the fast failure.
+                assert!(last_error.contains("refused"), "{last_error:?}");
+                assert!(err.to_string().contains(&**last_error), "{err}");
             }
             other => panic!("expected CircuitOpen, got {other:?}"),
         }

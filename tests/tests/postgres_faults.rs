@@ -409,8 +409,12 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
                     if err.cause() != Some(ResetCause::Refused) {
                         refusals.other_cause.fetch_add(1, Ordering::SeqCst);
                     }
-                    if matches!(err, RunError::Pool(Error::CircuitOpen { .. })) {
+                    if let RunError::Pool(Error::CircuitOpen { last_error, .. }) = err {
                         refusals.circuit_open.fetch_add(1, Ordering::SeqCst);
+                        // The fast failure still says what the server said.
+                        if !last_error.contains("53300") {
+                            refusals.other_cause.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     // A failed request comes back at once while the circuit is open:
                     // a short pause keeps the workers from spinning.

@@ -130,11 +130,13 @@ pub enum Error<E: StdError + 'static> {
     /// all failed, so the pool did not dial (see [`crate::breaker`]).
     #[error(
         "not connecting: the connect circuit is open after {failures} failed connects \
-         (last cause: {cause}); next trial connect in {retry_in:?}"
+         (last: {cause}: {last_error}); next trial connect in {retry_in:?}"
     )]
     CircuitOpen {
         /// The cause of the last failed connect.
         cause: ResetCause,
+        /// The last failed connect's error, as text (what the upstream said).
+        last_error: Arc<str>,
         /// Consecutive failed connects.
         failures: u32,
         /// Time until a trial connect may start (zero while one is in flight).
@@ -251,6 +253,7 @@ impl<M: Manager> Pool<M> {
                 PoolError::Backend(ConnectError::TimedOut(after)) => Error::ConnectTimeout(after),
                 PoolError::Backend(ConnectError::CircuitOpen(refusal)) => Error::CircuitOpen {
                     cause: refusal.cause,
+                    last_error: refusal.last_error,
                     failures: refusal.failures,
                     retry_in: refusal.retry_in,
                 },

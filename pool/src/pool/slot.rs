@@ -317,8 +317,10 @@ impl<M: Manager> Adapter<M> {
         let result = self.connect().await;
         match &result {
             Ok(_) => ticket.succeeded(),
-            Err(ConnectError::Failed(cause, _)) => ticket.failed(*cause),
-            Err(ConnectError::TimedOut(_)) => ticket.failed(ResetCause::ConnectTimeout),
+            Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
+            Err(timed_out @ ConnectError::TimedOut(_)) => {
+                ticket.failed(ResetCause::ConnectTimeout, timed_out);
+            }
             Err(ConnectError::CircuitOpen(_)) => drop(ticket),
         }
         result
