@@ -45,6 +45,20 @@ const RERUN_LIMIT: Duration = Duration::from_secs(300);
 /// This process's network namespace, as a link naming it (`net:[inode]`).
 const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 
+/// The runtime a namespaced test runs on: a test that re-runs itself under
+/// `unshare` is a plain `#[test]` (the re-run must start before any runtime does),
+/// so it builds its own.
+pub fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => panic!("cannot start a tokio runtime: {err}"),
+    }
+}
+
 /// Runs the calling test, named `test`, in a private network namespace. See the
 /// [module docs](self).
 ///

@@ -27,14 +27,6 @@ const REAPER_TICK: Duration = Duration::from_secs(1);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(8);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
     RecordedMetrics::build(
         Pool::builder(LineManager::new(server.addr()))
@@ -73,7 +65,7 @@ fn keepalive_evicts_every_black_holed_idle_connection() {
     let Some(ns) = netns::isolate("keepalive_evicts_every_black_holed_idle_connection") else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "black-hole-idle");
@@ -99,7 +91,7 @@ fn a_request_in_flight_into_a_black_hole_fails_at_the_user_timeout() {
     else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let user_timeout = Duration::from_secs(2);
@@ -147,7 +139,7 @@ fn a_firewall_reset_is_peer_reset_idle_and_in_use() {
     let Some(ns) = netns::isolate("a_firewall_reset_is_peer_reset_idle_and_in_use") else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "reject-reset");
@@ -181,7 +173,7 @@ fn killed_established_connections_are_peer_reset() {
     let Some(ns) = netns::isolate("killed_established_connections_are_peer_reset") else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "ss-kill");

@@ -22,14 +22,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(15);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
     RecordedMetrics::build(
         Pool::builder(LineManager::new(server.addr()))
@@ -104,7 +96,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
     let Some(ns) = netns::isolate("killed_sockets_mid_load_are_peer_reset_and_retried") else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "ss-kill-load");
@@ -175,7 +167,7 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
     let Some(ns) = netns::isolate("a_firewall_reset_mid_load_is_peer_reset_and_retried") else {
         return;
     };
-    runtime().block_on(async {
+    netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let (pool, metrics) = pool_for(&server, "reject-load");
