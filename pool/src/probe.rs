@@ -48,7 +48,8 @@ pub enum SocketRef<'a> {
     /// tokio's recorded readiness, usually without a system call.
     Tokio(&'a TcpStream),
     /// Any socket, e.g. a duplicate of one a driver's background task owns: probed
-    /// with one non-blocking `peek`.
+    /// with one non-blocking `peek`. The pool treats bytes found here as the owning
+    /// task's next message, not as [`Liveness::UnexpectedData`] worth a reconnect.
     Raw(RawSocket<'a>),
 }
 
