@@ -6,6 +6,11 @@
 //! the loop; bare deadpool's `recycle` does nothing. Each of `tasks` tasks checks a
 //! connection out and drops it in a loop; the figure is wall time per checkout.
 //!
+//! A second group, `checkout_queued`, makes every checkout wait: each task holds its
+//! connection across a yield to the scheduler, so with more tasks than connections
+//! the pool is always exhausted. That is where steadypool arms its `wait_timeout`
+//! timer; deadpool is measured without a wait timeout and with one.
+//!
 //! ```text
 //! cargo bench -p steadypool-benches --bench checkout
 //! ```
@@ -15,7 +20,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
 use deadpool::managed::{Metrics, RecycleResult};
 use steadypool::Pool;
 use steadypool::drivers::tcp::TcpManager;
@@ -80,26 +86,49 @@ async fn fill<T, E: std::fmt::Debug, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// How long a task keeps its connection.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    /// Returned at once: with more tasks than worker threads, connections are still
+    /// free, and checkouts rarely wait.
+    None,
+    /// Held across one yield to the scheduler: other tasks run meanwhile, so with more
+    /// tasks than connections every checkout waits for one.
+    Yield,
+}
+
+impl Hold {
+    async fn apply(self) {
+        if let Hold::Yield = self {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// A pool the benchmark checks connections out of.
 trait Checkout: Clone + Send + Sync + 'static {
-    /// One checkout, dropped at once.
-    fn get_and_drop(&self) -> impl Future<Output = ()> + Send;
+    /// One checkout, held as `hold` says, then returned.
+    fn get_and_drop(&self, hold: Hold) -> impl Future<Output = ()> + Send;
 }
 
 impl Checkout for Pool<TcpManager> {
-    async fn get_and_drop(&self) {
-        drop(self.get().await.expect("steadypool checkout"));
+    async fn get_and_drop(&self, hold: Hold) {
+        let conn = self.get().await.expect("steadypool checkout");
+        hold.apply().await;
+        drop(conn);
     }
 }
 
 impl Checkout for BarePool {
-    async fn get_and_drop(&self) {
-        drop(self.get().await.expect("deadpool checkout"));
+    async fn get_and_drop(&self, hold: Hold) {
+        let conn = self.get().await.expect("deadpool checkout");
+        hold.apply().await;
+        drop(conn);
     }
 }
 
-/// `tasks` tasks share `iters` get+drop cycles; returns the time for `iters` of them.
-async fn run(pool: impl Checkout, tasks: usize, iters: u64) -> Duration {
+/// `tasks` tasks share `iters` checkouts; returns the time for `iters` of them.
+async fn run(pool: impl Checkout, tasks: usize, hold: Hold, iters: u64) -> Duration {
     let per_task = iters.div_ceil(tasks as u64);
     let started = Instant::now();
     let mut set = JoinSet::new();
@@ -107,7 +136,7 @@ async fn run(pool: impl Checkout, tasks: usize, iters: u64) -> Duration {
         let pool = pool.clone();
         set.spawn(async move {
             for _ in 0..per_task {
-                pool.get_and_drop().await;
+                pool.get_and_drop(hold).await;
             }
         });
     }
@@ -120,46 +149,85 @@ async fn run(pool: impl Checkout, tasks: usize, iters: u64) -> Duration {
         .mul_f64(iters as f64 / (per_task * tasks as u64) as f64)
 }
 
-fn checkout(c: &mut Criterion) {
-    let rt = runtime();
-    let addr = rt.block_on(holding_server());
-    let mut group = c.benchmark_group("checkout");
+/// steadypool with its defaults, except `check_after`, raised so that no ping runs;
+/// `size` connections open and idle.
+async fn steady_pool(addr: SocketAddr, size: usize) -> Pool<TcpManager> {
+    let pool = Pool::builder(TcpManager::new(addr))
+        .name(format!("bench{size}"))
+        .max_size(size)
+        .check_after(Duration::from_secs(3600))
+        .build()
+        .expect("build the steadypool pool");
+    fill(size, || pool.get()).await;
+    pool
+}
+
+/// deadpool with a `recycle` that does nothing; `size` connections open and idle.
+async fn bare_pool(addr: SocketAddr, size: usize, wait_timeout: Option<Duration>) -> BarePool {
+    let pool = BarePool::builder(BareManager { addr })
+        .max_size(size)
+        .wait_timeout(wait_timeout)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .expect("build the deadpool pool");
+    fill(size, || pool.get()).await;
+    pool
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    group
+}
 
+fn checkout(c: &mut Criterion) {
+    let rt = runtime();
+    let addr = rt.block_on(holding_server());
+    let mut group = group(c, "checkout");
     for size in POOL_SIZES {
-        let steady: Pool<TcpManager> = rt.block_on(async {
-            let pool = Pool::builder(TcpManager::new(addr))
-                .name(format!("bench{size}"))
-                .max_size(size)
-                .check_after(Duration::from_secs(3600))
-                .build()
-                .expect("build the steadypool pool");
-            fill(size, || pool.get()).await;
-            pool
-        });
-        let bare: BarePool = rt.block_on(async {
-            let pool = BarePool::builder(BareManager { addr })
-                .max_size(size)
-                .build()
-                .expect("build the deadpool pool");
-            fill(size, || pool.get()).await;
-            pool
-        });
-
+        let steady = rt.block_on(steady_pool(addr, size));
+        let bare = rt.block_on(bare_pool(addr, size, None));
         for tasks in TASKS {
             let id = format!("pool{size}-tasks{tasks}");
             group.bench_with_input(BenchmarkId::new("steadypool", &id), &tasks, |b, &tasks| {
                 b.to_async(&rt)
-                    .iter_custom(|iters| run(steady.clone(), tasks, iters))
+                    .iter_custom(|iters| run(steady.clone(), tasks, Hold::None, iters))
             });
             group.bench_with_input(BenchmarkId::new("deadpool", &id), &tasks, |b, &tasks| {
                 b.to_async(&rt)
-                    .iter_custom(|iters| run(bare.clone(), tasks, iters))
+                    .iter_custom(|iters| run(bare.clone(), tasks, Hold::None, iters))
             });
         }
+    }
+    group.finish();
+}
+
+/// Every checkout waits: 64 tasks on 8 connections, each held across a yield.
+fn checkout_queued(c: &mut Criterion) {
+    const SIZE: usize = 8;
+    const TASKS: usize = 64;
+    let rt = runtime();
+    let addr = rt.block_on(holding_server());
+    let mut group = group(c, "checkout_queued");
+    let steady = rt.block_on(steady_pool(addr, SIZE));
+    let bare = rt.block_on(bare_pool(addr, SIZE, None));
+    let bare_with_timeout = rt.block_on(bare_pool(addr, SIZE, Some(Duration::from_secs(30))));
+    let id = format!("pool{SIZE}-tasks{TASKS}");
+    group.bench_with_input(BenchmarkId::new("steadypool", &id), &TASKS, |b, &tasks| {
+        b.to_async(&rt)
+            .iter_custom(|iters| run(steady.clone(), tasks, Hold::Yield, iters))
+    });
+    for (name, pool) in [
+        ("deadpool", bare),
+        ("deadpool-wait-timeout", bare_with_timeout),
+    ] {
+        group.bench_with_input(BenchmarkId::new(name, &id), &TASKS, |b, &tasks| {
+            b.to_async(&rt)
+                .iter_custom(|iters| run(pool.clone(), tasks, Hold::Yield, iters))
+        });
     }
     group.finish();
 }
@@ -167,5 +235,6 @@ fn checkout(c: &mut Criterion) {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     checkout(&mut criterion);
+    checkout_queued(&mut criterion);
     criterion.final_summary();
 }

@@ -49,6 +49,7 @@ pub mod breaker;
 pub mod cause;
 #[cfg(feature = "chaos")]
 pub mod chaos;
+mod clock;
 pub mod diagnosis;
 pub mod dial;
 pub mod drivers;

@@ -41,9 +41,10 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cause::ResetCause;
+use crate::clock::CoarseInstant;
 use crate::metrics::Recorder;
 
 /// Closes found sooner than this after a connection's last use are upstream failures,
@@ -134,17 +135,17 @@ pub(crate) enum Reading {
 #[derive(Debug, Clone, Copy)]
 struct Bound {
     value: Duration,
-    seen: Instant,
+    seen: CoarseInstant,
 }
 
 #[derive(Debug, Default)]
 struct Evidence {
     lower: Option<Bound>,
     upper: Option<Bound>,
-    upstream_failed_at: Option<Instant>,
+    upstream_failed_at: Option<CoarseInstant>,
     /// The current run of closes on connections busy a moment ago: when it began and
     /// how many it holds.
-    busy_closes: Option<(Instant, u32)>,
+    busy_closes: Option<(CoarseInstant, u32)>,
 }
 
 /// One pool's learner. Every checkout reads the limit in force; only evidence takes
@@ -153,7 +154,7 @@ struct Evidence {
 pub(crate) struct IdleLimitLearner {
     evidence: Mutex<Evidence>,
     /// The instant the atomics count nanoseconds from.
-    epoch: Instant,
+    epoch: CoarseInstant,
     /// The limit in force, in nanoseconds, or [`NEVER`].
     evict_after: AtomicU64,
     /// Healthy reuses idle at least this long (nanoseconds) are news.
@@ -181,7 +182,7 @@ impl IdleLimitLearner {
     ) -> IdleLimitLearner {
         IdleLimitLearner {
             evidence: Mutex::new(Evidence::default()),
-            epoch: Instant::now(),
+            epoch: CoarseInstant::now(),
             evict_after: AtomicU64::new(idle_timeout.map_or(NEVER, nanos)),
             news_from: AtomicU64::new(0),
             expires: AtomicU64::new(NEVER),
@@ -191,12 +192,12 @@ impl IdleLimitLearner {
         }
     }
 
-    fn since_epoch(&self, now: Instant) -> u64 {
+    fn since_epoch(&self, now: CoarseInstant) -> u64 {
         nanos(now.saturating_duration_since(self.epoch))
     }
 
     /// The idle time after which a connection is closed now.
-    pub(crate) fn evict_after(&self, now: Instant, recorder: &Recorder) -> Option<Duration> {
+    pub(crate) fn evict_after(&self, now: CoarseInstant, recorder: &Recorder) -> Option<Duration> {
         if self.since_epoch(now) >= self.expires.load(Ordering::Relaxed) {
             self.update(now, recorder, |_| ());
         }
@@ -207,12 +208,12 @@ impl IdleLimitLearner {
     }
 
     /// The interval and the limit in force, forgetting expired evidence first.
-    pub(crate) fn snapshot(&self, now: Instant, recorder: &Recorder) -> IdleLimit {
+    pub(crate) fn snapshot(&self, now: CoarseInstant, recorder: &Recorder) -> IdleLimit {
         self.update(now, recorder, |_| ())
     }
 
     /// A connection reused after sitting idle for `idle` came back healthy.
-    pub(crate) fn reused(&self, idle: Duration, now: Instant, recorder: &Recorder) {
+    pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant, recorder: &Recorder) {
         if idle < MIN_EVIDENCE_IDLE
             || (nanos(idle) < self.news_from.load(Ordering::Relaxed)
                 && self.since_epoch(now) < self.expires.load(Ordering::Relaxed))
@@ -245,7 +246,7 @@ impl IdleLimitLearner {
         &self,
         cause: ResetCause,
         idle: Duration,
-        now: Instant,
+        now: CoarseInstant,
         recorder: &Recorder,
     ) -> Reading {
         let closed_by_peer = matches!(
@@ -292,7 +293,7 @@ impl IdleLimitLearner {
 
     /// Counts a close on a connection busy a moment ago; true once the run of such
     /// closes is long enough to be a crash.
-    fn busy_close_is_a_crash(&self, now: Instant) -> bool {
+    fn busy_close_is_a_crash(&self, now: CoarseInstant) -> bool {
         let mut evidence = self
             .evidence
             .lock()
@@ -307,7 +308,7 @@ impl IdleLimitLearner {
         run.1 >= CRASH_BURST
     }
 
-    fn upstream_failed(&self, now: Instant, recorder: &Recorder) {
+    fn upstream_failed(&self, now: CoarseInstant, recorder: &Recorder) {
         let window = self.failure_window;
         self.update(now, recorder, |evidence| {
             evidence.upstream_failed_at = Some(now);
@@ -324,7 +325,7 @@ impl IdleLimitLearner {
     /// republishes the limit (inside the lock, so gauges never go back in time).
     fn update(
         &self,
-        now: Instant,
+        now: CoarseInstant,
         recorder: &Recorder,
         change: impl FnOnce(&mut Evidence),
     ) -> IdleLimit {
@@ -400,7 +401,7 @@ mod tests {
     #[test]
     fn idle_timeout_rules_until_a_close_after_idle_is_seen() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         assert_eq!(l.evict_after(t, &r), Some(45 * S));
         // Reuses within a second of the last use say nothing about a middlebox.
         l.reused(ms(500), t, &r);
@@ -413,7 +414,7 @@ mod tests {
     #[test]
     fn a_reset_after_idle_bounds_the_limit_and_evictions_follow() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reused(ms(1900), t, &r);
         assert_eq!(
             l.reset(ResetCause::PeerClosed, ms(2100), t, &r),
@@ -436,7 +437,7 @@ mod tests {
     #[test]
     fn learned_eviction_never_exceeds_idle_timeout() {
         let (l, r) = learner(Some(10 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reused(50 * S, t, &r);
         l.reset(ResetCause::PeerReset, 61 * S, t, &r);
         assert_eq!(l.evict_after(t, &r), Some(10 * S));
@@ -445,7 +446,7 @@ mod tests {
     #[test]
     fn switched_off_it_measures_but_does_not_evict() {
         let (l, r) = learner(Some(45 * S), false);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reset(ResetCause::PeerClosed, 2 * S, t, &r);
         let limit = l.snapshot(t, &r);
         assert_eq!(limit.upper, Some(2 * S));
@@ -455,7 +456,7 @@ mod tests {
     #[test]
     fn without_idle_timeout_the_learned_limit_alone_applies() {
         let (l, r) = learner(None, true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         assert_eq!(l.evict_after(t, &r), None);
         l.reset(ResetCause::PeerClosed, 4 * S, t, &r);
         assert_eq!(l.evict_after(t, &r), Some(3 * S));
@@ -464,7 +465,7 @@ mod tests {
     #[test]
     fn newest_evidence_wins_over_contradicting_evidence() {
         let (l, r) = learner(None, false);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reused(30 * S, t, &r);
         // the path's limit dropped below what was fine before
         l.reset(ResetCause::PeerReset, 20 * S, t + S, &r);
@@ -479,7 +480,7 @@ mod tests {
     #[test]
     fn a_lone_busy_close_teaches_nothing_and_voids_nothing() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
         assert_eq!(
             l.reset(ResetCause::PeerReset, ms(3), t + ms(100), &r),
@@ -495,7 +496,7 @@ mod tests {
     #[test]
     fn busy_close_bursts_and_refusals_are_upstream_failures_not_evidence() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         for i in 0..CRASH_BURST - 1 {
             assert_eq!(
                 l.reset(ResetCause::PeerReset, ms(3), t + ms(u64::from(i)), &r),
@@ -526,7 +527,7 @@ mod tests {
     #[test]
     fn a_failure_voids_the_bound_learned_just_before_it() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
         assert_eq!(l.snapshot(t, &r).upper, Some(3 * S));
         assert_eq!(
@@ -539,11 +540,11 @@ mod tests {
     #[test]
     fn old_evidence_is_forgotten_unless_refreshed() {
         let (l, r) = learner(Some(45 * S), true);
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         l.reused(ms(1900), t, &r);
         l.reset(ResetCause::PeerClosed, ms(2100), t, &r);
         // reuses near the lower bound keep it fresh; the upper bound ages out
-        let later = t + FORGET_AFTER - S;
+        let later = t + (FORGET_AFTER - S);
         l.reused(ms(1750), later, &r);
         let after = t + FORGET_AFTER + S;
         let limit = l.snapshot(after, &r);

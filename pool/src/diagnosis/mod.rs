@@ -29,12 +29,13 @@ mod idle_limit;
 mod throttle;
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use self::idle_limit::IdleLimit;
 use self::idle_limit::{IdleLimitLearner, MIN_EVIDENCE_IDLE};
 use self::throttle::WarnThrottle;
 use crate::cause::{Phase, ResetCause};
+use crate::clock::CoarseInstant;
 use crate::metrics::Recorder;
 use crate::pool::Obituary;
 
@@ -70,17 +71,17 @@ impl Diagnosis {
 
     /// The idle time after which a connection is closed now: `idle_timeout`, or the
     /// learned limit when that is lower (and learning is on).
-    pub(crate) fn evict_after(&self, now: Instant, recorder: &Recorder) -> Option<Duration> {
+    pub(crate) fn evict_after(&self, now: CoarseInstant, recorder: &Recorder) -> Option<Duration> {
         self.learner.evict_after(now, recorder)
     }
 
     /// What is known of the path's idle limit (also published as gauges).
-    pub(crate) fn idle_limit(&self, now: Instant, recorder: &Recorder) -> IdleLimit {
+    pub(crate) fn idle_limit(&self, now: CoarseInstant, recorder: &Recorder) -> IdleLimit {
         self.learner.snapshot(now, recorder)
     }
 
     /// A connection that sat idle for `idle` before its checkout came back healthy.
-    pub(crate) fn reused(&self, idle: Duration, now: Instant, recorder: &Recorder) {
+    pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant, recorder: &Recorder) {
         self.learner.reused(idle, now, recorder);
     }
 
@@ -94,7 +95,7 @@ impl Diagnosis {
         phase: Phase,
         lost: &Obituary,
     ) {
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         recorder.reset(cause, phase);
         let reading = self.learner.reset(cause, lost.idle, now, recorder);
         let Some(suppressed) = self.throttle.admit(cause, phase, now) else {
@@ -124,7 +125,7 @@ impl Diagnosis {
         cause: ResetCause,
         error: &dyn fmt::Display,
     ) {
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         recorder.reset(cause, Phase::Connect);
         let reading = self.learner.reset(cause, Duration::ZERO, now, recorder);
         let Some(suppressed) = self.throttle.admit(cause, Phase::Connect, now) else {

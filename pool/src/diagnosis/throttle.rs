@@ -8,16 +8,17 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cause::{Phase, ResetCause};
+use crate::clock::CoarseInstant;
 
 /// At most one warning per cause and phase in this time.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Kind {
-    last_warned: Instant,
+    last_warned: CoarseInstant,
     suppressed: u64,
 }
 
@@ -30,7 +31,7 @@ pub(crate) struct WarnThrottle {
 impl WarnThrottle {
     /// `Some(n)` when a warning of this kind may go out now, `n` being the number of
     /// identical ones held back since the last; `None` when it must be held back.
-    pub(crate) fn admit(&self, cause: ResetCause, phase: Phase, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, cause: ResetCause, phase: Phase, now: CoarseInstant) -> Option<u64> {
         let mut kinds = self
             .kinds
             .lock()
@@ -65,7 +66,7 @@ mod tests {
     #[test]
     fn repeats_are_held_back_and_counted_in_the_next_warning() {
         let throttle = WarnThrottle::default();
-        let t = Instant::now();
+        let t = CoarseInstant::now();
         let refused = (ResetCause::Refused, Phase::Connect);
         assert_eq!(throttle.admit(refused.0, refused.1, t), Some(0));
         for i in 1..=5 {

@@ -22,10 +22,10 @@ use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Object, PoolError};
+use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
 
 pub use self::builder::PoolBuilder;
 use self::config::Config;
@@ -33,6 +33,7 @@ pub use self::config::{BuildError, QueueMode};
 pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
 use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
+use crate::clock::CoarseInstant;
 use crate::diagnosis::{self, IdleLimit};
 use crate::manager::Manager;
 
@@ -228,15 +229,23 @@ impl<M: Manager> Pool<M> {
     /// [`Error::Closed`] after [`Pool::close`].
     pub async fn get(&self) -> Result<Connection<M>, Error<M::Error>> {
         let wait = self.core().config.wait_timeout;
-        let mut checkout = pin!(self.inner().get());
-        // Most checkouts find an idle connection that passes the free checks and finish
-        // on their first poll. Those skip the timer and the clock, and are recorded as
-        // taking 0 s: they took well under a microsecond, below any histogram bucket.
-        let (result, took) = match poll_once(checkout.as_mut()).await {
+        // First without queueing: deadpool takes a free permit or reports none, with no
+        // waiter node and no timer. Most checkouts find an idle connection that passes
+        // the free checks and finish on this first poll; they are recorded as taking
+        // 0 s, well under a microsecond, below any histogram bucket.
+        let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
+        let (result, took) = match poll_once(attempt.as_mut()).await {
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+                // Every connection is busy: queue for one, under `wait_timeout`.
+                let started = Instant::now();
+                let result = tokio::time::timeout(wait, self.inner().get()).await;
+                (result, started.elapsed())
+            }
             Some(result) => (Ok(result), Duration::ZERO),
+            // A slot was free but its connection needs I/O: a ping, or a new connect.
             None => {
                 let started = Instant::now();
-                let result = tokio::time::timeout(wait, checkout).await;
+                let result = tokio::time::timeout(wait, attempt).await;
                 (result, started.elapsed())
             }
         };
@@ -319,16 +328,33 @@ impl<M: Manager> Pool<M> {
     /// ```
     pub fn idle_limit(&self) -> IdleLimit {
         let core = self.core();
-        core.diagnosis.idle_limit(Instant::now(), &core.recorder)
+        core.diagnosis
+            .idle_limit(CoarseInstant::now(), &core.recorder)
     }
 }
 
+/// deadpool's non-blocking checkout: a free slot or `PoolError::Timeout(Wait)` at once.
+const NO_QUEUEING: Timeouts = Timeouts {
+    wait: Some(Duration::ZERO),
+    create: None,
+    recycle: None,
+};
+
 /// Polls `future` once: its output if it finished, `None` if it has to wait (it has
 /// then registered the task's waker, as any poll does).
+///
+/// A finished poll spends one unit of the task's cooperative budget, as tokio's own
+/// semaphore does for each permit: a task that checks connections out in a loop
+/// without other I/O still yields to the scheduler now and then. With the budget
+/// spent, the task yields before polling.
 async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
+        let budget = ready!(tokio::task::coop::poll_proceed(cx));
         Poll::Ready(match future.as_mut().poll(cx) {
-            Poll::Ready(output) => Some(output),
+            Poll::Ready(output) => {
+                budget.made_progress();
+                Some(output)
+            }
             Poll::Pending => None,
         })
     })
@@ -437,7 +463,7 @@ impl<M: Manager> Drop for Connection<M> {
         let Some(mut object) = self.object.take() else {
             return;
         };
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         match self.broken {
             Some(cause) => {
                 if let Some(pool) = Object::pool(&object) {

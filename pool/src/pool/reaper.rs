@@ -8,8 +8,6 @@
 //!
 //! The task holds only a weak reference: it ends when the pool is dropped or closed.
 
-use std::time::Instant;
-
 use deadpool::managed::{Timeouts, WeakPool};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
@@ -17,6 +15,7 @@ use tokio::time::MissedTickBehavior;
 use super::slot::{Adapter, Obituary, Verdict};
 use super::{Inner, Pool};
 use crate::cause::Phase;
+use crate::clock::CoarseInstant;
 use crate::manager::Manager;
 
 pub(super) fn spawn<M: Manager>(pool: &Pool<M>, runtime: &tokio::runtime::Handle) {
@@ -59,7 +58,7 @@ pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
 
 fn evict<M: Manager>(pool: &Inner<M>) {
     let adapter = pool.manager();
-    let now = Instant::now();
+    let now = CoarseInstant::now();
     let mut gone: Vec<(Verdict, Obituary)> = Vec::new();
     // `retain` runs under deadpool's slot lock: only the probe happens here, and the
     // reporting (which may write logs) waits until the lock is released.

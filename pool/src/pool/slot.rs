@@ -4,7 +4,7 @@
 //! here. `create` dials through the pool's [`Dialer`](crate::Dialer) under the connect
 //! timeout; `recycle` is the checkout check, cheapest test first:
 //!
-//! 1. lifetime and idle limits (a clock read),
+//! 1. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
 //! 2. [`Manager::is_broken`] (a flag read),
 //! 3. the [`probe`] (an atomic load, or one `peek`),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
@@ -21,6 +21,7 @@ use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use super::config::Config;
 use crate::breaker::{Gate, Refusal};
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
+use crate::clock::CoarseInstant;
 use crate::diagnosis::Diagnosis;
 use crate::dial::Dialer;
 use crate::manager::Manager;
@@ -34,12 +35,12 @@ pub(crate) struct Slot<C> {
     pub(crate) conn: C,
     pub(crate) id: u64,
     pub(crate) peer: Option<SocketAddr>,
-    pub(crate) created: Instant,
+    pub(crate) created: CoarseInstant,
     /// When the jittered `max_lifetime` runs out.
-    pub(crate) retire_at: Option<Instant>,
+    pub(crate) retire_at: Option<CoarseInstant>,
     /// When the connection last carried traffic the pool knows of: its return to the
     /// pool, or a successful ping.
-    pub(crate) idle_since: Instant,
+    pub(crate) idle_since: CoarseInstant,
     /// How long it sat idle before its current checkout (zero for a new connection):
     /// what its fate in use teaches about the path's idle limit.
     pub(crate) reused_after: Duration,
@@ -63,7 +64,7 @@ pub(crate) struct Obituary {
 }
 
 impl<C> Slot<C> {
-    pub(crate) fn obituary(&self, now: Instant) -> Obituary {
+    pub(crate) fn obituary(&self, now: CoarseInstant) -> Obituary {
         Obituary {
             id: self.id,
             peer: self.peer,
@@ -93,7 +94,7 @@ impl Core {
             config.learn_idle_limit,
             config.reaper_interval,
         );
-        diagnosis.idle_limit(Instant::now(), &recorder);
+        diagnosis.idle_limit(CoarseInstant::now(), &recorder);
         Core {
             dialer: config.dialer(),
             recorder,
@@ -107,13 +108,14 @@ impl Core {
 
     /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
     /// lower (see [`crate::diagnosis`]).
-    pub(crate) fn idle_limit(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn idle_limit(&self, now: CoarseInstant) -> Option<Duration> {
         self.diagnosis.evict_after(now, &self.recorder)
     }
 
     /// A connection that sat idle for `idle` before its checkout came back healthy.
     pub(crate) fn record_reuse(&self, idle: Duration) {
-        self.diagnosis.reused(idle, Instant::now(), &self.recorder);
+        self.diagnosis
+            .reused(idle, CoarseInstant::now(), &self.recorder);
     }
 
     /// The checks that need no I/O beyond the probe: used by checkout and the reaper.
@@ -121,7 +123,7 @@ impl Core {
         &self,
         manager: &M,
         slot: &Slot<M::Connection>,
-        now: Instant,
+        now: CoarseInstant,
     ) -> Verdict {
         // The probe first: a connection the path already closed is a reset (and
         // evidence about the path's idle limit) even when it is also past a limit of
@@ -221,7 +223,7 @@ impl<M: Manager> Adapter<M> {
         match result {
             Ok(conn) => {
                 self.core.recorder.connect(Ok(()), took);
-                let now = Instant::now();
+                let now = CoarseInstant::now();
                 let peer = self
                     .manager
                     .socket(&conn)
@@ -236,7 +238,7 @@ impl<M: Manager> Adapter<M> {
                     id: self.core.next_id.fetch_add(1, Ordering::Relaxed),
                     peer,
                     created: now,
-                    retire_at: lifetime.map(|l| now + l),
+                    retire_at: lifetime.and_then(|l| now.checked_add(l)),
                     idle_since: now,
                     reused_after: Duration::ZERO,
                 })
@@ -280,7 +282,7 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
     }
 
     async fn recycle(&self, slot: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         slot.reused_after = now.saturating_duration_since(slot.idle_since);
         let mut verdict = self.core.inspect(&self.manager, slot, now);
         if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
@@ -335,7 +337,7 @@ impl<M: Manager> Adapter<M> {
         .await
         {
             Ok(Ok(())) => {
-                slot.idle_since = Instant::now();
+                slot.idle_since = CoarseInstant::now();
                 Verdict::Keep
             }
             Ok(Err(err)) => Verdict::Reset(match err.classify() {

@@ -1,0 +1,124 @@
+//! The clock that checkouts read: the kernel's coarse monotonic clock.
+//!
+//! Every checkout reads the time twice: at checkout, to test the lifetime and idle
+//! limits and to decide whether a ping is due, and at return, to start the idle
+//! clock. `std::time::Instant::now()` reads the precise monotonic clock, ~30-37 ns in
+//! a KVM guest (the vDSO reads the hypervisor's clock page and the TSC): two of them
+//! were a fifth of a whole checkout. `CLOCK_MONOTONIC_COARSE` returns the time of the
+//! last kernel tick: ~8 ns, with the tick's resolution (1 to 10 ms, by the kernel's
+//! `HZ`). Every decision made with this clock is about idle times and lifetimes of
+//! seconds to minutes, or `check_after` intervals of a second or more; a few
+//! milliseconds of error changes none of them.
+//!
+//! Timings that are reported rather than compared with a limit (connect and checkout
+//! durations, the retry deadline) keep the precise clock.
+
+use std::time::Duration;
+
+/// A point on the coarse monotonic clock. Comparable, and subtractable into a
+/// [`Duration`]; never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct CoarseInstant(coarsetime::Instant);
+
+/// Durations beyond this (68 years) do not fit the clock's fixed-point format; adding
+/// one gives "never".
+const LONGEST: Duration = Duration::from_secs(1 << 31);
+
+impl CoarseInstant {
+    /// The time of the kernel's last tick.
+    pub(crate) fn now() -> CoarseInstant {
+        // Not `now()`: that also stores the reading in a process-wide atomic, a cache
+        // line every worker thread would write on every checkout.
+        CoarseInstant(coarsetime::Instant::now_without_cache_update())
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is later.
+    pub(crate) fn saturating_duration_since(self, earlier: CoarseInstant) -> Duration {
+        (self.0 - earlier.0).into()
+    }
+
+    /// The time since `self`.
+    pub(crate) fn elapsed(self) -> Duration {
+        CoarseInstant::now().saturating_duration_since(self)
+    }
+
+    /// `self + duration`, or `None` when that lies beyond the clock's range (a
+    /// duration of more than 68 years: in effect, never).
+    pub(crate) fn checked_add(self, duration: Duration) -> Option<CoarseInstant> {
+        if duration >= LONGEST {
+            return None;
+        }
+        self.0
+            .checked_add(coarsetime::Duration::from(duration))
+            .map(CoarseInstant)
+    }
+}
+
+/// Panics beyond the clock's range, as `std::time::Instant + Duration` does; only
+/// tests, which add small durations, use it.
+#[cfg(test)]
+impl std::ops::Add<Duration> for CoarseInstant {
+    type Output = CoarseInstant;
+
+    fn add(self, duration: Duration) -> CoarseInstant {
+        self.checked_add(duration)
+            .expect("a test adds a duration within the clock's range")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip_to_well_under_the_tick() {
+        let start = CoarseInstant::now();
+        for duration in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_secs(59),
+            Duration::from_secs(86_400 * 365),
+        ] {
+            let later = start.checked_add(duration).expect("within range");
+            let back = later.saturating_duration_since(start);
+            assert!(
+                back.abs_diff(duration) < Duration::from_micros(1),
+                "{duration:?} came back as {back:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_goes_back_and_saturates_at_zero() {
+        let first = CoarseInstant::now();
+        let second = CoarseInstant::now();
+        assert!(second >= first);
+        assert_eq!(
+            first.saturating_duration_since(
+                second
+                    .checked_add(Duration::from_secs(1))
+                    .expect("in range")
+            ),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_duration_beyond_the_range_is_never() {
+        assert_eq!(CoarseInstant::now().checked_add(Duration::MAX), None);
+        assert_eq!(CoarseInstant::now().checked_add(LONGEST), None);
+    }
+
+    #[test]
+    fn follows_the_precise_clock_within_a_tick() {
+        let precise = std::time::Instant::now();
+        let coarse = CoarseInstant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        let (precise, coarse) = (precise.elapsed(), coarse.elapsed());
+        // Each reading lags its tick by up to one jiffy (10 ms at HZ=100).
+        assert!(
+            coarse.abs_diff(precise) < Duration::from_millis(25),
+            "coarse {coarse:?} against precise {precise:?}"
+        );
+    }
+}
