@@ -5,6 +5,8 @@
 //! The reaper is slowed to once an hour here so that only the checkout can find the
 //! dead connections (tests/reaper.rs covers the reaper).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use steadypool::drivers::tcp::TcpManager;
@@ -271,7 +273,7 @@ async fn a_detached_connection_leaves_the_pool_and_frees_its_slot() {
 async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
     // tokio gives a task a budget of 128 operations per poll; a budget-aware
     // operation that finds none left returns Pending. Spend nearly all of it before
-    // the checkout, so that the checkout's semaphore takes the last unit and the probe
+    // the checkout, so that the checkout itself takes the last unit and the probe
     // runs on an empty budget. A probe that took Pending for "nothing arrived" would
     // then hand out the dead connection.
     for spent in 120..=128 {
@@ -293,4 +295,36 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
         );
         assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
     }
+}
+
+#[tokio::test]
+async fn a_loop_of_checkouts_still_lets_other_tasks_run() {
+    // A checkout that finds an idle connection finishes without waiting. Each one
+    // spends a unit of the task's cooperative budget, as a semaphore permit does, so a
+    // task that does nothing but check out in a loop still yields now and then. On
+    // this single-threaded runtime the other task runs only when the loop yields.
+    let server = LineServer::start().await.unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
+    open_idle(&pool, &server, 1).await;
+    let looper = tokio::spawn(async move {
+        let other_ran = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let other_ran = Arc::clone(&other_ran);
+            async move { other_ran.store(true, Ordering::Relaxed) }
+        });
+        for checkouts in 0..10_000 {
+            drop(pool.get().await.unwrap());
+            if other_ran.load(Ordering::Relaxed) {
+                return Some(checkouts);
+            }
+        }
+        None
+    });
+    let yielded_after = looper.await.unwrap();
+    assert!(
+        yielded_after.is_some_and(|n| n <= 128),
+        "the other task ran only after {yielded_after:?} checkouts"
+    );
 }
