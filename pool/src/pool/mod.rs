@@ -26,6 +26,7 @@ use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
+use tokio::time::error::Elapsed;
 
 pub use self::builder::PoolBuilder;
 use self::config::Config;
@@ -235,19 +236,13 @@ impl<M: Manager> Pool<M> {
         // 0 s, well under a microsecond, below any histogram bucket.
         let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
         let (result, took) = match poll_once(attempt.as_mut()).await {
+            // Every connection is busy: queue for one.
             Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                // Every connection is busy: queue for one, under `wait_timeout`.
-                let started = Instant::now();
-                let result = tokio::time::timeout(wait, self.inner().get()).await;
-                (result, started.elapsed())
+                timed(wait, self.inner().get()).await
             }
             Some(result) => (Ok(result), Duration::ZERO),
             // A slot was free but its connection needs I/O: a ping, or a new connect.
-            None => {
-                let started = Instant::now();
-                let result = tokio::time::timeout(wait, attempt).await;
-                (result, started.elapsed())
-            }
+            None => timed(wait, attempt).await,
         };
         self.core().recorder.checkout(took);
         match result {
@@ -339,6 +334,13 @@ const NO_QUEUEING: Timeouts = Timeouts {
     create: None,
     recycle: None,
 };
+
+/// Runs a checkout that has to wait under `wait_timeout`, and says how long it ran.
+async fn timed<F: Future>(wait: Duration, checkout: F) -> (Result<F::Output, Elapsed>, Duration) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(wait, checkout).await;
+    (result, started.elapsed())
+}
 
 /// Polls `future` once: its output if it finished, `None` if it has to wait (it has
 /// then registered the task's waker, as any poll does).
