@@ -328,3 +328,30 @@ async fn a_loop_of_checkouts_still_lets_other_tasks_run() {
         "the other task ran only after {yielded_after:?} checkouts"
     );
 }
+
+#[tokio::test]
+async fn a_checkout_that_finds_every_connection_busy_tries_again_before_it_queues() {
+    // One connection, held. On this single-threaded runtime the tasks take turns:
+    // the checkout finds it busy and yields; meanwhile the holder returns it; the
+    // checkout takes it without ever having queued (a queued one counts as waiting).
+    let server = LineServer::start().await.unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let held = pool.get().await.unwrap();
+    let held_id = held.id();
+    let checkout = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|conn| conn.id()) }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(
+        pool.status().waiting,
+        0,
+        "the checkout queued at once instead of trying again first"
+    );
+    drop(held);
+    assert_eq!(checkout.await.unwrap().unwrap(), held_id);
+    assert_eq!(server.accepts(), 1);
+}
