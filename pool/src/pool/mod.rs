@@ -1,8 +1,8 @@
 //! [`Pool`]: checkout, return, status, resize and close.
 //!
-//! A checkout ([`Pool::get`]) takes an idle connection and checks it, cheapest test
-//! first (lifetime and idle limits, then the free [`probe`](crate::probe), then a
-//! ping only if it sat idle past `check_after`); a connection that fails any test is
+//! A checkout ([`Pool::get`]) takes an idle connection and checks it, the free tests
+//! first (the [`probe`](crate::probe), the lifetime and idle limits), then a ping only
+//! if it sat idle past `check_after`; a connection that fails any test is
 //! discarded with its cause and the next one is tried; when none is left a new one is
 //! opened. A connection returns to the pool when its [`Connection`] handle drops.
 //!
@@ -240,8 +240,8 @@ impl<M: Manager> Pool<M> {
         // waiters have queued, each returned connection goes to the oldest of them,
         // which has to be scheduled before it can use it: a checkout that queued at
         // once would always find none free and queue in turn, so the queue would
-        // never drain (measured: every checkout queued, paying for a timer, at 1.4x to
-        // 1.9x the cost; BENCHMARKS.md). A checkout that yields lets it drain.
+        // never drain (measured: most checkouts queued, each paying for a timer, at
+        // 1.4x to 1.9x the cost; BENCHMARKS.md). A checkout that yields lets it drain.
         let mut yielded = false;
         let (result, took) = loop {
             let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));

@@ -2,11 +2,12 @@
 //!
 //! deadpool owns the queue, the semaphore and the slot accounting; steadypool plugs in
 //! here. `create` dials through the pool's [`Dialer`](crate::Dialer) under the connect
-//! timeout; `recycle` is the checkout check, cheapest test first:
+//! timeout; `recycle` is the checkout check, the free tests before the round trip:
 //!
-//! 1. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
-//! 2. [`Manager::is_broken`] (a flag read),
-//! 3. the [`probe`] (an atomic load, or one `peek`),
+//! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
+//!    path already closed counts as a reset even when it is also past a limit,
+//! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
+//! 3. [`Manager::is_broken`] (a flag read),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
 //! The first check that fails discards the connection with its cause, and deadpool
