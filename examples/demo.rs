@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use steadypool_examples::demo::{self, DemoArgs};
+use steadypool_examples::outcome;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,24 +31,5 @@ async fn main() -> ExitCode {
             std::future::pending::<()>().await;
         }
     };
-    match demo::run(config, interrupt).await {
-        Ok(report) if args.json => match report.to_json() {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: could not write the summary: {err}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(report) => {
-            print!("{}", report.table());
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(err.exit_code())
-        }
-    }
+    outcome::finish(demo::run(config, interrupt).await, args.json)
 }

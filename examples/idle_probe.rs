@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use steadypool_examples::idle_probe::{self, ProbeArgs};
+use steadypool_examples::outcome;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -21,24 +22,5 @@ async fn main() -> ExitCode {
         Ok(config) => idle_probe::run(config).await,
         Err(err) => Err(err),
     };
-    match result {
-        Ok(report) if args.json => match report.to_json() {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: could not write the summary: {err}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(report) => {
-            print!("{}", report.text());
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(err.exit_code())
-        }
-    }
+    outcome::finish(result, args.json)
 }

@@ -15,6 +15,7 @@ pub mod console;
 pub mod demo;
 pub mod idle_probe;
 pub mod kv;
+pub mod outcome;
 pub mod recommend;
 
 /// An error's message followed by its sources' messages, each once.

@@ -821,3 +821,9 @@ async fn preflight(addr: &str, protocol: Protocol) -> Result<(), DemoError> {
         ))),
     }
 }
+
+impl crate::outcome::Failure for DemoError {
+    fn exit_code(&self) -> u8 {
+        DemoError::exit_code(self)
+    }
+}

@@ -606,6 +606,16 @@ impl Report {
     }
 }
 
+impl crate::outcome::Summary for Report {
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        Report::to_json(self)
+    }
+
+    fn text(&self) -> String {
+        self.table()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -928,3 +928,19 @@ fn summarize(found: &[Evidence], lost: u32) -> String {
         parts.join("; ")
     }
 }
+
+impl crate::outcome::Failure for ProbeError {
+    fn exit_code(&self) -> u8 {
+        ProbeError::exit_code(self)
+    }
+}
+
+impl crate::outcome::Summary for ProbeReport {
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        ProbeReport::to_json(self)
+    }
+
+    fn text(&self) -> String {
+        ProbeReport::text(self)
+    }
+}
