@@ -126,4 +126,18 @@ impl RecordedMetrics {
     pub fn connects(&self, outcome: &str) -> u64 {
         self.counter(CONNECTS, &[("outcome", outcome)])
     }
+
+    /// Prints what the pool went through, for the log of a fault test.
+    pub fn report(&self, test: &str) {
+        eprintln!(
+            "{test}: resets {:?}; retried operations: {} succeeded, {} gave up, {} budget \
+             spent; connects: {} ok, {} refused",
+            self.reset_table(),
+            self.retries(RetryOutcome::Succeeded),
+            self.retries(RetryOutcome::GaveUp),
+            self.retries(RetryOutcome::BudgetSpent),
+            self.connects("ok"),
+            self.connects(ResetCause::Refused.as_str()),
+        );
+    }
 }

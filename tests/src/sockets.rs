@@ -80,27 +80,25 @@ pub fn count_in_state(port: u16, state: TcpState) -> io::Result<usize> {
 }
 
 /// Waits until none of this process's sockets to `port` is in `CLOSE_WAIT`, for at
-/// most `within`. Returns how long that took, or the sockets still lingering.
-///
-/// # Errors
-/// The sockets to `port` (all of them, for the failure message) when some stayed in
-/// `CLOSE_WAIT` for `within`.
+/// most `within`, and says how long that took.
 ///
 /// # Panics
-/// When `/proc` cannot be read.
-pub async fn close_wait_cleared(
-    port: u16,
-    within: std::time::Duration,
-) -> Result<std::time::Duration, Vec<KernelSocket>> {
+/// When some stayed in `CLOSE_WAIT` for `within` (the message lists every socket to
+/// `port`), or when `/proc` cannot be read.
+pub async fn assert_close_wait_cleared(port: u16, within: std::time::Duration) {
     let started = std::time::Instant::now();
     let lingering = || match count_in_state(port, TcpState::CloseWait) {
         Ok(n) => n,
         Err(e) => panic!("cannot read this process's sockets from /proc: {e}"),
     };
     if crate::eventually(within, || lingering() == 0).await {
-        Ok(started.elapsed())
+        eprintln!(
+            "no socket in CLOSE_WAIT to port {port} after {:?}",
+            started.elapsed()
+        );
     } else {
-        Err(to_port(port).unwrap_or_default())
+        let left = to_port(port).unwrap_or_default();
+        panic!("sockets left in CLOSE_WAIT: {left:?}");
     }
 }
 

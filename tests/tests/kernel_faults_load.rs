@@ -72,25 +72,6 @@ fn start_load(pool: &Pool<LineManager>) -> Load {
     })
 }
 
-async fn assert_no_close_wait(port: u16) {
-    match sockets::close_wait_cleared(port, TICK + SLACK).await {
-        Ok(took) => eprintln!("no socket in CLOSE_WAIT to port {port} after {took:?}"),
-        Err(left) => panic!("sockets left in CLOSE_WAIT: {left:?}"),
-    }
-}
-
-fn report(test: &str, metrics: &RecordedMetrics) {
-    eprintln!(
-        "{test}: resets {:?}; retried operations: {} succeeded, {} gave up; connects: {} ok, \
-         {} refused",
-        metrics.reset_table(),
-        metrics.retries(RetryOutcome::Succeeded),
-        metrics.retries(RetryOutcome::GaveUp),
-        metrics.connects("ok"),
-        metrics.connects(ResetCause::Refused.as_str()),
-    );
-}
-
 #[test]
 fn killed_sockets_mid_load_are_peer_reset_and_retried() {
     let Some(ns) = netns::isolate("killed_sockets_mid_load_are_peer_reset_and_retried") else {
@@ -132,7 +113,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
         ns.kill_server_sockets(port);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
-        report("ss -K mid-load", &metrics);
+        metrics.report("ss -K mid-load");
         eprintln!(
             "ss -K mid-load: {} requests succeeded, {} failed; the kill on a stalled server \
              struck {struck_in_flight} requests in flight",
@@ -158,7 +139,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
         assert!(metrics.retries(RetryOutcome::Succeeded) >= max_size as u64);
         assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
         assert_eq!(pool.status().in_use, 0);
-        assert_no_close_wait(port).await;
+        sockets::assert_close_wait_cleared(port, TICK + SLACK).await;
     });
 }
 
@@ -184,7 +165,7 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
         }
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
-        report("REJECT tcp-reset mid-load", &metrics);
+        metrics.report("REJECT tcp-reset mid-load");
         eprintln!(
             "REJECT tcp-reset mid-load: {} requests succeeded, {} failed",
             outcome.succeeded, outcome.failed
@@ -209,6 +190,6 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
         assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
         assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
         assert_eq!(pool.status().in_use, 0);
-        assert_no_close_wait(port).await;
+        sockets::assert_close_wait_cleared(port, TICK + SLACK).await;
     });
 }

@@ -84,26 +84,6 @@ async fn pool_backends(admin: &tokio_postgres::Client) -> Vec<(i32, String)> {
         .collect()
 }
 
-async fn assert_no_close_wait(port: u16) {
-    match sockets::close_wait_cleared(port, TICK + SLACK).await {
-        Ok(took) => eprintln!("no socket in CLOSE_WAIT to port {port} after {took:?}"),
-        Err(left) => panic!("sockets left in CLOSE_WAIT: {left:?}"),
-    }
-}
-
-fn report(test: &str, metrics: &RecordedMetrics) {
-    eprintln!(
-        "{test}: resets {:?}; retried operations: {} succeeded, {} gave up, {} budget spent; \
-         connects: {} ok, {} refused",
-        metrics.reset_table(),
-        metrics.retries(RetryOutcome::Succeeded),
-        metrics.retries(RetryOutcome::GaveUp),
-        metrics.retries(RetryOutcome::BudgetSpent),
-        metrics.connects("ok"),
-        metrics.connects(ResetCause::Refused.as_str()),
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_load_fails_no_idempotent_query() {
     let Some(server) = PgServer::start() else {
@@ -143,7 +123,7 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
         pool.status()
     );
     let outcome = load.stop().await;
-    report("crash mid-load", &metrics);
+    metrics.report("crash mid-load");
     eprintln!(
         "crash mid-load: {} queries succeeded, {} failed; {open_at_crash} connections open at the crash",
         outcome.succeeded, outcome.failed
@@ -181,7 +161,7 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     assert_eq!(metrics.retries(RetryOutcome::BudgetSpent), 0);
     let status = pool.status();
     assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    assert_no_close_wait(server.port()).await;
+    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
 }
 
 /// Terminates the backends of the pool's sessions in `state`; returns their pids.
@@ -327,7 +307,7 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
         );
         assert_eq!(attempts, 2, "retried once");
     }
-    report("terminate idle, then busy", &metrics);
+    metrics.report("terminate idle, then busy");
 
     assert_eq!(metrics.retries(RetryOutcome::Succeeded), BUSY as u64);
     assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
@@ -343,7 +323,7 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
         "{:?}",
         metrics.reset_table()
     );
-    assert_no_close_wait(server.port()).await;
+    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
 }
 
 /// What the checkouts saw while the server's connection slots were taken.
@@ -445,7 +425,7 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
     assert!(load.until_succeeded(50, SLACK).await);
     let failed_after_recovery = load.failed() - failed_when_recovered;
     let outcome = load.stop().await;
-    report("max_connections taken", &metrics);
+    metrics.report("max_connections taken");
     // At most: the failures that open the circuit, the connects already in flight
     // then, and one trial per open period (at least half of OPEN_FOR); twice that.
     let periods = hogged_for.as_secs_f64() / (OPEN_FOR.as_secs_f64() / 2.0);
@@ -485,5 +465,5 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
         "{:?}",
         pool.status()
     );
-    assert_no_close_wait(server.port()).await;
+    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
 }

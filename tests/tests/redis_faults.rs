@@ -69,23 +69,6 @@ async fn set_and_get(pool: &Pool<RedisManager>, n: u64) -> Result<(), RunError<R
     Ok(())
 }
 
-async fn assert_no_close_wait(port: u16) {
-    match sockets::close_wait_cleared(port, TICK + SLACK).await {
-        Ok(took) => eprintln!("no socket in CLOSE_WAIT to port {port} after {took:?}"),
-        Err(left) => panic!("sockets left in CLOSE_WAIT: {left:?}"),
-    }
-}
-
-fn report(test: &str, metrics: &RecordedMetrics) {
-    eprintln!(
-        "{test}: resets {:?}; retried operations: {} succeeded, {} gave up; connects: {} ok",
-        metrics.reset_table(),
-        metrics.retries(RetryOutcome::Succeeded),
-        metrics.retries(RetryOutcome::GaveUp),
-        metrics.connects("ok"),
-    );
-}
-
 /// Resets counted for `cause` while idle or at checkout: found before any command.
 fn found_unused(metrics: &RecordedMetrics, cause: ResetCause) -> u64 {
     metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout)
@@ -139,7 +122,7 @@ async fn client_kill_mid_load_reaches_no_command() {
     }
     assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
     let outcome = load.stop().await;
-    report("CLIENT KILL mid-load", &metrics);
+    metrics.report("CLIENT KILL mid-load");
     eprintln!(
         "CLIENT KILL mid-load: {killed} connections killed; {} commands succeeded, {} failed",
         outcome.succeeded, outcome.failed
@@ -159,7 +142,7 @@ async fn client_kill_mid_load_reaches_no_command() {
     assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
     let status = pool.status();
     assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    assert_no_close_wait(server.port()).await;
+    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +184,7 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
     let cycles = 3;
     tokio::time::sleep(Duration::from_millis((CYCLE_MS * cycles) as u64 + 500)).await;
     let outcome = load.stop().await;
-    report("server idle timeout", &metrics);
+    metrics.report("server idle timeout");
     eprintln!(
         "server idle timeout: {} commands succeeded, {} failed",
         outcome.succeeded, outcome.failed
@@ -226,5 +209,5 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
     );
     let status = pool.status();
     assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    assert_no_close_wait(server.port()).await;
+    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
 }
