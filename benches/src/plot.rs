@@ -252,6 +252,14 @@ where
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
+    draw_legend(chart)
+}
+
+/// The legend of the series drawn so far, in the upper right corner.
+fn draw_legend<'a, Y>(chart: &mut Chart<'a, Y>) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    Y: Ranged<ValueType = f64>,
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -307,12 +315,7 @@ where
             }
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
+    draw_legend(chart)
 }
 
 /// Shades the spans `(from, to)` over the whole height.
