@@ -12,6 +12,11 @@
 //!
 //! Timings that are reported rather than compared with a limit (connect and checkout
 //! durations, the retry deadline) keep the precise clock.
+//!
+//! The checkout path also compares in the clock's own format, [`CoarseDuration`]: a
+//! span is one integer (seconds in 32.32 fixed point), so testing an idle time
+//! against a limit is a subtraction and a comparison. A `Duration` is converted in
+//! only when a limit is configured or learned, and out only to report.
 
 use std::time::Duration;
 
@@ -26,6 +31,7 @@ const LONGEST: Duration = Duration::from_secs(1 << 31);
 
 impl CoarseInstant {
     /// The time of the kernel's last tick.
+    #[inline]
     pub(crate) fn now() -> CoarseInstant {
         // Not `now()`: that also stores the reading in a process-wide atomic, a cache
         // line every worker thread would write on every checkout.
@@ -34,7 +40,20 @@ impl CoarseInstant {
 
     /// The time from `earlier` to `self`, or zero if `earlier` is later.
     pub(crate) fn saturating_duration_since(self, earlier: CoarseInstant) -> Duration {
-        (self.0 - earlier.0).into()
+        self.saturating_since(earlier).to_std()
+    }
+
+    /// The time from `earlier` to `self` in the clock's format, or zero if `earlier` is
+    /// later.
+    #[inline]
+    pub(crate) fn saturating_since(self, earlier: CoarseInstant) -> CoarseDuration {
+        CoarseDuration(self.0 - earlier.0)
+    }
+
+    /// The instant as one integer, for an atomic to hold.
+    #[inline]
+    pub(crate) fn ticks(self) -> u64 {
+        self.0.as_ticks()
     }
 
     /// The time since `self`.
@@ -51,6 +70,48 @@ impl CoarseInstant {
         self.0
             .checked_add(coarsetime::Duration::from(duration))
             .map(CoarseInstant)
+    }
+}
+
+/// A span of time in the coarse clock's format: 32.32 fixed-point seconds, to within
+/// a nanosecond. Ordered like the `Duration` it came from; spans beyond the format's
+/// 136 years saturate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) struct CoarseDuration(coarsetime::Duration);
+
+impl CoarseDuration {
+    /// No time at all.
+    pub(crate) const ZERO: CoarseDuration = CoarseDuration::from_std(Duration::ZERO);
+
+    /// `duration` in the clock's format; usable in constants.
+    pub(crate) const fn from_std(duration: Duration) -> CoarseDuration {
+        CoarseDuration(coarsetime::Duration::new(
+            duration.as_secs(),
+            duration.subsec_nanos(),
+        ))
+    }
+
+    /// The span as a `Duration`, for reports and for arithmetic.
+    pub(crate) fn to_std(self) -> Duration {
+        self.0.into()
+    }
+
+    /// The span as one integer, for an atomic to hold.
+    #[inline]
+    pub(crate) fn ticks(self) -> u64 {
+        self.0.as_ticks()
+    }
+
+    /// The span an atomic held (see [`CoarseDuration::ticks`]).
+    #[inline]
+    pub(crate) fn from_ticks(ticks: u64) -> CoarseDuration {
+        CoarseDuration(coarsetime::Duration::from_ticks(ticks))
+    }
+}
+
+impl From<Duration> for CoarseDuration {
+    fn from(duration: Duration) -> CoarseDuration {
+        CoarseDuration::from_std(duration)
     }
 }
 
@@ -101,6 +162,28 @@ mod tests {
             ),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn spans_compare_as_their_durations_do_and_saturate() {
+        let spans = [
+            Duration::ZERO,
+            Duration::from_nanos(3),
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(61),
+            Duration::from_secs(86_400 * 365),
+        ];
+        for pair in spans.windows(2) {
+            let (shorter, longer) = (CoarseDuration::from(pair[0]), CoarseDuration::from(pair[1]));
+            assert!(shorter < longer, "{:?} !< {:?}", pair[0], pair[1]);
+            assert_eq!(CoarseDuration::from_ticks(longer.ticks()), longer);
+            assert!(longer.to_std().abs_diff(pair[1]) < Duration::from_nanos(2));
+        }
+        const MINUTE: CoarseDuration = CoarseDuration::from_std(Duration::from_secs(60));
+        assert!(MINUTE < CoarseDuration::from(Duration::from_secs(61)));
+        assert_eq!(CoarseDuration::from(Duration::ZERO), CoarseDuration::ZERO);
+        assert!(CoarseDuration::from(Duration::MAX) > CoarseDuration::from(LONGEST));
     }
 
     #[test]

@@ -111,7 +111,16 @@ fn check_tokio(stream: &TcpStream) -> Liveness {
     // spent, `poll_peek` answers `Pending`, which would pass a dead socket as alive.
     // READABLE alone: its mask covers a FIN and an RST (read-closed); a combined
     // interest would match nothing here.
-    let result = stream.try_io(Interest::READABLE, || SockRef::from(stream).peek(&mut byte));
+    let mut peeked = false;
+    let result = stream.try_io(Interest::READABLE, || {
+        peeked = true;
+        SockRef::from(stream).peek(&mut byte)
+    });
+    // Nothing recorded, so no peek: the error is tokio's `WouldBlock`, and reading
+    // its kind back would cost more than the readiness check itself.
+    if !peeked {
+        return Liveness::Alive;
+    }
     from_peek(result)
 }
 

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cause::ResetCause;
-use crate::clock::CoarseInstant;
+use crate::clock::{CoarseDuration, CoarseInstant};
 use crate::metrics::Recorder;
 
 /// Closes found sooner than this after a connection's last use are upstream failures,
@@ -153,13 +153,12 @@ struct Evidence {
 #[derive(Debug)]
 pub(crate) struct IdleLimitLearner {
     evidence: Mutex<Evidence>,
-    /// The instant the atomics count nanoseconds from.
-    epoch: CoarseInstant,
-    /// The limit in force, in nanoseconds, or [`NEVER`].
+    /// The limit in force, in [`CoarseDuration`] ticks, or [`NEVER`]: every checkout
+    /// compares an idle time with it, in the clock's format.
     evict_after: AtomicU64,
     /// Healthy reuses idle at least this long (nanoseconds) are news.
     news_from: AtomicU64,
-    /// When (nanoseconds after `epoch`) the oldest bound expires, or [`NEVER`].
+    /// When the oldest bound expires, in [`CoarseInstant`] ticks, or [`NEVER`].
     expires: AtomicU64,
     configured: Option<Duration>,
     enforce: bool,
@@ -168,6 +167,11 @@ pub(crate) struct IdleLimitLearner {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NEVER - 1)
+}
+
+/// `d` in the clock's format; a span beyond its range saturates to [`NEVER`].
+fn ticks(d: Duration) -> u64 {
+    CoarseDuration::from(d).ticks()
 }
 
 impl IdleLimitLearner {
@@ -182,8 +186,7 @@ impl IdleLimitLearner {
     ) -> IdleLimitLearner {
         IdleLimitLearner {
             evidence: Mutex::new(Evidence::default()),
-            epoch: CoarseInstant::now(),
-            evict_after: AtomicU64::new(idle_timeout.map_or(NEVER, nanos)),
+            evict_after: AtomicU64::new(idle_timeout.map_or(NEVER, ticks)),
             news_from: AtomicU64::new(0),
             expires: AtomicU64::new(NEVER),
             configured: idle_timeout,
@@ -192,19 +195,30 @@ impl IdleLimitLearner {
         }
     }
 
-    fn since_epoch(&self, now: CoarseInstant) -> u64 {
-        nanos(now.saturating_duration_since(self.epoch))
-    }
-
     /// The idle time after which a connection is closed now.
-    pub(crate) fn evict_after(&self, now: CoarseInstant, recorder: &Recorder) -> Option<Duration> {
-        if self.since_epoch(now) >= self.expires.load(Ordering::Relaxed) {
-            self.update(now, recorder, |_| ());
+    ///
+    /// Inlined into every checkout: two atomic loads and a comparison, with the rare
+    /// refresh kept out of line.
+    #[inline]
+    pub(crate) fn evict_after(
+        &self,
+        now: CoarseInstant,
+        recorder: &Recorder,
+    ) -> Option<CoarseDuration> {
+        if now.ticks() >= self.expires.load(Ordering::Relaxed) {
+            self.forget_expired(now, recorder);
         }
         match self.evict_after.load(Ordering::Relaxed) {
             NEVER => None,
-            value => Some(Duration::from_nanos(value)),
+            value => Some(CoarseDuration::from_ticks(value)),
         }
+    }
+
+    /// Drops evidence that has expired, and republishes the limit.
+    #[cold]
+    #[inline(never)]
+    fn forget_expired(&self, now: CoarseInstant, recorder: &Recorder) {
+        self.update(now, recorder, |_| ());
     }
 
     /// The interval and the limit in force, forgetting expired evidence first.
@@ -216,7 +230,7 @@ impl IdleLimitLearner {
     pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant, recorder: &Recorder) {
         if idle < MIN_EVIDENCE_IDLE
             || (nanos(idle) < self.news_from.load(Ordering::Relaxed)
-                && self.since_epoch(now) < self.expires.load(Ordering::Relaxed))
+                && now.ticks() < self.expires.load(Ordering::Relaxed))
         {
             return;
         }
@@ -360,7 +374,7 @@ impl IdleLimitLearner {
             .map(|b| {
                 b.seen
                     .checked_add(FORGET_AFTER)
-                    .map_or(NEVER, |at| self.since_epoch(at))
+                    .map_or(NEVER, CoarseInstant::ticks)
             })
             .min()
             .unwrap_or(NEVER);
@@ -368,7 +382,7 @@ impl IdleLimitLearner {
             .lower
             .map_or(0, |lower| nanos(lower.mul_f64(REFRESH_SHARE)));
         self.evict_after
-            .store(limit.evict_after.map_or(NEVER, nanos), Ordering::Relaxed);
+            .store(limit.evict_after.map_or(NEVER, ticks), Ordering::Relaxed);
         self.news_from.store(news_from, Ordering::Relaxed);
         self.expires.store(expires, Ordering::Relaxed);
         recorder.idle_limit(&limit);
@@ -402,12 +416,12 @@ mod tests {
     fn idle_timeout_rules_until_a_close_after_idle_is_seen() {
         let (l, r) = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        assert_eq!(l.evict_after(t, &r), Some(45 * S));
+        assert_eq!(l.evict_after(t, &r), Some((45 * S).into()));
         // Reuses within a second of the last use say nothing about a middlebox.
         l.reused(ms(500), t, &r);
         assert_eq!(l.snapshot(t, &r).lower, None);
         l.reused(40 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some(45 * S));
+        assert_eq!(l.evict_after(t, &r), Some((45 * S).into()));
         assert_eq!(l.snapshot(t, &r).lower, Some(40 * S));
     }
 
@@ -440,7 +454,7 @@ mod tests {
         let t = CoarseInstant::now();
         l.reused(50 * S, t, &r);
         l.reset(ResetCause::PeerReset, 61 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some(10 * S));
+        assert_eq!(l.evict_after(t, &r), Some((10 * S).into()));
     }
 
     #[test]
@@ -459,7 +473,7 @@ mod tests {
         let t = CoarseInstant::now();
         assert_eq!(l.evict_after(t, &r), None);
         l.reset(ResetCause::PeerClosed, 4 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some(3 * S));
+        assert_eq!(l.evict_after(t, &r), Some((3 * S).into()));
     }
 
     #[test]
@@ -534,7 +548,7 @@ mod tests {
             l.reset(ResetCause::Refused, Duration::ZERO, t + S, &r),
             Reading::UpstreamFailure
         );
-        assert_eq!(l.evict_after(t + S, &r), Some(45 * S));
+        assert_eq!(l.evict_after(t + S, &r), Some((45 * S).into()));
     }
 
     #[test]

@@ -35,15 +35,16 @@ pub use self::idle_limit::IdleLimit;
 use self::idle_limit::{IdleLimitLearner, MIN_EVIDENCE_IDLE};
 use self::throttle::WarnThrottle;
 use crate::cause::{Phase, ResetCause};
-use crate::clock::CoarseInstant;
+use crate::clock::{CoarseDuration, CoarseInstant};
 use crate::metrics::Recorder;
 use crate::pool::Obituary;
 
 /// Whether a connection that sat idle this long before its checkout says anything
 /// about the path's idle limit when it comes back healthy. Shorter idle times say
 /// nothing the pool can use, so the return path skips them without a lock.
-pub(crate) fn teaches_idle_limit(idle: Duration) -> bool {
-    idle >= MIN_EVIDENCE_IDLE
+pub(crate) fn teaches_idle_limit(idle: CoarseDuration) -> bool {
+    const TEACHES_FROM: CoarseDuration = CoarseDuration::from_std(MIN_EVIDENCE_IDLE);
+    idle >= TEACHES_FROM
 }
 
 /// One pool's diagnosis: the idle-limit learner and the warning throttle.
@@ -71,7 +72,11 @@ impl Diagnosis {
 
     /// The idle time after which a connection is closed now: `idle_timeout`, or the
     /// learned limit when that is lower (and learning is on).
-    pub(crate) fn evict_after(&self, now: CoarseInstant, recorder: &Recorder) -> Option<Duration> {
+    pub(crate) fn evict_after(
+        &self,
+        now: CoarseInstant,
+        recorder: &Recorder,
+    ) -> Option<CoarseDuration> {
         self.learner.evict_after(now, recorder)
     }
 

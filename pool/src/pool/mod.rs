@@ -40,6 +40,9 @@ use crate::manager::Manager;
 
 type Inner<M> = deadpool::managed::Pool<Adapter<M>>;
 
+/// What one of deadpool's checkouts returns.
+type Checkout<M> = Result<Object<Adapter<M>>, PoolError<ConnectError<<M as Manager>::Error>>>;
+
 /// A pool of connections made by a [`Manager`]. Cheap to clone: clones share the pool.
 ///
 /// ```no_run
@@ -229,42 +232,56 @@ impl<M: Manager> Pool<M> {
     /// [`Error::ConnectTimeout`] when a needed new connection failed, with its cause;
     /// [`Error::Closed`] after [`Pool::close`].
     pub async fn get(&self) -> Result<Connection<M>, Error<M::Error>> {
-        let wait = self.core().config.wait_timeout;
         // First without queueing: deadpool takes a free permit or reports none, with no
         // waiter node and no timer. Most checkouts find an idle connection that passes
         // the free checks and finish on this first poll; they are recorded as taking
         // 0 s, well under a microsecond, below any histogram bucket.
-        //
-        // With every connection busy, the checkout yields once and tries again before
-        // it queues. A connection returned meanwhile is taken just as cheaply. And once
-        // waiters have queued, each returned connection goes to the oldest of them,
-        // which has to be scheduled before it can use it: a checkout that queued at
-        // once would always find none free and queue in turn, so the queue would
-        // never drain (measured: most checkouts queued, each paying for a timer, at
-        // 1.4x to 1.9x the cost; BENCHMARKS.md). A checkout that yields lets it drain.
-        let mut yielded = false;
-        let (result, took) = loop {
-            let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
-            match poll_once(attempt.as_mut()).await {
-                Some(Err(PoolError::Timeout(TimeoutType::Wait))) if !yielded => {
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                }
-                // Still busy: queue for one.
-                Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                    break timed(wait, self.inner().get()).await;
-                }
-                Some(result) => break (Ok(result), Duration::ZERO),
-                // A slot was free but its connection needs I/O: a ping, or a new connect.
-                None => break timed(wait, attempt).await,
+        let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
+        let (result, took) = match poll_once(attempt.as_mut()).await {
+            Some(Ok(object)) => {
+                self.core().recorder.checkout(Duration::ZERO);
+                return Ok(Connection::new(object));
             }
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => self.queue().await,
+            Some(Err(err)) => (Ok(Err(err)), Duration::ZERO),
+            // A slot was free but its connection needs I/O: a ping, or a new connect.
+            None => timed(self.core().config.wait_timeout, attempt).await,
         };
         self.core().recorder.checkout(took);
+        self.outcome(result)
+    }
+
+    /// The checkout of [`Pool::get`] that found every connection busy.
+    ///
+    /// It yields once and tries again before it queues. A connection returned
+    /// meanwhile is taken just as cheaply. And once waiters have queued, each returned
+    /// connection goes to the oldest of them, which has to be scheduled before it can
+    /// use it: a checkout that queued at once would always find none free and queue in
+    /// turn, so the queue would never drain (measured: most checkouts queued, each
+    /// paying for a timer, at 1.4x to 1.9x the cost; BENCHMARKS.md). A checkout that
+    /// yields lets it drain.
+    async fn queue(&self) -> (Result<Checkout<M>, Elapsed>, Duration) {
+        let wait = self.core().config.wait_timeout;
+        tokio::task::yield_now().await;
+        let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
+        match poll_once(attempt.as_mut()).await {
+            // Still busy: queue for one.
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+                timed(wait, self.inner().get()).await
+            }
+            Some(result) => (Ok(result), Duration::ZERO),
+            None => timed(wait, attempt).await,
+        }
+    }
+
+    /// What a checkout that did not finish at once comes to.
+    fn outcome(
+        &self,
+        result: Result<Checkout<M>, Elapsed>,
+    ) -> Result<Connection<M>, Error<M::Error>> {
+        let wait = self.core().config.wait_timeout;
         match result {
-            Ok(Ok(object)) => Ok(Connection {
-                object: Some(object),
-                broken: None,
-            }),
+            Ok(Ok(object)) => Ok(Connection::new(object)),
             Ok(Err(err)) => Err(match err {
                 PoolError::Backend(ConnectError::Failed(cause, source)) => {
                     Error::Connect { cause, source }
@@ -385,10 +402,15 @@ async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
 /// so it is discarded (and counted) instead of returned.
 pub struct Connection<M: Manager> {
     object: Option<Object<Adapter<M>>>,
-    broken: Option<ResetCause>,
 }
 
 impl<M: Manager> Connection<M> {
+    fn new(object: Object<Adapter<M>>) -> Connection<M> {
+        Connection {
+            object: Some(object),
+        }
+    }
+
     fn slot(&self) -> &slot::Slot<M::Connection> {
         match &self.object {
             Some(object) => object,
@@ -421,7 +443,7 @@ impl<M: Manager> Connection<M> {
     /// Marks the connection as broken: when dropped it is closed, not returned, and
     /// counted as a reset with `cause` in phase `in_use`.
     pub fn mark_broken(&mut self, cause: ResetCause) {
-        self.broken = Some(cause);
+        self.slot_mut().broken = Some(cause);
     }
 
     /// Whether this connection served an earlier checkout (it sat in the pool before).
@@ -438,7 +460,7 @@ impl<M: Manager> Connection<M> {
 
     /// Whether [`Connection::mark_broken`] was called.
     pub fn is_marked_broken(&self) -> bool {
-        self.broken.is_some()
+        self.slot().broken.is_some()
     }
 
     /// Takes the connection out of the pool for good; the pool opens another in its
@@ -470,38 +492,41 @@ impl<M: Manager> fmt::Debug for Connection<M> {
         f.debug_struct("Connection")
             .field("id", &self.id())
             .field("peer", &self.peer_addr())
-            .field("broken", &self.broken)
+            .field("broken", &self.slot().broken)
             .finish()
     }
 }
 
 impl<M: Manager> Drop for Connection<M> {
     fn drop(&mut self) {
-        let Some(mut object) = self.object.take() else {
+        // The object stays in its field on the common path, and goes back to the pool
+        // when the field drops after this: taking it out would move it once more.
+        let Some(object) = self.object.as_mut() else {
             return;
         };
         let now = CoarseInstant::now();
-        match self.broken {
-            Some(cause) => {
-                if let Some(pool) = Object::pool(&object) {
-                    // What the path did to it depends on how long it sat idle before
-                    // this checkout, not on how long the application held it.
-                    let dead = Obituary {
-                        idle: object.reused_after,
-                        ..object.obituary(now)
-                    };
-                    pool.manager().core.record_reset(cause, Phase::InUse, &dead);
-                }
-                drop(Object::take(object));
+        let Some(cause) = object.broken else {
+            if diagnosis::teaches_idle_limit(object.reused_after)
+                && let Some(pool) = Object::pool(object)
+            {
+                pool.manager()
+                    .core
+                    .record_reuse(object.reused_after.to_std());
             }
-            None => {
-                if diagnosis::teaches_idle_limit(object.reused_after)
-                    && let Some(pool) = Object::pool(&object)
-                {
-                    pool.manager().core.record_reuse(object.reused_after);
-                }
-                object.idle_since = now;
-            }
+            object.idle_since = now;
+            return;
+        };
+        if let Some(pool) = Object::pool(object) {
+            // What the path did to it depends on how long it sat idle before this
+            // checkout, not on how long the application held it.
+            let dead = Obituary {
+                idle: object.reused_after.to_std(),
+                ..object.obituary(now)
+            };
+            pool.manager().core.record_reset(cause, Phase::InUse, &dead);
+        }
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
         }
     }
 }
