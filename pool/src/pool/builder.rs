@@ -142,7 +142,7 @@ impl<M: Manager> PoolBuilder<M> {
     /// ones get only the free probe. Default 500 ms (HikariCP's bypass window). Catches
     /// flows dropped silently, at ~20 µs per checkout after an idle spell.
     pub fn check_after(mut self, idle: Duration) -> Self {
-        self.config.check_after = idle;
+        self.config.check_after = idle.into();
         self
     }
 

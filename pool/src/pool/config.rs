@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::breaker::GateConfig;
+use crate::clock::CoarseDuration;
 use crate::dial::{Dialer, Keepalive};
 use crate::retry::{PolicyError, RetryPolicy};
 
@@ -39,7 +40,8 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) max_lifetime_jitter: Option<Duration>,
-    pub(crate) check_after: Duration,
+    /// In the clock's format: every checkout compares an idle time with it.
+    pub(crate) check_after: CoarseDuration,
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) user_timeout: UserTimeout,
     pub(crate) nodelay: bool,
@@ -70,7 +72,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(45)),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             max_lifetime_jitter: None,
-            check_after: Duration::from_millis(500),
+            check_after: CoarseDuration::from_std(Duration::from_millis(500)),
             keepalive: Some(Keepalive::default()),
             user_timeout: UserTimeout::FollowKeepalive,
             nodelay: true,

@@ -87,8 +87,6 @@ pub(crate) struct Core {
     pub(crate) diagnosis: Diagnosis,
     pub(crate) gate: Gate,
     pub(crate) retry: RetryState,
-    /// `config.check_after` in the clock's format, which every checkout compares with.
-    pub(crate) check_after: CoarseDuration,
     next_id: AtomicU64,
 }
 
@@ -107,7 +105,6 @@ impl Core {
             diagnosis,
             gate: Gate::new(config.gate(), &config.name),
             retry: RetryState::new(&config.retry),
-            check_after: config.check_after.into(),
             config,
             next_id: AtomicU64::new(1),
         }
@@ -302,7 +299,7 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
         if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
             verdict = Verdict::Reset(ResetCause::Other);
         }
-        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.check_after {
+        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
             // A round trip (~20 µs and up): on the heap too, for the same reason.
             verdict = Box::pin(self.ping(slot)).await;
         }
