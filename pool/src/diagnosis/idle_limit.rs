@@ -156,17 +156,13 @@ pub(crate) struct IdleLimitLearner {
     /// The limit in force, in [`CoarseDuration`] ticks, or [`NEVER`]: every checkout
     /// compares an idle time with it, in the clock's format.
     evict_after: AtomicU64,
-    /// Healthy reuses idle at least this long (nanoseconds) are news.
+    /// Healthy reuses idle at least this long ([`CoarseDuration`] ticks) are news.
     news_from: AtomicU64,
     /// When the oldest bound expires, in [`CoarseInstant`] ticks, or [`NEVER`].
     expires: AtomicU64,
     configured: Option<Duration>,
     enforce: bool,
     failure_window: Duration,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(NEVER - 1)
 }
 
 /// `d` in the clock's format; a span beyond its range saturates to [`NEVER`].
@@ -229,7 +225,7 @@ impl IdleLimitLearner {
     /// A connection reused after sitting idle for `idle` came back healthy.
     pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant, recorder: &Recorder) {
         if idle < MIN_EVIDENCE_IDLE
-            || (nanos(idle) < self.news_from.load(Ordering::Relaxed)
+            || (ticks(idle) < self.news_from.load(Ordering::Relaxed)
                 && now.ticks() < self.expires.load(Ordering::Relaxed))
         {
             return;
@@ -380,7 +376,7 @@ impl IdleLimitLearner {
             .unwrap_or(NEVER);
         let news_from = limit
             .lower
-            .map_or(0, |lower| nanos(lower.mul_f64(REFRESH_SHARE)));
+            .map_or(0, |lower| ticks(lower.mul_f64(REFRESH_SHARE)));
         self.evict_after
             .store(limit.evict_after.map_or(NEVER, ticks), Ordering::Relaxed);
         self.news_from.store(news_from, Ordering::Relaxed);
