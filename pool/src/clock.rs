@@ -76,7 +76,7 @@ impl CoarseInstant {
 /// A span of time in the coarse clock's format: 32.32 fixed-point seconds, to within
 /// a nanosecond. Ordered like the `Duration` it came from; spans beyond the format's
 /// 136 years saturate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct CoarseDuration(coarsetime::Duration);
 
 impl CoarseDuration {

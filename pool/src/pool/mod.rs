@@ -411,11 +411,15 @@ impl<M: Manager> Connection<M> {
         }
     }
 
-    fn slot(&self) -> &slot::Slot<M::Connection> {
+    fn object(&self) -> &Object<Adapter<M>> {
         match &self.object {
             Some(object) => object,
             None => unreachable!("a Connection holds its object until dropped"),
         }
+    }
+
+    fn slot(&self) -> &slot::Slot<M::Connection> {
+        self.object()
     }
 
     fn slot_mut(&mut self) -> &mut slot::Slot<M::Connection> {
@@ -448,14 +452,7 @@ impl<M: Manager> Connection<M> {
 
     /// Whether this connection served an earlier checkout (it sat in the pool before).
     pub(crate) fn is_reused(&self) -> bool {
-        Object::metrics(self.slot_object()).recycle_count > 0
-    }
-
-    fn slot_object(&self) -> &Object<Adapter<M>> {
-        match &self.object {
-            Some(object) => object,
-            None => unreachable!("a Connection holds its object until dropped"),
-        }
+        Object::metrics(self.object()).recycle_count > 0
     }
 
     /// Whether [`Connection::mark_broken`] was called.
