@@ -179,17 +179,31 @@ pub enum Eviction {
     MaxLifetime,
     /// The pool was resized below its current size.
     Resize,
-    /// The pool was closed.
+    /// The pool was closed (or dropped).
     Closed,
+    /// A future that held the connection was dropped half-way: a cancelled `run`, a
+    /// checkout cancelled during its ping, a panic in an operation, or an
+    /// [`Exchange`](crate::Exchange) left open. The connection may hold half a
+    /// request or an unread reply, so it is never reused.
+    Cancelled,
+    /// A `run` attempt was cut by the retry deadline; its connection may hold a reply
+    /// still in flight.
+    Deadline,
+    /// The application took the connection out of the pool
+    /// ([`Connection::detach`](crate::Connection::detach)).
+    Detached,
 }
 
 impl Eviction {
     /// Every reason, in a fixed order.
-    pub const ALL: [Eviction; 4] = [
+    pub const ALL: [Eviction; 7] = [
         Eviction::IdleExpired,
         Eviction::MaxLifetime,
         Eviction::Resize,
         Eviction::Closed,
+        Eviction::Cancelled,
+        Eviction::Deadline,
+        Eviction::Detached,
     ];
 
     /// The metric label value.
@@ -199,6 +213,9 @@ impl Eviction {
             Eviction::MaxLifetime => "max_lifetime",
             Eviction::Resize => "resize",
             Eviction::Closed => "closed",
+            Eviction::Cancelled => "cancelled",
+            Eviction::Deadline => "deadline",
+            Eviction::Detached => "detached",
         }
     }
 }

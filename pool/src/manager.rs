@@ -3,7 +3,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 
-use crate::cause::Classify;
+use crate::cause::{Classify, ResetCause};
 use crate::dial::{DialError, Dialer};
 use crate::probe::SocketRef;
 
@@ -72,7 +72,7 @@ pub trait Manager: Send + Sync + 'static {
     /// connection is idle (free to probe), or [`SocketRef::Raw`] for a duplicate of a
     /// socket a driver's background task owns. `None` (the default) means the pool
     /// cannot see the socket: dead connections are then found by
-    /// [`Manager::is_broken`], the ping, or the application's first error.
+    /// [`Manager::broken`], the ping, or the application's first error.
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
         let _ = conn;
         None
@@ -89,10 +89,34 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// A cheap local check, without I/O, that the connection is known to be unusable
-    /// (for example a driver's `is_closed()`). The default says it is fine.
-    fn is_broken(&self, conn: &mut Self::Connection) -> bool {
+    /// Where this manager's connections go (`"db.internal:5432"`), if it can say: the
+    /// default pool name when [`PoolBuilder::name`](crate::PoolBuilder::name) was not
+    /// set, so that two unnamed pools do not share their metric series. The default
+    /// says nothing, and the pool is then named `pool`.
+    fn target(&self) -> Option<String> {
+        None
+    }
+
+    /// Why the connection is known to be unusable, if it is: a cheap local check, no
+    /// I/O. Run at checkout, when a connection returns, and by the reaper.
+    fn broken(&self, conn: &Self::Connection) -> Option<Broken> {
         let _ = conn;
-        false
+        None
+    }
+}
+
+/// Why a manager knows a connection is unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The reset cause.
+    pub cause: ResetCause,
+    /// What the server or the driver said.
+    pub detail: Option<String>,
+}
+
+impl Broken {
+    /// A connection broken by `cause`.
+    pub fn new(cause: ResetCause) -> Broken {
+        Broken { cause, detail: None }
     }
 }

@@ -1,12 +1,20 @@
 //! Every metric steadypool records: names, units, descriptions and the recording calls.
 //!
 //! Metrics go through the [`metrics`](https://docs.rs/metrics) facade: install any
-//! recorder (for example `metrics-exporter-prometheus`) **before building a pool**, since
-//! a pool binds its metric handles once when it is built, which keeps recording off the
-//! checkout path's lookups. Every series carries the label `pool` (the pool's
-//! [`name`](crate::PoolBuilder::name)); other label values come from fixed sets
-//! ([`ResetCause`], [`Phase`], [`Eviction`], [`RetryOutcome`]), never from errno values,
-//! addresses or messages.
+//! recorder (for example `metrics-exporter-prometheus`). A pool binds its metric
+//! handles once, when it is built, which keeps recording off the checkout path's
+//! lookups; a global recorder installed **after** `build()` is picked up on the
+//! reaper's next tick (within `reaper_interval`), so the order does not matter. A
+//! pool built inside [`metrics::with_local_recorder`] keeps that recorder. Every
+//! series carries the label `pool` (the pool's [`name`](crate::PoolBuilder::name));
+//! other label values come from fixed sets ([`ResetCause`], [`Phase`], [`Eviction`],
+//! [`RetryOutcome`], [`CheckoutFailure`]), never from errno values, addresses or
+//! messages.
+//!
+//! **Histograms need buckets in the exporter.** `metrics` hands the exporter raw
+//! samples; `metrics-exporter-prometheus` renders a histogram as a summary unless
+//! buckets are set (`PrometheusBuilder::set_buckets_for_metric`): the seconds
+//! histograms below want buckets from about 100 µs to 10 s.
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -15,7 +23,8 @@
 //! | `steadypool_retries_total` | counter | `cause`, `outcome` | operations that hit a broken connection, and what became of them |
 //! | `steadypool_connects_total` | counter | `outcome` | connect attempts: `ok` or the failure's cause |
 //! | `steadypool_connect_duration_seconds` | histogram | | time to open a connection, handshake included |
-//! | `steadypool_checkout_wait_seconds` | histogram | | time `get()` took |
+//! | `steadypool_checkout_wait_seconds` | histogram | | time `get()` took; checkouts that found a connection at once are recorded as 0 s on the reaper's tick |
+//! | `steadypool_checkout_errors_total` | counter | `error` | checkouts that failed, as the caller saw them: `timeout`, `closed`, `connect_failed`, `connect_timeout`, `circuit_open` |
 //! | `steadypool_connections` | gauge | `state` (`idle`, `in_use`) | pooled connections |
 //! | `steadypool_waiters` | gauge | | tasks waiting in `get()` |
 //! | `steadypool_circuit_state` | gauge | | connect circuit: 0 closed, 1 half-open, 2 open |
@@ -28,9 +37,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use metrics::{
-    Counter, Gauge, Histogram, SharedString, Unit, counter, describe_counter, describe_gauge,
-    describe_histogram, gauge, histogram,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, Label, Level, Metadata,
+    SharedString, Unit, describe_counter, describe_gauge, describe_histogram,
 };
 
 use crate::cause::{Eviction, Phase, ResetCause};
@@ -48,6 +59,8 @@ pub const CONNECTS: &str = "steadypool_connects_total";
 pub const CONNECT_DURATION: &str = "steadypool_connect_duration_seconds";
 /// Time `get()` took.
 pub const CHECKOUT_WAIT: &str = "steadypool_checkout_wait_seconds";
+/// Checkouts that failed, by `error`.
+pub const CHECKOUT_ERRORS: &str = "steadypool_checkout_errors_total";
 /// Pooled connections, by `state`.
 pub const CONNECTIONS: &str = "steadypool_connections";
 /// Tasks waiting for a connection.
@@ -95,6 +108,44 @@ impl RetryOutcome {
     }
 }
 
+/// Why a checkout failed, as the caller saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CheckoutFailure {
+    /// No connection within `wait_timeout`.
+    Timeout,
+    /// The pool was closed.
+    Closed,
+    /// A new connection was needed and could not be opened.
+    ConnectFailed,
+    /// A new connection was needed and was not ready within `connect_timeout`.
+    ConnectTimeout,
+    /// A new connection was needed and the connect circuit was open.
+    CircuitOpen,
+}
+
+impl CheckoutFailure {
+    /// Every failure, in a fixed order.
+    pub const ALL: [CheckoutFailure; 5] = [
+        CheckoutFailure::Timeout,
+        CheckoutFailure::Closed,
+        CheckoutFailure::ConnectFailed,
+        CheckoutFailure::ConnectTimeout,
+        CheckoutFailure::CircuitOpen,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CheckoutFailure::Timeout => "timeout",
+            CheckoutFailure::Closed => "closed",
+            CheckoutFailure::ConnectFailed => "connect_failed",
+            CheckoutFailure::ConnectTimeout => "connect_timeout",
+            CheckoutFailure::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
 fn describe() {
     describe_counter!(
         RESETS,
@@ -126,6 +177,11 @@ fn describe() {
         Unit::Seconds,
         "Time a checkout (get) took, probe and ping included."
     );
+    describe_counter!(
+        CHECKOUT_ERRORS,
+        Unit::Count,
+        "Checkouts that failed, by what the caller got."
+    );
     describe_gauge!(CONNECTIONS, Unit::Count, "Pooled connections by state.");
     describe_gauge!(WAITERS, Unit::Count, "Tasks waiting for a connection.");
     describe_gauge!(
@@ -152,11 +208,19 @@ fn describe() {
 /// A pool's metric handles, bound once when the pool is built.
 #[derive(Debug)]
 pub(crate) struct Recorder {
+    handles: Handles,
+    follow: Option<Follow>,
+}
+
+/// The handles themselves.
+#[derive(Debug)]
+struct Handles {
     resets: Vec<Counter>,
     evictions: Vec<Counter>,
     retries: Vec<Counter>,
     connects_ok: Counter,
     connects_failed: Vec<Counter>,
+    checkout_errors: Vec<Counter>,
     connect_duration: Histogram,
     checkout_wait: Histogram,
     idle: Gauge,
@@ -168,52 +232,238 @@ pub(crate) struct Recorder {
     idle_evict_after: Gauge,
 }
 
-impl Recorder {
-    pub(crate) fn new(pool: &str) -> Recorder {
+/// Registers the handles with whatever recorder is in force, or through relays.
+trait Bind {
+    fn counter(&mut self, key: Key) -> Counter;
+    fn gauge(&mut self, key: Key) -> Gauge;
+    fn histogram(&mut self, key: Key) -> Histogram;
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+/// Binds straight to the recorder in force.
+struct Direct;
+
+impl Bind for Direct {
+    fn counter(&mut self, key: Key) -> Counter {
+        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+    }
+
+    fn gauge(&mut self, key: Key) -> Gauge {
+        metrics::with_recorder(|r| r.register_gauge(&key, &METADATA))
+    }
+
+    fn histogram(&mut self, key: Key) -> Histogram {
+        metrics::with_recorder(|r| r.register_histogram(&key, &METADATA))
+    }
+}
+
+/// Binds through relays that can switch, once, to a global recorder installed later.
+#[derive(Debug, Default)]
+struct Follow {
+    /// The recorder the handles were bound to at build.
+    bound_to: usize,
+    relays: Vec<(Key, Relay)>,
+    switched: std::sync::OnceLock<()>,
+}
+
+#[derive(Debug)]
+enum Relay {
+    Counter(Arc<Relayed<Counter>>),
+    Gauge(Arc<Relayed<Gauge>>),
+    Histogram(Arc<Relayed<Histogram>>),
+}
+
+/// A handle that records to the recorder in force at build, until the pool switches
+/// it to a global recorder installed after.
+#[derive(Debug)]
+struct Relayed<H> {
+    first: H,
+    later: std::sync::OnceLock<H>,
+}
+
+impl<H> Relayed<H> {
+    fn new(first: H) -> Arc<Relayed<H>> {
+        Arc::new(Relayed {
+            first,
+            later: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn current(&self) -> &H {
+        self.later.get().unwrap_or(&self.first)
+    }
+}
+
+impl CounterFn for Relayed<Counter> {
+    fn increment(&self, value: u64) {
+        self.current().increment(value);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.current().absolute(value);
+    }
+}
+
+impl GaugeFn for Relayed<Gauge> {
+    fn increment(&self, value: f64) {
+        self.current().increment(value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.current().decrement(value);
+    }
+
+    fn set(&self, value: f64) {
+        self.current().set(value);
+    }
+}
+
+impl HistogramFn for Relayed<Histogram> {
+    fn record(&self, value: f64) {
+        self.current().record(value);
+    }
+
+    fn record_many(&self, value: f64, count: usize) {
+        self.current().record_many(value, count);
+    }
+}
+
+impl Bind for Follow {
+    fn counter(&mut self, key: Key) -> Counter {
+        let relay = Relayed::new(Direct.counter(key.clone()));
+        self.relays.push((key, Relay::Counter(Arc::clone(&relay))));
+        Counter::from_arc(relay)
+    }
+
+    fn gauge(&mut self, key: Key) -> Gauge {
+        let relay = Relayed::new(Direct.gauge(key.clone()));
+        self.relays.push((key, Relay::Gauge(Arc::clone(&relay))));
+        Gauge::from_arc(relay)
+    }
+
+    fn histogram(&mut self, key: Key) -> Histogram {
+        let relay = Relayed::new(Direct.histogram(key.clone()));
+        self.relays.push((key, Relay::Histogram(Arc::clone(&relay))));
+        Histogram::from_arc(relay)
+    }
+}
+
+/// Which recorder `metrics` would record to here: its address.
+fn recorder_in_force() -> usize {
+    metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+}
+
+fn key(name: &'static str, pool: &SharedString, labels: &[(&'static str, &'static str)]) -> Key {
+    let mut all = vec![Label::new("pool", pool.clone())];
+    all.extend(labels.iter().map(|&(k, v)| Label::new(k, v)));
+    Key::from_parts(name, all)
+}
+
+impl Handles {
+    fn bind(pool: &str, bind: &mut dyn Bind) -> Handles {
         describe();
         let pool = SharedString::from(pool.to_owned());
-        let resets = ResetCause::ALL
-            .iter()
-            .flat_map(|cause| {
-                let pool = pool.clone();
-                Phase::ALL.iter().map(move |phase| {
-                    counter!(RESETS, "pool" => pool.clone(), "cause" => cause.as_str(), "phase" => phase.as_str())
-                })
-            })
-            .collect();
+        let mut resets = Vec::new();
+        let mut retries = Vec::new();
+        let mut connects_failed = Vec::new();
+        for cause in ResetCause::ALL {
+            for phase in Phase::ALL {
+                resets.push(bind.counter(key(
+                    RESETS,
+                    &pool,
+                    &[("cause", cause.as_str()), ("phase", phase.as_str())],
+                )));
+            }
+            for outcome in RetryOutcome::ALL {
+                retries.push(bind.counter(key(
+                    RETRIES,
+                    &pool,
+                    &[("cause", cause.as_str()), ("outcome", outcome.as_str())],
+                )));
+            }
+            connects_failed.push(bind.counter(key(CONNECTS, &pool, &[("outcome", cause.as_str())])));
+        }
         let evictions = Eviction::ALL
             .iter()
-            .map(|reason| counter!(EVICTIONS, "pool" => pool.clone(), "reason" => reason.as_str()))
+            .map(|reason| bind.counter(key(EVICTIONS, &pool, &[("reason", reason.as_str())])))
             .collect();
-        let retries = ResetCause::ALL
+        let checkout_errors = CheckoutFailure::ALL
             .iter()
-            .flat_map(|cause| {
-                let pool = pool.clone();
-                RetryOutcome::ALL.iter().map(move |outcome| {
-                    counter!(RETRIES, "pool" => pool.clone(), "cause" => cause.as_str(), "outcome" => outcome.as_str())
-                })
-            })
+            .map(|error| bind.counter(key(CHECKOUT_ERRORS, &pool, &[("error", error.as_str())])))
             .collect();
-        let connects_failed = ResetCause::ALL
-            .iter()
-            .map(|cause| counter!(CONNECTS, "pool" => pool.clone(), "outcome" => cause.as_str()))
-            .collect();
-        Recorder {
+        Handles {
             resets,
             evictions,
             retries,
-            connects_ok: counter!(CONNECTS, "pool" => pool.clone(), "outcome" => "ok"),
+            connects_ok: bind.counter(key(CONNECTS, &pool, &[("outcome", "ok")])),
             connects_failed,
-            connect_duration: histogram!(CONNECT_DURATION, "pool" => pool.clone()),
-            checkout_wait: histogram!(CHECKOUT_WAIT, "pool" => pool.clone()),
-            idle: gauge!(CONNECTIONS, "pool" => pool.clone(), "state" => "idle"),
-            in_use: gauge!(CONNECTIONS, "pool" => pool.clone(), "state" => "in_use"),
-            waiters: gauge!(WAITERS, "pool" => pool.clone()),
-            circuit_state: gauge!(CIRCUIT_STATE, "pool" => pool.clone()),
-            idle_limit_lower: gauge!(IDLE_LIMIT_LOWER, "pool" => pool.clone()),
-            idle_limit_upper: gauge!(IDLE_LIMIT_UPPER, "pool" => pool.clone()),
-            idle_evict_after: gauge!(IDLE_EVICT_AFTER, "pool" => pool),
+            checkout_errors,
+            connect_duration: bind.histogram(key(CONNECT_DURATION, &pool, &[])),
+            checkout_wait: bind.histogram(key(CHECKOUT_WAIT, &pool, &[])),
+            idle: bind.gauge(key(CONNECTIONS, &pool, &[("state", "idle")])),
+            in_use: bind.gauge(key(CONNECTIONS, &pool, &[("state", "in_use")])),
+            waiters: bind.gauge(key(WAITERS, &pool, &[])),
+            circuit_state: bind.gauge(key(CIRCUIT_STATE, &pool, &[])),
+            idle_limit_lower: bind.gauge(key(IDLE_LIMIT_LOWER, &pool, &[])),
+            idle_limit_upper: bind.gauge(key(IDLE_LIMIT_UPPER, &pool, &[])),
+            idle_evict_after: bind.gauge(key(IDLE_EVICT_AFTER, &pool, &[])),
         }
+    }
+}
+
+impl Recorder {
+    pub(crate) fn new(pool: &str) -> Recorder {
+        // A recorder set for this thread only (`with_local_recorder`, as tests do) is
+        // the caller's choice: bind to it for good. Otherwise bind through relays, so
+        // that a global recorder installed after `build()` still gets every series.
+        // Only another thread can tell the two apart.
+        let here = recorder_in_force();
+        let global = std::thread::scope(|s| s.spawn(recorder_in_force).join()).unwrap_or(here);
+        if here != global {
+            return Recorder {
+                handles: Handles::bind(pool, &mut Direct),
+                follow: None,
+            };
+        }
+        let mut follow = Follow {
+            bound_to: here,
+            ..Follow::default()
+        };
+        let handles = Handles::bind(pool, &mut follow);
+        Recorder {
+            handles,
+            follow: Some(follow),
+        }
+    }
+
+    /// Switches the handles to a global recorder installed since the pool was built;
+    /// returns whether it did (the caller then republishes its gauges). Called on
+    /// every reaper tick; after the switch, or for a pool bound to a local recorder,
+    /// it costs one load.
+    pub(crate) fn follow_global_recorder(&self) -> bool {
+        let Some(follow) = &self.follow else {
+            return false;
+        };
+        if follow.switched.get().is_some() || recorder_in_force() == follow.bound_to {
+            return false;
+        }
+        describe();
+        metrics::with_recorder(|r| {
+            for (key, relay) in &follow.relays {
+                // Each relay is set once; `switched` below keeps this from running twice.
+                let _ = match relay {
+                    Relay::Counter(c) => c.later.set(r.register_counter(key, &METADATA)).is_ok(),
+                    Relay::Gauge(g) => g.later.set(r.register_gauge(key, &METADATA)).is_ok(),
+                    Relay::Histogram(h) => h.later.set(r.register_histogram(key, &METADATA)).is_ok(),
+                };
+            }
+        });
+        let _ = follow.switched.set(());
+        tracing::info!(
+            "a metrics recorder was installed after this pool was built; its metrics go there from now on"
+        );
+        true
     }
 
     fn cause_index(cause: ResetCause) -> usize {
@@ -225,12 +475,12 @@ impl Recorder {
 
     pub(crate) fn reset(&self, cause: ResetCause, phase: Phase) {
         let phase_index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
-        self.resets[Self::cause_index(cause) * Phase::ALL.len() + phase_index].increment(1);
+        self.handles.resets[Self::cause_index(cause) * Phase::ALL.len() + phase_index].increment(1);
     }
 
     pub(crate) fn eviction(&self, reason: Eviction, count: u64) {
         let index = Eviction::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.evictions[index].increment(count);
+        self.handles.evictions[index].increment(count);
     }
 
     pub(crate) fn retry(&self, cause: ResetCause, outcome: RetryOutcome) {
@@ -238,38 +488,55 @@ impl Recorder {
             .iter()
             .position(|o| *o == outcome)
             .unwrap_or(0);
-        self.retries[Self::cause_index(cause) * RetryOutcome::ALL.len() + outcome_index]
+        self.handles.retries[Self::cause_index(cause) * RetryOutcome::ALL.len() + outcome_index]
             .increment(1);
     }
 
     pub(crate) fn connect(&self, result: Result<(), ResetCause>, took: Duration) {
         match result {
-            Ok(()) => self.connects_ok.increment(1),
-            Err(cause) => self.connects_failed[Self::cause_index(cause)].increment(1),
+            Ok(()) => self.handles.connects_ok.increment(1),
+            Err(cause) => self.handles.connects_failed[Self::cause_index(cause)].increment(1),
         }
-        self.connect_duration.record(took.as_secs_f64());
+        self.handles.connect_duration.record(took.as_secs_f64());
     }
 
     pub(crate) fn checkout(&self, took: Duration) {
-        self.checkout_wait.record(took.as_secs_f64());
+        self.handles.checkout_wait.record(took.as_secs_f64());
+    }
+
+    /// Checkouts that found a connection at once, counted on the checkout path and
+    /// recorded here in one call.
+    pub(crate) fn immediate_checkouts(&self, count: u64) {
+        if count > 0 {
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            self.handles.checkout_wait.record_many(0.0, count);
+        }
+    }
+
+    pub(crate) fn checkout_failed(&self, failure: CheckoutFailure) {
+        let index = CheckoutFailure::ALL
+            .iter()
+            .position(|f| *f == failure)
+            .unwrap_or(0);
+        self.handles.checkout_errors[index].increment(1);
     }
 
     pub(crate) fn occupancy(&self, idle: usize, in_use: usize, waiters: usize) {
-        self.idle.set(idle as f64);
-        self.in_use.set(in_use as f64);
-        self.waiters.set(waiters as f64);
+        self.handles.idle.set(idle as f64);
+        self.handles.in_use.set(in_use as f64);
+        self.handles.waiters.set(waiters as f64);
     }
 
     pub(crate) fn circuit_state(&self, state: f64) {
-        self.circuit_state.set(state);
+        self.handles.circuit_state.set(state);
     }
 
     pub(crate) fn idle_limit(&self, limit: &IdleLimit) {
-        self.idle_limit_lower
+        self.handles.idle_limit_lower
             .set(limit.lower.map_or(0.0, |lower| lower.as_secs_f64()));
-        self.idle_limit_upper
+        self.handles.idle_limit_upper
             .set(limit.upper.map_or(f64::NAN, |upper| upper.as_secs_f64()));
-        self.idle_evict_after.set(
+        self.handles.idle_evict_after.set(
             limit
                 .evict_after
                 .map_or(f64::INFINITY, |after| after.as_secs_f64()),
@@ -298,6 +565,7 @@ mod tests {
             CONNECTS,
             CONNECT_DURATION,
             CHECKOUT_WAIT,
+            CHECKOUT_ERRORS,
             CONNECTIONS,
             WAITERS,
             CIRCUIT_STATE,

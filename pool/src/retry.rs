@@ -92,7 +92,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::cause::{Classify, Disposition, Eviction, ResetCause, Sent};
 use crate::manager::Manager;
 use crate::metrics::RetryOutcome;
 use crate::pool::{Connection, Error, Pool};
@@ -591,6 +591,8 @@ impl RetryState {
 /// the connection may hold half a request or half a reply.
 struct Lent<M: Manager> {
     conn: Option<Connection<M>>,
+    /// How the discard is counted if the operation does not finish.
+    unfinished: Eviction,
 }
 
 impl<M: Manager> Lent<M> {
@@ -617,7 +619,7 @@ impl<M: Manager> Drop for Lent<M> {
                 "operation did not finish (it panicked, was cancelled or hit the deadline); \
                  its connection is discarded",
             );
-            drop(conn.detach());
+            conn.discard(self.unfinished);
         }
     }
 }
@@ -787,10 +789,16 @@ impl<M: Manager> Pool<M> {
             };
             span.record("conn", conn.id());
             let reused = conn.is_reused();
-            let mut lent = Lent { conn: Some(conn) };
+            let mut lent = Lent {
+                conn: Some(conn),
+                unfinished: Eviction::Cancelled,
+            };
             let result = match tokio::time::timeout_at(deadline, op(lent.get())).await {
                 Ok(result) => result,
-                Err(_) => return Err(gave_up_at_deadline(last)),
+                Err(_) => {
+                    lent.unfinished = Eviction::Deadline;
+                    return Err(gave_up_at_deadline(last));
+                }
             };
             let mut conn = lent.give_back();
             let err = match result {

@@ -87,6 +87,11 @@ pub(crate) fn hint(
 
 fn after_idle(cause: ResetCause, idle: Duration, limit: &IdleLimit, enforcing: bool) -> String {
     let range = match (limit.lower, limit.upper) {
+        // Two bounds that read the same at this precision would say "between 1.5 s
+        // and 1.5 s".
+        (Some(lower), Some(upper)) if human(lower) == human(upper) => {
+            format!("at about {}", human(upper))
+        }
         (Some(lower), Some(upper)) => format!("between {} and {}", human(lower), human(upper)),
         (None, Some(upper)) => format!("after at most {}", human(upper)),
         (_, None) => format!("after at most {}", human(idle)),
@@ -158,6 +163,25 @@ mod tests {
         );
         assert!(text.contains("set idle_timeout below 45 s"), "{text}");
         assert!(!text.contains("meanwhile"), "{text}");
+    }
+
+    #[test]
+    fn bounds_that_read_alike_are_not_given_as_an_interval() {
+        let limit = IdleLimit {
+            lower: Some(Duration::from_millis(1_460)),
+            upper: Some(Duration::from_millis(1_540)),
+            evict_after: Some(Duration::from_millis(1_400)),
+        };
+        let text = hint(
+            ResetCause::PeerReset,
+            Phase::Checkout,
+            Duration::from_millis(1_540),
+            Reading::AfterIdle,
+            &limit,
+            false,
+        );
+        assert!(!text.contains("between 1.5 s and 1.5 s"), "{text}");
+        assert!(text.contains("closes idle connections at about 1.5 s"), "{text}");
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Diagnosis {
     }
 
     /// A connection was lost with `cause` in `phase`; `lost.idle` is how long it sat
-    /// idle (for a connection lost in use: before that checkout).
+    /// idle (for a connection lost in use: before that checkout). `detail` is what
+    /// the manager or the server said, when known. The loss is counted when the
+    /// connection's slot drops (see `pool::slot`), not here.
     pub(crate) fn reset(
         &self,
         pool: &str,
@@ -99,9 +101,9 @@ impl Diagnosis {
         cause: ResetCause,
         phase: Phase,
         lost: &Obituary,
+        detail: Option<&str>,
     ) {
         let now = CoarseInstant::now();
-        recorder.reset(cause, phase);
         let reading = self.learner.reset(cause, lost.idle, now, recorder);
         let Some(suppressed) = self.throttle.admit(cause, phase, now) else {
             return;
@@ -113,9 +115,10 @@ impl Diagnosis {
             conn = lost.id,
             cause = cause.as_str(),
             phase = phase.as_str(),
-            idle_secs = lost.idle.as_secs_f64(),
-            age_secs = lost.age.as_secs_f64(),
+            idle_secs = secs(lost.idle),
+            age_secs = secs(lost.age),
             peer = %Peer(lost.peer),
+            detail = detail.unwrap_or("none"),
             suppressed,
             hint = %hint,
             "connection reset",
@@ -155,6 +158,12 @@ impl Diagnosis {
             "connect failed",
         );
     }
+}
+
+/// A duration for a log field: seconds, rounded to the millisecond (`1.304`, not
+/// `1.3040000379999999`).
+pub(crate) fn secs(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
 }
 
 /// A peer address for a log field: the address, or `unknown` when the manager does

@@ -259,8 +259,14 @@ where
         Ok(conn.client.batch_execute("").await?)
     }
 
-    fn is_broken(&self, conn: &mut PgConnection) -> bool {
+    fn target(&self) -> Option<String> {
+        let first = self.targets.first()?;
+        Some(format!("postgres://{}", first.addr))
+    }
+
+    fn broken(&self, conn: &PgConnection) -> Option<crate::manager::Broken> {
         conn.is_closed()
+            .then(|| crate::manager::Broken::new(crate::cause::ResetCause::PeerClosed))
     }
 }
 

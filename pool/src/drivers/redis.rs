@@ -221,8 +221,13 @@ impl Manager for RedisManager {
             .map_err(RedisDriverError::from)
     }
 
-    fn is_broken(&self, conn: &mut RedisConnection) -> bool {
+    fn target(&self) -> Option<String> {
+        Some(format!("redis://{}", self.addr))
+    }
+
+    fn broken(&self, conn: &RedisConnection) -> Option<crate::manager::Broken> {
         conn.is_closed()
+            .then(|| crate::manager::Broken::new(crate::cause::ResetCause::PeerClosed))
     }
 }
 

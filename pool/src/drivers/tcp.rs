@@ -55,4 +55,8 @@ impl Manager for TcpManager {
     fn socket<'a>(&self, conn: &'a TcpStream) -> Option<SocketRef<'a>> {
         Some(SocketRef::Tokio(conn))
     }
+
+    fn target(&self) -> Option<String> {
+        Some(self.addr.to_string())
+    }
 }

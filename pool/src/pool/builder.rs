@@ -62,6 +62,7 @@ use crate::retry::RetryPolicy;
 pub struct PoolBuilder<M> {
     manager: M,
     config: Config,
+    named: bool,
 }
 
 impl<M: Manager> PoolBuilder<M> {
@@ -69,13 +70,18 @@ impl<M: Manager> PoolBuilder<M> {
         PoolBuilder {
             manager,
             config: Config::default(),
+            named: false,
         }
     }
 
     /// The pool's name: the `pool` label on every metric and a field on every trace
-    /// event. Default `"default"`.
+    /// event. Default: where the manager connects ([`Manager::target`], for example
+    /// `"127.0.0.1:7000"`), or `"pool"`; a second unnamed pool with the same default
+    /// in one process gets `"#2"` appended, and so on, so that unnamed pools never
+    /// share their series.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
+        self.named = true;
         self
     }
 
@@ -232,11 +238,32 @@ impl<M: Manager> PoolBuilder<M> {
     /// # Errors
     /// [`BuildError`] naming the offending knob; [`BuildError::NoRuntime`] outside a
     /// tokio runtime.
-    pub fn build(self) -> Result<Pool<M>, BuildError> {
+    pub fn build(mut self) -> Result<Pool<M>, BuildError> {
         self.config.validate()?;
+        if !self.named {
+            self.config.name = default_name(self.manager.target());
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let pool = Pool::from_parts(self.manager, self.config);
         reaper::spawn(&pool, &runtime);
         Ok(pool)
+    }
+}
+
+/// A pool name nobody else in this process has been given by default: `base`, then
+/// `base#2`, `base#3`, ...
+fn default_name(target: Option<String>) -> String {
+    static TAKEN: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+        std::sync::Mutex::new(None);
+    let base = target.unwrap_or_else(|| "pool".to_owned());
+    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = taken
+        .get_or_insert_with(Default::default)
+        .entry(base.clone())
+        .or_insert(0);
+    *count += 1;
+    match *count {
+        1 => base,
+        n => format!("{base}#{n}"),
     }
 }

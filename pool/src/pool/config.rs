@@ -31,6 +31,7 @@ const MAX_KEEPALIVE_SECS: u64 = 32_767;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
+    /// The name set, or (from `build()` on) one derived from the manager.
     pub(crate) name: String,
     pub(crate) max_size: usize,
     pub(crate) min_idle: usize,
@@ -63,7 +64,7 @@ pub(crate) enum UserTimeout {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            name: "default".to_owned(),
+            name: "pool".to_owned(),
             max_size: 10,
             min_idle: 0,
             wait_timeout: Duration::from_secs(30),

@@ -14,6 +14,7 @@ mod builder;
 mod config;
 mod reaper;
 mod slot;
+mod stats;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -31,12 +33,15 @@ use tokio::time::error::Elapsed;
 pub use self::builder::PoolBuilder;
 use self::config::Config;
 pub use self::config::{BuildError, QueueMode};
+use self::slot::{Entry, Fate, Parts, Slot, Verdict};
 pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
+pub use self::stats::Stats;
 use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
 use crate::clock::CoarseInstant;
 use crate::diagnosis::{self, IdleLimit};
 use crate::manager::Manager;
+use crate::metrics::CheckoutFailure;
 
 type Inner<M> = deadpool::managed::Pool<Adapter<M>>;
 
@@ -69,6 +74,12 @@ impl<M: Manager> Drop for Shared<M> {
         if let Some(reaper) = self.reaper.get() {
             reaper.abort();
         }
+        // Connections still pooled, or returned from now on, close with the pool.
+        // The spare stock's connections point back at the pool's parts: dropping them
+        // here also breaks that cycle.
+        let parts = &self.inner.manager().0;
+        parts.core.start_closing();
+        drop(parts.drain_spare(|_| Some(Fate::Evicted(Eviction::Closed))));
     }
 }
 
@@ -185,10 +196,7 @@ impl<M: Manager> Pool<M> {
             QueueMode::Fifo => deadpool::managed::QueueMode::Fifo,
             QueueMode::Lifo => deadpool::managed::QueueMode::Lifo,
         };
-        let adapter = Adapter {
-            manager,
-            core: Core::new(config),
-        };
+        let adapter = Adapter::new(manager, Core::new(config));
         let inner = deadpool::managed::Pool::builder(adapter)
             .max_size(max_size)
             .queue_mode(queue_mode)
@@ -213,45 +221,98 @@ impl<M: Manager> Pool<M> {
         &self.shared.inner
     }
 
+    fn parts(&self) -> &Arc<Parts<M>> {
+        &self.shared.inner.manager().0
+    }
+
     pub(crate) fn core(&self) -> &Core {
-        &self.shared.inner.manager().core
+        &self.parts().core
     }
 
     /// The manager this pool was built with.
     pub fn manager(&self) -> &M {
-        &self.shared.inner.manager().manager
+        &self.parts().manager
     }
 
     /// Takes a connection: an idle one that passes the checkout checks, or a new one.
     ///
     /// Never returns a connection the kernel knows to be dead. Cancel-safe: dropping
-    /// the future at any point loses no slot.
+    /// the future at any point loses no slot, and a connection it was checking is
+    /// closed and counted (eviction reason `cancelled`).
+    ///
+    /// A connection from `get()` goes back to the pool when dropped, so the pool
+    /// cannot tell a finished request from one abandoned half-way (a task aborted, a
+    /// timeout around your code). For a request/reply on it, either use
+    /// [`Pool::run`] / [`Pool::run_idempotent`], which discard a connection whose
+    /// operation did not finish, or open an [`Exchange`] with
+    /// [`Connection::exchange`]. The PostgreSQL and Redis drivers match replies to
+    /// requests in their own task, so an abandoned query never reaches the next user.
     ///
     /// # Errors
     /// [`Error::Timeout`] after `wait_timeout`; [`Error::Connect`] /
     /// [`Error::ConnectTimeout`] when a needed new connection failed, with its cause;
-    /// [`Error::Closed`] after [`Pool::close`].
+    /// [`Error::CircuitOpen`] while the connect circuit is open and a new connection
+    /// was needed; [`Error::Closed`] after [`Pool::close`].
     pub async fn get(&self) -> Result<Connection<M>, Error<M::Error>> {
         // First without queueing: deadpool takes a free permit or reports none, with no
         // waiter node and no timer. Most checkouts find an idle connection that passes
-        // the free checks and finish on this first poll; they are recorded as taking
-        // 0 s, well under a microsecond, below any histogram bucket.
+        // the free checks and finish on this first poll; they are counted with one
+        // relaxed add, and recorded in the wait histogram as 0 s by the reaper.
         let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
-        let (result, took) = match poll_once(attempt.as_mut()).await {
-            Some(Ok(object)) => {
-                self.core().recorder.checkout(Duration::ZERO);
-                return Ok(Connection::new(object));
-            }
-            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => self.queue().await,
-            Some(Err(err)) => (Ok(Err(err)), Duration::ZERO),
+        let first = match poll_once(attempt.as_mut()).await {
+            Some(Ok(object)) => match Connection::new(object) {
+                Some(conn) => {
+                    self.core().books.immediate_checkout();
+                    return Ok(conn);
+                }
+                None => First::Busy,
+            },
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => First::Busy,
+            Some(Err(err)) => First::Failed(err),
             // A slot was free but its connection needs I/O: a ping, or a new connect.
-            None => timed(self.core().config.wait_timeout, attempt).await,
+            None => First::Pending,
         };
-        self.core().recorder.checkout(took);
-        self.outcome(result)
+        self.wait_for(first, attempt).await
     }
 
-    /// The checkout of [`Pool::get`] that found every connection busy.
+    /// The checkout of [`Pool::get`] that did not finish on its first poll, all of it
+    /// bounded by `wait_timeout` from its start.
+    async fn wait_for<F>(
+        &self,
+        first: First<M>,
+        attempt: Pin<&mut F>,
+    ) -> Result<Connection<M>, Error<M::Error>>
+    where
+        F: Future<Output = Checkout<M>>,
+    {
+        let started = Instant::now();
+        // tokio's clock for the deadline (tests pause it), the precise one to report.
+        let deadline = tokio::time::Instant::now() + self.core().config.wait_timeout;
+        let mut result = match first {
+            First::Pending => tokio::time::timeout_at(deadline, attempt).await,
+            First::Busy => self.queue(deadline).await,
+            First::Failed(err) => Ok(Err(err)),
+        };
+        loop {
+            match result {
+                Ok(Ok(object)) => match Connection::new(object) {
+                    Some(conn) => {
+                        let core = self.core();
+                        core.recorder.checkout(started.elapsed());
+                        core.books.waited_checkout();
+                        return Ok(conn);
+                    }
+                    // A placeholder: the pool is above its size after a resize, and
+                    // dropping it withdrew one surplus permit. Wait for a connection.
+                    None => result = self.queue(deadline).await,
+                },
+                Ok(Err(err)) => return Err(self.failed(err)),
+                Err(_) => return Err(self.failed(PoolError::Timeout(TimeoutType::Wait))),
+            }
+        }
+    }
+
+    /// The checkout that found every connection busy.
     ///
     /// It yields once and tries again before it queues. A connection returned
     /// meanwhile is taken just as cheaply. And once waiters have queued, each returned
@@ -259,79 +320,125 @@ impl<M: Manager> Pool<M> {
     /// use it: a checkout that queued at once would always find none free and queue in
     /// turn, so the queue would never drain (measured: most checkouts queued, each
     /// paying for a timer, at 1.4x to 1.9x the cost; BENCHMARKS.md). A checkout that
-    /// yields lets it drain.
-    async fn queue(&self) -> (Result<Checkout<M>, Elapsed>, Duration) {
-        let wait = self.core().config.wait_timeout;
+    /// yields lets it drain. While it yields it counts as waiting in
+    /// [`Pool::status`], as it is.
+    async fn queue(&self, deadline: tokio::time::Instant) -> Result<Checkout<M>, Elapsed> {
+        let waiting = Waiting::new(&self.core().yielding);
         tokio::task::yield_now().await;
         let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
-        match poll_once(attempt.as_mut()).await {
-            // Still busy: queue for one.
+        let polled = poll_once(attempt.as_mut()).await;
+        // From here deadpool counts this checkout among its users.
+        drop(waiting);
+        match polled {
             Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                timed(wait, self.inner().get()).await
+                tokio::time::timeout_at(deadline, self.inner().get()).await
             }
-            Some(result) => (Ok(result), Duration::ZERO),
-            None => timed(wait, attempt).await,
+            Some(result) => Ok(result),
+            None => tokio::time::timeout_at(deadline, attempt).await,
         }
     }
 
-    /// What a checkout that did not finish at once comes to.
-    fn outcome(
-        &self,
-        result: Result<Checkout<M>, Elapsed>,
-    ) -> Result<Connection<M>, Error<M::Error>> {
-        let wait = self.core().config.wait_timeout;
-        match result {
-            Ok(Ok(object)) => Ok(Connection::new(object)),
-            Ok(Err(err)) => Err(match err {
-                PoolError::Backend(ConnectError::Failed(cause, source)) => {
-                    Error::Connect { cause, source }
-                }
-                PoolError::Backend(ConnectError::TimedOut(after)) => Error::ConnectTimeout(after),
-                PoolError::Backend(ConnectError::CircuitOpen(refusal)) => Error::CircuitOpen {
-                    cause: refusal.cause,
-                    last_error: refusal.last_error,
-                    failures: refusal.failures,
-                    retry_in: refusal.retry_in,
-                },
-                PoolError::Timeout(_) => Error::Timeout(wait),
-                PoolError::Closed
-                | PoolError::NoRuntimeSpecified
-                | PoolError::PostCreateHook(_) => Error::Closed,
-            }),
-            Err(_) => Err(Error::Timeout(wait)),
-        }
+    /// The error a failed checkout returns, counted.
+    fn failed(&self, err: PoolError<ConnectError<M::Error>>) -> Error<M::Error> {
+        let core = self.core();
+        let error = match err {
+            PoolError::Backend(ConnectError::Failed(cause, source)) => {
+                Error::Connect { cause, source }
+            }
+            PoolError::Backend(ConnectError::TimedOut(after)) => Error::ConnectTimeout(after),
+            PoolError::Backend(ConnectError::CircuitOpen(refusal)) => Error::CircuitOpen {
+                cause: refusal.cause,
+                last_error: refusal.last_error,
+                failures: refusal.failures,
+                retry_in: refusal.retry_in,
+            },
+            PoolError::Timeout(_) => Error::Timeout(core.config.wait_timeout),
+            PoolError::Closed | PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                Error::Closed
+            }
+        };
+        core.books.checkout_error();
+        core.recorder.checkout_failed(match &error {
+            Error::Timeout(_) => CheckoutFailure::Timeout,
+            Error::Closed => CheckoutFailure::Closed,
+            Error::Connect { .. } => CheckoutFailure::ConnectFailed,
+            Error::ConnectTimeout(_) => CheckoutFailure::ConnectTimeout,
+            Error::CircuitOpen { .. } => CheckoutFailure::CircuitOpen,
+        });
+        error
     }
 
     /// The pool's occupancy now.
     pub fn status(&self) -> Status {
         let status = self.inner().status();
+        let spare = self.parts().spare_count();
         Status {
             max_size: status.max_size,
-            size: status.size,
-            idle: status.available,
-            in_use: status.size - status.available,
-            waiting: status.waiting,
+            size: status.size + spare,
+            idle: status.available + spare,
+            in_use: status.size.saturating_sub(status.available),
+            waiting: status.waiting + self.core().yielding.load(Ordering::Acquire),
             circuit: self.core().gate.state(),
         }
     }
 
-    /// Changes `max_size`. Idle connections beyond the new size are closed at once
-    /// (counted as evictions with reason `resize`); busy ones close when returned.
+    /// What the pool has done since it was built: connections opened and closed, by
+    /// cause and reason, and checkouts. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.core().books.snapshot()
+    }
+
+    /// Changes `max_size`. From the moment it returns, at most `max_size` connections
+    /// are open: idle connections beyond the new size are closed at once (the longest
+    /// idle first), busy ones when they are returned, and no new one is opened while
+    /// the pool is at or above its size. All are counted as evictions with reason
+    /// `resize`. Does nothing on a closed pool.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).max_size(16).build()?;
+    /// pool.resize(4);
+    /// assert_eq!(pool.status().max_size, 4);
+    /// # Ok(()) }
+    /// ```
     pub fn resize(&self, max_size: usize) {
-        let before = self.inner().status().size;
+        if self.is_closed() {
+            return;
+        }
+        let parts = self.parts();
+        parts.core.max_size.store(max_size, Ordering::Release);
+        let mut excess = parts.core.open().saturating_sub(max_size);
+        let mut take = || {
+            let evict = excess > 0;
+            excess = excess.saturating_sub(1);
+            evict
+        };
+        let spare = parts.drain_spare(|_| take().then_some(Fate::Evicted(Eviction::Resize)));
+        let idle = self.inner().retain(|entry, _| match entry {
+            Entry::Live(_) => !take(),
+            Entry::Placeholder => false,
+        });
+        drop(spare);
+        for entry in idle.removed {
+            if let Entry::Live(mut slot) = entry {
+                slot.evict_quietly(Eviction::Resize);
+            }
+        }
         self.inner().resize(max_size);
-        let after = self.inner().status().size;
-        self.core()
-            .recorder
-            .eviction(Eviction::Resize, before.saturating_sub(after) as u64);
+        tracing::debug!(pool = %parts.core.config.name, max_size, "pool resized");
     }
 
     /// Closes the pool: idle connections close now, busy ones when returned, waiting
-    /// and future checkouts fail with [`Error::Closed`], and the reaper stops.
+    /// and future checkouts fail with [`Error::Closed`], and the reaper stops. Every
+    /// connection is counted as an eviction with reason `closed`.
     pub fn close(&self) {
-        let idle = self.inner().status().available;
+        let parts = self.parts();
+        parts.core.start_closing();
+        drop(parts.drain_spare(|_| Some(Fate::Evicted(Eviction::Closed))));
+        drop(self.inner().retain(|_, _| false));
         self.inner().close();
-        self.core().recorder.eviction(Eviction::Closed, idle as u64);
     }
 
     /// Whether [`Pool::close`] was called.
@@ -360,19 +467,37 @@ impl<M: Manager> Pool<M> {
     }
 }
 
+/// How the first, non-queueing attempt of a checkout ended.
+enum First<M: Manager> {
+    /// No connection free (or a placeholder): yield, then queue.
+    Busy,
+    /// A free slot whose connection needs I/O first.
+    Pending,
+    Failed(PoolError<ConnectError<M::Error>>),
+}
+
+/// Counts a checkout as waiting while it yields before queueing.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// deadpool's non-blocking checkout: a free slot or `PoolError::Timeout(Wait)` at once.
 const NO_QUEUEING: Timeouts = Timeouts {
     wait: Some(Duration::ZERO),
     create: None,
     recycle: None,
 };
-
-/// Runs a checkout that has to wait under `wait_timeout`, and says how long it ran.
-async fn timed<F: Future>(wait: Duration, checkout: F) -> (Result<F::Output, Elapsed>, Duration) {
-    let started = Instant::now();
-    let result = tokio::time::timeout(wait, checkout).await;
-    (result, started.elapsed())
-}
 
 /// Polls `future` once: its output if it finished, `None` if it has to wait (it has
 /// then registered the task's waker, as any poll does).
@@ -398,34 +523,32 @@ async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
 /// A connection checked out of a [`Pool`]. Dereferences to the manager's connection;
 /// goes back to the pool when dropped.
 ///
-/// If an operation shows the connection is broken, call [`Connection::mark_broken`]
-/// so it is discarded (and counted) instead of returned.
+/// On its way back the pool asks the manager ([`Manager::broken`]) whether it is
+/// still usable. If an operation shows the connection is broken, call
+/// [`Connection::mark_broken`] so it is discarded (and counted) instead of returned.
 pub struct Connection<M: Manager> {
     object: Option<Object<Adapter<M>>>,
 }
 
 impl<M: Manager> Connection<M> {
-    fn new(object: Object<Adapter<M>>) -> Connection<M> {
-        Connection {
+    /// A connection, or `None` for a placeholder (which is dropped, see `slot`).
+    fn new(object: Object<Adapter<M>>) -> Option<Connection<M>> {
+        matches!(*object, Entry::Live(_)).then_some(Connection {
             object: Some(object),
+        })
+    }
+
+    fn slot(&self) -> &Slot<M> {
+        match self.object.as_deref() {
+            Some(Entry::Live(slot)) => slot,
+            _ => unreachable!("a Connection holds a live slot until dropped"),
         }
     }
 
-    fn object(&self) -> &Object<Adapter<M>> {
-        match &self.object {
-            Some(object) => object,
-            None => unreachable!("a Connection holds its object until dropped"),
-        }
-    }
-
-    fn slot(&self) -> &slot::Slot<M::Connection> {
-        self.object()
-    }
-
-    fn slot_mut(&mut self) -> &mut slot::Slot<M::Connection> {
-        match &mut self.object {
-            Some(object) => object,
-            None => unreachable!("a Connection holds its object until dropped"),
+    fn slot_mut(&mut self) -> &mut Slot<M> {
+        match self.object.as_deref_mut() {
+            Some(Entry::Live(slot)) => slot,
+            _ => unreachable!("a Connection holds a live slot until dropped"),
         }
     }
 
@@ -452,7 +575,10 @@ impl<M: Manager> Connection<M> {
 
     /// Whether this connection served an earlier checkout (it sat in the pool before).
     pub(crate) fn is_reused(&self) -> bool {
-        Object::metrics(self.object()).recycle_count > 0
+        self.object
+            .as_ref()
+            .is_some_and(|object| Object::metrics(object).recycle_count > 0)
+            || self.slot().spare
     }
 
     /// Whether [`Connection::mark_broken`] was called.
@@ -460,12 +586,51 @@ impl<M: Manager> Connection<M> {
         self.slot().broken.is_some()
     }
 
+    /// Opens an exchange: a request and its reply, written and read through the
+    /// returned guard. If the guard is dropped before [`Exchange::finish`] (the task
+    /// was aborted, a timeout cut it, an error returned early with `?`), the
+    /// connection is closed when it returns to the pool, and counted as an eviction
+    /// with reason `cancelled`, instead of handing its late reply to the next user.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let mut conn = pool.get().await?;
+    /// let mut exchange = conn.exchange();
+    /// exchange.write_all(b"GET balance\n").await?;
+    /// let mut reply = [0u8; 8];
+    /// exchange.read_exact(&mut reply).await?;
+    /// exchange.finish();
+    /// # Ok(()) }
+    /// ```
+    pub fn exchange(&mut self) -> Exchange<'_, M> {
+        self.slot_mut().exchange_open = true;
+        Exchange { conn: self }
+    }
+
     /// Takes the connection out of the pool for good; the pool opens another in its
-    /// place when needed.
+    /// place when needed. Counted as an eviction with reason `detached`.
     pub fn detach(mut self) -> M::Connection {
-        match self.object.take() {
-            Some(object) => Object::take(object).conn,
-            None => unreachable!("a Connection holds its object until dropped"),
+        let slot = self.take_slot();
+        let Slot {
+            conn, mut tally, ..
+        } = *slot;
+        tally.fate = Some(Fate::Evicted(Eviction::Detached));
+        conn
+    }
+
+    /// Closes the connection instead of returning it, counted with `reason`: for a
+    /// connection whose operation did not finish.
+    pub(crate) fn discard(mut self, reason: Eviction) {
+        let mut slot = self.take_slot();
+        slot.evict_quietly(reason);
+    }
+
+    fn take_slot(&mut self) -> Box<Slot<M>> {
+        match self.object.take().map(Object::take) {
+            Some(Entry::Live(slot)) => slot,
+            _ => unreachable!("a Connection holds a live slot until dropped"),
         }
     }
 }
@@ -486,10 +651,12 @@ impl<M: Manager> DerefMut for Connection<M> {
 
 impl<M: Manager> fmt::Debug for Connection<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slot = self.slot();
         f.debug_struct("Connection")
-            .field("id", &self.id())
-            .field("peer", &self.peer_addr())
-            .field("broken", &self.slot().broken)
+            .field("id", &slot.id)
+            .field("peer", &slot.peer)
+            .field("broken", &slot.broken)
+            .field("exchange_open", &slot.exchange_open)
             .finish()
     }
 }
@@ -498,32 +665,79 @@ impl<M: Manager> Drop for Connection<M> {
     fn drop(&mut self) {
         // The object stays in its field on the common path, and goes back to the pool
         // when the field drops after this: taking it out would move it once more.
-        let Some(object) = self.object.as_mut() else {
+        let Some(Entry::Live(slot)) = self.object.as_deref_mut() else {
             return;
         };
         let now = CoarseInstant::now();
-        let Some(cause) = object.broken else {
-            if diagnosis::teaches_idle_limit(object.reused_after)
-                && let Some(pool) = Object::pool(object)
-            {
-                pool.manager()
-                    .core
-                    .record_reuse(object.reused_after.to_std());
+        let mut detail = None;
+        let healthy = slot.broken.is_none() && !slot.exchange_open;
+        // A panic while the application held the connection may have left a request
+        // half-way; and the manager's own check must not run (and maybe panic) during
+        // unwinding.
+        let retired = slot.retire_at.is_some_and(|at| now >= at);
+        if healthy && !retired && !std::thread::panicking() {
+            match slot.tally.parts.manager.broken(&slot.conn) {
+                None => {
+                    if diagnosis::teaches_idle_limit(slot.reused_after) {
+                        slot.tally
+                            .parts
+                            .core
+                            .record_reuse(slot.reused_after.to_std());
+                    }
+                    slot.idle_since = now;
+                    return;
+                }
+                Some(broken) => {
+                    slot.broken = Some(broken.cause);
+                    detail = broken.detail;
+                }
             }
-            object.idle_since = now;
-            return;
+        }
+        // What the path did to it depends on how long it sat idle before this
+        // checkout, not on how long the application held it.
+        let dead = Obituary {
+            idle: slot.reused_after.to_std(),
+            ..slot.obituary(now)
         };
-        if let Some(pool) = Object::pool(object) {
-            // What the path did to it depends on how long it sat idle before this
-            // checkout, not on how long the application held it.
-            let dead = Obituary {
-                idle: object.reused_after.to_std(),
-                ..object.obituary(now)
-            };
-            pool.manager().core.record_reset(cause, Phase::InUse, &dead);
-        }
-        if let Some(object) = self.object.take() {
-            drop(Object::take(object));
-        }
+        let verdict = match slot.broken {
+            Some(cause) => Verdict::Reset(cause, detail),
+            None if healthy && retired => Verdict::Evict(Eviction::MaxLifetime),
+            None => Verdict::Evict(Eviction::Cancelled),
+        };
+        slot.condemn(verdict, Phase::InUse, &dead);
+        drop(self.take_slot());
+    }
+}
+
+/// A request and its reply in flight on a [`Connection`]; see
+/// [`Connection::exchange`]. Dereferences to the manager's connection.
+pub struct Exchange<'c, M: Manager> {
+    conn: &'c mut Connection<M>,
+}
+
+impl<M: Manager> Exchange<'_, M> {
+    /// The reply was read in full: the connection may go back to the pool.
+    pub fn finish(self) {
+        self.conn.slot_mut().exchange_open = false;
+    }
+}
+
+impl<M: Manager> Deref for Exchange<'_, M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        self.conn
+    }
+}
+
+impl<M: Manager> DerefMut for Exchange<'_, M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        self.conn
+    }
+}
+
+impl<M: Manager> fmt::Debug for Exchange<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange").field("conn", &self.conn).finish()
     }
 }

@@ -1,18 +1,24 @@
 //! The reaper: one background task per pool that keeps the idle connections honest.
 //!
 //! Every `reaper_interval` it probes each idle connection (free unless something
-//! arrived on it), closes those whose peer is gone and those past their idle or
-//! lifetime limit, refills up to `min_idle`, and publishes the occupancy gauges.
-//! deadpool alone never looks at an idle connection, so a socket whose server closed
-//! it sits in `CLOSE_WAIT` until the next checkout happens to pop it.
+//! arrived on it), asks the manager whether it is broken, closes those whose peer is
+//! gone and those past their idle or lifetime limit, starts connects to keep
+//! `min_idle` ready, and publishes the occupancy gauges. deadpool alone never looks
+//! at an idle connection, so a socket whose server closed it sits in `CLOSE_WAIT`
+//! until the next checkout happens to pop it.
 //!
-//! The task holds only a weak reference: it ends when the pool is dropped or closed.
+//! Nothing in a tick can end the reaper: the manager's code it calls under deadpool's
+//! lock is contained (a panic there discards that connection), and a tick that
+//! panics anyway is logged, and the next one runs. The task holds only a weak
+//! reference: it ends when the pool is dropped or closed.
 
-use deadpool::managed::{Timeouts, WeakPool};
-use tokio::task::JoinSet;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool::managed::WeakPool;
 use tokio::time::MissedTickBehavior;
 
-use super::slot::{Adapter, Obituary, Verdict};
+use super::slot::{Adapter, Entry, Fate, Obituary, Verdict};
 use super::{Inner, Pool};
 use crate::cause::Phase;
 use crate::clock::CoarseInstant;
@@ -38,76 +44,91 @@ async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Durati
         if pool.is_closed() {
             return;
         }
-        tick(&pool).await;
+        // A task of its own, so that a panic ends this tick and not the reaper.
+        let name = pool.manager().core.config.name.clone();
+        if let Err(err) = tokio::spawn(async move { tick(&pool).await }).await
+            && err.is_panic()
+        {
+            tracing::error!(
+                pool = %name,
+                "a reaper tick panicked; the next tick runs as usual",
+            );
+        }
     }
 }
 
 /// One pass: evict, refill, publish.
 pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
     evict(pool);
-    refill(pool).await;
-    let core = &pool.manager().core;
+    refill(pool);
+    let parts = &pool.manager().0;
+    let core = &parts.core;
+    core.recorder.follow_global_recorder();
+    core.recorder.immediate_checkouts(core.books.take_immediate());
     core.recorder.circuit_state(core.gate.state().gauge_value());
     let status = pool.status();
+    let spare = parts.spare_count();
     core.recorder.occupancy(
-        status.available,
-        status.size - status.available,
-        status.waiting,
+        status.available + spare,
+        status.size.saturating_sub(status.available),
+        status.waiting + core.yielding.load(std::sync::atomic::Ordering::Acquire),
     );
 }
 
 fn evict<M: Manager>(pool: &Inner<M>) {
-    let adapter = pool.manager();
+    let parts = &pool.manager().0;
     let now = CoarseInstant::now();
-    let mut gone: Vec<(Verdict, Obituary)> = Vec::new();
-    // `retain` runs under deadpool's slot lock: only the probe happens here, and the
-    // reporting (which may write logs) waits until the lock is released.
-    let removed = pool.retain(
-        |slot, _| match adapter.core.inspect(&adapter.manager, slot, now) {
+    // `retain` runs under deadpool's slot lock: only the free checks happen there
+    // (contained, so that a panic in the manager's code cannot poison the lock), and
+    // the reporting, which may write logs, waits until the lock is released.
+    let mut verdicts: HashMap<u64, (Verdict, Obituary)> = HashMap::new();
+    let removed = pool.retain(|entry, _| match entry {
+        Entry::Live(slot) => match parts.inspect_idle(slot, now) {
             Verdict::Keep => true,
             verdict => {
-                gone.push((verdict, slot.obituary(now)));
+                verdicts.insert(slot.id, (verdict, slot.obituary(now)));
                 false
             }
         },
-    );
-    drop(removed);
-    for (verdict, obituary) in &gone {
-        adapter.core.record(verdict, Phase::Idle, obituary);
+        Entry::Placeholder => false,
+    });
+    let spare = parts.drain_spare(|slot| match parts.inspect_idle(slot, now) {
+        Verdict::Keep => None,
+        verdict => {
+            verdicts.insert(slot.id, (verdict, slot.obituary(now)));
+            // Set below, with the report.
+            Some(Fate::Evicted(crate::cause::Eviction::Cancelled))
+        }
+    });
+    let removed = removed.removed.into_iter().filter_map(|entry| match entry {
+        Entry::Live(slot) => Some(slot),
+        Entry::Placeholder => None,
+    });
+    for mut slot in removed.chain(spare) {
+        if let Some((verdict, dead)) = verdicts.remove(&slot.id) {
+            slot.condemn(verdict, Phase::Idle, &dead);
+        }
     }
 }
 
-/// Opens connections until `min_idle` are idle, without ever making a user wait.
+/// Starts connects until `min_idle` connections are idle, counting those under way.
 ///
-/// deadpool has no way to add a connection directly, so the refill checks out what
-/// it needs at once (the idle ones plus new ones) and returns them together. Each
-/// checkout only takes a free slot if one is there right now (a zero wait), and the
-/// refill stands back entirely while any task is waiting.
-async fn refill<M: Manager>(pool: &Inner<M>) {
-    let config = &pool.manager().core.config;
+/// Each connect runs as a task of its own and puts its connection in the spare stock,
+/// where the next checkout that finds deadpool's queue empty takes it. Nothing is
+/// checked out to do this: a refill never holds an idle connection away from a user,
+/// however long its connects take.
+fn refill<M: Manager>(pool: &Inner<M>) {
+    let parts: &Arc<_> = &pool.manager().0;
+    let min_idle = parts.core.config.min_idle;
     let status = pool.status();
-    if status.available >= config.min_idle || status.waiting > 0 {
-        return;
-    }
-    let missing = (config.min_idle - status.available).min(status.max_size - status.size);
-    if missing == 0 {
-        return;
-    }
-    let no_wait = Timeouts {
-        wait: Some(std::time::Duration::ZERO),
-        create: None,
-        recycle: None,
-    };
-    let mut checkouts = JoinSet::new();
-    for _ in 0..status.available + missing {
-        let pool = pool.clone();
-        checkouts.spawn(async move { pool.timeout_get(&no_wait).await });
-    }
-    let mut held = Vec::with_capacity(status.available + missing);
-    while let Some(result) = checkouts.join_next().await {
-        if let Ok(Ok(object)) = result {
-            held.push(object);
-        }
+    let ready = status.available + parts.spare_count() + parts.refilling();
+    let room = parts
+        .core
+        .max_size
+        .load(std::sync::atomic::Ordering::Acquire)
+        .saturating_sub(parts.core.open());
+    for _ in 0..min_idle.saturating_sub(ready).min(room) {
+        tokio::spawn(Arc::clone(parts).refill_one());
     }
 }
 

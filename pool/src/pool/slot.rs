@@ -1,25 +1,48 @@
-//! One pooled connection and the deadpool manager that opens and checks it.
+//! One pooled connection, its close tally, and the deadpool manager that opens and
+//! checks it.
 //!
 //! deadpool owns the queue, the semaphore and the slot accounting; steadypool plugs in
-//! here. `create` dials through the pool's [`Dialer`](crate::Dialer) under the connect
-//! timeout; `recycle` is the checkout check, the free tests before the round trip:
+//! here. `create` takes a connection the reaper opened ahead of demand (the spare
+//! stock) or dials a new one through the pool's [`Dialer`](crate::Dialer) under the
+//! connect timeout; `recycle` is the checkout check, the free tests before the round
+//! trip:
 //!
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
 //!    path already closed counts as a reset even when it is also past a limit,
 //! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
-//! 3. [`Manager::is_broken`] (a flag read),
+//! 3. [`Manager::broken`] (a flag read),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
 //! The first check that fails discards the connection with its cause, and deadpool
 //! moves on to the next idle one (or opens a new one).
+//!
+//! **Every connection is counted when it closes, exactly once.** A [`Slot`] carries a
+//! [`Tally`] whose `Drop` counts the close, with the fate the pool decided for it (a
+//! reset with its cause and phase, or an eviction with its reason). A slot dropped on
+//! a path nobody decided on (a checkout future cancelled during its ping, a pool
+//! dropped with idle connections, deadpool shedding a connection returned to a pool
+//! that was resized below its size) is counted too, with the reason the pool's state
+//! explains. So `opened = open now + resets outside the connect phase + evictions`
+//! holds whatever was cancelled, timed out or panicked.
+//!
+//! **The size cap is the pool's own.** deadpool's `resize` withdraws capacity only
+//! while it has more connections than the new size, so after shrinking a pool that
+//! was not full its semaphore still admits the old number of checkouts. `create`
+//! therefore reserves capacity against the pool's own count of open connections, and
+//! when there is none it hands deadpool a [`Entry::Placeholder`] instead of dialing.
+//! The checkout drops the placeholder: deadpool, now over its size, keeps the
+//! semaphore permit, so each placeholder withdraws one surplus permit for good.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use super::config::Config;
+use super::stats::Books;
 use crate::breaker::{Gate, Refusal};
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::clock::{CoarseDuration, CoarseInstant};
@@ -31,9 +54,8 @@ use crate::probe::{self, Liveness, SocketRef};
 use crate::retry::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
-#[derive(Debug)]
-pub(crate) struct Slot<C> {
-    pub(crate) conn: C,
+pub(crate) struct Slot<M: Manager> {
+    pub(crate) conn: M::Connection,
     pub(crate) id: u64,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) created: CoarseInstant,
@@ -45,17 +67,52 @@ pub(crate) struct Slot<C> {
     /// How long it sat idle before its current checkout (zero for a new connection):
     /// what its fate in use teaches about the path's idle limit.
     pub(crate) reused_after: CoarseDuration,
+    /// Whether it sat in the pool before its current checkout: it came from the spare
+    /// stock (deadpool's own count says so for the others).
+    pub(crate) spare: bool,
     /// Why the application marked it broken in its current checkout, if it did: it
     /// is then closed on return. A slot back in the pool always has `None` here.
     pub(crate) broken: Option<ResetCause>,
+    /// An [`Exchange`](crate::Exchange) began on it and did not finish: a reply may
+    /// be in flight, so it is closed on return.
+    pub(crate) exchange_open: bool,
+    pub(crate) tally: Tally<M>,
+}
+
+/// What deadpool holds: a connection, or a stand-in that withdraws a surplus permit
+/// after the pool was resized down (see the module docs).
+pub(crate) enum Entry<M: Manager> {
+    Live(Box<Slot<M>>),
+    Placeholder,
+}
+
+/// How a connection's life ended, counted when its slot drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Reset(ResetCause, Phase),
+    Evicted(Eviction),
+}
+
+/// Counts its connection's close exactly once, when dropped.
+pub(crate) struct Tally<M: Manager> {
+    pub(crate) parts: Arc<Parts<M>>,
+    pub(crate) fate: Option<Fate>,
+}
+
+impl<M: Manager> Drop for Tally<M> {
+    fn drop(&mut self) {
+        let core = &self.parts.core;
+        let fate = self.fate.unwrap_or_else(|| core.unplanned_fate());
+        core.closed(fate);
+    }
 }
 
 /// Why an idle or returning connection leaves the pool.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Keep,
     Evict(Eviction),
-    Reset(ResetCause),
+    Reset(ResetCause, Option<String>),
 }
 
 /// What a discarded connection looked like, for the trace event.
@@ -67,7 +124,7 @@ pub(crate) struct Obituary {
     pub(crate) idle: Duration,
 }
 
-impl<C> Slot<C> {
+impl<M: Manager> Slot<M> {
     pub(crate) fn obituary(&self, now: CoarseInstant) -> Obituary {
         Obituary {
             id: self.id,
@@ -75,6 +132,29 @@ impl<C> Slot<C> {
             age: now.saturating_duration_since(self.created),
             idle: now.saturating_duration_since(self.idle_since),
         }
+    }
+
+    /// Decides this connection's end: recorded (learned from, logged) now, counted
+    /// when the slot drops.
+    pub(crate) fn condemn(&mut self, verdict: Verdict, phase: Phase, dead: &Obituary) {
+        let core = &self.tally.parts.core;
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Evict(reason) => {
+                core.record_eviction(reason, dead);
+                self.tally.fate = Some(Fate::Evicted(reason));
+            }
+            Verdict::Reset(cause, detail) => {
+                core.record_reset(cause, phase, dead, detail.as_deref());
+                self.tally.fate = Some(Fate::Reset(cause, phase));
+            }
+        }
+    }
+
+    /// Sets the reason this connection is closed with when it drops, without a trace
+    /// event of its own (the caller reports it).
+    pub(crate) fn evict_quietly(&mut self, reason: Eviction) {
+        self.tally.fate = Some(Fate::Evicted(reason));
     }
 }
 
@@ -87,7 +167,19 @@ pub(crate) struct Core {
     pub(crate) diagnosis: Diagnosis,
     pub(crate) gate: Gate,
     pub(crate) retry: RetryState,
+    pub(crate) books: Books,
     next_id: AtomicU64,
+    /// Connections open now (pooled, in use, or in the spare stock) plus connects
+    /// under way: the count the size cap is checked against.
+    open: AtomicUsize,
+    /// The size cap; `resize` changes it.
+    pub(crate) max_size: AtomicUsize,
+    /// Set by `close` and when the pool is dropped: connections dropped from then on
+    /// were closed with the pool.
+    closing: AtomicBool,
+    /// Checkouts between their first, non-queueing attempt and the queue: waiting,
+    /// though deadpool does not count them yet.
+    pub(crate) yielding: AtomicUsize,
 }
 
 impl Core {
@@ -105,8 +197,63 @@ impl Core {
             diagnosis,
             gate: Gate::new(config.gate(), &config.name),
             retry: RetryState::new(&config.retry),
-            config,
+            books: Books::default(),
             next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            max_size: AtomicUsize::new(config.max_size),
+            closing: AtomicBool::new(false),
+            yielding: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    /// Reserves room for one more connection under the size cap, for a connect.
+    pub(crate) fn reserve(&self) -> Option<Reservation<'_>> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let reservation = Reservation {
+            open: &self.open,
+            kept: false,
+        };
+        (before < self.max_size.load(Ordering::Acquire)).then_some(reservation)
+    }
+
+    /// Connections open now, in the pool's own count.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn start_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// The reason for a connection dropped without a decision of the pool's.
+    fn unplanned_fate(&self) -> Fate {
+        Fate::Evicted(if self.is_closing() {
+            Eviction::Closed
+        } else if self.open() > self.max_size.load(Ordering::Acquire) {
+            // deadpool sheds connections returned while the pool is above its size.
+            Eviction::Resize
+        } else {
+            Eviction::Cancelled
+        })
+    }
+
+    /// Counts a connection's close.
+    fn closed(&self, fate: Fate) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        match fate {
+            Fate::Reset(cause, phase) => {
+                self.recorder.reset(cause, phase);
+                self.books.reset(cause, phase);
+            }
+            Fate::Evicted(reason) => {
+                self.recorder.eviction(reason, 1);
+                self.books.evicted(reason);
+            }
         }
     }
 
@@ -129,7 +276,7 @@ impl Core {
     pub(crate) fn inspect<M: Manager>(
         &self,
         manager: &M,
-        slot: &Slot<M::Connection>,
+        slot: &Slot<M>,
         now: CoarseInstant,
     ) -> Verdict {
         // The probe first: a connection the path already closed is a reset (and
@@ -138,17 +285,19 @@ impl Core {
         if let Some(socket) = manager.socket(&slot.conn) {
             match probe::check(socket) {
                 Liveness::Alive => {}
-                Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed),
-                Liveness::PeerReset => return Verdict::Reset(ResetCause::PeerReset),
+                Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed, None),
+                Liveness::PeerReset => return Verdict::Reset(ResetCause::PeerReset, None),
                 // A raw socket is a duplicate of one a driver's task reads: bytes
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
                 // desync. The task reads them, and a close behind them shows up as end
-                // of stream or through `is_broken`.
+                // of stream or through `broken`.
                 Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
-                Liveness::UnexpectedData => return Verdict::Reset(ResetCause::UnexpectedData),
+                Liveness::UnexpectedData => {
+                    return Verdict::Reset(ResetCause::UnexpectedData, None);
+                }
                 Liveness::Error(err) => {
-                    return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle));
+                    return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle), None);
                 }
             }
         }
@@ -164,30 +313,49 @@ impl Core {
         Verdict::Keep
     }
 
-    /// Records a connection that broke: counted, learned from, and logged with a hint.
-    pub(crate) fn record_reset(&self, cause: ResetCause, phase: Phase, dead: &Obituary) {
+    /// Records a connection that broke: learned from, and logged with a hint.
+    pub(crate) fn record_reset(
+        &self,
+        cause: ResetCause,
+        phase: Phase,
+        dead: &Obituary,
+        detail: Option<&str>,
+    ) {
         self.diagnosis
-            .reset(&self.config.name, &self.recorder, cause, phase, dead);
+            .reset(&self.config.name, &self.recorder, cause, phase, dead, detail);
     }
 
     /// Records a connection closed on purpose.
     pub(crate) fn record_eviction(&self, reason: Eviction, gone: &Obituary) {
-        self.recorder.eviction(reason, 1);
         tracing::debug!(
             pool = %self.config.name,
             conn = gone.id,
             reason = reason.as_str(),
-            idle_secs = gone.idle.as_secs_f64(),
-            age_secs = gone.age.as_secs_f64(),
+            idle_secs = crate::diagnosis::secs(gone.idle),
+            age_secs = crate::diagnosis::secs(gone.age),
             "connection closed",
         );
     }
+}
 
-    pub(crate) fn record(&self, verdict: &Verdict, phase: Phase, slot: &Obituary) {
-        match *verdict {
-            Verdict::Keep => {}
-            Verdict::Evict(reason) => self.record_eviction(reason, slot),
-            Verdict::Reset(cause) => self.record_reset(cause, phase, slot),
+/// Room for one connection under the size cap, held while it is being opened. Given
+/// back when dropped (the connect failed, or its future was cancelled) unless
+/// [`Reservation::keep`] handed it to the new connection's [`Tally`].
+pub(crate) struct Reservation<'a> {
+    open: &'a AtomicUsize,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.open.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -206,121 +374,181 @@ pub(crate) enum ConnectError<E> {
     CircuitOpen(Box<Refusal>),
 }
 
-/// The deadpool manager wrapping a steadypool [`Manager`].
-#[derive(Debug)]
-pub(crate) struct Adapter<M> {
+/// The manager, the core and the spare stock: what every slot points back to.
+pub(crate) struct Parts<M: Manager> {
     pub(crate) manager: M,
     pub(crate) core: Core,
+    /// Connections the reaper opened to keep `min_idle`, not yet taken by a checkout.
+    /// They are idle connections like those in deadpool's queue, which deadpool offers
+    /// no way to add to: a checkout that finds the queue empty takes one here before
+    /// dialing.
+    spare: Mutex<Vec<Box<Slot<M>>>>,
+    /// Connects the refill has under way.
+    refilling: AtomicUsize,
+}
+
+/// The deadpool manager wrapping a steadypool [`Manager`].
+pub(crate) struct Adapter<M: Manager>(pub(crate) Arc<Parts<M>>);
+
+impl<M: Manager> std::ops::Deref for Adapter<M> {
+    type Target = Parts<M>;
+
+    fn deref(&self) -> &Parts<M> {
+        &self.0
+    }
 }
 
 impl<M: Manager> Adapter<M> {
-    async fn connect(&self) -> Result<Slot<M::Connection>, ConnectError<M::Error>> {
-        let started = Instant::now();
-        let timeout = self.core.config.connect_timeout;
-        let result =
-            match tokio::time::timeout(timeout, self.manager.connect(&self.core.dialer)).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(err)) => {
-                    let cause = match err.classify() {
-                        Disposition::Broken { cause, .. } => cause,
-                        Disposition::Application | Disposition::Transient => ResetCause::Other,
-                    };
-                    Err(ConnectError::Failed(cause, err))
-                }
-                Err(_) => Err(ConnectError::TimedOut(timeout)),
-            };
-        let took = started.elapsed();
-        match result {
-            Ok(conn) => {
-                self.core.recorder.connect(Ok(()), took);
-                let now = CoarseInstant::now();
-                let peer = self
-                    .manager
-                    .socket(&conn)
-                    .and_then(|s| s.sock_ref().peer_addr().ok())
-                    .and_then(|a| a.as_socket());
-                let lifetime = self.core.config.max_lifetime.map(|lifetime| {
-                    let jitter = self.core.config.lifetime_jitter();
-                    lifetime - jitter.mul_f64(fastrand::f64())
-                });
-                Ok(Slot {
-                    conn,
-                    id: self.core.next_id.fetch_add(1, Ordering::Relaxed),
-                    peer,
-                    created: now,
-                    retire_at: lifetime.and_then(|l| now.checked_add(l)),
-                    idle_since: now,
-                    reused_after: CoarseDuration::ZERO,
-                    broken: None,
-                })
-            }
-            Err(err) => {
-                let cause = match &err {
-                    ConnectError::Failed(cause, _) => *cause,
-                    ConnectError::TimedOut(_) => ResetCause::ConnectTimeout,
-                    ConnectError::CircuitOpen(refusal) => refusal.cause,
-                };
-                self.core.recorder.connect(Err(cause), took);
-                let shown: &dyn std::fmt::Display = match &err {
-                    ConnectError::Failed(_, source) => source,
-                    other => other,
-                };
-                self.core.diagnosis.connect_failed(
-                    &self.core.config.name,
-                    &self.core.recorder,
-                    cause,
-                    shown,
-                );
-                Err(err)
-            }
-        }
+    pub(crate) fn new(manager: M, core: Core) -> Adapter<M> {
+        Adapter(Arc::new(Parts {
+            manager,
+            core,
+            spare: Mutex::new(Vec::new()),
+            refilling: AtomicUsize::new(0),
+        }))
     }
 }
 
-impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
-    // Boxed: deadpool moves its object at every checkout and return, and a pointer
-    // moves cheaper than the slot's bookkeeping (measured: 30% of a checkout's time
-    // went to copying it, see BENCHMARKS.md).
-    type Type = Box<Slot<M::Connection>>;
-    type Error = ConnectError<M::Error>;
+/// What a manager's `socket` or `broken` that panicked looks like to the pool: the
+/// connection is discarded (the pool cannot tell what state it is in), and the
+/// panic does not take the pool down with it.
+fn panicked() -> Verdict {
+    Verdict::Reset(
+        ResetCause::Other,
+        Some("the manager's socket() or broken() panicked".to_owned()),
+    )
+}
 
-    async fn create(&self) -> Result<Self::Type, Self::Error> {
-        // Opening a connection takes a round trip or more, and its future is large
-        // (resolve, connect, the manager's handshake). It lives on the heap so that
-        // every checkout's future stays small: a checkout that finds an idle
-        // connection would otherwise copy kilobytes it never uses.
-        Box::pin(self.gated_connect()).await.map(Box::new)
+impl<M: Manager> Parts<M> {
+    /// The checks without I/O, the manager's own among them.
+    #[inline]
+    fn local_checks(&self, slot: &Slot<M>, now: CoarseInstant) -> Verdict {
+        let verdict = self.core.inspect(&self.manager, slot, now);
+        if verdict != Verdict::Keep {
+            return verdict;
+        }
+        match self.manager.broken(&slot.conn) {
+            Some(broken) => Verdict::Reset(broken.cause, broken.detail),
+            None => Verdict::Keep,
+        }
     }
 
-    async fn recycle(&self, slot: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
+    /// The reaper's check of an idle connection: [`Parts::local_checks`], where a
+    /// panic in the manager's code must not unwind, since it runs under deadpool's
+    /// slot lock or the spare stock's.
+    pub(crate) fn inspect_idle(&self, slot: &Slot<M>, now: CoarseInstant) -> Verdict {
+        catch_unwind(AssertUnwindSafe(|| self.local_checks(slot, now)))
+            .unwrap_or_else(|_| panicked())
+    }
+
+    /// The whole checkout check: free tests, then a ping if the connection sat idle
+    /// past `check_after`. A failed connection is condemned (phase `checkout`).
+    async fn checkout_check(&self, slot: &mut Slot<M>) -> bool {
         let now = CoarseInstant::now();
         slot.reused_after = now.saturating_since(slot.idle_since);
-        let mut verdict = self.core.inspect(&self.manager, slot, now);
-        if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
-            verdict = Verdict::Reset(ResetCause::Other);
-        }
-        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
-            // A round trip (~20 µs and up): on the heap too, for the same reason.
+        let mut verdict = self.local_checks(slot, now);
+        if verdict == Verdict::Keep && slot.reused_after >= self.core.config.check_after {
+            // A round trip (~20 µs and up): on the heap, so that every checkout's
+            // future stays small.
             verdict = Box::pin(self.ping(slot)).await;
         }
-        match verdict {
-            Verdict::Keep => Ok(()),
-            Verdict::Evict(reason) => {
-                self.core.record_eviction(reason, &slot.obituary(now));
-                Err(RecycleError::message(reason.as_str()))
+        if verdict == Verdict::Keep {
+            return true;
+        }
+        let dead = slot.obituary(now);
+        slot.condemn(verdict, Phase::Checkout, &dead);
+        false
+    }
+
+    /// The manager's ping under `ping_timeout`; a success counts as traffic.
+    async fn ping(&self, slot: &mut Slot<M>) -> Verdict {
+        match tokio::time::timeout(
+            self.core.config.ping_timeout,
+            self.manager.ping(&mut slot.conn),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                slot.idle_since = CoarseInstant::now();
+                Verdict::Keep
             }
-            Verdict::Reset(cause) => {
-                self.core
-                    .record_reset(cause, Phase::Checkout, &slot.obituary(now));
-                Err(RecycleError::message(cause.as_str()))
+            Ok(Err(err)) => {
+                let cause = match err.classify() {
+                    Disposition::Broken { cause, .. } if cause != ResetCause::Other => cause,
+                    _ => ResetCause::PingFailed,
+                };
+                Verdict::Reset(cause, Some(err.to_string()))
+            }
+            Err(_) => Verdict::Reset(
+                ResetCause::PingFailed,
+                Some(format!(
+                    "no answer to the ping within {:?}",
+                    self.core.config.ping_timeout
+                )),
+            ),
+        }
+    }
+
+    /// Takes the connection opened longest ago from the spare stock.
+    fn take_spare(&self) -> Option<Box<Slot<M>>> {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        (!spare.is_empty()).then(|| spare.remove(0))
+    }
+
+    /// Connections in the spare stock.
+    pub(crate) fn spare_count(&self) -> usize {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Connects the refill has under way.
+    pub(crate) fn refilling(&self) -> usize {
+        self.refilling.load(Ordering::Acquire)
+    }
+
+    /// Removes from the spare stock the connections `reject` returns a fate for, and
+    /// returns them (with that fate set) for the caller to drop outside the lock.
+    pub(crate) fn drain_spare(
+        &self,
+        mut reject: impl FnMut(&mut Slot<M>) -> Option<Fate>,
+    ) -> Vec<Box<Slot<M>>> {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < spare.len() {
+            match reject(&mut spare[i]) {
+                Some(fate) => {
+                    let mut slot = spare.remove(i);
+                    slot.tally.fate = Some(fate);
+                    gone.push(slot);
+                }
+                None => i += 1,
+            }
+        }
+        gone
+    }
+
+    /// Opens one connection for the spare stock, if the size cap has room. Runs as a
+    /// task of its own: a slow or hanging connect holds nothing a user needs.
+    pub(crate) async fn refill_one(self: Arc<Self>) {
+        let Some(reservation) = self.core.reserve() else {
+            return;
+        };
+        self.refilling.fetch_add(1, Ordering::AcqRel);
+        let result = self.gated_connect().await;
+        self.refilling.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut slot) = result {
+            reservation.keep();
+            slot.spare = true;
+            let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            // A pool closed meanwhile: the new connection closes with it.
+            if !self.core.is_closing() {
+                spare.push(Box::new(slot));
             }
         }
     }
-}
 
-impl<M: Manager> Adapter<M> {
-    /// A new connection, through the connect gate.
-    async fn gated_connect(&self) -> Result<Slot<M::Connection>, ConnectError<M::Error>> {
+    /// A new connection, through the connect gate. The caller has reserved room.
+    async fn gated_connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
         let ticket = self
             .core
             .gate
@@ -339,23 +567,109 @@ impl<M: Manager> Adapter<M> {
         result
     }
 
-    /// The manager's ping under `ping_timeout`; a success counts as traffic.
-    async fn ping(&self, slot: &mut Slot<M::Connection>) -> Verdict {
-        match tokio::time::timeout(
-            self.core.config.ping_timeout,
-            self.manager.ping(&mut slot.conn),
-        )
-        .await
+    async fn connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
+        let core = &self.core;
+        let started = Instant::now();
+        let timeout = core.config.connect_timeout;
+        let result = match tokio::time::timeout(timeout, self.manager.connect(&core.dialer)).await
         {
-            Ok(Ok(())) => {
-                slot.idle_since = CoarseInstant::now();
-                Verdict::Keep
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => {
+                let cause = match err.classify() {
+                    Disposition::Broken { cause, .. } => cause,
+                    Disposition::Application | Disposition::Transient => ResetCause::Other,
+                };
+                Err(ConnectError::Failed(cause, err))
             }
-            Ok(Err(err)) => Verdict::Reset(match err.classify() {
-                Disposition::Broken { cause, .. } if cause != ResetCause::Other => cause,
-                _ => ResetCause::PingFailed,
-            }),
-            Err(_) => Verdict::Reset(ResetCause::PingFailed),
+            Err(_) => Err(ConnectError::TimedOut(timeout)),
+        };
+        let took = started.elapsed();
+        match result {
+            Ok(conn) => {
+                core.recorder.connect(Ok(()), took);
+                core.books.opened();
+                let now = CoarseInstant::now();
+                let peer = self
+                    .manager
+                    .socket(&conn)
+                    .and_then(|s| s.sock_ref().peer_addr().ok())
+                    .and_then(|a| a.as_socket());
+                let lifetime = core.config.max_lifetime.map(|lifetime| {
+                    let jitter = core.config.lifetime_jitter();
+                    lifetime - jitter.mul_f64(fastrand::f64())
+                });
+                Ok(Slot {
+                    conn,
+                    id: core.next_id.fetch_add(1, Ordering::Relaxed),
+                    peer,
+                    created: now,
+                    retire_at: lifetime.and_then(|l| now.checked_add(l)),
+                    idle_since: now,
+                    reused_after: CoarseDuration::ZERO,
+                    spare: false,
+                    broken: None,
+                    exchange_open: false,
+                    tally: Tally {
+                        parts: Arc::clone(self),
+                        fate: None,
+                    },
+                })
+            }
+            Err(err) => {
+                let cause = match &err {
+                    ConnectError::Failed(cause, _) => *cause,
+                    ConnectError::TimedOut(_) => ResetCause::ConnectTimeout,
+                    ConnectError::CircuitOpen(refusal) => refusal.cause,
+                };
+                core.recorder.connect(Err(cause), took);
+                core.books.connect_failed();
+                let shown: &dyn std::fmt::Display = match &err {
+                    ConnectError::Failed(_, source) => source,
+                    other => other,
+                };
+                core.diagnosis
+                    .connect_failed(&core.config.name, &core.recorder, cause, shown);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
+    type Type = Entry<M>;
+    type Error = ConnectError<M::Error>;
+
+    async fn create(&self) -> Result<Entry<M>, Self::Error> {
+        // Opening a connection takes a round trip or more, and its future is large
+        // (resolve, connect, the manager's handshake). It lives on the heap so that
+        // every checkout's future stays small: a checkout that finds an idle
+        // connection would otherwise copy kilobytes it never uses.
+        Box::pin(async {
+            while let Some(mut slot) = self.take_spare() {
+                if self.checkout_check(&mut slot).await {
+                    return Ok(Entry::Live(slot));
+                }
+            }
+            let Some(reservation) = self.core.reserve() else {
+                return Ok(Entry::Placeholder);
+            };
+            let slot = self.0.gated_connect().await?;
+            reservation.keep();
+            Ok(Entry::Live(Box::new(slot)))
+        })
+        .await
+    }
+
+    async fn recycle(&self, entry: &mut Entry<M>, _: &Metrics) -> RecycleResult<Self::Error> {
+        let Entry::Live(slot) = entry else {
+            // A placeholder that went back to the queue: the pool had room again by
+            // then. Dropping it frees its permit; it was never a connection.
+            return Err(RecycleError::message("placeholder"));
+        };
+        if self.checkout_check(slot).await {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection failed the checkout check"))
         }
     }
 }

@@ -1,0 +1,157 @@
+//! The pool's books: connections opened and closed, by cause and reason, and
+//! checkouts, kept in process with atomic counters. [`Pool::stats`](crate::Pool::stats)
+//! reads them; no metrics exporter is needed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cause::{Eviction, Phase, ResetCause};
+
+const CAUSES: usize = ResetCause::ALL.len();
+const PHASES: usize = Phase::ALL.len();
+const REASONS: usize = Eviction::ALL.len();
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Books {
+    opened: AtomicU64,
+    connect_failures: AtomicU64,
+    resets: [[AtomicU64; PHASES]; CAUSES],
+    evictions: [AtomicU64; REASONS],
+    /// Checkouts that found a connection on their first attempt, not yet recorded in
+    /// the wait histogram (the reaper moves them there on its tick).
+    immediate_unrecorded: AtomicU64,
+    immediate_recorded: AtomicU64,
+    waited: AtomicU64,
+    checkout_errors: AtomicU64,
+}
+
+fn index<T: PartialEq>(all: &[T], item: &T) -> usize {
+    all.iter().position(|x| x == item).unwrap_or(0)
+}
+
+impl Books {
+    pub(crate) fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reset(&self, cause: ResetCause, phase: Phase) {
+        self.resets[index(&ResetCause::ALL, &cause)][index(&Phase::ALL, &phase)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn evicted(&self, reason: Eviction) {
+        self.evictions[index(&Eviction::ALL, &reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A checkout that finished on its first attempt: one relaxed add, the whole cost
+    /// of recording it on the checkout path.
+    #[inline]
+    pub(crate) fn immediate_checkout(&self) {
+        self.immediate_unrecorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the immediate checkouts not yet recorded in the wait histogram.
+    pub(crate) fn take_immediate(&self) -> u64 {
+        let taken = self.immediate_unrecorded.swap(0, Ordering::Relaxed);
+        self.immediate_recorded.fetch_add(taken, Ordering::Relaxed);
+        taken
+    }
+
+    pub(crate) fn waited_checkout(&self) {
+        self.waited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn checkout_error(&self) {
+        self.checkout_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            opened: load(&self.opened),
+            connect_failures: load(&self.connect_failures),
+            resets: self.resets.each_ref().map(|row| row.each_ref().map(load)),
+            evictions: self.evictions.each_ref().map(load),
+            checkouts_immediate: load(&self.immediate_recorded)
+                + load(&self.immediate_unrecorded),
+            checkouts_waited: load(&self.waited),
+            checkout_errors: load(&self.checkout_errors),
+        }
+    }
+}
+
+/// What a pool has done since it was built: a snapshot of its counters.
+///
+/// The books always balance: every connection opened is open now, or was counted
+/// closed exactly once, as a reset (outside the connect phase) or an eviction,
+/// whatever path closed it (a cancelled future, a deadline, a panic, a resize, the
+/// pool's close or drop):
+/// `opened == open now + closed()`.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use steadypool::{drivers::tcp::TcpManager, Eviction, Phase, Pool, ResetCause};
+///
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
+/// drop(pool.get().await?);
+/// let stats = pool.stats();
+/// assert_eq!(stats.opened, 1);
+/// assert_eq!(stats.closed(), 0);
+/// println!(
+///     "reset while idle in the pool: {}",
+///     stats.resets(ResetCause::PeerClosed, Phase::Idle)
+/// );
+/// println!("closed idle on purpose: {}", stats.evictions(Eviction::IdleExpired));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections opened.
+    pub opened: u64,
+    /// Connects that failed (also counted as resets in phase `connect` by the
+    /// metrics; not connections, so not in [`Stats::closed`]).
+    pub connect_failures: u64,
+    resets: [[u64; PHASES]; CAUSES],
+    evictions: [u64; REASONS],
+    /// Checkouts that found a usable connection on their first attempt.
+    pub checkouts_immediate: u64,
+    /// Checkouts that had to wait (the pool was exhausted, or a connect or ping was
+    /// needed) and got a connection.
+    pub checkouts_waited: u64,
+    /// Checkouts that failed: timed out, the pool closed, a connect failed, or the
+    /// connect circuit was open.
+    pub checkout_errors: u64,
+}
+
+impl Stats {
+    /// Connections that broke with `cause` in `phase`, and were closed.
+    pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
+        self.resets[index(&ResetCause::ALL, &cause)][index(&Phase::ALL, &phase)]
+    }
+
+    /// Connections closed on purpose for `reason`.
+    pub fn evictions(&self, reason: Eviction) -> u64 {
+        self.evictions[index(&Eviction::ALL, &reason)]
+    }
+
+    /// Every connection closed: resets in every phase but `connect`, and evictions.
+    pub fn closed(&self) -> u64 {
+        let connect = index(&Phase::ALL, &Phase::Connect);
+        let resets: u64 = self
+            .resets
+            .iter()
+            .flat_map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter(move |(phase, _)| *phase != connect)
+                    .map(|(_, n)| *n)
+            })
+            .sum();
+        resets + self.evictions.iter().sum::<u64>()
+    }
+}
