@@ -1,7 +1,8 @@
 //! Fixtures for the system tests: real servers on loopback and a manager for them, the
 //! kernel's view of this process's sockets, and the metrics a pool recorded; real
 //! PostgreSQL and Redis servers, private network namespaces for kernel-level faults,
-//! and what the machine offers (with the rule for skipping when it lacks something).
+//! what the machine offers (with the rule for skipping when it lacks something), and a
+//! manager that misbehaves on command.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ pub mod recorded;
 pub mod redis;
 pub mod servers;
 pub mod sockets;
+pub mod unreliable;
 
 /// Checks `condition` every 10 ms until it holds or `within` passes; returns whether
 /// it held. Timing-dependent tests wait with a generous `within` instead of sleeping a
