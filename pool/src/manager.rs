@@ -117,6 +117,9 @@ pub struct Broken {
 impl Broken {
     /// A connection broken by `cause`.
     pub fn new(cause: ResetCause) -> Broken {
-        Broken { cause, detail: None }
+        Broken {
+            cause,
+            detail: None,
+        }
     }
 }

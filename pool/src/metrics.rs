@@ -344,7 +344,8 @@ impl Bind for Follow {
 
     fn histogram(&mut self, key: Key) -> Histogram {
         let relay = Relayed::new(Direct.histogram(key.clone()));
-        self.relays.push((key, Relay::Histogram(Arc::clone(&relay))));
+        self.relays
+            .push((key, Relay::Histogram(Arc::clone(&relay))));
         Histogram::from_arc(relay)
     }
 }
@@ -382,7 +383,11 @@ impl Handles {
                     &[("cause", cause.as_str()), ("outcome", outcome.as_str())],
                 )));
             }
-            connects_failed.push(bind.counter(key(CONNECTS, &pool, &[("outcome", cause.as_str())])));
+            connects_failed.push(bind.counter(key(
+                CONNECTS,
+                &pool,
+                &[("outcome", cause.as_str())],
+            )));
         }
         let evictions = Eviction::ALL
             .iter()
@@ -455,7 +460,9 @@ impl Recorder {
                 let _ = match relay {
                     Relay::Counter(c) => c.later.set(r.register_counter(key, &METADATA)).is_ok(),
                     Relay::Gauge(g) => g.later.set(r.register_gauge(key, &METADATA)).is_ok(),
-                    Relay::Histogram(h) => h.later.set(r.register_histogram(key, &METADATA)).is_ok(),
+                    Relay::Histogram(h) => {
+                        h.later.set(r.register_histogram(key, &METADATA)).is_ok()
+                    }
                 };
             }
         });
@@ -532,9 +539,11 @@ impl Recorder {
     }
 
     pub(crate) fn idle_limit(&self, limit: &IdleLimit) {
-        self.handles.idle_limit_lower
+        self.handles
+            .idle_limit_lower
             .set(limit.lower.map_or(0.0, |lower| lower.as_secs_f64()));
-        self.handles.idle_limit_upper
+        self.handles
+            .idle_limit_upper
             .set(limit.upper.map_or(f64::NAN, |upper| upper.as_secs_f64()));
         self.handles.idle_evict_after.set(
             limit

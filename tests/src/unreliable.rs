@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use steadypool::{Dialer, Manager, SocketRef};
+use steadypool::{Broken, Dialer, Manager, ResetCause, SocketRef};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
@@ -153,7 +153,7 @@ impl UnreliableManager {
             .extend(std::iter::repeat_n(behaviour, n));
     }
 
-    /// The next `n` [`Manager::is_broken`] checks report the connection broken
+    /// The next `n` [`Manager::broken`] checks report the connection broken
     /// (`usize::MAX`: all of them).
     pub fn report_broken(&self, n: usize) {
         self.0.broken_checks.store(n, Ordering::SeqCst);
@@ -283,10 +283,11 @@ impl Manager for UnreliableManager {
         Ok(())
     }
 
-    fn is_broken(&self, _: &mut CountedConnection) -> bool {
+    fn broken(&self, _: &CountedConnection) -> Option<Broken> {
         self.0
             .broken_checks
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+            .then(|| Broken::new(ResetCause::Other))
     }
 }

@@ -625,7 +625,8 @@ fn checkout_waits(snapshotter: &Snapshotter) -> Vec<f64> {
 }
 
 // bb8 counts checkouts served at once and those that waited, and the time waited;
-// steadypool records each checkout's duration, zero for one served at once.
+// steadypool counts both in `Pool::stats` and records each checkout's duration in a
+// histogram, zero for one served at once.
 #[tokio::test]
 async fn test_state_get_contention() {
     let (_server, manager) = server_and_manager().await;
@@ -649,7 +650,17 @@ async fn test_state_get_contention() {
     second.await.unwrap();
     holder.task.await.unwrap();
 
-    let waits = checkout_waits(&snapshotter);
+    // A checkout served at once is counted on the checkout path and reaches the
+    // histogram on the reaper's next tick; one that waited is recorded as it ends.
+    let stats = pool.stats();
+    assert_eq!(stats.checkouts_immediate, 1, "{stats:?}");
+    assert_eq!(stats.checkouts_waited, 1, "{stats:?}");
+    let mut waits = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while waits.len() < 2 && tokio::time::Instant::now() < deadline {
+        waits.extend(checkout_waits(&snapshotter));
+        tokio::time::sleep(TICK).await;
+    }
     assert_eq!(waits.len(), 2, "{waits:?}");
     let direct = waits.iter().filter(|wait| **wait == 0.0).count();
     let waited = waits.iter().filter(|wait| **wait > 0.0).count();

@@ -181,7 +181,10 @@ mod tests {
             false,
         );
         assert!(!text.contains("between 1.5 s and 1.5 s"), "{text}");
-        assert!(text.contains("closes idle connections at about 1.5 s"), "{text}");
+        assert!(
+            text.contains("closes idle connections at about 1.5 s"),
+            "{text}"
+        );
     }
 
     #[test]

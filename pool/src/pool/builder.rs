@@ -256,7 +256,9 @@ fn default_name(target: Option<String>) -> String {
     static TAKEN: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
         std::sync::Mutex::new(None);
     let base = target.unwrap_or_else(|| "pool".to_owned());
-    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let count = taken
         .get_or_insert_with(Default::default)
         .entry(base.clone())

@@ -33,8 +33,8 @@ use tokio::time::error::Elapsed;
 pub use self::builder::PoolBuilder;
 use self::config::Config;
 pub use self::config::{BuildError, QueueMode};
-use self::slot::{Entry, Fate, Parts, Slot, Verdict};
 pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
+use self::slot::{Entry, Fate, Parts, Slot, Verdict};
 pub use self::stats::Stats;
 use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
@@ -738,6 +738,8 @@ impl<M: Manager> DerefMut for Exchange<'_, M> {
 
 impl<M: Manager> fmt::Debug for Exchange<'_, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Exchange").field("conn", &self.conn).finish()
+        f.debug_struct("Exchange")
+            .field("conn", &self.conn)
+            .finish()
     }
 }

@@ -64,7 +64,8 @@ pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
     let parts = &pool.manager().0;
     let core = &parts.core;
     core.recorder.follow_global_recorder();
-    core.recorder.immediate_checkouts(core.books.take_immediate());
+    core.recorder
+        .immediate_checkouts(core.books.take_immediate());
     core.recorder.circuit_state(core.gate.state().gauge_value());
     let status = pool.status();
     let spare = parts.spare_count();

@@ -321,8 +321,14 @@ impl Core {
         dead: &Obituary,
         detail: Option<&str>,
     ) {
-        self.diagnosis
-            .reset(&self.config.name, &self.recorder, cause, phase, dead, detail);
+        self.diagnosis.reset(
+            &self.config.name,
+            &self.recorder,
+            cause,
+            phase,
+            dead,
+            detail,
+        );
     }
 
     /// Records a connection closed on purpose.
@@ -497,7 +503,10 @@ impl<M: Manager> Parts<M> {
 
     /// Connections in the spare stock.
     pub(crate) fn spare_count(&self) -> usize {
-        self.spare.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Connects the refill has under way.
@@ -571,8 +580,7 @@ impl<M: Manager> Parts<M> {
         let core = &self.core;
         let started = Instant::now();
         let timeout = core.config.connect_timeout;
-        let result = match tokio::time::timeout(timeout, self.manager.connect(&core.dialer)).await
-        {
+        let result = match tokio::time::timeout(timeout, self.manager.connect(&core.dialer)).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {
                 let cause = match err.classify() {
@@ -669,7 +677,9 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
         if self.checkout_check(slot).await {
             Ok(())
         } else {
-            Err(RecycleError::message("connection failed the checkout check"))
+            Err(RecycleError::message(
+                "connection failed the checkout check",
+            ))
         }
     }
 }

@@ -76,8 +76,7 @@ impl Books {
             connect_failures: load(&self.connect_failures),
             resets: self.resets.each_ref().map(|row| row.each_ref().map(load)),
             evictions: self.evictions.each_ref().map(load),
-            checkouts_immediate: load(&self.immediate_recorded)
-                + load(&self.immediate_unrecorded),
+            checkouts_immediate: load(&self.immediate_recorded) + load(&self.immediate_unrecorded),
             checkouts_waited: load(&self.waited),
             checkout_errors: load(&self.checkout_errors),
         }
