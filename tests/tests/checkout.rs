@@ -330,10 +330,11 @@ async fn a_loop_of_checkouts_still_lets_other_tasks_run() {
 }
 
 #[tokio::test]
-async fn a_checkout_that_finds_every_connection_busy_tries_again_before_it_queues() {
+async fn a_checkout_that_finds_every_connection_busy_waits_counted_and_gets_the_returned_one() {
     // One connection, held. On this single-threaded runtime the tasks take turns:
-    // the checkout finds it busy and yields; meanwhile the holder returns it; the
-    // checkout takes it without ever having queued (a queued one counts as waiting).
+    // the checkout finds it busy and yields before it queues (see `Pool::queue`), and
+    // counts as waiting while it does; the holder returns the connection, and the
+    // checkout takes that one, with no new connect.
     let server = LineServer::start().await.unwrap();
     let pool = checkout_only(LineManager::new(server.addr()))
         .max_size(1)
@@ -348,10 +349,12 @@ async fn a_checkout_that_finds_every_connection_busy_tries_again_before_it_queue
     tokio::task::yield_now().await;
     assert_eq!(
         pool.status().waiting,
-        0,
-        "the checkout queued at once instead of trying again first"
+        1,
+        "a checkout that found the pool exhausted is not counted as waiting"
     );
     drop(held);
     assert_eq!(checkout.await.unwrap().unwrap(), held_id);
+    assert_eq!(pool.status().waiting, 0);
+    assert_eq!(pool.stats().checkouts_waited, 1);
     assert_eq!(server.accepts(), 1);
 }
