@@ -286,7 +286,7 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
     let (pool, metrics) = RecordedMetrics::build(
         Pool::builder(LedgerManager::new(server.addr()))
             .connect_timeout(Duration::from_millis(300))
-            .retry_policy(policy().deadline(Duration::from_millis(500))),
+            .retry_policy(policy().deadline(Duration::from_secs(1))),
     )
     .unwrap();
     let err = pool
