@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use steadypool::{Address, Dialer, Manager, Pool, RunError, SocketRef};
+use steadypool::{Address, Dialer, Manager, Pool, SocketRef};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -223,7 +223,7 @@ async fn client(pool: Pool<LineManager>, outcomes: Arc<Outcomes>) {
         while let Some(done) = burst.join_next().await {
             let counter = match done {
                 Ok(Ok(_)) => &outcomes.ok,
-                Ok(Err(RunError::NotSafe { .. })) => &outcomes.not_safe,
+                Ok(Err(err)) if err.may_have_executed() => &outcomes.maybe_executed,
                 _ => &outcomes.failed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -234,7 +234,7 @@ async fn client(pool: Pool<LineManager>, outcomes: Arc<Outcomes>) {
 #[derive(Default)]
 struct Outcomes {
     ok: AtomicU64,
-    not_safe: AtomicU64,
+    maybe_executed: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -296,9 +296,9 @@ async fn main() -> anyhow::Result<()> {
 
     let limit = pool.idle_limit();
     println!(
-        "requests: {} ok, {} not replayed (not idempotent), {} failed",
+        "requests: {} ok, {} failed but may have taken effect, {} failed",
         outcomes.ok.load(Ordering::Relaxed),
-        outcomes.not_safe.load(Ordering::Relaxed),
+        outcomes.maybe_executed.load(Ordering::Relaxed),
         outcomes.failed.load(Ordering::Relaxed),
     );
     println!(

@@ -9,8 +9,8 @@
 //! The reads go through `run_idempotent` and all succeed: a broken connection is
 //! discarded and the read is sent again on a fresh one. The increments go through
 //! `run`: an increment whose connection broke after it was sent is not replayed, and
-//! comes back as `RunError::NotSafe` with the cause, because it may have run. At the
-//! end the server's counter shows exactly which ones did.
+//! comes back as `RunError::MaybeExecuted` with the cause, because it may have run. At
+//! the end the server's counter shows exactly which ones did.
 //!
 //! ```text
 //! cargo run -p steadypool-examples --example retry
@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use steadypool::{Classify, DialError, Dialer, Manager, Pool, RetryPolicy, RunError, SocketRef};
+use steadypool::{
+    Classify, DialError, Dialer, Manager, Pool, ResetCause, RetryPolicy, RunError, SocketRef,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -165,10 +167,11 @@ async fn main() -> anyhow::Result<()> {
                 done += 1;
                 println!("  INCR #{i} -> {value}");
             }
-            Err(RunError::NotSafe { cause, .. }) => {
+            Err(RunError::MaybeExecuted { reason, cause, .. }) => {
                 unsure += 1;
+                let cause = cause.map_or("none", ResetCause::as_str);
                 println!(
-                    "  INCR #{i} -> connection broke ({cause}) after sending; not retried, \
+                    "  INCR #{i} -> {reason} (connection broke: {cause}) after sending; \
                      it may or may not have run"
                 );
             }

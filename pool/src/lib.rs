@@ -17,7 +17,10 @@
 //!   retries an operation on a fresh connection when its connection broke;
 //!   [`Pool::run`] retries only when the request provably never left. Waits are
 //!   jittered, attempts and time bounded, and a per-pool retry budget keeps an outage
-//!   from multiplying the load.
+//!   from multiplying the load. Every failure says in its type whether the request
+//!   may have taken effect ([`RunError::MaybeExecuted`]) or provably did not
+//!   ([`RunError::NotExecuted`]), and every call counts in
+//!   `steadypool_runs_total{outcome}`.
 //! * **A connect gate** ([`breaker`]): a few connects in flight at most, and a circuit
 //!   that makes checkouts fail fast while the upstream is down, instead of every
 //!   waiter dialing it.

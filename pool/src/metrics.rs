@@ -8,7 +8,8 @@
 //! pool built inside [`metrics::with_local_recorder`] keeps that recorder. Every
 //! series carries the label `pool` (the pool's [`name`](crate::PoolBuilder::name));
 //! other label values come from fixed sets ([`ResetCause`], [`Phase`], [`Eviction`],
-//! [`RetryOutcome`], [`CheckoutFailure`]), never from errno values, addresses or
+//! [`RetryOutcome`], [`RunOutcome`],
+//! [`CheckoutFailure`]), never from errno values, addresses or
 //! messages.
 //!
 //! **Histograms need buckets in the exporter.** `metrics` hands the exporter raw
@@ -31,6 +32,7 @@
 //! | `steadypool_idle_limit_lower_seconds` | gauge | | longest idle time seen harmless on this path (0: none yet) |
 //! | `steadypool_idle_limit_upper_seconds` | gauge | | shortest idle time after which a connection was found closed (NaN: none) |
 //! | `steadypool_idle_evict_after_seconds` | gauge | | idle time after which the pool closes a connection now (`+Inf`: never) |
+//! | `steadypool_runs_total` | counter | `outcome` | `run` calls, by what the caller got: `ok`, `operation_error`, `maybe_executed`, `not_executed` |
 //!
 //! The occupancy gauges are refreshed on every reaper tick; the idle-limit gauges
 //! whenever the evidence changes (see [`crate::diagnosis`]).
@@ -73,6 +75,8 @@ pub const IDLE_LIMIT_LOWER: &str = "steadypool_idle_limit_lower_seconds";
 pub const IDLE_LIMIT_UPPER: &str = "steadypool_idle_limit_upper_seconds";
 /// The idle time after which the pool closes a connection now.
 pub const IDLE_EVICT_AFTER: &str = "steadypool_idle_evict_after_seconds";
+/// `run` calls, by the `outcome` the caller got.
+pub const RUNS: &str = "steadypool_runs_total";
 
 /// What became of an operation that hit a broken connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,6 +150,52 @@ impl CheckoutFailure {
     }
 }
 
+/// What a caller of [`Pool::run`](crate::Pool::run) (or a sibling) got back. Every
+/// call that returns counts once; a `run` future dropped before it returned counts
+/// nothing.
+///
+/// ```
+/// use steadypool::metrics::RunOutcome;
+/// let labels: Vec<_> = RunOutcome::ALL.iter().map(|o| o.as_str()).collect();
+/// assert_eq!(labels, ["ok", "operation_error", "maybe_executed", "not_executed"]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// The operation returned its value.
+    Ok,
+    /// The server answered with the operation's own error
+    /// ([`RunError::Operation`](crate::RunError::Operation)).
+    OperationError,
+    /// The request may have taken effect
+    /// ([`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted)).
+    MaybeExecuted,
+    /// The request never reached the server
+    /// ([`RunError::NotExecuted`](crate::RunError::NotExecuted)), for example every
+    /// connect was refused or the connect circuit is open.
+    NotExecuted,
+}
+
+impl RunOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [RunOutcome; 4] = [
+        RunOutcome::Ok,
+        RunOutcome::OperationError,
+        RunOutcome::MaybeExecuted,
+        RunOutcome::NotExecuted,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::OperationError => "operation_error",
+            RunOutcome::MaybeExecuted => "maybe_executed",
+            RunOutcome::NotExecuted => "not_executed",
+        }
+    }
+}
+
 fn describe() {
     describe_counter!(
         RESETS,
@@ -203,6 +253,11 @@ fn describe() {
         Unit::Seconds,
         "Idle time after which the pool closes a connection now: idle_timeout, or the learned limit when lower; +Inf for never."
     );
+    describe_counter!(
+        RUNS,
+        Unit::Count,
+        "Run calls, by what the caller got: ok, operation_error, maybe_executed (the request may have taken effect) or not_executed."
+    );
 }
 
 /// A pool's metric handles, bound once when the pool is built.
@@ -230,6 +285,7 @@ struct Handles {
     idle_limit_lower: Gauge,
     idle_limit_upper: Gauge,
     idle_evict_after: Gauge,
+    runs: Vec<Counter>,
 }
 
 /// Registers the handles with whatever recorder is in force, or through relays.
@@ -397,6 +453,10 @@ impl Handles {
             .iter()
             .map(|error| bind.counter(key(CHECKOUT_ERRORS, &pool, &[("error", error.as_str())])))
             .collect();
+        let runs = RunOutcome::ALL
+            .iter()
+            .map(|outcome| bind.counter(key(RUNS, &pool, &[("outcome", outcome.as_str())])))
+            .collect();
         Handles {
             resets,
             evictions,
@@ -413,6 +473,7 @@ impl Handles {
             idle_limit_lower: bind.gauge(key(IDLE_LIMIT_LOWER, &pool, &[])),
             idle_limit_upper: bind.gauge(key(IDLE_LIMIT_UPPER, &pool, &[])),
             idle_evict_after: bind.gauge(key(IDLE_EVICT_AFTER, &pool, &[])),
+            runs,
         }
     }
 }
@@ -551,6 +612,14 @@ impl Recorder {
                 .map_or(f64::INFINITY, |after| after.as_secs_f64()),
         );
     }
+
+    pub(crate) fn run(&self, outcome: RunOutcome) {
+        let index = RunOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.handles.runs[index].increment(1);
+    }
 }
 
 #[cfg(test)]
@@ -566,6 +635,7 @@ mod tests {
         let pool = metrics::with_local_recorder(&recorder, || Recorder::new("described"));
         pool.reset(ResetCause::UserTimeout, Phase::InUse);
         pool.retry(ResetCause::PeerReset, RetryOutcome::NotSafe);
+        pool.run(RunOutcome::MaybeExecuted);
         let snapshot = snapshotter.snapshot().into_vec();
         for name in [
             RESETS,
@@ -581,6 +651,7 @@ mod tests {
             IDLE_LIMIT_LOWER,
             IDLE_LIMIT_UPPER,
             IDLE_EVICT_AFTER,
+            RUNS,
         ] {
             let series: Vec<_> = snapshot
                 .iter()
@@ -620,6 +691,15 @@ mod tests {
         assert_eq!(
             counted(RETRIES, &[("cause", "peer_reset"), ("outcome", "not_safe")]),
             1
+        );
+        assert_eq!(counted(RUNS, &[("outcome", "maybe_executed")]), 1);
+        assert_eq!(counted(RUNS, &[]), 1);
+        assert_eq!(
+            snapshot
+                .iter()
+                .filter(|(key, ..)| key.key().name() == RUNS)
+                .count(),
+            RunOutcome::ALL.len()
         );
         // Every combination exists from the start, so rates never miss a series.
         assert_eq!(

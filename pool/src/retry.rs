@@ -13,15 +13,16 @@
 //! * **Any other operation** is retried only when the request provably never reached
 //!   the server: no connection could be opened, or the manager's error says
 //!   [`Sent::No`]. If the connection broke after the request may have been sent, the
-//!   operation is **never replayed**: you get [`RunError::NotSafe`] with the cause, and
-//!   the operation may or may not have taken effect. This is what [`Pool::run`] does.
+//!   operation is **never replayed**: you get [`RunError::MaybeExecuted`] with reason
+//!   [`GiveUp::NotIdempotent`] and the cause. This is what [`Pool::run`] does.
 //! * **A transient error** (the server is busy; the connection is fine) is retried
 //!   after a backoff, for both kinds: the server refused the work, it did not run it.
 //! * **An application error** (the server answered "no") is returned as it is, at once,
-//!   and the connection goes back to the pool.
+//!   as [`RunError::Operation`], and the connection goes back to the pool.
 //! * **No connection at all** because the pool is closed, exhausted past
 //!   `wait_timeout`, or its [connect circuit](crate::breaker) is open: returned at
-//!   once. Failing fast is the point of the circuit.
+//!   once, with reason [`GiveUp::NoConnection`]. Failing fast is the point of the
+//!   circuit.
 //!
 //! Every retry is bounded three ways, by the [`RetryPolicy`]: a number of attempts,
 //! an overall deadline (which also bounds the operation itself; one still running at
@@ -30,6 +31,24 @@
 //! plus `floor`. During a hard outage the budget runs out and each request fails after
 //! its first attempt, instead of every request turning into several (the way a fixed
 //! retry count triples the load on a struggling upstream).
+//!
+//! # Did it run?
+//!
+//! Every failure says whether the request may have taken effect, in its type:
+//!
+//! | error | meaning | what to do |
+//! |---|---|---|
+//! | [`RunError::Operation`] | the server answered with an error | what that error says |
+//! | [`RunError::MaybeExecuted`] | an attempt may have reached the server: it may have taken effect, once | find out (by a request id, a read) before redoing it |
+//! | [`RunError::NotExecuted`] | no attempt reached the server: nothing took effect | safe to try again later |
+//!
+//! Once an attempt may have sent the request (its connection broke with
+//! [`Sent::Maybe`], or the deadline cut the operation while it ran), every way the
+//! run can end is [`RunError::MaybeExecuted`], whatever stopped it: the deadline, the
+//! budget, the attempts, a failed connect or a closed pool on a later attempt. Only a
+//! run whose every attempt failed before sending (failed connects, [`Sent::No`],
+//! transient refusals) or got no connection at all ends in
+//! [`RunError::NotExecuted`]. [`RunError::reason`] says why retrying stopped.
 //!
 //! **Backoff.** The first retry after a pooled connection that turned out to be stale
 //! (the peer closed or reset it while it sat idle, and the checkout probe could not
@@ -44,8 +63,11 @@
 //! a `run` future dropped half-way.
 //!
 //! Each `run` is a tracing span `run` with fields `pool`, `idempotent`, `attempt` and
-//! `conn` (the connection id); each operation that hit a failure counts once in
-//! `steadypool_retries_total{cause, outcome}` (a transient failure has cause `other`).
+//! `conn` (the connection id). Each call that returns counts once in
+//! `steadypool_runs_total{outcome}` (`ok`, `operation_error`, `maybe_executed`,
+//! `not_executed`); each one that hit a failure it weighed retrying also counts once
+//! in `steadypool_retries_total{cause, outcome}` (a transient failure has cause
+//! `other`). A `run` future dropped before it returned counts in neither.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,8 +94,11 @@
 //!     .await
 //! {
 //!     Ok(()) => {}
-//!     Err(RunError::NotSafe { cause, .. }) => {
-//!         eprintln!("connection broke ({cause}); the payment may or may not have run");
+//!     Err(RunError::MaybeExecuted { reason, cause, .. }) => {
+//!         eprintln!("{reason} ({cause:?}): the payment may have run; look it up before paying again");
+//!     }
+//!     Err(RunError::NotExecuted { reason, .. }) => {
+//!         eprintln!("{reason}: the payment did not run; safe to try again later");
 //!     }
 //!     Err(other) => return Err(other.into()),
 //! }
@@ -94,7 +119,7 @@ use tracing::Instrument;
 
 use crate::cause::{Classify, Disposition, Eviction, ResetCause, Sent};
 use crate::manager::Manager;
-use crate::metrics::RetryOutcome;
+use crate::metrics::{RetryOutcome, RunOutcome};
 use crate::pool::{Connection, Error, Pool};
 
 /// The future an operation returns: boxed, `Send`, and borrowing the connection.
@@ -328,20 +353,31 @@ pub enum PolicyError {
     ZeroBudget,
 }
 
-/// Why retrying stopped.
+/// Why retrying stopped: the `reason` of [`RunError::MaybeExecuted`] and
+/// [`RunError::NotExecuted`].
 ///
 /// ```
-/// assert_eq!(steadypool::GiveUp::Budget.to_string(), "retry budget spent");
+/// use steadypool::GiveUp;
+/// assert_eq!(GiveUp::Budget.to_string(), "retry budget spent");
+/// assert_eq!(GiveUp::NotIdempotent.to_string(), "not idempotent, so not replayed");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GiveUp {
     /// `max_attempts` were made.
     Attempts,
-    /// The deadline passed, or the next wait would have passed it.
+    /// The deadline passed (it may have cut the operation while it ran), or the next
+    /// wait would have passed it.
     Deadline,
     /// The pool's retry budget was spent.
     Budget,
+    /// The connection broke after the request may have been sent, and the operation
+    /// is not idempotent, so it was not replayed. Only ever the reason of
+    /// [`RunError::MaybeExecuted`].
+    NotIdempotent,
+    /// No connection could be had: the pool is closed, stayed exhausted past
+    /// `wait_timeout`, or its [connect circuit](crate::breaker) is open. Not retried.
+    NoConnection,
 }
 
 impl fmt::Display for GiveUp {
@@ -350,6 +386,8 @@ impl fmt::Display for GiveUp {
             GiveUp::Attempts => "attempts exhausted",
             GiveUp::Deadline => "deadline passed",
             GiveUp::Budget => "retry budget spent",
+            GiveUp::NotIdempotent => "not idempotent, so not replayed",
+            GiveUp::NoConnection => "no connection to be had",
         })
     }
 }
@@ -372,70 +410,101 @@ pub enum AttemptError<E: StdError + 'static> {
     Checkout(Error<E>),
 }
 
-/// Why [`Pool::run`] (or a sibling) failed.
+/// Why [`Pool::run`] (or a sibling) failed, and whether the request may have taken
+/// effect. Each failure has exactly one shape; see [Did it run?](crate::retry#did-it-run).
+///
+/// `cause` and `source` describe the last failure that ended an attempt with an error
+/// (a broken connection, a failed connect, a transient refusal, or the checkout that
+/// found no connection); both are `None` when no attempt ended that way (the deadline
+/// cut the first attempt short).
 ///
 /// ```
 /// use std::io;
-/// use steadypool::{GiveUp, ResetCause, RunError};
+/// use steadypool::{AttemptError, GiveUp, ResetCause, RunError};
 ///
 /// fn explain(err: &RunError<io::Error>) -> String {
 ///     match err {
 ///         RunError::Operation(e) => format!("the server said no: {e}"),
-///         RunError::NotSafe { cause, .. } => format!("broke after sending ({cause}); check before redoing"),
-///         RunError::GaveUp { reason: GiveUp::Budget, .. } => "upstream struggling; shed load".into(),
-///         other => format!("unavailable ({:?}): {other}", other.cause()),
+///         RunError::MaybeExecuted { reason, .. } => {
+///             format!("{reason}; it may have run: check before redoing it")
+///         }
+///         RunError::NotExecuted { reason: GiveUp::Budget, .. } => {
+///             "upstream struggling; shed load".into()
+///         }
+///         RunError::NotExecuted { reason, .. } => format!("{reason}; it did not run"),
+///         // Anything this crate may add later: assume the worst.
+///         other => format!("it may have run: {other}"),
 ///     }
 /// }
 ///
-/// let err = RunError::NotSafe {
-///     cause: ResetCause::PeerReset,
+/// let err = RunError::MaybeExecuted {
+///     reason: GiveUp::NotIdempotent,
 ///     attempts: 1,
-///     source: io::Error::from(io::ErrorKind::ConnectionReset),
+///     cause: Some(ResetCause::PeerReset),
+///     source: Some(AttemptError::Operation(io::ErrorKind::ConnectionReset.into())),
 /// };
+/// assert!(err.may_have_executed());
 /// assert_eq!(err.cause(), Some(ResetCause::PeerReset));
-/// assert!(explain(&err).contains("peer_reset"));
+/// assert!(explain(&err).contains("may have run"));
+/// assert!(err.to_string().contains("may have taken effect"), "{err}");
+///
+/// let closed: RunError<io::Error> = RunError::NotExecuted {
+///     reason: GiveUp::NoConnection,
+///     attempts: 1,
+///     cause: None,
+///     source: Some(AttemptError::Checkout(steadypool::Error::Closed)),
+/// };
+/// assert!(!closed.may_have_executed());
+/// assert!(closed.to_string().contains("did not reach the server"), "{closed}");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError<E: StdError + 'static> {
-    /// The operation's own error (the server answered; the connection was fine and
-    /// went back to the pool). Never retried.
+    /// The server answered with the operation's own error (the connection was fine
+    /// and went back to the pool). Never retried.
     #[error(transparent)]
     Operation(E),
-    /// The connection broke after the request may have reached the server, and the
-    /// operation is not idempotent: it was not replayed, and may or may not have
-    /// taken effect.
+    /// The request may have reached the server, and may or may not have taken
+    /// effect: an attempt's connection broke after it may have been sent, or the
+    /// deadline cut the operation while it ran. Find out before running it again.
     #[error(
-        "the connection broke ({cause}) after the request may have reached the server; \
-         not retried because the operation is not idempotent: it may or may not have taken effect"
+        "gave up after {attempts} attempt(s) ({reason}; last cause: {}): \
+         the request may have reached the server and may have taken effect",
+        cause_text(.cause)
     )]
-    NotSafe {
-        /// Why the connection broke.
-        cause: ResetCause,
-        /// Attempts made.
-        attempts: u32,
-        /// The operation's error.
-        #[source]
-        source: E,
-    },
-    /// Retrying stopped: attempts, deadline or budget ran out.
-    #[error("gave up after {attempts} attempt(s), {reason}; last cause: {}", cause_text(.cause))]
-    GaveUp {
-        /// What ran out.
+    MaybeExecuted {
+        /// Why retrying stopped.
         reason: GiveUp,
         /// Attempts made.
         attempts: u32,
-        /// The cause of the last broken connection or failed connect; `None` when the
-        /// last failure was transient, or the deadline cut an attempt short.
+        /// The last failure's reset cause; `None` when it had none (a transient
+        /// refusal, a closed or exhausted pool) or no attempt ended with an error.
         cause: Option<ResetCause>,
-        /// The last attempt's error, if it ended with one.
+        /// The last failed attempt's error; `None` when no attempt ended with one.
         #[source]
         source: Option<AttemptError<E>>,
     },
-    /// No connection: the pool is closed, stayed exhausted, or its connect circuit is
-    /// open. Not retried.
-    #[error(transparent)]
-    Pool(Error<E>),
+    /// The request provably never reached the server: no attempt sent it (connects
+    /// failed, the manager's errors said [`Sent::No`], the server refused the work as
+    /// transient, or no connection could be had). Nothing took effect: safe to try
+    /// again later.
+    #[error(
+        "gave up after {attempts} attempt(s) ({reason}; last cause: {}): \
+         the request did not reach the server and did not take effect",
+        cause_text(.cause)
+    )]
+    NotExecuted {
+        /// Why retrying stopped. Never [`GiveUp::NotIdempotent`].
+        reason: GiveUp,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure's reset cause; `None` when it had none (a transient
+        /// refusal, a closed or exhausted pool) or no attempt ended with an error.
+        cause: Option<ResetCause>,
+        /// The last failed attempt's error; `None` when no attempt ended with one.
+        #[source]
+        source: Option<AttemptError<E>>,
+    },
 }
 
 fn cause_text(cause: &Option<ResetCause>) -> &'static str {
@@ -443,13 +512,123 @@ fn cause_text(cause: &Option<ResetCause>) -> &'static str {
 }
 
 impl<E: StdError + 'static> RunError<E> {
+    /// Whether the request may have taken effect on the server without the caller
+    /// knowing: `true` for [`RunError::MaybeExecuted`] only.
+    ///
+    /// `false` for [`RunError::Operation`]: the server answered, so nothing is
+    /// uncertain; whether the refused request changed anything is what its error says
+    /// (an application error normally means it did not). One subtlety: after
+    /// [`Pool::run_idempotent`] retried, an earlier attempt may also have run, which
+    /// the caller declared harmless; the error is the last attempt's answer. A run
+    /// with [`Pool::run`] never retries after an attempt that may have been sent, so
+    /// its `Operation` error is the answer to the only attempt the server saw.
+    ///
+    /// ```
+    /// use std::io;
+    /// use steadypool::{GiveUp, RunError};
+    /// let refused: RunError<io::Error> = RunError::Operation(io::Error::other("no such key"));
+    /// assert!(!refused.may_have_executed());
+    /// let cut: RunError<io::Error> = RunError::MaybeExecuted {
+    ///     reason: GiveUp::Deadline,
+    ///     attempts: 1,
+    ///     cause: None,
+    ///     source: None,
+    /// };
+    /// assert!(cut.may_have_executed());
+    /// ```
+    pub fn may_have_executed(&self) -> bool {
+        matches!(self, RunError::MaybeExecuted { .. })
+    }
+
     /// The reset cause behind the failure, if a connection broke or could not be made.
+    ///
+    /// ```
+    /// use std::io;
+    /// use steadypool::{GiveUp, ResetCause, RunError};
+    /// let err: RunError<io::Error> = RunError::NotExecuted {
+    ///     reason: GiveUp::Attempts,
+    ///     attempts: 3,
+    ///     cause: Some(ResetCause::Refused),
+    ///     source: None,
+    /// };
+    /// assert_eq!(err.cause(), Some(ResetCause::Refused));
+    /// assert_eq!(RunError::Operation(io::Error::other("no")).cause(), None);
+    /// ```
     pub fn cause(&self) -> Option<ResetCause> {
         match self {
             RunError::Operation(_) => None,
-            RunError::NotSafe { cause, .. } => Some(*cause),
-            RunError::GaveUp { cause, .. } => *cause,
-            RunError::Pool(err) => err.cause(),
+            RunError::MaybeExecuted { cause, .. } | RunError::NotExecuted { cause, .. } => *cause,
+        }
+    }
+
+    /// Why retrying stopped; `None` for [`RunError::Operation`], which is never
+    /// retried.
+    ///
+    /// ```
+    /// use std::io;
+    /// use steadypool::{GiveUp, RunError};
+    /// let err: RunError<io::Error> = RunError::NotExecuted {
+    ///     reason: GiveUp::Budget,
+    ///     attempts: 1,
+    ///     cause: None,
+    ///     source: None,
+    /// };
+    /// assert_eq!(err.reason(), Some(GiveUp::Budget));
+    /// assert_eq!(RunError::Operation(io::Error::other("no")).reason(), None);
+    /// ```
+    pub fn reason(&self) -> Option<GiveUp> {
+        match self {
+            RunError::Operation(_) => None,
+            RunError::MaybeExecuted { reason, .. } | RunError::NotExecuted { reason, .. } => {
+                Some(*reason)
+            }
+        }
+    }
+
+    /// How many attempts were made; `None` for [`RunError::Operation`], which does
+    /// not count them.
+    ///
+    /// ```
+    /// use std::io;
+    /// use steadypool::{GiveUp, RunError};
+    /// let err: RunError<io::Error> = RunError::MaybeExecuted {
+    ///     reason: GiveUp::Attempts,
+    ///     attempts: 3,
+    ///     cause: None,
+    ///     source: None,
+    /// };
+    /// assert_eq!(err.attempts(), Some(3));
+    /// assert_eq!(RunError::Operation(io::Error::other("no")).attempts(), None);
+    /// ```
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            RunError::Operation(_) => None,
+            RunError::MaybeExecuted { attempts, .. } | RunError::NotExecuted { attempts, .. } => {
+                Some(*attempts)
+            }
+        }
+    }
+
+    /// The last failed attempt's error (the `source` field); `None` for
+    /// [`RunError::Operation`], whose error is the operation's own.
+    ///
+    /// ```
+    /// use std::io;
+    /// use steadypool::{AttemptError, Error, GiveUp, RunError};
+    /// let err: RunError<io::Error> = RunError::NotExecuted {
+    ///     reason: GiveUp::NoConnection,
+    ///     attempts: 1,
+    ///     cause: None,
+    ///     source: Some(AttemptError::Checkout(Error::Closed)),
+    /// };
+    /// assert!(matches!(err.attempt_error(), Some(AttemptError::Checkout(Error::Closed))));
+    /// ```
+    pub fn attempt_error(&self) -> Option<&AttemptError<E>> {
+        match self {
+            RunError::Operation(_) => None,
+            RunError::MaybeExecuted { source, .. } | RunError::NotExecuted { source, .. } => {
+                source.as_ref()
+            }
         }
     }
 }
@@ -624,10 +803,74 @@ impl<M: Manager> Drop for Lent<M> {
     }
 }
 
-/// The last failure of a run, kept to report it.
+/// A failure that ended an attempt, kept to report it.
 struct Failure<E: StdError + 'static> {
     cause: Option<ResetCause>,
     error: Option<AttemptError<E>>,
+}
+
+/// What one `run` carries from attempt to attempt.
+struct Progress<E: StdError + 'static> {
+    deadline: Instant,
+    backoff: Backoff,
+    attempt: u32,
+    last: Option<Failure<E>>,
+    /// Set once an attempt may have sent the request, and never cleared: from then on
+    /// no error may claim that nothing ran.
+    maybe_sent: bool,
+    /// The `retries_total` cause of the last failure weighed for a retry; `None` while
+    /// the run hit none (such a run is not a retry and counts only in `runs_total`).
+    weighed: Option<ResetCause>,
+}
+
+impl<E: StdError + 'static> Progress<E> {
+    /// The error that ends the run, reporting `failure`, or else the last one kept.
+    fn give_up(&mut self, reason: GiveUp, failure: Option<Failure<E>>) -> RunError<E> {
+        let (cause, source) = failure
+            .or_else(|| self.last.take())
+            .map_or((None, None), |f| (f.cause, f.error));
+        let attempts = self.attempt;
+        if self.maybe_sent {
+            RunError::MaybeExecuted {
+                reason,
+                attempts,
+                cause,
+                source,
+            }
+        } else {
+            RunError::NotExecuted {
+                reason,
+                attempts,
+                cause,
+                source,
+            }
+        }
+    }
+}
+
+/// How a finished run counts in `runs_total`, and in `retries_total` if it hit a
+/// failure it weighed retrying.
+fn outcomes<T, E: StdError + 'static>(
+    result: &Result<T, RunError<E>>,
+) -> (RunOutcome, RetryOutcome) {
+    match result {
+        Ok(_) => (RunOutcome::Ok, RetryOutcome::Succeeded),
+        // A later attempt reached the server and got its answer.
+        Err(RunError::Operation(_)) => (RunOutcome::OperationError, RetryOutcome::Succeeded),
+        Err(err) => {
+            let run = if err.may_have_executed() {
+                RunOutcome::MaybeExecuted
+            } else {
+                RunOutcome::NotExecuted
+            };
+            let retry = match err.reason() {
+                Some(GiveUp::Budget) => RetryOutcome::BudgetSpent,
+                Some(GiveUp::NotIdempotent) => RetryOutcome::NotSafe,
+                _ => RetryOutcome::GaveUp,
+            };
+            (run, retry)
+        }
+    }
 }
 
 impl<M: Manager> Pool<M> {
@@ -637,15 +880,24 @@ impl<M: Manager> Pool<M> {
     /// ```no_run
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
     /// use tokio::io::AsyncWriteExt;
-    /// let sent = pool
+    /// match pool
     ///     .run(|conn| Box::pin(async move { conn.write_all(b"INCR visits\n").await }))
-    ///     .await;
-    /// # drop(sent); }
+    ///     .await
+    /// {
+    ///     Ok(()) => {}
+    ///     Err(err) if err.may_have_executed() => {
+    ///         eprintln!("{err}: read the counter before sending it again");
+    ///     }
+    ///     Err(err) => eprintln!("{err}: the counter is unchanged"),
+    /// }
+    /// # }
     /// ```
     ///
     /// # Errors
-    /// [`RunError`]: the operation's own error, [`RunError::NotSafe`] when the
-    /// connection broke after sending, [`RunError::GaveUp`], or [`RunError::Pool`].
+    /// [`RunError::Operation`] with the operation's own error;
+    /// [`RunError::MaybeExecuted`] once an attempt may have sent the request (its
+    /// connection broke after sending: reason [`GiveUp::NotIdempotent`]; or the
+    /// deadline cut it); [`RunError::NotExecuted`] when no attempt sent it.
     pub async fn run<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
     where
         T: Send,
@@ -674,8 +926,9 @@ impl<M: Manager> Pool<M> {
     /// ```
     ///
     /// # Errors
-    /// [`RunError`]: the operation's own error, [`RunError::GaveUp`], or
-    /// [`RunError::Pool`].
+    /// [`RunError::Operation`] with the operation's own error;
+    /// [`RunError::MaybeExecuted`] when retrying stopped after an attempt may have
+    /// sent the request; [`RunError::NotExecuted`] when no attempt sent it.
     pub async fn run_idempotent<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
     where
         T: Send,
@@ -723,7 +976,7 @@ impl<M: Manager> Pool<M> {
     async fn attempts<T, F>(
         &self,
         idempotency: Idempotency,
-        mut op: F,
+        op: F,
         span: tracing::Span,
     ) -> Result<T, RunError<M::Error>>
     where
@@ -732,38 +985,48 @@ impl<M: Manager> Pool<M> {
     {
         let core = self.core();
         let policy = &core.config.retry;
-        let recorder = &core.recorder;
-        let deadline = Instant::now() + policy.deadline;
         core.retry.budget.deposit();
-        let mut backoff = Backoff::new(
-            policy.backoff_base,
-            policy.backoff_cap,
-            core.retry.next_seed(policy),
-        );
-        let mut last: Option<Failure<M::Error>> = None;
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            span.record("attempt", attempt);
-            let gave_up_at_deadline = |last: Option<Failure<M::Error>>| {
-                // Only a run that already failed once counts as a retry that gave up.
-                if let Some(failure) = &last {
-                    recorder.retry(
-                        failure.cause.unwrap_or(ResetCause::Other),
-                        RetryOutcome::GaveUp,
-                    );
-                }
-                let (cause, error) = last.map_or((None, None), |f| (f.cause, f.error));
-                RunError::GaveUp {
-                    reason: GiveUp::Deadline,
-                    attempts: attempt,
-                    cause,
-                    source: error,
-                }
-            };
+        let mut progress = Progress {
+            deadline: Instant::now() + policy.deadline,
+            backoff: Backoff::new(
+                policy.backoff_base,
+                policy.backoff_cap,
+                core.retry.next_seed(policy),
+            ),
+            attempt: 0,
+            last: None,
+            maybe_sent: false,
+            weighed: None,
+        };
+        let result = self
+            .attempt_until_done(idempotency, op, &span, &mut progress)
+            .await;
+        // The one place a run is counted: a run future dropped before this line
+        // returned nothing to its caller, so it counts nothing.
+        let (run, retry) = outcomes(&result);
+        core.recorder.run(run);
+        if let Some(cause) = progress.weighed {
+            core.recorder.retry(cause, retry);
+        }
+        result
+    }
 
-            let conn = match tokio::time::timeout_at(deadline, self.get()).await {
-                Err(_) => return Err(gave_up_at_deadline(last)),
+    async fn attempt_until_done<T, F>(
+        &self,
+        idempotency: Idempotency,
+        mut op: F,
+        span: &tracing::Span,
+        progress: &mut Progress<M::Error>,
+    ) -> Result<T, RunError<M::Error>>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+    {
+        loop {
+            progress.attempt += 1;
+            span.record("attempt", progress.attempt);
+            let conn = match tokio::time::timeout_at(progress.deadline, self.get()).await {
+                Err(_) => return Err(progress.give_up(GiveUp::Deadline, None)),
                 Ok(Ok(conn)) => conn,
                 Ok(Err(err @ (Error::Connect { .. } | Error::ConnectTimeout(_)))) => {
                     // Not a single byte left: safe to retry whatever the operation.
@@ -771,20 +1034,15 @@ impl<M: Manager> Pool<M> {
                         cause: err.cause(),
                         error: Some(AttemptError::Checkout(err)),
                     };
-                    last = Some(
-                        self.pause(attempt, deadline, &mut backoff, false, failure)
-                            .await?,
-                    );
+                    self.pause(progress, failure, false).await?;
                     continue;
                 }
                 Ok(Err(err)) => {
-                    if let Some(failure) = &last {
-                        recorder.retry(
-                            failure.cause.unwrap_or(ResetCause::Other),
-                            RetryOutcome::GaveUp,
-                        );
-                    }
-                    return Err(RunError::Pool(err));
+                    let failure = Failure {
+                        cause: err.cause(),
+                        error: Some(AttemptError::Checkout(err)),
+                    };
+                    return Err(progress.give_up(GiveUp::NoConnection, Some(failure)));
                 }
             };
             span.record("conn", conn.id());
@@ -793,35 +1051,24 @@ impl<M: Manager> Pool<M> {
                 conn: Some(conn),
                 unfinished: Eviction::Cancelled,
             };
-            let result = match tokio::time::timeout_at(deadline, op(lent.get())).await {
+            let result = match tokio::time::timeout_at(progress.deadline, op(lent.get())).await {
                 Ok(result) => result,
                 Err(_) => {
+                    // Cut while it ran: the request may be on the server already, and
+                    // may even have run there.
                     lent.unfinished = Eviction::Deadline;
-                    return Err(gave_up_at_deadline(last));
+                    progress.maybe_sent = true;
+                    return Err(progress.give_up(GiveUp::Deadline, None));
                 }
             };
             let mut conn = lent.give_back();
             let err = match result {
-                Ok(value) => {
-                    if let Some(failure) = last {
-                        recorder.retry(
-                            failure.cause.unwrap_or(ResetCause::Other),
-                            RetryOutcome::Succeeded,
-                        );
-                    }
-                    return Ok(value);
-                }
+                Ok(value) => return Ok(value),
                 Err(err) => err,
             };
             match err.classify() {
                 Disposition::Application => {
                     drop(conn);
-                    if let Some(failure) = last {
-                        recorder.retry(
-                            failure.cause.unwrap_or(ResetCause::Other),
-                            RetryOutcome::Succeeded,
-                        );
-                    }
                     return Err(RunError::Operation(err));
                 }
                 Disposition::Transient => {
@@ -830,77 +1077,66 @@ impl<M: Manager> Pool<M> {
                         cause: None,
                         error: Some(AttemptError::Operation(err)),
                     };
-                    last = Some(
-                        self.pause(attempt, deadline, &mut backoff, false, failure)
-                            .await?,
-                    );
+                    self.pause(progress, failure, false).await?;
                 }
                 Disposition::Broken { cause, sent } => {
                     conn.mark_broken(cause);
                     drop(conn);
-                    if sent == Sent::Maybe && !idempotency.is_idempotent() {
-                        recorder.retry(cause, RetryOutcome::NotSafe);
-                        return Err(RunError::NotSafe {
-                            cause,
-                            attempts: attempt,
-                            source: err,
-                        });
-                    }
-                    let stale = attempt == 1 && reused && is_stale(cause);
                     let failure = Failure {
                         cause: Some(cause),
                         error: Some(AttemptError::Operation(err)),
                     };
-                    last = Some(
-                        self.pause(attempt, deadline, &mut backoff, stale, failure)
-                            .await?,
-                    );
-                    continue;
+                    if sent == Sent::Maybe {
+                        progress.maybe_sent = true;
+                        if !idempotency.is_idempotent() {
+                            progress.weighed = Some(cause);
+                            tracing::debug!(
+                                attempt = progress.attempt,
+                                cause = cause.as_str(),
+                                reason = %GiveUp::NotIdempotent,
+                                "not retrying",
+                            );
+                            return Err(progress.give_up(GiveUp::NotIdempotent, Some(failure)));
+                        }
+                    }
+                    let stale = progress.attempt == 1 && reused && is_stale(cause);
+                    self.pause(progress, failure, stale).await?;
                 }
             }
         }
     }
 
-    /// Decides whether another attempt may follow `failure`, and waits for it.
-    /// Returns the failure to remember, or the error that ends the run.
+    /// Decides whether another attempt may follow `failure`, and waits for it; the
+    /// error that ends the run otherwise.
     async fn pause(
         &self,
-        attempt: u32,
-        deadline: Instant,
-        backoff: &mut Backoff,
-        at_once: bool,
+        progress: &mut Progress<M::Error>,
         failure: Failure<M::Error>,
-    ) -> Result<Failure<M::Error>, RunError<M::Error>> {
+        at_once: bool,
+    ) -> Result<(), RunError<M::Error>> {
         let core = self.core();
         let policy = &core.config.retry;
+        let attempt = progress.attempt;
         let label = failure.cause.unwrap_or(ResetCause::Other);
-        let give_up = |reason: GiveUp, failure: Failure<M::Error>| {
-            let outcome = match reason {
-                GiveUp::Budget => RetryOutcome::BudgetSpent,
-                GiveUp::Attempts | GiveUp::Deadline => RetryOutcome::GaveUp,
-            };
-            core.recorder.retry(label, outcome);
-            tracing::debug!(attempt, cause = label.as_str(), %reason, "not retrying");
-            RunError::GaveUp {
-                reason,
-                attempts: attempt,
-                cause: failure.cause,
-                source: failure.error,
+        progress.weighed = Some(label);
+        let mut wait = Duration::ZERO;
+        let stop = if attempt >= policy.max_attempts {
+            Some(GiveUp::Attempts)
+        } else {
+            if !at_once {
+                wait = progress.backoff.next_wait();
+            }
+            if Instant::now() + wait >= progress.deadline {
+                Some(GiveUp::Deadline)
+            } else if !core.retry.budget.withdraw() {
+                Some(GiveUp::Budget)
+            } else {
+                None
             }
         };
-        if attempt >= policy.max_attempts {
-            return Err(give_up(GiveUp::Attempts, failure));
-        }
-        let wait = if at_once {
-            Duration::ZERO
-        } else {
-            backoff.next_wait()
-        };
-        if Instant::now() + wait >= deadline {
-            return Err(give_up(GiveUp::Deadline, failure));
-        }
-        if !core.retry.budget.withdraw() {
-            return Err(give_up(GiveUp::Budget, failure));
+        if let Some(reason) = stop {
+            tracing::debug!(attempt, cause = label.as_str(), %reason, "not retrying");
+            return Err(progress.give_up(reason, Some(failure)));
         }
         tracing::debug!(
             attempt,
@@ -908,10 +1144,11 @@ impl<M: Manager> Pool<M> {
             wait_ms = wait.as_secs_f64() * 1000.0,
             "retrying",
         );
+        progress.last = Some(failure);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(failure)
+        Ok(())
     }
 }
 
@@ -1001,6 +1238,122 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         // The first four requests aged out; the retries taken since still count.
         assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 0);
+    }
+
+    fn progress(maybe_sent: bool) -> Progress<std::io::Error> {
+        Progress {
+            deadline: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 0),
+            attempt: 2,
+            last: Some(Failure {
+                cause: Some(ResetCause::Refused),
+                error: None,
+            }),
+            maybe_sent,
+            weighed: None,
+        }
+    }
+
+    #[test]
+    fn once_an_attempt_may_have_sent_every_give_up_says_it_may_have_run() {
+        for reason in [
+            GiveUp::Attempts,
+            GiveUp::Deadline,
+            GiveUp::Budget,
+            GiveUp::NoConnection,
+        ] {
+            let err = progress(true).give_up(reason, None);
+            assert!(
+                matches!(
+                    err,
+                    RunError::MaybeExecuted {
+                        reason: r,
+                        attempts: 2,
+                        cause: Some(ResetCause::Refused),
+                        source: None,
+                    } if r == reason
+                ),
+                "{err:?}"
+            );
+            assert!(err.may_have_executed());
+            assert!(err.to_string().contains("may have taken effect"), "{err}");
+
+            let err = progress(false).give_up(reason, None);
+            assert!(
+                matches!(err, RunError::NotExecuted { reason: r, attempts: 2, .. } if r == reason),
+                "{err:?}"
+            );
+            assert!(!err.may_have_executed());
+            assert!(
+                err.to_string().contains("did not reach the server"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_give_up_reports_the_failure_that_ended_it_before_the_last_one_kept() {
+        let closed = Failure {
+            cause: None,
+            error: Some(AttemptError::Checkout(Error::Closed)),
+        };
+        let err = progress(false).give_up(GiveUp::NoConnection, Some(closed));
+        assert!(
+            matches!(
+                err,
+                RunError::NotExecuted {
+                    cause: None,
+                    source: Some(AttemptError::Checkout(Error::Closed)),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn every_result_is_one_run_outcome_and_one_retry_outcome() {
+        let failed = |maybe_sent: bool, reason| Err(progress(maybe_sent).give_up(reason, None));
+        let cases: [(
+            Result<(), RunError<std::io::Error>>,
+            RunOutcome,
+            RetryOutcome,
+        ); 7] = [
+            (Ok(()), RunOutcome::Ok, RetryOutcome::Succeeded),
+            (
+                Err(RunError::Operation(std::io::Error::other("no"))),
+                RunOutcome::OperationError,
+                RetryOutcome::Succeeded,
+            ),
+            (
+                failed(true, GiveUp::NotIdempotent),
+                RunOutcome::MaybeExecuted,
+                RetryOutcome::NotSafe,
+            ),
+            (
+                failed(true, GiveUp::Budget),
+                RunOutcome::MaybeExecuted,
+                RetryOutcome::BudgetSpent,
+            ),
+            (
+                failed(false, GiveUp::Budget),
+                RunOutcome::NotExecuted,
+                RetryOutcome::BudgetSpent,
+            ),
+            (
+                failed(true, GiveUp::Deadline),
+                RunOutcome::MaybeExecuted,
+                RetryOutcome::GaveUp,
+            ),
+            (
+                failed(false, GiveUp::NoConnection),
+                RunOutcome::NotExecuted,
+                RetryOutcome::GaveUp,
+            ),
+        ];
+        for (result, run, retry) in cases {
+            assert_eq!(outcomes(&result), (run, retry), "{result:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! points around a request, on a set request of each connection, or all at once when
 //! the server goes down ([`LedgerServer::stop`]); it comes back on the same port
 //! ([`LedgerServer::restart`]), and while down, connects are refused by the kernel.
+//! It can also run requests and never answer them ([`Faults::never_reply`]).
 //!
 //! [`LedgerManager`] is the client side: its error type derives `Classify`, and it logs
 //! when each connect started, so tests can see how connects spread over time.
@@ -53,6 +54,9 @@ pub struct Faults {
     pub requests_per_connection: Option<usize>,
     /// Answer the first this-many `RUN` requests with `BUSY` without running them.
     pub busy_first: usize,
+    /// Run each `RUN` request, then never reply (the connection stays open): a server
+    /// that did the work and stalled, so the client cannot tell whether it ran.
+    pub never_reply: bool,
     /// Seed of the fault dice.
     pub seed: u64,
 }
@@ -64,6 +68,7 @@ impl Default for Faults {
             reset_point: None,
             requests_per_connection: None,
             busy_first: 0,
+            never_reply: false,
             seed: 1,
         }
     }
@@ -257,9 +262,15 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
                     shared.busy_sent.fetch_add(1, Ordering::SeqCst);
                     "BUSY\n".to_owned()
                 } else {
-                    let mut ledger = lock(&shared.ledger);
-                    let runs = ledger.entry(id).or_insert(0);
-                    *runs += 1;
+                    let runs = {
+                        let mut ledger = lock(&shared.ledger);
+                        let runs = ledger.entry(id).or_insert(0);
+                        *runs += 1;
+                        *runs
+                    };
+                    if shared.faults.never_reply {
+                        std::future::pending::<()>().await;
+                    }
                     format!("DONE {id} {runs}\n")
                 }
             }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS, RETRIES, RetryOutcome};
+use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS, RETRIES, RUNS, RetryOutcome, RunOutcome};
 use steadypool::{BuildError, Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 
 /// A counter series: its name and its labels, sorted.
@@ -111,6 +111,29 @@ impl RecordedMetrics {
         self.counter(RETRIES, &[("outcome", outcome.as_str())])
     }
 
+    /// Operations that hit a failure with `cause` and ended with `outcome`.
+    pub fn retries_with_cause(&self, cause: ResetCause, outcome: RetryOutcome) -> u64 {
+        self.counter(
+            RETRIES,
+            &[("cause", cause.as_str()), ("outcome", outcome.as_str())],
+        )
+    }
+
+    /// Operations that hit a failure, whatever became of them.
+    pub fn all_retries(&self) -> u64 {
+        self.counter(RETRIES, &[])
+    }
+
+    /// `run` calls that returned `outcome` to their caller.
+    pub fn runs(&self, outcome: RunOutcome) -> u64 {
+        self.counter(RUNS, &[("outcome", outcome.as_str())])
+    }
+
+    /// `run` calls that returned, whatever they returned.
+    pub fn all_runs(&self) -> u64 {
+        self.counter(RUNS, &[])
+    }
+
     /// Every cause and phase with resets counted, and how many: for failure messages
     /// and a test's report.
     pub fn reset_table(&self) -> Vec<(ResetCause, Phase, u64)> {
@@ -131,11 +154,17 @@ impl RecordedMetrics {
     pub fn report(&self, test: &str) {
         eprintln!(
             "{test}: resets {:?}; retried operations: {} succeeded, {} gave up, {} budget \
-             spent; connects: {} ok, {} refused",
+             spent, {} not safe; runs: {} ok, {} operation errors, {} may have taken \
+             effect, {} not executed; connects: {} ok, {} refused",
             self.reset_table(),
             self.retries(RetryOutcome::Succeeded),
             self.retries(RetryOutcome::GaveUp),
             self.retries(RetryOutcome::BudgetSpent),
+            self.retries(RetryOutcome::NotSafe),
+            self.runs(RunOutcome::Ok),
+            self.runs(RunOutcome::OperationError),
+            self.runs(RunOutcome::MaybeExecuted),
+            self.runs(RunOutcome::NotExecuted),
             self.connects("ok"),
             self.connects(ResetCause::Refused.as_str()),
         );

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use steadypool::{CircuitState, Error, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool::{
+    AttemptError, CircuitState, Error, GiveUp, Pool, ResetCause, RetryPolicy, RunError,
+};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 
 const BASE: Duration = Duration::from_millis(40);
@@ -74,7 +76,7 @@ async fn upstream_down_then_back() {
     );
 
     // A third request: its second failed connect is the tenth in a row, which opens
-    // the circuit; its third attempt fails fast.
+    // the circuit; its third attempt fails fast. No attempt reached the server.
     let err = pool
         .run_idempotent(|conn| Box::pin(flaky::run(conn, 4)))
         .await
@@ -82,13 +84,18 @@ async fn upstream_down_then_back() {
     assert!(
         matches!(
             err,
-            RunError::Pool(Error::CircuitOpen {
-                cause: ResetCause::Refused,
-                failures: 10,
-                ..
-            })
+            RunError::NotExecuted {
+                reason: GiveUp::NoConnection,
+                attempts: 3,
+                cause: Some(ResetCause::Refused),
+                source: Some(AttemptError::Checkout(Error::CircuitOpen {
+                    cause: ResetCause::Refused,
+                    failures: 10,
+                    ..
+                })),
+            }
         ),
-        "{err}"
+        "{err:?}"
     );
     assert_eq!(manager.connects().len(), 1 + 10);
     assert_eq!(pool.status().circuit, CircuitState::Open);
@@ -122,8 +129,16 @@ async fn upstream_down_then_back() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RunError::Pool(Error::CircuitOpen { .. })),
-        "{err}"
+        matches!(
+            err,
+            RunError::NotExecuted {
+                reason: GiveUp::NoConnection,
+                attempts: 1,
+                source: Some(AttemptError::Checkout(Error::CircuitOpen { .. })),
+                ..
+            }
+        ),
+        "{err:?}"
     );
     assert!(err.to_string().contains("refused"), "{err}");
     assert_eq!(manager.connects().len(), dialed, "no dial while open");

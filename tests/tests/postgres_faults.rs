@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use steadypool::drivers::postgres::{PgError, PgManager};
 use steadypool::metrics::RetryOutcome;
-use steadypool::{CircuitState, Error, Phase, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool::{
+    AttemptError, CircuitState, Error, Phase, Pool, ResetCause, RetryPolicy, RunError,
+};
 use steadypool_tests::load::{Load, error_chain};
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::RecordedMetrics;
@@ -389,7 +391,9 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
                     if err.cause() != Some(ResetCause::Refused) {
                         refusals.other_cause.fetch_add(1, Ordering::SeqCst);
                     }
-                    if let RunError::Pool(Error::CircuitOpen { last_error, .. }) = err {
+                    if let Some(AttemptError::Checkout(Error::CircuitOpen { last_error, .. })) =
+                        err.attempt_error()
+                    {
                         refusals.circuit_open.fetch_add(1, Ordering::SeqCst);
                         // The fast failure still says what the server said.
                         if !last_error.contains("53300") {

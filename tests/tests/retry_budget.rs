@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use steadypool::metrics::RETRIES;
+use steadypool::metrics::{RETRIES, RUNS};
 use steadypool::{GiveUp, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer, ResetPoint};
 use steadypool_tests::recorded::RecordedMetrics;
@@ -49,9 +49,11 @@ async fn retries_stay_within_budget_when_every_request_is_reset() {
             .await
             .unwrap_err();
         assert!(err.cause().is_some(), "{err}");
+        // Every attempt sent its request before the reset.
+        assert!(err.may_have_executed(), "{err}");
         if matches!(
             err,
-            RunError::GaveUp {
+            RunError::MaybeExecuted {
                 reason: GiveUp::Budget,
                 ..
             }
@@ -73,6 +75,11 @@ async fn retries_stay_within_budget_when_every_request_is_reset() {
         metrics.counter(RETRIES, &[("outcome", "budget_spent")]),
         budget_spent as u64
     );
+    assert_eq!(
+        metrics.counter(RUNS, &[("outcome", "maybe_executed")]),
+        REQUESTS as u64
+    );
+    assert_eq!(metrics.counter(RUNS, &[]), REQUESTS as u64);
 }
 
 /// The listener is gone: every connect is refused. With the circuit switched off, only
@@ -94,6 +101,16 @@ async fn retries_stay_within_budget_when_connects_are_refused() {
             .await
             .unwrap_err();
         assert_eq!(err.cause(), Some(steadypool::ResetCause::Refused), "{err}");
+        assert!(
+            matches!(
+                err,
+                RunError::NotExecuted {
+                    reason: GiveUp::Attempts | GiveUp::Budget,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
     let retries = manager.connects().len() - REQUESTS;
     eprintln!(

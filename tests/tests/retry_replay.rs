@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use steadypool::{Idempotency, Pool, RetryPolicy, RunError};
+use steadypool::{GiveUp, Idempotency, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use tokio::sync::Semaphore;
 
@@ -86,7 +86,13 @@ async fn idempotent_requests_all_succeed_and_others_never_run_twice() {
                             panic!("request {id} failed without a cause: {err}")
                         });
                         assert!(
-                            matches!(err, RunError::NotSafe { .. }),
+                            matches!(
+                                err,
+                                RunError::MaybeExecuted {
+                                    reason: GiveUp::NotIdempotent,
+                                    ..
+                                }
+                            ),
                             "request {id}: {err}"
                         );
                         assert!(err.to_string().contains(cause.as_str()), "{err}");

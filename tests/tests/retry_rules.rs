@@ -1,15 +1,18 @@
 //! The retry rules, one by one, against a real server on loopback: a stale pooled
 //! connection is replaced at once, transient errors back off on the same connection,
 //! application errors come back untouched, and panics, cancellations and deadlines
-//! never leave a half-used connection in the pool.
+//! never leave a half-used connection in the pool. Each run counts once in
+//! `runs_total`, with what its caller got.
 
 use std::time::Duration;
 
+use steadypool::metrics::{RetryOutcome, RunOutcome};
 use steadypool::{
-    BuildError, CircuitState, GiveUp, Idempotency, PolicyError, Pool, ResetCause, RetryPolicy,
-    RunError,
+    AttemptError, BuildError, CircuitState, Error, GiveUp, Idempotency, PolicyError, Pool,
+    ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
+use steadypool_tests::recorded::RecordedMetrics;
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -30,18 +33,19 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     })
     .await
     .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(1)
-        .check_after(Duration::from_secs(3600))
-        .connect_timeout(Duration::from_secs(1))
-        .retry_policy(
-            RetryPolicy::default()
-                .max_attempts(3)
-                .deadline(Duration::from_secs(5))
-                .backoff(Duration::from_secs(60), Duration::from_secs(120)),
-        )
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr()))
+            .max_size(1)
+            .check_after(Duration::from_secs(3600))
+            .connect_timeout(Duration::from_secs(1))
+            .retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(3)
+                    .deadline(Duration::from_secs(5))
+                    .backoff(Duration::from_secs(60), Duration::from_secs(120)),
+            ),
+    )
+    .unwrap();
 
     let first = pool
         .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
@@ -60,10 +64,15 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.resets(), 1);
+    assert_eq!(metrics.retries(RetryOutcome::Succeeded), 1);
+    assert_eq!(metrics.all_retries(), 1);
+    assert_eq!(metrics.runs(RunOutcome::Ok), 2);
+    assert_eq!(metrics.all_runs(), 2);
 }
 
 /// The same stale connection under a non-idempotent operation: the request may have
-/// reached the server, so it is not replayed; the error names the cause.
+/// reached the server, so it is not replayed; the error says it may have taken
+/// effect, and names the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     let server = LedgerServer::start(Faults {
@@ -72,12 +81,13 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     })
     .await
     .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(1)
-        .check_after(Duration::from_secs(3600))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr()))
+            .max_size(1)
+            .check_after(Duration::from_secs(3600))
+            .retry_policy(policy()),
+    )
+    .unwrap();
     pool.run(|conn| Box::pin(flaky::run(conn, 1)))
         .await
         .unwrap();
@@ -85,21 +95,31 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
         .run(|conn| Box::pin(flaky::run(conn, 2)))
         .await
         .unwrap_err();
-    let RunError::NotSafe {
-        cause, attempts, ..
+    let RunError::MaybeExecuted {
+        reason: GiveUp::NotIdempotent,
+        attempts,
+        cause: Some(cause),
+        source: Some(AttemptError::Operation(LedgerError::Receive(_))),
     } = &err
     else {
-        panic!("expected NotSafe, got {err}");
+        panic!("expected MaybeExecuted after a reply that never came, got {err:?}");
     };
     assert!(
         matches!(cause, ResetCause::PeerReset | ResetCause::PeerClosed),
         "{cause}"
     );
     assert_eq!(*attempts, 1);
+    assert!(err.may_have_executed());
     assert_eq!(err.cause(), Some(*cause));
     assert!(err.to_string().contains(cause.as_str()), "{err}");
+    assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(2), 0);
     assert_eq!(server.requests(), 2, "no second attempt reached the server");
+    assert_eq!(metrics.retries_with_cause(*cause, RetryOutcome::NotSafe), 1);
+    assert_eq!(metrics.all_retries(), 1);
+    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
+    assert_eq!(metrics.all_runs(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,36 +152,46 @@ async fn transient_errors_stop_at_max_attempts() {
     })
     .await
     .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy().max_attempts(3))
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy().max_attempts(3)),
+    )
+    .unwrap();
     let err = pool
         .run_idempotent(|conn| Box::pin(flaky::run(conn, 7)))
         .await
         .unwrap_err();
+    // BUSY each time: the server ran none of them.
     assert!(
         matches!(
             err,
-            RunError::GaveUp {
+            RunError::NotExecuted {
                 reason: GiveUp::Attempts,
                 attempts: 3,
                 cause: None,
-                source: Some(steadypool::AttemptError::Operation(LedgerError::Busy)),
+                source: Some(AttemptError::Operation(LedgerError::Busy)),
             }
         ),
         "{err:?}"
     );
+    assert!(!err.may_have_executed());
     assert_eq!(server.busy_sent(), 3);
+    assert_eq!(server.runs(7), 0);
+    assert_eq!(
+        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::GaveUp),
+        1
+    );
+    assert_eq!(metrics.all_retries(), 1);
+    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(metrics.all_runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
+    )
+    .unwrap();
     let err = pool
         .run_idempotent(|conn| Box::pin(flaky::fail(conn, 3)))
         .await
@@ -171,9 +201,17 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
         "{err:?}"
     );
     assert_eq!(err.cause(), None);
+    assert_eq!(err.reason(), None);
+    assert!(
+        !err.may_have_executed(),
+        "the server answered: nothing is uncertain"
+    );
     assert_eq!(server.requests(), 1);
     let status = pool.status();
     assert_eq!((status.idle, status.in_use), (1, 0));
+    assert_eq!(metrics.runs(RunOutcome::OperationError), 1);
+    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(metrics.all_retries(), 0);
 }
 
 /// A panicking operation: the panic reaches the caller (here through the spawned
@@ -220,12 +258,12 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_dropped_half_way_discards_its_connection() {
+async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
+    )
+    .unwrap();
     let run = pool.run(|conn| Box::pin(flaky::hang(conn, 1)));
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
@@ -234,18 +272,23 @@ async fn a_run_dropped_half_way_discards_its_connection() {
     );
     let status = pool.status();
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
+    // Its caller got no outcome, so there is none to count.
+    assert_eq!(metrics.all_runs(), 0);
+    assert_eq!(metrics.all_retries(), 0);
 }
 
-/// The deadline bounds the operation too: one that hangs is cut off, reported as
-/// `GiveUp::Deadline`, and its connection discarded.
+/// The deadline bounds the operation too: one that hangs is cut off, its connection
+/// discarded, and reported as `GiveUp::Deadline`. Its request was sent: it may have
+/// taken effect, idempotent or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_cuts_off_a_hanging_operation() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .connect_timeout(Duration::from_millis(300))
-        .retry_policy(policy().deadline(Duration::from_millis(500)))
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(server.addr()))
+            .connect_timeout(Duration::from_millis(300))
+            .retry_policy(policy().deadline(Duration::from_secs(1))),
+    )
+    .unwrap();
     let err = pool
         .run_with(Idempotency::Idempotent, |conn| {
             Box::pin(flaky::hang(conn, 1))
@@ -255,34 +298,55 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
     assert!(
         matches!(
             err,
-            RunError::GaveUp {
+            RunError::MaybeExecuted {
                 reason: GiveUp::Deadline,
                 attempts: 1,
-                ..
+                cause: None,
+                source: None,
             }
         ),
         "{err:?}"
     );
     assert_eq!(pool.status().size, 0);
+    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(
+        metrics.all_retries(),
+        0,
+        "no failure was weighed for a retry"
+    );
 }
 
-/// A closed pool is not retried.
+/// A closed pool is not retried, and nothing was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_pool_fails_at_once() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .build()
-        .unwrap();
+    let (pool, metrics) =
+        RecordedMetrics::build(Pool::builder(LedgerManager::new(server.addr()))).unwrap();
     pool.close();
     let err = pool
         .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RunError::Pool(steadypool::Error::Closed)),
+        matches!(
+            err,
+            RunError::NotExecuted {
+                reason: GiveUp::NoConnection,
+                attempts: 1,
+                cause: None,
+                source: Some(AttemptError::Checkout(Error::Closed)),
+            }
+        ),
         "{err:?}"
     );
+    assert!(
+        err.to_string().contains("did not reach the server"),
+        "{err}"
+    );
     assert_eq!(pool.status().circuit, CircuitState::Closed);
+    assert_eq!(server.requests(), 0);
+    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(metrics.all_retries(), 0);
 }
 
 #[tokio::test]

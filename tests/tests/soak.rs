@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use steadypool::chaos::{self, ChaosProxy, IdleClose};
 use steadypool::metrics::RetryOutcome;
 use steadypool::probe::TcpState;
-use steadypool::{CircuitState, Idempotency, Pool, RetryPolicy, RunError};
+use steadypool::{CircuitState, GiveUp, Idempotency, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::load::error_chain;
 use steadypool_tests::recorded::RecordedMetrics;
@@ -94,7 +94,13 @@ async fn worker(
             (Idempotency::NotIdempotent, Ok(runs)) => {
                 tally.fail(format!("request {id} reported {runs} runs"));
             }
-            (Idempotency::NotIdempotent, Err(RunError::NotSafe { .. })) => {
+            (
+                Idempotency::NotIdempotent,
+                Err(RunError::MaybeExecuted {
+                    reason: GiveUp::NotIdempotent,
+                    ..
+                }),
+            ) => {
                 tally.not_safe.fetch_add(1, Ordering::SeqCst);
             }
             (kind, Err(err)) => tally.fail(format!("{kind:?} request {id}: {}", error_chain(&err))),

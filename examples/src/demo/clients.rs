@@ -14,7 +14,8 @@ use redis::aio::MultiplexedConnection;
 use steadypool::diagnosis::IdleLimit;
 use steadypool::drivers::redis::{RedisConnection, RedisDriverError, RedisManager};
 use steadypool::{
-    Classify, Disposition, Manager, OperationFuture, Phase, Pool, ResetCause, RunError,
+    AttemptError, Classify, Disposition, GiveUp, Manager, OperationFuture, Phase, Pool, ResetCause,
+    RunError,
 };
 
 use super::tally::{Failure, Outcome};
@@ -105,10 +106,22 @@ fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure 
     let cause = err.cause().map_or("no cause", ResetCause::as_str);
     let label = match err {
         RunError::Operation(_) => "server error".to_owned(),
-        RunError::NotSafe { .. } => format!("not retried: {cause}"),
-        RunError::GaveUp { reason, .. } => format!("gave up ({reason}): {cause}"),
-        RunError::Pool(steadypool::Error::CircuitOpen { .. }) => "circuit open".to_owned(),
-        RunError::Pool(_) => format!("no connection: {cause}"),
+        RunError::MaybeExecuted {
+            reason: GiveUp::NotIdempotent,
+            ..
+        } => format!("not retried, may have run: {cause}"),
+        RunError::MaybeExecuted { reason, .. } => {
+            format!("gave up ({reason}), may have run: {cause}")
+        }
+        RunError::NotExecuted {
+            source: Some(AttemptError::Checkout(steadypool::Error::CircuitOpen { .. })),
+            ..
+        } => "circuit open".to_owned(),
+        RunError::NotExecuted {
+            reason: GiveUp::NoConnection,
+            ..
+        } => format!("no connection: {cause}"),
+        RunError::NotExecuted { reason, .. } => format!("gave up ({reason}): {cause}"),
         _ => format!("failed: {cause}"),
     };
     Failure {

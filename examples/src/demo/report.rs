@@ -78,7 +78,7 @@ pub struct PoolReport {
     pub succeeded: u64,
     /// Requests that failed, as the application saw them.
     pub failures: u64,
-    /// The failures by kind (`peer_reset / in_use`, `gave up (...): ...`, ...).
+    /// The failures by kind (`peer_reset / in_use`, `gave up (...), may have run: ...`, ...).
     pub failures_by_kind: BTreeMap<String, u64>,
     /// One error message per kind of failure.
     pub failure_examples: BTreeMap<String, String>,
