@@ -1,7 +1,9 @@
 //! # steadypool
 //!
-//! An async connection pool for TCP and database connections that survives the real
-//! causes of `ECONNRESET` in production, and tells you which one struck.
+//! An async connection pool for TCP and database connections (tokio) that survives the
+//! real causes of `ECONNRESET` in production, and tells you which one struck: an idle
+//! connection a load balancer, NAT or firewall dropped; an upstream that crashed or
+//! ran out of connections; a middlebox that silently black-holes a flow.
 //!
 //! * **Every socket is tuned** ([`dial`]): TCP keepalive (10 s / 3 s / 3) and
 //!   `TCP_USER_TIMEOUT` find dead peers and black holes in seconds, not the kernel's
@@ -12,7 +14,8 @@
 //! * **A reaper** closes dead and expired idle connections every second, and keeps
 //!   `min_idle` ready.
 //! * **Every discarded connection is labelled** ([`cause`], [`metrics`]) with a
-//!   [`ResetCause`] and a [`Phase`].
+//!   [`ResetCause`] and a [`Phase`], and the pool learns the path's idle limit
+//!   ([`diagnosis`]).
 //! * **Transparent reconnect that never replays** ([`retry`]): [`Pool::run_idempotent`]
 //!   retries an operation on a fresh connection when its connection broke;
 //!   [`Pool::run`] retries only when the request provably never left. Waits are
@@ -28,22 +31,90 @@
 //! Built on [`deadpool::managed`](https://docs.rs/deadpool): its queue and semaphore,
 //! plus everything it leaves to you.
 //!
+//! ## Example
+//!
+//! A pool of raw TCP connections to a line-based server, used directly and through a
+//! retried operation:
+//!
 //! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use steadypool::{drivers::tcp::TcpManager, Pool};
-//! use tokio::io::AsyncWriteExt;
+//! use steadypool::{Pool, drivers::tcp::TcpManager};
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 //!
-//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-//!     .name("upstream")
-//!     .max_size(16)
-//!     .idle_timeout(Some(Duration::from_secs(50)))
-//!     .build()?;
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+//!         .name("upstream") // the `pool` label on every metric
+//!         .max_size(16)
+//!         .idle_timeout(Some(Duration::from_secs(50))) // below the load balancer's 60 s
+//!         .build()?;
 //!
-//! let mut conn = pool.get().await?;
-//! conn.write_all(b"PING\r\n").await?;
-//! # Ok(()) }
+//!     // A checkout never returns a connection the kernel knows is dead.
+//!     let mut conn = pool.get().await?;
+//!     conn.write_all(b"PING\n").await?;
+//!     let mut reply = String::new();
+//!     BufReader::new(&mut *conn).read_line(&mut reply).await?;
+//!     drop(conn); // back to the pool
+//!
+//!     // A read may safely run twice: if its connection breaks, it runs again on
+//!     // another one. Writes go through `pool.run`, which never replays a request
+//!     // that may have reached the server.
+//!     let visits = pool
+//!         .run_idempotent(|conn| {
+//!             Box::pin(async move {
+//!                 conn.write_all(b"GET visits\n").await?;
+//!                 let mut line = String::new();
+//!                 BufReader::new(conn).read_line(&mut line).await?;
+//!                 Ok(line)
+//!             })
+//!         })
+//!         .await?;
+//!
+//!     println!("{reply:?} {visits:?} {:?}", pool.status());
+//!     Ok(())
+//! }
 //! ```
+//!
+//! For your own protocol, implement [`Manager`]: open the socket with the pool's
+//! [`Dialer`], show the pool the socket ([`SocketRef`]), optionally ping. Map your
+//! error type to what the pool must do with [`Classify`], or derive it (feature
+//! `derive`). [`drivers`] has ready-made managers for raw TCP, PostgreSQL, Redis and
+//! any existing deadpool manager.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `derive` | yes | `#[derive(Classify)]` (the [`Classify`](derive@Classify) derive macro, from `steadypool-derive`) |
+//! | `chaos` | no | [`chaos`]: [`ChaosProxy`](chaos::ChaosProxy), a fault-injecting TCP proxy for testing what your client does when connections reset, idle out or vanish |
+//! | `postgres` | no | [`drivers::postgres`]: PostgreSQL through `tokio-postgres`, on the pool's socket |
+//! | `redis` | no | [`drivers::redis`]: Redis through `redis`'s multiplexed connection, on the pool's socket |
+//!
+//! Without any feature the crate still has the pool, the raw TCP driver
+//! ([`drivers::tcp`]), the deadpool adapter ([`drivers::deadpool`]), retries and
+//! metrics.
+//!
+//! ## Modules
+//!
+//! | module | what |
+//! |---|---|
+//! | [`dial`] | opening sockets with keepalive, `TCP_USER_TIMEOUT`, `TCP_NODELAY` and a connect timeout |
+//! | [`probe`] | the free liveness check run on every checkout |
+//! | [`cause`] | [`ResetCause`], [`Phase`], [`Disposition`]: why a connection died, and what an error means |
+//! | [`retry`] | [`Pool::run`], [`Pool::run_idempotent`], [`RetryPolicy`] and the retry rules |
+//! | [`breaker`] | the connect gate and circuit |
+//! | [`diagnosis`] | which production cause struck, the learned idle limit, and the hints in the logs |
+//! | [`metrics`] | every metric's name, labels and meaning |
+//! | [`drivers`] | ready-made managers |
+//! | [`chaos`] | the fault-injecting proxy (feature `chaos`) |
+//!
+//! The [README](https://github.com/steadypool/steadypool/blob/main/README.md) has the
+//! knobs and their defaults, how to read the metrics for each production cause, and
+//! runnable [examples](https://github.com/steadypool/steadypool/tree/main/examples).
+//!
+//! ## Supported Rust versions
+//!
+//! Rust 1.88 or later; CI checks the crate with every feature on Rust 1.88.
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
