@@ -83,6 +83,19 @@ impl CoarseDuration {
     /// No time at all.
     pub(crate) const ZERO: CoarseDuration = CoarseDuration::from_std(Duration::ZERO);
 
+    /// The most a coarse reading can lag the true time: one kernel tick at the
+    /// slowest common `HZ` (100). A span between two readings can be overestimated by
+    /// that much (the earlier reading was late by a tick, the later one on time), so a
+    /// limit that must never fire early, such as `idle_timeout`, is compared with the
+    /// span less this.
+    pub(crate) const MAX_LAG: CoarseDuration = CoarseDuration::from_std(Duration::from_millis(10));
+
+    /// `self + other`, saturating.
+    #[inline]
+    pub(crate) fn saturating_add(self, other: CoarseDuration) -> CoarseDuration {
+        CoarseDuration::from_ticks(self.ticks().saturating_add(other.ticks()))
+    }
+
     /// `duration` in the clock's format; usable in constants.
     pub(crate) const fn from_std(duration: Duration) -> CoarseDuration {
         CoarseDuration(coarsetime::Duration::new(

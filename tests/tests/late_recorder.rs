@@ -49,7 +49,10 @@ async fn a_recorder_installed_after_build_gets_the_pools_metrics() {
             .iter()
             .filter(|(key, ..)| {
                 key.key().name() == name
-                    && key.key().labels().any(|l| l.key() == "pool" && l.value() == "late")
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "pool" && l.value() == "late")
                     && key
                         .key()
                         .labels()

@@ -91,8 +91,16 @@ async fn a_connection_the_manager_calls_broken_is_closed_on_return_with_its_caus
     manager.judge(Some(admin_shutdown()));
     drop(conn);
     let stats = pool.stats();
-    assert_eq!(stats.resets(ResetCause::PeerClosed, Phase::InUse), 1, "{stats:?}");
-    assert_eq!(pool.status().size, 0, "a broken connection went back to the pool");
+    assert_eq!(
+        stats.resets(ResetCause::PeerClosed, Phase::InUse),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        pool.status().size,
+        0,
+        "a broken connection went back to the pool"
+    );
     assert!(eventually(SLACK, || server.live() == 0).await);
 }
 
@@ -113,7 +121,9 @@ async fn the_reaper_asks_the_manager_and_logs_what_it_said() {
         "the reaper kept a connection its manager called broken"
     );
     assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 1);
-    assert!(logs_contain("terminating connection due to administrator command"));
+    assert!(logs_contain(
+        "terminating connection due to administrator command"
+    ));
     assert!(logs_contain("cause=\"peer_closed\""));
 }
 
@@ -182,7 +192,11 @@ async fn connections_dropped_by_deadlines_cancellations_and_detach_are_all_count
     // Dropped by the caller while waiting for a reply.
     for _ in 0..3 {
         let run = pool.run(|conn| Box::pin(async move { request(conn, "PAY 10").await }));
-        assert!(tokio::time::timeout(Duration::from_millis(50), run).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), run)
+                .await
+                .is_err()
+        );
     }
     // Taken out of the pool by the application.
     drop(pool.get().await.unwrap().detach());

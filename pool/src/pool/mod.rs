@@ -79,7 +79,7 @@ impl<M: Manager> Drop for Shared<M> {
         // here also breaks that cycle.
         let parts = &self.inner.manager().0;
         parts.core.start_closing();
-        drop(parts.drain_spare(|_| Some(Fate::Evicted(Eviction::Closed))));
+        parts.close_spare(Eviction::Closed);
     }
 }
 
@@ -415,16 +415,17 @@ impl<M: Manager> Pool<M> {
             excess = excess.saturating_sub(1);
             evict
         };
-        let spare = parts.drain_spare(|_| take().then_some(Fate::Evicted(Eviction::Resize)));
+        let spare = parts.drain_spare(|_| take());
         let idle = self.inner().retain(|entry, _| match entry {
             Entry::Live(_) => !take(),
             Entry::Placeholder => false,
         });
-        drop(spare);
-        for entry in idle.removed {
-            if let Entry::Live(mut slot) = entry {
-                slot.evict_quietly(Eviction::Resize);
-            }
+        let idle = idle.removed.into_iter().filter_map(|entry| match entry {
+            Entry::Live(slot) => Some(slot),
+            Entry::Placeholder => None,
+        });
+        for mut slot in spare.into_iter().chain(idle) {
+            slot.evict_quietly(Eviction::Resize);
         }
         self.inner().resize(max_size);
         tracing::debug!(pool = %parts.core.config.name, max_size, "pool resized");
@@ -436,7 +437,7 @@ impl<M: Manager> Pool<M> {
     pub fn close(&self) {
         let parts = self.parts();
         parts.core.start_closing();
-        drop(parts.drain_spare(|_| Some(Fate::Evicted(Eviction::Closed))));
+        parts.close_spare(Eviction::Closed);
         drop(self.inner().retain(|_, _| false));
         self.inner().close();
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use deadpool::managed::WeakPool;
 use tokio::time::MissedTickBehavior;
 
-use super::slot::{Adapter, Entry, Fate, Obituary, Verdict};
+use super::slot::{Adapter, Entry, Obituary, Verdict};
 use super::{Inner, Pool};
 use crate::cause::Phase;
 use crate::clock::CoarseInstant;
@@ -94,11 +94,10 @@ fn evict<M: Manager>(pool: &Inner<M>) {
         Entry::Placeholder => false,
     });
     let spare = parts.drain_spare(|slot| match parts.inspect_idle(slot, now) {
-        Verdict::Keep => None,
+        Verdict::Keep => false,
         verdict => {
             verdicts.insert(slot.id, (verdict, slot.obituary(now)));
-            // Set below, with the report.
-            Some(Fate::Evicted(crate::cause::Eviction::Cancelled))
+            true
         }
     });
     let removed = removed.removed.into_iter().filter_map(|entry| match entry {

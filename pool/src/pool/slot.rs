@@ -304,10 +304,11 @@ impl Core {
         if slot.retire_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(Eviction::MaxLifetime);
         }
-        if self
-            .idle_limit(now)
-            .is_some_and(|limit| now.saturating_since(slot.idle_since) >= limit)
-        {
+        // Never before the limit: the idle time between two coarse readings can read
+        // up to a kernel tick long.
+        if self.idle_limit(now).is_some_and(|limit| {
+            now.saturating_since(slot.idle_since) >= limit.saturating_add(CoarseDuration::MAX_LAG)
+        }) {
             return Verdict::Evict(Eviction::IdleExpired);
         }
         Verdict::Keep
@@ -514,26 +515,30 @@ impl<M: Manager> Parts<M> {
         self.refilling.load(Ordering::Acquire)
     }
 
-    /// Removes from the spare stock the connections `reject` returns a fate for, and
-    /// returns them (with that fate set) for the caller to drop outside the lock.
+    /// Removes from the spare stock the connections `reject` picks, and returns them
+    /// for the caller to decide their fate and drop them outside the lock.
     pub(crate) fn drain_spare(
         &self,
-        mut reject: impl FnMut(&mut Slot<M>) -> Option<Fate>,
+        mut reject: impl FnMut(&Slot<M>) -> bool,
     ) -> Vec<Box<Slot<M>>> {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
         let mut gone = Vec::new();
         let mut i = 0;
         while i < spare.len() {
-            match reject(&mut spare[i]) {
-                Some(fate) => {
-                    let mut slot = spare.remove(i);
-                    slot.tally.fate = Some(fate);
-                    gone.push(slot);
-                }
-                None => i += 1,
+            if reject(&spare[i]) {
+                gone.push(spare.remove(i));
+            } else {
+                i += 1;
             }
         }
         gone
+    }
+
+    /// Closes every connection in the spare stock, counted with `reason`.
+    pub(crate) fn close_spare(&self, reason: Eviction) {
+        for mut slot in self.drain_spare(|_| true) {
+            slot.evict_quietly(reason);
+        }
     }
 
     /// Opens one connection for the spare stock, if the size cap has room. Runs as a
@@ -602,9 +607,11 @@ impl<M: Manager> Parts<M> {
                     .socket(&conn)
                     .and_then(|s| s.sock_ref().peer_addr().ok())
                     .and_then(|a| a.as_socket());
+                // The creation stamp can read a kernel tick early: the lifetime starts
+                // counting a tick later, so that no connection retires before its time.
                 let lifetime = core.config.max_lifetime.map(|lifetime| {
                     let jitter = core.config.lifetime_jitter();
-                    lifetime - jitter.mul_f64(fastrand::f64())
+                    lifetime - jitter.mul_f64(fastrand::f64()) + CoarseDuration::MAX_LAG.to_std()
                 });
                 Ok(Slot {
                     conn,
