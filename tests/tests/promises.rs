@@ -121,6 +121,8 @@ const DISCARDS: [Discard; 10] = [
 /// never gets its PONG.
 async fn idle_behind_a_frozen_server(pool: &Pool<LineManager>, server: &LineServer) {
     drop(pool.get().await.unwrap());
+    // The kernel completes a connect before the server's accept loop sees it.
+    assert!(eventually(PATIENCE, || server.live() == 1).await);
     assert_eq!(server.freeze_all().await, 1);
 }
 
@@ -389,8 +391,11 @@ impl SlowHandshakeServer {
                         tokio::time::sleep(delay).await;
                         // Out of the handshake before the client can see the greeting.
                         in_handshake.fetch_sub(1, Ordering::SeqCst);
-                        if stream.write_all(b"HELLO\n").await.is_ok() {
-                            greeted.fetch_add(1, Ordering::SeqCst);
+                        // Counted before the client can read it, so the test sees
+                        // every greeting its connections got.
+                        greeted.fetch_add(1, Ordering::SeqCst);
+                        if stream.write_all(b"HELLO\n").await.is_err() {
+                            return;
                         }
                         let mut sink = Vec::new();
                         let _ = stream.read_to_end(&mut sink).await;
