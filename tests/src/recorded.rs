@@ -5,6 +5,11 @@
 //! later increment, on any thread, lands in this test's recorder and no other. Tests
 //! can run in parallel, on any runtime.
 //!
+//! Gauges are kept apart from the [`DebuggingRecorder`]: its snapshot swaps every
+//! gauge to 0, so a gauge set once (the idle limit's) would read 0 after the first
+//! look, and a gauge that is 0 could not be told from one nobody set since. Here a
+//! gauge keeps its last value, as a scraped exporter's does.
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use steadypool::{drivers::tcp::TcpManager, Phase, Pool, ResetCause};
@@ -17,20 +22,57 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::registry::{AtomicStorage, Registry};
 use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS, RETRIES, RUNS, RetryOutcome, RunOutcome};
 use steadypool::{BuildError, Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 
 /// A counter series: its name and its labels, sorted.
 type Series = (String, Vec<(String, String)>);
 
-/// The counters one pool recorded since it was built.
+/// The counters one pool recorded since it was built, and its gauges' last values.
 pub struct RecordedMetrics {
     snapshotter: Snapshotter,
     /// Taking a snapshot resets the recorder's counters, so the totals live here.
     totals: Mutex<HashMap<Series, u64>>,
+    gauges: Arc<Registry<Key, AtomicStorage>>,
+}
+
+/// Counters and histograms to a [`DebuggingRecorder`], gauges to a registry that
+/// reading does not reset.
+struct Recording {
+    debugging: DebuggingRecorder,
+    gauges: Arc<Registry<Key, AtomicStorage>>,
+}
+
+impl metrics::Recorder for Recording {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.debugging.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.debugging.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.debugging.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.debugging.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.gauges
+            .get_or_create_gauge(key, |gauge| Gauge::from_arc(Arc::clone(gauge)))
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.debugging.register_histogram(key, metadata)
+    }
 }
 
 impl RecordedMetrics {
@@ -41,16 +83,37 @@ impl RecordedMetrics {
     pub fn build<M: Manager>(
         builder: PoolBuilder<M>,
     ) -> Result<(Pool<M>, RecordedMetrics), BuildError> {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
+        let debugging = DebuggingRecorder::new();
+        let snapshotter = debugging.snapshotter();
+        let gauges = Arc::new(Registry::atomic());
+        let recorder = Recording {
+            debugging,
+            gauges: Arc::clone(&gauges),
+        };
         let pool = metrics::with_local_recorder(&recorder, || builder.build())?;
         Ok((
             pool,
             RecordedMetrics {
                 snapshotter,
                 totals: Mutex::new(HashMap::new()),
+                gauges,
             },
         ))
+    }
+
+    /// The last value of gauge `name` in the series whose labels include all of
+    /// `labels`; `None` if no such series was registered.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.gauges
+            .get_gauge_handles()
+            .into_iter()
+            .find(|(key, _)| {
+                key.name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(_, value)| f64::from_bits(value.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     /// The sum of counter `name` over every series whose labels include all of

@@ -192,10 +192,13 @@ async fn a_connection_idle_past_idle_timeout_is_closed_at_checkout() {
 
 #[tokio::test]
 async fn only_a_connection_idle_past_check_after_is_pinged() {
+    // Long next to any stall of a loaded machine between two checkouts in a row,
+    // which must not be taken for idleness; the sleep below is what crosses it.
+    let check_after = Duration::from_secs(2);
     let server = LineServer::start().await.unwrap();
     let pool = Pool::builder(LineManager::new(server.addr()))
         .reaper_interval(HOUR)
-        .check_after(Duration::from_millis(300))
+        .check_after(check_after)
         .build()
         .unwrap();
     open_idle(&pool, &server, 1).await;
@@ -208,7 +211,8 @@ async fn only_a_connection_idle_past_check_after_is_pinged() {
         "a recently used connection was pinged"
     );
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past check_after by more than the coarse clock's tick (at most 10 ms).
+    tokio::time::sleep(check_after + Duration::from_millis(100)).await;
     drop(pool.get().await.unwrap());
     assert_eq!(pool.manager().pings(), 1);
     // The ping counts as traffic: the next checkout right after needs none.

@@ -3,14 +3,20 @@
 //! idle past `idle_timeout`, those past their jittered `max_lifetime`, and keeps
 //! `min_idle` ready. Real loopback sockets; time bounds are generous.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use steadypool::probe::TcpState;
-use steadypool::{Eviction, Manager, Phase, Pool, ResetCause};
-use steadypool_tests::line_manager::LineManager;
+use steadypool::{Dialer, Eviction, Manager, Phase, Pool, ResetCause, SocketRef};
+use steadypool_tests::line_manager::{LineConnection, LineManager};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::{eventually, sockets};
+use tokio::io::BufStream;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const TICK: Duration = Duration::from_millis(100);
@@ -75,30 +81,98 @@ async fn reset_idle_connections_are_closed_by_the_reaper() {
     assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Idle), 2);
 }
 
+/// A line connection that notes, on the precise clock, when the pool closed it.
+struct TimedConnection {
+    conn: LineConnection,
+    serial: usize,
+    closed: Arc<Mutex<HashMap<usize, Instant>>>,
+}
+
+impl Drop for TimedConnection {
+    fn drop(&mut self) {
+        let at = Instant::now();
+        lock(&self.closed).insert(self.serial, at);
+    }
+}
+
+/// Opens [`TimedConnection`]s to a line server.
+struct TimedManager {
+    addr: SocketAddr,
+    opened: AtomicUsize,
+    closed: Arc<Mutex<HashMap<usize, Instant>>>,
+}
+
+impl Manager for TimedManager {
+    type Connection = TimedConnection;
+    type Error = io::Error;
+
+    async fn connect(&self, dialer: &Dialer) -> io::Result<TimedConnection> {
+        let stream = dialer.connect(&self.addr.into()).await?;
+        Ok(TimedConnection {
+            conn: BufStream::new(stream),
+            serial: self.opened.fetch_add(1, Ordering::SeqCst),
+            closed: Arc::clone(&self.closed),
+        })
+    }
+
+    fn socket<'a>(&self, conn: &'a TimedConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::Tokio(conn.conn.get_ref()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_closed_after_idle_timeout() {
+    const CONNECTIONS: usize = 8;
     let server = LineServer::start().await.unwrap();
     let idle_timeout = Duration::from_millis(300);
+    let closed = Arc::new(Mutex::new(HashMap::new()));
     let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(Duration::from_millis(50))
-            .idle_timeout(Some(idle_timeout))
-            .check_after(HOUR),
+        Pool::builder(TimedManager {
+            addr: server.addr(),
+            opened: AtomicUsize::new(0),
+            closed: Arc::clone(&closed),
+        })
+        .max_size(CONNECTIONS)
+        .reaper_interval(Duration::from_millis(5))
+        .idle_timeout(Some(idle_timeout))
+        .check_after(HOUR),
     )
     .unwrap();
-    open_idle(&pool, &server, 2).await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(pool.get().await.unwrap());
+    }
+    // Idle from the moment each is returned, on the precise clock: noted just before
+    // the return, so the idle time measured below is never shorter than the pool's.
+    // The server's view (accept to close) would include the connect, and hide a
+    // close that came early by less than that.
+    let mut returned = HashMap::new();
+    for conn in held {
+        returned.insert(conn.serial, Instant::now());
+        drop(conn);
+        // Spread the returns over the coarse clock's ticks.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
-    let closed = eventually(idle_timeout + SLACK, || server.ended().len() == 2).await;
-    assert!(closed, "idle connections were not closed");
-    for ended in server.ended() {
-        assert_eq!(ended.how, Ending::ClientClosed);
+    let all_closed = eventually(idle_timeout + SLACK, || lock(&closed).len() == CONNECTIONS).await;
+    assert!(all_closed, "idle connections were not closed");
+    let idle: Vec<Duration> = lock(&closed)
+        .iter()
+        .map(|(serial, at)| at.duration_since(returned[serial]))
+        .collect();
+    for idle in &idle {
         assert!(
-            ended.lived >= idle_timeout,
-            "closed after {:?}",
-            ended.lived
+            *idle >= idle_timeout,
+            "closed after {idle:?} idle, before idle_timeout {idle_timeout:?}"
         );
     }
-    assert_eq!(metrics.evictions(Eviction::IdleExpired), 2);
+    assert!(eventually(SLACK, || server.ended().len() == CONNECTIONS).await);
+    assert!(server.ended().iter().all(|e| e.how == Ending::ClientClosed));
+    assert_eq!(metrics.evictions(Eviction::IdleExpired), CONNECTIONS as u64);
     assert_eq!(metrics.all_resets(), 0);
     assert_eq!(pool.status().size, 0);
 }
