@@ -94,6 +94,7 @@ pub enum Liveness {
 /// Probes an idle connection without consuming anything from it.
 ///
 /// Call it only on a connection no other task is reading from.
+#[inline]
 pub fn check(socket: SocketRef<'_>) -> Liveness {
     match socket {
         SocketRef::Tokio(stream) => check_tokio(stream),
@@ -101,6 +102,7 @@ pub fn check(socket: SocketRef<'_>) -> Liveness {
     }
 }
 
+#[inline]
 fn check_tokio(stream: &TcpStream) -> Liveness {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     // `try_io` looks at the readiness tokio recorded (an atomic load) and returns

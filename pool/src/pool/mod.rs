@@ -260,13 +260,12 @@ impl<M: Manager> Pool<M> {
         // relaxed add, and recorded in the wait histogram as 0 s by the reaper.
         let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
         let first = match poll_once(attempt.as_mut()).await {
-            Some(Ok(object)) => match Connection::new(object) {
-                Some(conn) => {
-                    self.core().books.immediate_checkout();
-                    return Ok(conn);
-                }
-                None => First::Busy,
-            },
+            Some(Ok(object)) if is_live(&object) => {
+                self.core().books.immediate_checkout();
+                return Ok(Connection::new(object));
+            }
+            // A placeholder (see `slot`): dropping it withdrew a surplus permit.
+            Some(Ok(_)) => First::Busy,
             Some(Err(PoolError::Timeout(TimeoutType::Wait))) => First::Busy,
             Some(Err(err)) => First::Failed(err),
             // A slot was free but its connection needs I/O: a ping, or a new connect.
@@ -295,17 +294,15 @@ impl<M: Manager> Pool<M> {
         };
         loop {
             match result {
-                Ok(Ok(object)) => match Connection::new(object) {
-                    Some(conn) => {
-                        let core = self.core();
-                        core.recorder.checkout(started.elapsed());
-                        core.books.waited_checkout();
-                        return Ok(conn);
-                    }
-                    // A placeholder: the pool is above its size after a resize, and
-                    // dropping it withdrew one surplus permit. Wait for a connection.
-                    None => result = self.queue(deadline).await,
-                },
+                Ok(Ok(object)) if is_live(&object) => {
+                    let core = self.core();
+                    core.recorder.checkout(started.elapsed());
+                    core.books.waited_checkout();
+                    return Ok(Connection::new(object));
+                }
+                // A placeholder: the pool is above its size after a resize, and
+                // dropping it withdrew one surplus permit. Wait for a connection.
+                Ok(Ok(_)) => result = self.queue(deadline).await,
                 Ok(Err(err)) => return Err(self.failed(err)),
                 Err(_) => return Err(self.failed(PoolError::Timeout(TimeoutType::Wait))),
             }
@@ -477,6 +474,12 @@ enum First<M: Manager> {
     Failed(PoolError<ConnectError<M::Error>>),
 }
 
+/// Whether a checked-out object is a connection, not a placeholder (see `slot`).
+#[inline]
+fn is_live<M: Manager>(object: &Object<Adapter<M>>) -> bool {
+    matches!(**object, Entry::Live(_))
+}
+
 /// Counts a checkout as waiting while it yields before queueing.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -532,11 +535,12 @@ pub struct Connection<M: Manager> {
 }
 
 impl<M: Manager> Connection<M> {
-    /// A connection, or `None` for a placeholder (which is dropped, see `slot`).
-    fn new(object: Object<Adapter<M>>) -> Option<Connection<M>> {
-        matches!(*object, Entry::Live(_)).then_some(Connection {
+    /// The handle for a checked-out object that [`is_live`].
+    #[inline]
+    fn new(object: Object<Adapter<M>>) -> Connection<M> {
+        Connection {
             object: Some(object),
-        })
+        }
     }
 
     fn slot(&self) -> &Slot<M> {
@@ -670,40 +674,50 @@ impl<M: Manager> Drop for Connection<M> {
             return;
         };
         let now = CoarseInstant::now();
-        let mut detail = None;
-        let healthy = slot.broken.is_none() && !slot.exchange_open;
         // A panic while the application held the connection may have left a request
         // half-way; and the manager's own check must not run (and maybe panic) during
         // unwinding.
-        let retired = slot.retire_at.is_some_and(|at| now >= at);
-        if healthy && !retired && !std::thread::panicking() {
-            match slot.tally.parts.manager.broken(&slot.conn) {
-                None => {
-                    if diagnosis::teaches_idle_limit(slot.reused_after) {
-                        slot.tally
-                            .parts
-                            .core
-                            .record_reuse(slot.reused_after.to_std());
-                    }
-                    slot.idle_since = now;
-                    return;
-                }
-                Some(broken) => {
-                    slot.broken = Some(broken.cause);
-                    detail = broken.detail;
-                }
+        let healthy = slot.broken.is_none()
+            && !slot.exchange_open
+            && slot.retire_at.is_none_or(|at| now < at)
+            && !std::thread::panicking();
+        if healthy && slot.tally.parts.manager.broken(&slot.conn).is_none() {
+            if diagnosis::teaches_idle_limit(slot.reused_after) {
+                slot.tally
+                    .parts
+                    .core
+                    .record_reuse(slot.reused_after.to_std());
             }
+            slot.idle_since = now;
+            return;
         }
+        self.close_on_return(now);
+    }
+}
+
+impl<M: Manager> Connection<M> {
+    /// Closes a returned connection that must not be reused, counted with why: marked
+    /// broken, called broken by its manager, past its lifetime, or returned with an
+    /// exchange open or during a panic.
+    #[cold]
+    #[inline(never)]
+    fn close_on_return(&mut self, now: CoarseInstant) {
+        let slot = self.slot_mut();
+        let verdict = if let Some(cause) = slot.broken {
+            Verdict::Reset(cause, None)
+        } else if slot.exchange_open || std::thread::panicking() {
+            Verdict::Evict(Eviction::Cancelled)
+        } else if let Some(broken) = slot.tally.parts.manager.broken(&slot.conn) {
+            slot.broken = Some(broken.cause);
+            Verdict::Reset(broken.cause, broken.detail)
+        } else {
+            Verdict::Evict(Eviction::MaxLifetime)
+        };
         // What the path did to it depends on how long it sat idle before this
         // checkout, not on how long the application held it.
         let dead = Obituary {
             idle: slot.reused_after.to_std(),
             ..slot.obituary(now)
-        };
-        let verdict = match slot.broken {
-            Some(cause) => Verdict::Reset(cause, detail),
-            None if healthy && retired => Verdict::Evict(Eviction::MaxLifetime),
-            None => Verdict::Evict(Eviction::Cancelled),
         };
         slot.condemn(verdict, Phase::InUse, &dead);
         drop(self.take_slot());

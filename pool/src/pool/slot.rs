@@ -431,7 +431,7 @@ impl<M: Manager> Parts<M> {
     #[inline]
     fn local_checks(&self, slot: &Slot<M>, now: CoarseInstant) -> Verdict {
         let verdict = self.core.inspect(&self.manager, slot, now);
-        if verdict != Verdict::Keep {
+        if !matches!(verdict, Verdict::Keep) {
             return verdict;
         }
         match self.manager.broken(&slot.conn) {
@@ -454,12 +454,12 @@ impl<M: Manager> Parts<M> {
         let now = CoarseInstant::now();
         slot.reused_after = now.saturating_since(slot.idle_since);
         let mut verdict = self.local_checks(slot, now);
-        if verdict == Verdict::Keep && slot.reused_after >= self.core.config.check_after {
+        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
             // A round trip (~20 µs and up): on the heap, so that every checkout's
             // future stays small.
             verdict = Box::pin(self.ping(slot)).await;
         }
-        if verdict == Verdict::Keep {
+        if matches!(verdict, Verdict::Keep) {
             return true;
         }
         let dead = slot.obituary(now);
