@@ -19,32 +19,39 @@ use crate::probe::SocketRef;
 /// ```
 /// use std::io;
 /// use steadypool::{Address, Dialer, Manager, SocketRef};
-/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// use tokio::net::TcpStream;
 ///
 /// struct LineManager(Address);
 ///
 /// impl Manager for LineManager {
-///     type Connection = BufStream<TcpStream>;
+///     type Connection = BufReader<TcpStream>;
 ///     type Error = io::Error;
 ///
 ///     async fn connect(&self, dialer: &Dialer) -> io::Result<Self::Connection> {
-///         Ok(BufStream::new(dialer.connect(&self.0).await?))
+///         Ok(BufReader::new(dialer.connect(&self.0).await?))
 ///     }
 ///
 ///     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
-///         Some(SocketRef::Tokio(conn.get_ref()))
+///         // The socket and what its reader holds: both can hold stale bytes.
+///         Some(SocketRef::from(conn))
 ///     }
 ///
 ///     async fn ping(&self, conn: &mut Self::Connection) -> io::Result<()> {
 ///         conn.write_all(b"PING\n").await?;
-///         conn.flush().await?;
 ///         let mut line = String::new();
 ///         conn.read_line(&mut line).await?;
 ///         (line == "PONG\n").then_some(()).ok_or_else(|| io::Error::other(line))
 ///     }
 /// }
 /// ```
+///
+/// Read through a [`BufReader`](tokio::io::BufReader) and show it with
+/// `SocketRef::from(conn)`: bytes the buffer took off the socket are out of the
+/// kernel's sight, and a connection holding a reply nobody read would answer the next
+/// request with it. The pool sees the buffer's length at no cost and discards such a
+/// connection as `unexpected_data`. tokio's `BufStream` does not show its buffer:
+/// write each request with one `write_all` instead of buffering writes.
 pub trait Manager: Send + Sync + 'static {
     /// The connection handed to the application.
     type Connection: Send + 'static;
@@ -69,10 +76,11 @@ pub trait Manager: Send + Sync + 'static {
     /// The connection's socket, for the checkout probe and the reaper.
     ///
     /// Return [`SocketRef::Tokio`] for a stream nobody else reads while the
-    /// connection is idle (free to probe), or [`SocketRef::Raw`] for a duplicate of a
-    /// socket a driver's background task owns. `None` (the default) means the pool
-    /// cannot see the socket: dead connections are then found by
-    /// [`Manager::is_broken`], the ping, or the application's first error.
+    /// connection is idle (free to probe), [`SocketRef::Buffered`] (`SocketRef::from`
+    /// a `BufReader<TcpStream>`) for one read through a buffer, or [`SocketRef::Raw`]
+    /// for a duplicate of a socket a driver's background task owns. `None` (the
+    /// default) means the pool cannot see the socket: dead connections are then found
+    /// by [`Manager::is_broken`], the ping, or the application's first error.
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
         let _ = conn;
         None
