@@ -64,7 +64,7 @@ pub use crate::cause::{
     Classify, Disposition, Eviction, Phase, ResetCause, Sent, classify_source_chain,
 };
 pub use crate::dial::{Address, DialError, Dialer, Keepalive};
-pub use crate::manager::Manager;
+pub use crate::manager::{Broken, Manager};
 pub use crate::pool::{BuildError, Connection, Error, Pool, PoolBuilder, QueueMode, Status};
 pub use crate::probe::SocketRef;
 pub use crate::retry::{

@@ -1,9 +1,10 @@
 //! The [`Manager`] trait: what the pool needs to know about your protocol.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 
-use crate::cause::Classify;
+use crate::cause::{Classify, ResetCause};
 use crate::dial::{DialError, Dialer};
 use crate::probe::SocketRef;
 
@@ -80,7 +81,7 @@ pub trait Manager: Send + Sync + 'static {
     /// a `BufReader<TcpStream>`) for one read through a buffer, or [`SocketRef::Raw`]
     /// for a duplicate of a socket a driver's background task owns. `None` (the
     /// default) means the pool cannot see the socket: dead connections are then found
-    /// by [`Manager::is_broken`], the ping, or the application's first error.
+    /// by [`Manager::broken`], the ping, or the application's first error.
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
         let _ = conn;
         None
@@ -97,10 +98,70 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// A cheap local check, without I/O, that the connection is known to be unusable
-    /// (for example a driver's `is_closed()`). The default says it is fine.
-    fn is_broken(&self, conn: &mut Self::Connection) -> bool {
+    /// Why the connection is known to be unusable, if it is: a cheap local check, no
+    /// I/O.
+    ///
+    /// The pool asks before handing a connection out. Answer from what the
+    /// connection already knows: a driver's `is_closed()`, or an error it saw (a
+    /// server's goodbye, an end of stream, a reset). Say why: the [`Broken::cause`]
+    /// labels the reset in the metrics, and the [`Broken::detail`] (the server's
+    /// message) goes into the log. The default says the connection is fine.
+    ///
+    /// Use it for what the connection learns by itself. When the application sees
+    /// the failure in its own code, [`Connection::mark_broken`](crate::Connection::mark_broken)
+    /// says so at once.
+    fn broken(&self, conn: &mut Self::Connection) -> Option<Broken> {
         let _ = conn;
-        false
+        None
+    }
+}
+
+/// Why a connection is unusable, as [`Manager::broken`] reports it: the cause that
+/// labels the reset, and what the server or the driver said, when something did.
+///
+/// ```
+/// use steadypool::{Broken, ResetCause};
+///
+/// let broken = Broken::new(ResetCause::PeerClosed)
+///     .with_detail("57P01: terminating connection due to administrator command");
+/// assert_eq!(broken.cause, ResetCause::PeerClosed);
+/// assert_eq!(
+///     broken.to_string(),
+///     "peer_closed: 57P01: terminating connection due to administrator command"
+/// );
+/// assert_eq!(Broken::new(ResetCause::PeerReset).to_string(), "peer_reset");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Broken {
+    /// Why, as the metrics label it.
+    pub cause: ResetCause,
+    /// What was said: a server's error message, the driver's I/O error.
+    pub detail: Option<String>,
+}
+
+impl Broken {
+    /// Broken for `cause`, with nothing more to say.
+    pub fn new(cause: ResetCause) -> Broken {
+        Broken {
+            cause,
+            detail: None,
+        }
+    }
+
+    /// The same, with what the server or the driver said.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Broken {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.cause),
+            None => f.write_str(self.cause.as_str()),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
 //!    path already closed counts as a reset even when it is also past a limit,
 //! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
-//! 3. [`Manager::is_broken`] (a flag read),
+//! 3. [`Manager::broken`] (a flag read),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
 //! The first check that fails discards the connection with its cause, and deadpool
@@ -144,7 +144,7 @@ impl Core {
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
                 // desync. The task reads them, and a close behind them shows up as end
-                // of stream or through `is_broken`.
+                // of stream or through `Manager::broken`.
                 Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
                 Liveness::UnexpectedData => return Verdict::Reset(ResetCause::UnexpectedData),
                 Liveness::Error(err) => {
@@ -296,8 +296,10 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
         let now = CoarseInstant::now();
         slot.reused_after = now.saturating_since(slot.idle_since);
         let mut verdict = self.core.inspect(&self.manager, slot, now);
-        if matches!(verdict, Verdict::Keep) && self.manager.is_broken(&mut slot.conn) {
-            verdict = Verdict::Reset(ResetCause::Other);
+        if matches!(verdict, Verdict::Keep)
+            && let Some(broken) = self.manager.broken(&mut slot.conn)
+        {
+            verdict = Verdict::Reset(broken.cause);
         }
         if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
             // A round trip (~20 µs and up): on the heap too, for the same reason.
