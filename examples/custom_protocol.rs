@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use steadypool::{Address, Classify, DialError, Dialer, Manager, Pool, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long the server keeps an idle connection.
@@ -54,17 +54,20 @@ struct KvManager {
 }
 
 impl Manager for KvManager {
-    type Connection = BufStream<TcpStream>;
+    // Reads go through a buffer the pool can see (writes go straight out, one
+    // `write_all` per request).
+    type Connection = BufReader<TcpStream>;
     type Error = KvError;
 
     async fn connect(&self, dialer: &Dialer) -> Result<Self::Connection, KvError> {
         // The dialer sets keepalive, TCP_USER_TIMEOUT and TCP_NODELAY on the socket.
-        Ok(BufStream::new(dialer.connect(&self.addr).await?))
+        Ok(BufReader::new(dialer.connect(&self.addr).await?))
     }
 
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
-        // Lets the pool probe idle connections without a round trip.
-        Some(SocketRef::Tokio(conn.get_ref()))
+        // Lets the pool probe idle connections without a round trip, and see a reply
+        // left unread in the buffer (a connection out of step with its server).
+        Some(SocketRef::from(conn))
     }
 
     async fn ping(&self, conn: &mut Self::Connection) -> Result<(), KvError> {
@@ -76,9 +79,8 @@ impl Manager for KvManager {
 }
 
 /// One request, one reply line.
-async fn call(conn: &mut BufStream<TcpStream>, request: &str) -> Result<String, KvError> {
+async fn call(conn: &mut BufReader<TcpStream>, request: &str) -> Result<String, KvError> {
     conn.write_all(format!("{request}\n").as_bytes()).await?;
-    conn.flush().await?;
     let mut reply = String::new();
     if conn.read_line(&mut reply).await? == 0 {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());

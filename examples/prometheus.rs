@@ -33,7 +33,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use steadypool::{Address, Dialer, Manager, Pool, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -63,12 +63,10 @@ struct Args {
 /// A line-protocol connection: one request line, one reply line.
 struct LineManager(Address);
 
-type Line = BufStream<TcpStream>;
+type Line = BufReader<TcpStream>;
 
 async fn request(conn: &mut Line, line: &str) -> std::io::Result<String> {
-    conn.write_all(line.as_bytes()).await?;
-    conn.write_all(b"\n").await?;
-    conn.flush().await?;
+    conn.write_all(format!("{line}\n").as_bytes()).await?;
     let mut reply = String::new();
     if conn.read_line(&mut reply).await? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -81,11 +79,12 @@ impl Manager for LineManager {
     type Error = std::io::Error;
 
     async fn connect(&self, dialer: &Dialer) -> std::io::Result<Line> {
-        Ok(BufStream::new(dialer.connect(&self.0).await?))
+        Ok(BufReader::new(dialer.connect(&self.0).await?))
     }
 
     fn socket<'a>(&self, conn: &'a Line) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        // The socket and the reader's buffer: a notice may sit in either.
+        Some(SocketRef::from(conn))
     }
 
     async fn ping(&self, conn: &mut Line) -> std::io::Result<()> {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use steadypool::{
     Classify, DialError, Dialer, Manager, Pool, ResetCause, RetryPolicy, RunError, SocketRef,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The counter server's shared state: the counter, and how many requests arrived.
@@ -97,23 +97,23 @@ enum CounterError {
 struct CounterManager(SocketAddr);
 
 impl Manager for CounterManager {
-    type Connection = BufStream<TcpStream>;
+    type Connection = BufReader<TcpStream>;
     type Error = CounterError;
 
     async fn connect(&self, dialer: &Dialer) -> Result<Self::Connection, CounterError> {
-        Ok(BufStream::new(dialer.connect(&self.0.into()).await?))
+        Ok(BufReader::new(dialer.connect(&self.0.into()).await?))
     }
 
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        // The socket and the reader's buffer: a reply left unread in either is stale.
+        Some(SocketRef::from(conn))
     }
 }
 
-async fn request(conn: &mut BufStream<TcpStream>, verb: &str) -> Result<u64, CounterError> {
+async fn request(conn: &mut BufReader<TcpStream>, verb: &str) -> Result<u64, CounterError> {
     conn.write_all(format!("{verb}\n").as_bytes())
         .await
         .map_err(CounterError::Send)?;
-    conn.flush().await.map_err(CounterError::Send)?;
     let mut reply = String::new();
     match conn.read_line(&mut reply).await {
         Ok(0) => Err(CounterError::Receive(io::ErrorKind::UnexpectedEof.into())),

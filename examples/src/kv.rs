@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use steadypool::{Address, Classify, DialError, Dialer, Manager, SocketRef};
 use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream,
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufStream,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinSet};
@@ -46,8 +46,9 @@ use tokio::task::{AbortHandle, JoinSet};
 /// this protocol.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// A pooled connection to the key-value server: a buffered TCP stream.
-pub type KvConnection = BufStream<TcpStream>;
+/// A pooled connection to the key-value server: a TCP stream read through a buffer
+/// the pool can see (each request goes out in one write, so writes need none).
+pub type KvConnection = BufReader<TcpStream>;
 
 /// The key-value server, listening on a free loopback port until dropped (then its
 /// listener and every connection close).
@@ -217,8 +218,7 @@ async fn exchange<S>(conn: &mut S, request: &str) -> Result<String, KvError>
 where
     S: AsyncBufRead + AsyncWrite + Unpin + Send,
 {
-    conn.write_all(request.as_bytes()).await?;
-    conn.write_all(b"\n").await?;
+    conn.write_all(format!("{request}\n").as_bytes()).await?;
     conn.flush().await?;
     let mut reply = String::new();
     match (&mut *conn).take(MAX_LINE).read_line(&mut reply).await {
@@ -273,11 +273,13 @@ impl Manager for KvManager {
     type Error = KvError;
 
     async fn connect(&self, dialer: &Dialer) -> Result<KvConnection, KvError> {
-        Ok(BufStream::new(dialer.connect(&self.addr).await?))
+        Ok(BufReader::new(dialer.connect(&self.addr).await?))
     }
 
     fn socket<'a>(&self, conn: &'a KvConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        // The socket and the reader's buffer: a reply left unread in either would
+        // answer the next request.
+        Some(SocketRef::from(conn))
     }
 
     async fn ping(&self, conn: &mut KvConnection) -> Result<(), KvError> {
@@ -306,7 +308,7 @@ impl deadpool::managed::Manager for PlainKvManager {
     async fn create(&self) -> io::Result<KvConnection> {
         let stream = TcpStream::connect(self.addr.as_str()).await?;
         stream.set_nodelay(true)?;
-        Ok(BufStream::new(stream))
+        Ok(BufReader::new(stream))
     }
 
     async fn recycle(

@@ -1,6 +1,7 @@
 //! The [`Manager`] trait: what the pool needs to know about your protocol.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 
 use crate::cause::{Classify, ResetCause};
@@ -19,32 +20,39 @@ use crate::probe::SocketRef;
 /// ```
 /// use std::io;
 /// use steadypool::{Address, Dialer, Manager, SocketRef};
-/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// use tokio::net::TcpStream;
 ///
 /// struct LineManager(Address);
 ///
 /// impl Manager for LineManager {
-///     type Connection = BufStream<TcpStream>;
+///     type Connection = BufReader<TcpStream>;
 ///     type Error = io::Error;
 ///
 ///     async fn connect(&self, dialer: &Dialer) -> io::Result<Self::Connection> {
-///         Ok(BufStream::new(dialer.connect(&self.0).await?))
+///         Ok(BufReader::new(dialer.connect(&self.0).await?))
 ///     }
 ///
 ///     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
-///         Some(SocketRef::Tokio(conn.get_ref()))
+///         // The socket and what its reader holds: both can hold stale bytes.
+///         Some(SocketRef::from(conn))
 ///     }
 ///
 ///     async fn ping(&self, conn: &mut Self::Connection) -> io::Result<()> {
 ///         conn.write_all(b"PING\n").await?;
-///         conn.flush().await?;
 ///         let mut line = String::new();
 ///         conn.read_line(&mut line).await?;
 ///         (line == "PONG\n").then_some(()).ok_or_else(|| io::Error::other(line))
 ///     }
 /// }
 /// ```
+///
+/// Read through a [`BufReader`](tokio::io::BufReader) and show it with
+/// `SocketRef::from(conn)`: bytes the buffer took off the socket are out of the
+/// kernel's sight, and a connection holding a reply nobody read would answer the next
+/// request with it. The pool sees the buffer's length at no cost and discards such a
+/// connection as `unexpected_data`. tokio's `BufStream` does not show its buffer:
+/// write each request with one `write_all` instead of buffering writes.
 pub trait Manager: Send + Sync + 'static {
     /// The connection handed to the application.
     type Connection: Send + 'static;
@@ -69,10 +77,11 @@ pub trait Manager: Send + Sync + 'static {
     /// The connection's socket, for the checkout probe and the reaper.
     ///
     /// Return [`SocketRef::Tokio`] for a stream nobody else reads while the
-    /// connection is idle (free to probe), or [`SocketRef::Raw`] for a duplicate of a
-    /// socket a driver's background task owns. `None` (the default) means the pool
-    /// cannot see the socket: dead connections are then found by
-    /// [`Manager::broken`], the ping, or the application's first error.
+    /// connection is idle (free to probe), [`SocketRef::Buffered`] (`SocketRef::from`
+    /// a `BufReader<TcpStream>`) for one read through a buffer, or [`SocketRef::Raw`]
+    /// for a duplicate of a socket a driver's background task owns. `None` (the
+    /// default) means the pool cannot see the socket: dead connections are then found
+    /// by [`Manager::broken`], the ping, or the application's first error.
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {
         let _ = conn;
         None
@@ -98,28 +107,71 @@ pub trait Manager: Send + Sync + 'static {
     }
 
     /// Why the connection is known to be unusable, if it is: a cheap local check, no
-    /// I/O. Run at checkout, when a connection returns, and by the reaper.
+    /// I/O.
+    ///
+    /// The pool asks before handing a connection out, when it comes back, and in
+    /// the reaper's pass over idle connections (which sees them through a shared
+    /// reference, hence `&`). Answer from what the
+    /// connection already knows: a driver's `is_closed()`, or an error it saw (a
+    /// server's goodbye, an end of stream, a reset). Say why: the [`Broken::cause`]
+    /// labels the reset in the metrics, and the [`Broken::detail`] (the server's
+    /// message) goes into the log. The default says the connection is fine.
+    ///
+    /// Use it for what the connection learns by itself. When the application sees
+    /// the failure in its own code, [`Connection::mark_broken`](crate::Connection::mark_broken)
+    /// says so at once.
     fn broken(&self, conn: &Self::Connection) -> Option<Broken> {
         let _ = conn;
         None
     }
 }
 
-/// Why a manager knows a connection is unusable.
+/// Why a connection is unusable, as [`Manager::broken`] reports it: the cause that
+/// labels the reset, and what the server or the driver said, when something did.
+///
+/// ```
+/// use steadypool::{Broken, ResetCause};
+///
+/// let broken = Broken::new(ResetCause::PeerClosed)
+///     .with_detail("57P01: terminating connection due to administrator command");
+/// assert_eq!(broken.cause, ResetCause::PeerClosed);
+/// assert_eq!(
+///     broken.to_string(),
+///     "peer_closed: 57P01: terminating connection due to administrator command"
+/// );
+/// assert_eq!(Broken::new(ResetCause::PeerReset).to_string(), "peer_reset");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Broken {
-    /// The reset cause.
+    /// Why, as the metrics label it.
     pub cause: ResetCause,
-    /// What the server or the driver said.
+    /// What was said: a server's error message, the driver's I/O error.
     pub detail: Option<String>,
 }
 
 impl Broken {
-    /// A connection broken by `cause`.
+    /// Broken for `cause`, with nothing more to say.
     pub fn new(cause: ResetCause) -> Broken {
         Broken {
             cause,
             detail: None,
+        }
+    }
+
+    /// The same, with what the server or the driver said.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Broken {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.cause),
+            None => f.write_str(self.cause.as_str()),
         }
     }
 }

@@ -7,6 +7,11 @@
 //!   readiness since the last read. In the common case (nothing arrived while the
 //!   connection sat in the pool) that is an atomic load and **no system call**. Only
 //!   when readiness was recorded does it `peek` one byte to learn what arrived.
+//! * For a [`SocketRef::Buffered`] stream (one behind a read buffer, such as tokio's
+//!   [`BufReader`]) it first reads the buffer's length: bytes the application's
+//!   reader already took off the socket but nobody consumed are as stale as bytes
+//!   still in the kernel, and the kernel cannot see them. An empty buffer costs one
+//!   comparison, then the stream is probed as above.
 //! * For a [`SocketRef::Raw`] socket (a duplicated descriptor of a socket a driver owns,
 //!   such as tokio-postgres's) it peeks one byte with `MSG_PEEK | MSG_DONTWAIT`: one
 //!   system call, about 450 ns.
@@ -16,7 +21,7 @@
 //! | nothing to read (`EAGAIN`) | [`Liveness::Alive`] |
 //! | end of stream (0 bytes) | [`Liveness::PeerClosed`] |
 //! | `ECONNRESET` | [`Liveness::PeerReset`] |
-//! | some bytes | [`Liveness::UnexpectedData`] |
+//! | some bytes (or some in the reader's buffer) | [`Liveness::UnexpectedData`] |
 //! | another error (`ETIMEDOUT` after keepalive gave up, ...) | [`Liveness::Error`] |
 //!
 //! The probe never consumes data. What it cannot see is a silent black hole: a
@@ -31,22 +36,42 @@ use std::io;
 use std::mem::MaybeUninit;
 
 use socket2::SockRef;
-use tokio::io::Interest;
+use tokio::io::{BufReader, Interest};
 use tokio::net::TcpStream;
 
 /// A connection's socket, as a [`crate::Manager`] exposes it for probing.
 ///
+/// Build it with `From` from what the connection holds: a bare [`TcpStream`] gives
+/// [`SocketRef::Tokio`], a [`BufReader<TcpStream>`] gives [`SocketRef::Buffered`].
+/// A connection that reads through a buffer must show the buffer: bytes in it are
+/// invisible to the kernel, and a pool that cannot see them hands out a connection
+/// whose next read returns an earlier request's leftovers.
+///
 /// ```
 /// # async fn demo(stream: tokio::net::TcpStream) {
 /// use steadypool::probe::{self, Liveness, SocketRef};
-/// assert!(matches!(probe::check(SocketRef::Tokio(&stream)), Liveness::Alive));
+/// use tokio::io::BufReader;
+///
+/// assert!(matches!(probe::check(SocketRef::from(&stream)), Liveness::Alive));
+/// let reader = BufReader::new(stream);
+/// assert!(matches!(probe::check(SocketRef::from(&reader)), Liveness::Alive));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum SocketRef<'a> {
     /// A tokio stream no other task reads while the connection is idle: probed through
     /// tokio's recorded readiness, usually without a system call.
     Tokio(&'a TcpStream),
+    /// A tokio stream read through a user-space buffer (see
+    /// `From<&BufReader<TcpStream>>`): unconsumed bytes in the buffer are
+    /// [`Liveness::UnexpectedData`]; with none, probed as [`SocketRef::Tokio`].
+    Buffered {
+        /// The socket under the buffer.
+        stream: &'a TcpStream,
+        /// Bytes read from the socket into the buffer and not consumed yet.
+        buffered: usize,
+    },
     /// Any socket, e.g. a duplicate of one a driver's background task owns: probed
     /// with one non-blocking `peek`. The pool treats bytes found here as the owning
     /// task's next message, not as [`Liveness::UnexpectedData`] worth a reconnect.
@@ -66,11 +91,22 @@ impl<'a> From<&'a TcpStream> for SocketRef<'a> {
     }
 }
 
+/// The buffer's length is read when the manager's `socket` is called, that is at
+/// each probe: a field read, no system call.
+impl<'a> From<&'a BufReader<TcpStream>> for SocketRef<'a> {
+    fn from(reader: &'a BufReader<TcpStream>) -> Self {
+        SocketRef::Buffered {
+            stream: reader.get_ref(),
+            buffered: reader.buffer().len(),
+        }
+    }
+}
+
 impl<'a> SocketRef<'a> {
     /// The socket as `socket2` sees it (for reading options back, or `TCP_INFO`).
     pub fn sock_ref(&self) -> SockRef<'_> {
         match self {
-            SocketRef::Tokio(stream) => SockRef::from(*stream),
+            SocketRef::Tokio(stream) | SocketRef::Buffered { stream, .. } => SockRef::from(*stream),
             SocketRef::Raw(sock) => SockRef::from(sock),
         }
     }
@@ -85,7 +121,8 @@ pub enum Liveness {
     PeerClosed,
     /// The peer or a middlebox reset the connection (RST).
     PeerReset,
-    /// Bytes arrived that nobody asked for.
+    /// Bytes arrived that nobody asked for: on the socket, or left unconsumed in the
+    /// reader's buffer.
     UnexpectedData,
     /// The socket reports another error, such as `ETIMEDOUT` after keepalive gave up.
     Error(io::Error),
@@ -98,6 +135,8 @@ pub enum Liveness {
 pub fn check(socket: SocketRef<'_>) -> Liveness {
     match socket {
         SocketRef::Tokio(stream) => check_tokio(stream),
+        SocketRef::Buffered { buffered: 1.., .. } => Liveness::UnexpectedData,
+        SocketRef::Buffered { stream, .. } => check_tokio(stream),
         SocketRef::Raw(sock) => check_raw(&SockRef::from(&sock)),
     }
 }
@@ -352,6 +391,36 @@ mod tests {
         assert!(matches!(
             check(SocketRef::Tokio(&client)),
             Liveness::UnexpectedData
+        ));
+    }
+
+    #[tokio::test]
+    async fn bytes_left_in_a_read_buffer_are_unexpected_data() {
+        use tokio::io::AsyncBufReadExt;
+
+        let (client, mut server) = pair().await;
+        let mut reader = BufReader::new(client);
+        server.write_all(b"answer\nstale\n").await.unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "answer\n");
+        // The kernel has nothing left: only the buffer holds the stale line.
+        assert!(matches!(
+            check(SocketRef::Tokio(reader.get_ref())),
+            Liveness::Alive
+        ));
+        assert!(matches!(
+            check(SocketRef::from(&reader)),
+            Liveness::UnexpectedData
+        ));
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        assert!(matches!(check(SocketRef::from(&reader)), Liveness::Alive));
+        drop(server);
+        settle().await;
+        assert!(matches!(
+            check(SocketRef::from(&reader)),
+            Liveness::PeerClosed
         ));
     }
 }

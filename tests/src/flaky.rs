@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use steadypool::{Classify, DialError, Dialer, Manager, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -322,7 +322,7 @@ pub enum LedgerError {
 }
 
 /// A buffered connection to a [`LedgerServer`].
-pub type LedgerConnection = BufStream<TcpStream>;
+pub type LedgerConnection = BufReader<TcpStream>;
 
 /// Opens connections to a [`LedgerServer`], logging when each connect started.
 #[derive(Debug, Clone)]
@@ -354,11 +354,11 @@ impl Manager for LedgerManager {
 
     async fn connect(&self, dialer: &Dialer) -> Result<LedgerConnection, LedgerError> {
         lock(&self.connects).push(Instant::now());
-        Ok(BufStream::new(dialer.connect(&self.addr.into()).await?))
+        Ok(BufReader::new(dialer.connect(&self.addr.into()).await?))
     }
 
     fn socket<'a>(&self, conn: &'a LedgerConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        Some(SocketRef::from(conn))
     }
 }
 

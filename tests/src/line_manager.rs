@@ -5,11 +5,12 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use steadypool::{Address, Dialer, Manager, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A buffered line connection.
-pub type LineConnection = BufStream<TcpStream>;
+/// A line connection: reads through a buffer the pool can see into
+/// (`SocketRef::from`), writes straight to the socket.
+pub type LineConnection = BufReader<TcpStream>;
 
 /// Opens line-protocol connections to one address; pings with `PING` / `PONG`.
 #[derive(Debug)]
@@ -45,9 +46,8 @@ impl LineManager {
 /// # Errors
 /// The I/O error; `UnexpectedEof` when the server closed the connection.
 pub async fn request(conn: &mut LineConnection, line: &str) -> io::Result<String> {
-    conn.write_all(line.as_bytes()).await?;
-    conn.write_all(b"\n").await?;
-    conn.flush().await?;
+    // One write: a `BufReader` passes writes straight to the socket.
+    conn.write_all(format!("{line}\n").as_bytes()).await?;
     let mut reply = String::new();
     if conn.read_line(&mut reply).await? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -63,11 +63,11 @@ impl Manager for LineManager {
     async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
         let stream = dialer.connect(&self.addr).await?;
         self.connects.fetch_add(1, Ordering::SeqCst);
-        Ok(BufStream::new(stream))
+        Ok(BufReader::new(stream))
     }
 
     fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        Some(SocketRef::from(conn))
     }
 
     async fn ping(&self, conn: &mut LineConnection) -> io::Result<()> {

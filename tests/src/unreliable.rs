@@ -187,7 +187,7 @@ impl UnreliableManager {
     }
 
     async fn dial(&self, dialer: &Dialer, to: SocketAddr) -> io::Result<LineConnection> {
-        Ok(tokio::io::BufStream::new(dialer.connect(&to.into()).await?))
+        Ok(tokio::io::BufReader::new(dialer.connect(&to.into()).await?))
     }
 }
 
@@ -259,7 +259,7 @@ impl Manager for UnreliableManager {
     }
 
     fn socket<'a>(&self, conn: &'a CountedConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.stream.get_ref()))
+        Some(SocketRef::from(&conn.stream))
     }
 
     async fn ping(&self, conn: &mut CountedConnection) -> io::Result<()> {

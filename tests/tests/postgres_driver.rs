@@ -1,9 +1,11 @@
 //! The PostgreSQL driver against a real server (a fresh cluster per test): backends
-//! terminated while idle never reach the application, a crash is counted with its
-//! causes and refused while the server is down, "too many connections" is reported
-//! as a refusal with its message, query errors leave the connection in the pool, and
-//! a deadpool-postgres manager wrapped by steadypool gets the same replacement of dead
-//! connections. Without root or the PostgreSQL programs these tests say SKIPPED.
+//! terminated while idle never reach the application, nor do backends terminated
+//! mid-query whose connection went straight back to the pool, a crash is counted with
+//! its causes and refused while the server is down, "too many connections" is
+//! reported as a refusal with its message, query errors leave the connection in the
+//! pool, and a deadpool-postgres manager wrapped by steadypool gets the same
+//! replacement of dead connections. Without root or the PostgreSQL programs these
+//! tests say SKIPPED.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
 use steadypool::probe::TcpState;
-use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause, Sent};
+use steadypool::{Broken, Classify, Disposition, Error, Manager, Phase, Pool, ResetCause, Sent};
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::{eventually, sockets};
@@ -51,6 +53,28 @@ async fn open_idle(pool: &Pool<PgManager>, n: usize) -> Vec<i32> {
         pids.push(backend_pid(conn).await);
     }
     pids
+}
+
+/// Waits until backend `pid` runs a `pg_sleep`.
+async fn wait_for_sleep(admin: &tokio_postgres::Client, pid: i32) {
+    let deadline = tokio::time::Instant::now() + SLACK;
+    loop {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the query never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whether the server still lists backend `pid`.
@@ -116,24 +140,7 @@ async fn a_backend_terminated_mid_query_is_broken_with_its_cause() {
         (conn, result)
     });
     let admin = server.connect().await;
-    let deadline = tokio::time::Instant::now() + SLACK;
-    loop {
-        let row = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(0) == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the query never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_sleep(&admin, pid).await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -156,6 +163,111 @@ async fn a_backend_terminated_mid_query_is_broken_with_its_cause() {
     assert!(no_close_wait(server.port()).await);
     let fresh = pool.get().await.unwrap();
     assert_ne!(backend_pid(&fresh).await, pid);
+}
+
+/// A terminated backend sends its FATAL error, then exits: its socket closes a
+/// moment later. An application that gets the error and drops the connection at once
+/// hands it back inside that moment, when neither the socket nor the client shows it
+/// closed yet. The next checkout must still never get it: the driver saw the FATAL
+/// error go by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_query_is_not_handed_out_again_even_at_once() {
+    const RUNS: usize = 20;
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(PgManager::new(server.config()).unwrap())
+            .name("killed-then-reused")
+            // The next checkout has that connection or a new one: nothing else to pick.
+            .max_size(1)
+            // Only the checkout may find the dead connection, not a reaper tick.
+            .reaper_interval(Duration::from_secs(3600))
+            .learn_idle_limit(false),
+    )
+    .unwrap();
+    let admin = server.connect().await;
+    let mut failures = Vec::new();
+    for run in 0..RUNS {
+        let conn = pool.get().await.unwrap();
+        let pid = backend_pid(&conn).await;
+        let app = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let killed = conn.batch_execute("SELECT pg_sleep(5)").await;
+                // What an application does with an error it does not inspect: the
+                // connection goes back, and the next request takes one at once.
+                drop(conn);
+                let next = pool.get().await.unwrap();
+                let answer = next.query_one("SELECT pg_backend_pid()", &[]).await;
+                (killed, answer.map(|row| row.get::<_, i32>(0)))
+            })
+        };
+        wait_for_sleep(&admin, pid).await;
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        let (killed, answer) = app.await.unwrap();
+        let killed = killed.unwrap_err();
+        assert_eq!(killed.code().map(|c| c.code()), Some("57P01"), "{killed}");
+        match answer {
+            Ok(next) if next != pid => {}
+            Ok(_) => failures.push(format!("run {run}: the killed backend answered")),
+            Err(err) => failures.push(format!("run {run}: {err}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RUNS} runs handed the dead connection out again: {failures:#?}; resets {:?}",
+        failures.len(),
+        metrics.reset_table()
+    );
+    let counted = metrics.resets(ResetCause::PeerClosed, Phase::Checkout)
+        + metrics.resets(ResetCause::PeerClosed, Phase::InUse);
+    assert_eq!(counted, RUNS as u64, "{:?}", metrics.reset_table());
+    assert_eq!(
+        metrics.all_resets(),
+        RUNS as u64,
+        "{:?}",
+        metrics.reset_table()
+    );
+}
+
+/// What the driver says about a terminated session: the cause and the server's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_names_the_sqlstate_and_the_servers_message() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let manager = PgManager::new(server.config()).unwrap();
+    let (pool, _metrics) = pool_for(&server, "broken-detail");
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+    let mut conn = conn.detach();
+    assert_eq!(manager.broken(&mut conn), None);
+
+    let admin = server.connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + SLACK;
+    let broken = loop {
+        if let Some(broken) = manager.broken(&mut conn) {
+            break broken;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the terminated session never showed as broken"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        broken,
+        Broken::new(ResetCause::PeerClosed)
+            .with_detail("57P01: terminating connection due to administrator command")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

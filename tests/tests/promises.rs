@@ -25,7 +25,7 @@ use steadypool_tests::line_manager::{LineConnection, LineManager, request};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -421,7 +421,7 @@ impl Manager for GreetedManager {
     type Error = io::Error;
 
     async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
-        let mut conn = BufStream::new(dialer.connect(&self.0.into()).await?);
+        let mut conn = BufReader::new(dialer.connect(&self.0.into()).await?);
         let mut greeting = String::new();
         conn.read_line(&mut greeting).await?;
         if greeting != "HELLO\n" {
@@ -434,7 +434,7 @@ impl Manager for GreetedManager {
     }
 
     fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.get_ref()))
+        Some(SocketRef::from(conn))
     }
 }
 

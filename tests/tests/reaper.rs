@@ -16,7 +16,7 @@ use steadypool_tests::line_manager::{LineConnection, LineManager};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::{eventually, sockets};
-use tokio::io::BufStream;
+use tokio::io::BufReader;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const TICK: Duration = Duration::from_millis(100);
@@ -109,14 +109,14 @@ impl Manager for TimedManager {
     async fn connect(&self, dialer: &Dialer) -> io::Result<TimedConnection> {
         let stream = dialer.connect(&self.addr.into()).await?;
         Ok(TimedConnection {
-            conn: BufStream::new(stream),
+            conn: BufReader::new(stream),
             serial: self.opened.fetch_add(1, Ordering::SeqCst),
             closed: Arc::clone(&self.closed),
         })
     }
 
     fn socket<'a>(&self, conn: &'a TimedConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::Tokio(conn.conn.get_ref()))
+        Some(SocketRef::from(&conn.conn))
     }
 }
 

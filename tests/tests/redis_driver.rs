@@ -9,7 +9,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use steadypool::drivers::redis::RedisManager;
 use steadypool::probe::TcpState;
-use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause};
+use steadypool::{Classify, Disposition, Error, Manager, Phase, Pool, ResetCause};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::{eventually, sockets};
@@ -274,9 +274,102 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
         ),
         "{err}: {cause}"
     );
+    // The driver read the close before it failed the command: the manager says why.
+    let broken = pool.manager().broken(&mut conn);
+    assert!(
+        broken.as_ref().is_some_and(|b| matches!(
+            b.cause,
+            ResetCause::PeerClosed | ResetCause::PeerReset
+        ) && b.detail.is_some()),
+        "{broken:?}"
+    );
     conn.mark_broken(cause);
     drop(conn);
     drop(admin);
     assert_eq!(metrics.resets(cause, Phase::InUse), 1);
     assert!(no_sockets_left(server.port()).await);
+}
+
+/// A connection killed under a command and handed straight back: the next checkout,
+/// at once, gets a fresh connection, every time. Redis closes a killed client without
+/// a goodbye, so the end of stream that fails the command is the socket's own state:
+/// the checkout sees it even before the driver task has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() {
+    const RUNS: usize = 20;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let manager = RedisManager::new(server.url())
+        .unwrap()
+        .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(manager)
+            .name("killed-then-reused")
+            .max_size(1)
+            .reaper_interval(Duration::from_secs(3600))
+            .learn_idle_limit(false),
+    )
+    .unwrap();
+    let mut admin = server.connect().await;
+    let mut failures = Vec::new();
+    for run in 0..RUNS {
+        let mut conn = pool.get().await.unwrap();
+        let id = client_id(&mut *conn).await;
+        let app = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let killed = redis::cmd("BLPOP")
+                    .arg("never")
+                    .arg(0)
+                    .query_async::<redis::Value>(&mut *conn)
+                    .await;
+                drop(conn);
+                let mut next = pool.get().await.unwrap();
+                let answer = redis::cmd("CLIENT")
+                    .arg("ID")
+                    .query_async::<i64>(&mut *next)
+                    .await;
+                (killed, answer)
+            })
+        };
+        let deadline = tokio::time::Instant::now() + SLACK;
+        while blocked_clients(&mut admin).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "BLPOP never blocked"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed = admin_command(&mut admin, &["CLIENT", "KILL", "ID", &id.to_string()]).await;
+        assert_eq!(killed, redis::Value::Int(1));
+        let (killed, answer) = app.await.unwrap();
+        assert!(killed.is_err(), "BLPOP survived the kill: {killed:?}");
+        match answer {
+            Ok(next) if next != id => {}
+            Ok(_) => failures.push(format!("run {run}: the killed client answered")),
+            Err(err) => failures.push(format!("run {run}: {err}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RUNS} runs handed the dead connection out again: {failures:#?}",
+        failures.len()
+    );
+    // Found when the killed connection came back (`broken()` on return) or, at the
+    // latest, at the next checkout: never handed out.
+    let counted: u64 = [Phase::InUse, Phase::Checkout]
+        .into_iter()
+        .map(|phase| {
+            metrics.resets(ResetCause::PeerClosed, phase)
+                + metrics.resets(ResetCause::PeerReset, phase)
+        })
+        .sum();
+    assert_eq!(counted, RUNS as u64, "{:?}", metrics.reset_table());
+    assert_eq!(
+        metrics.all_resets(),
+        RUNS as u64,
+        "{:?}",
+        metrics.reset_table()
+    );
 }

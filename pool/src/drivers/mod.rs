@@ -15,6 +15,8 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 pub mod tcp;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod watch;
 
 /// Borrows a duplicated socket the way the probe takes it, for drivers whose
 /// background task owns the original.

@@ -13,10 +13,35 @@
 //! read yet (the reply to closing a prepared statement, which arrives after the query
 //! returned; a notification; the server's FATAL message before it closes) are the
 //! task's business, not a desync: the pool keeps the connection, and a close behind
-//! those bytes is found as end of stream or through `Client::is_closed`.
+//! those bytes is found as end of stream or through [`Manager::broken`].
+//!
+//! ## Sessions the server ended
+//!
+//! A backend that is terminated (`pg_terminate_backend`, a fast shutdown) sends its
+//! FATAL error, and closes its socket only once it has exited, a moment later. The
+//! query fails with that error at once, but the client says it is closed, and the
+//! socket shows the close, only after that moment: an application that drops the
+//! connection on the error returns it before either. So the driver does not wait for
+//! them. The background task reads the socket through a watch that follows the
+//! server's messages, and the first one that ends the session (below) marks the
+//! connection broken before the task even hands the error on. Whatever the
+//! application called (a query, a transaction, a copy, a prepared statement, on the
+//! [`Client`] or through [`GenericClient`](tokio_postgres::GenericClient)), such a
+//! connection never goes back into service: the next checkout discards it, counted
+//! as a reset with the server's SQLSTATE and message.
+//!
+//! | what the server sent or did | [`Broken`] cause, detail |
+//! |---|---|
+//! | an error of severity FATAL or PANIC, or with SQLSTATE class `08` or `57P01`–`57P03` | `peer_closed` (`unexpected_data` for `08P01`), `"57P01: terminating connection due to administrator command"` |
+//! | a warning with SQLSTATE `57P01`–`57P03` (an immediate shutdown, a crash of another backend) | as above |
+//! | end of stream | `peer_closed` |
+//! | an I/O error (reset, timeout, ...) | from the errno, the error's text |
+//!
+//! With TLS the watch follows the decrypted stream, so it works the same.
 //!
 //! * **checkout ping**: an empty query (`""`), one round trip, no parsing or planning;
-//! * **broken**: [`Client::is_closed`], or the background task ended;
+//! * **broken**: the server ended the session (above), [`Client::is_closed`], or the
+//!   background task ended;
 //! * **errors**: [`Classify`] for [`tokio_postgres::Error`] maps the SQLSTATEs that
 //!   mean the session is gone to reset causes:
 //!
@@ -64,19 +89,24 @@
 //! let manager = PgManager::with_tls("host=db.internal user=app sslmode=require".parse()?, tls)?;
 //! ```
 
+use std::any::TypeId;
 use std::fmt;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::{Client, Config, NoTls};
 
+use super::watch::{Fate, Scan, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent, classify_source_chain};
 use crate::dial::{Address, DialError, Dialer};
-use crate::manager::Manager;
+use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;
 
 /// The port PostgreSQL listens on when the configuration names none.
@@ -191,6 +221,7 @@ pub struct PgConnection {
     client: Client,
     socket: socket2::Socket,
     driver: JoinHandle<()>,
+    fate: Fate,
 }
 
 impl PgConnection {
@@ -199,9 +230,22 @@ impl PgConnection {
         &self.client
     }
 
-    /// Whether the session is over: the client is closed or its background task ended.
+    /// Whether the session is over: the server ended it (see the [module
+    /// docs](self#sessions-the-server-ended)), the client is closed, or its background
+    /// task ended.
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed() || self.driver.is_finished()
+        self.fate.get().is_some() || self.client.is_closed() || self.driver.is_finished()
+    }
+
+    /// Why the session is over, if it is.
+    fn ended(&self) -> Option<Broken> {
+        if let Some(broken) = self.fate.get() {
+            return Some(broken.clone());
+        }
+        // The task closes the client as it stops, and records why just after.
+        (self.client.is_closed() || self.driver.is_finished()).then(|| {
+            Broken::new(ResetCause::PeerClosed).with_detail("the session's connection task ended")
+        })
     }
 }
 
@@ -264,9 +308,8 @@ where
         Some(format!("postgres://{}", first.addr))
     }
 
-    fn broken(&self, conn: &PgConnection) -> Option<crate::manager::Broken> {
-        conn.is_closed()
-            .then(|| crate::manager::Broken::new(crate::cause::ResetCause::PeerClosed))
+    fn broken(&self, conn: &PgConnection) -> Option<Broken> {
+        conn.ended()
     }
 }
 
@@ -285,22 +328,207 @@ where
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(PgError::Socket)?;
-        let tls = self
-            .tls
-            .clone()
-            .make_tls_connect(tls_name)
-            .map_err(|e| PgError::Tls(e.into()))?;
-        let (client, connection) = self.config.connect_raw(stream, tls).await?;
-        let driver = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %describe(&err), "postgres session ended");
-            }
-        });
+        let fate = Fate::default();
+        let stream = Watched::new(stream, PgScan::default(), fate.clone());
+        // tokio-postgres asks a TLS connector whether it can connect at all, through
+        // a method only its own `NoTls` answers (no): with `sslmode=prefer`, the
+        // default, it then asks the server for nothing. The watching connector below
+        // cannot pass that answer on, so `NoTls` is handed over as it is.
+        let (client, driver) = if TypeId::of::<T>() == TypeId::of::<NoTls>() {
+            let (client, connection) = self.config.connect_raw(stream, NoTls).await?;
+            (client, spawn_session(connection, fate.clone()))
+        } else {
+            let tls = self
+                .tls
+                .clone()
+                .make_tls_connect(tls_name)
+                .map_err(|e| PgError::Tls(e.into()))?;
+            let (client, connection) = self.config.connect_raw(stream, WatchTls(tls)).await?;
+            (client, spawn_session(connection, fate.clone()))
+        };
         Ok(PgConnection {
             client,
             socket,
             driver,
+            fate,
         })
+    }
+}
+
+/// Runs a session's connection task; records why it ended when the watch did not.
+fn spawn_session<F>(connection: F, fate: Fate) -> JoinHandle<()>
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            let described = describe(&err);
+            tracing::debug!(error = %described, "postgres session ended");
+            let cause = match err.classify() {
+                Disposition::Broken { cause, .. } => cause,
+                Disposition::Application | Disposition::Transient => ResetCause::Other,
+            };
+            fate.record(Broken::new(cause).with_detail(described));
+        }
+    })
+}
+
+/// The SSLRequest message: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// The longest error or notice body kept for reading: the fields that matter
+/// (severity, SQLSTATE, message) come first, and a server's messages are short.
+const MAX_NOTICE: usize = 4096;
+
+/// Follows the server's side of the protocol (a type byte and a length per message)
+/// to find, among the messages, an error or warning that ends the session. Only
+/// their bodies are kept; every other message is skipped by its length.
+#[derive(Debug, Default)]
+struct PgScan {
+    /// The current message's type and length, as far as they came.
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current message still to come.
+    body_left: usize,
+    /// The body of an error or notice response, as it arrives.
+    notice: Option<Vec<u8>>,
+    /// The client's first bytes, as far as needed to recognise an SSLRequest.
+    opening: [u8; 8],
+    opening_len: usize,
+    /// The server owes a one-byte answer to an SSLRequest, before any message.
+    ssl_answer: bool,
+}
+
+impl Scan for PgScan {
+    fn wrote(&mut self, bytes: &[u8]) {
+        if self.opening_len == SSL_REQUEST.len() {
+            return;
+        }
+        let take = bytes.len().min(SSL_REQUEST.len() - self.opening_len);
+        self.opening[self.opening_len..self.opening_len + take].copy_from_slice(&bytes[..take]);
+        self.opening_len += take;
+        self.ssl_answer = self.opening == SSL_REQUEST;
+    }
+
+    fn read(&mut self, mut bytes: &[u8]) -> Option<Broken> {
+        if self.ssl_answer && !bytes.is_empty() {
+            // 'N' (no TLS) and the session goes on in the clear; after 'S' this
+            // stream is handed to the TLS connector and the watch goes with it.
+            self.ssl_answer = false;
+            bytes = &bytes[1..];
+        }
+        let mut ended = None;
+        while !bytes.is_empty() {
+            if self.header_len < self.header.len() {
+                let take = bytes.len().min(self.header.len() - self.header_len);
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&bytes[..take]);
+                self.header_len += take;
+                bytes = &bytes[take..];
+                if self.header_len < self.header.len() {
+                    break;
+                }
+                let [kind, length @ ..] = self.header;
+                // The length counts itself.
+                self.body_left = (u32::from_be_bytes(length) as usize).saturating_sub(4);
+                self.notice = matches!(kind, b'E' | b'N').then(Vec::new);
+            } else {
+                let take = bytes.len().min(self.body_left);
+                if let Some(body) = &mut self.notice {
+                    let room = MAX_NOTICE.saturating_sub(body.len());
+                    body.extend_from_slice(&bytes[..take.min(room)]);
+                }
+                self.body_left -= take;
+                bytes = &bytes[take..];
+            }
+            if self.header_len == self.header.len() && self.body_left == 0 {
+                if let Some(body) = self.notice.take() {
+                    ended = ended.or_else(|| session_ending(self.header[0], &body));
+                }
+                self.header_len = 0;
+            }
+        }
+        ended
+    }
+}
+
+/// Whether an error (`E`) or notice (`N`) response with this body ends the session,
+/// and why.
+fn session_ending(kind: u8, body: &[u8]) -> Option<Broken> {
+    let (mut localized, mut severity, mut code, mut message) = (None, None, None, None);
+    // Fields: a type byte and a NUL-terminated string each, then a NUL.
+    for field in body.split(|&b| b == 0) {
+        let Some((&tag, text)) = field.split_first() else {
+            break;
+        };
+        match tag {
+            b'S' => localized = Some(text),
+            b'V' => severity = Some(text),
+            b'C' => code = Some(text),
+            b'M' => message = Some(text),
+            _ => {}
+        }
+    }
+    let code = String::from_utf8_lossy(code?);
+    let severity = severity.or(localized).unwrap_or_default();
+    let fatal = kind == b'E' && matches!(severity, b"FATAL" | b"PANIC");
+    let session_over =
+        matches!(&*code, "57P01" | "57P02" | "57P03") || (kind == b'E' && code.starts_with("08"));
+    if !fatal && !session_over {
+        return None;
+    }
+    let cause = if code == "08P01" {
+        ResetCause::UnexpectedData
+    } else {
+        ResetCause::PeerClosed
+    };
+    let message = String::from_utf8_lossy(message.unwrap_or_default());
+    Some(Broken::new(cause).with_detail(format!("{code}: {message}")))
+}
+
+/// The user's TLS connector, its stream watched: the watch moves from the socket to
+/// the decrypted stream, where the server's messages can be read.
+struct WatchTls<C>(C);
+
+impl<C: TlsConnect<TcpStream>> TlsConnect<Watched<TcpStream, PgScan>> for WatchTls<C> {
+    type Stream = Watched<C::Stream, PgScan>;
+    type Error = C::Error;
+    type Future = Handshake<C::Future>;
+
+    fn connect(self, stream: Watched<TcpStream, PgScan>) -> Handshake<C::Future> {
+        let (stream, fate) = stream.into_parts();
+        Handshake {
+            tls: Box::pin(self.0.connect(stream)),
+            fate,
+        }
+    }
+}
+
+/// The TLS handshake of [`WatchTls`].
+struct Handshake<F> {
+    tls: Pin<Box<F>>,
+    fate: Fate,
+}
+
+impl<F, S, E> Future for Handshake<F>
+where
+    F: Future<Output = Result<S, E>>,
+{
+    type Output = Result<Watched<S, PgScan>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let stream = ready!(self.tls.as_mut().poll(cx))?;
+        Poll::Ready(Ok(Watched::new(
+            stream,
+            PgScan::default(),
+            self.fate.clone(),
+        )))
+    }
+}
+
+impl<S: TlsStream + Unpin> TlsStream for Watched<S, PgScan> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.get_ref().channel_binding()
     }
 }
 
@@ -437,6 +665,289 @@ mod tests {
             let expected = expected.map(|(cause, sent)| Disposition::Broken { cause, sent });
             assert_eq!(classify_sqlstate(&code), expected, "{}", code.code());
         }
+    }
+
+    /// A backend message: its type, its length (counting itself), its body.
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// An error (`E`) or notice (`N`) response with these fields.
+    fn response(kind: u8, severity: &str, code: &str, text: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (tag, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', text),
+        ] {
+            body.push(tag);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        message(kind, &body)
+    }
+
+    /// What a scan of `bytes` finds, fed in chunks of `chunk` bytes.
+    fn scan_in_chunks(bytes: &[u8], chunk: usize) -> Option<Broken> {
+        let mut scan = PgScan::default();
+        let mut found = None;
+        for part in bytes.chunks(chunk) {
+            found = found.or(scan.read(part));
+        }
+        found
+    }
+
+    #[test]
+    fn a_fatal_error_is_found_however_the_reads_split_the_stream() {
+        let mut stream = message(b'T', &[0; 27]);
+        stream.extend(message(b'D', b"\0\x01\0\0\0\x04FATA"));
+        stream.extend(message(b'C', b"SELECT 1\0"));
+        stream.extend(message(b'Z', b"I"));
+        stream.extend(response(
+            b'E',
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        ));
+        let expected = Broken::new(ResetCause::PeerClosed)
+            .with_detail("57P01: terminating connection due to administrator command");
+        for chunk in 1..=stream.len() {
+            assert_eq!(
+                scan_in_chunks(&stream, chunk),
+                Some(expected.clone()),
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_errors_and_notices_leave_the_session_alone() {
+        let mut stream = response(
+            b'E',
+            "ERROR",
+            "42P01",
+            "relation \"no_such_table\" does not exist",
+        );
+        stream.extend(message(b'Z', b"I"));
+        stream.extend(response(
+            b'N',
+            "NOTICE",
+            "00000",
+            "FATAL is only a word here",
+        ));
+        stream.extend(response(b'N', "WARNING", "01000", "08006 neither"));
+        stream.extend(message(b'Z', b"I"));
+        for chunk in [1, 3, stream.len()] {
+            assert_eq!(scan_in_chunks(&stream, chunk), None, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn shutdown_warnings_and_connection_exceptions_end_the_session() {
+        let crash = response(
+            b'N',
+            "WARNING",
+            "57P02",
+            "terminating connection because of crash of another server process",
+        );
+        assert_eq!(
+            scan_in_chunks(&crash, 7).map(|b| b.cause),
+            Some(ResetCause::PeerClosed)
+        );
+        let desync = response(b'E', "ERROR", "08P01", "invalid frontend message type 0");
+        assert_eq!(
+            scan_in_chunks(&desync, 7),
+            Some(
+                Broken::new(ResetCause::UnexpectedData)
+                    .with_detail("08P01: invalid frontend message type 0")
+            )
+        );
+    }
+
+    #[test]
+    fn the_answer_to_an_ssl_request_is_not_read_as_a_message() {
+        let fatal = response(b'E', "FATAL", "57P01", "terminating connection");
+        let mut scan = PgScan::default();
+        scan.wrote(&SSL_REQUEST[..3]);
+        scan.wrote(&SSL_REQUEST[3..]);
+        assert_eq!(scan.read(b"N"), None);
+        assert!(scan.read(&fatal).is_some());
+
+        // Without an SSLRequest, a first 'N' is a notice's type byte.
+        let mut scan = PgScan::default();
+        scan.wrote(b"\0\0\0\x08\0\x03\0\0");
+        let notice = response(b'N', "NOTICE", "00000", "hello");
+        assert_eq!(scan.read(&notice), None);
+        assert!(scan.read(&fatal).is_some());
+    }
+
+    /// A stand-in for a TLS connector that encrypts nothing: the session goes through
+    /// the same steps as with TLS, and its bytes stay readable to the fake server.
+    #[derive(Debug, Clone)]
+    struct Cleartext;
+
+    struct CleartextStream(TcpStream);
+
+    impl MakeTlsConnect<TcpStream> for Cleartext {
+        type Stream = CleartextStream;
+        type TlsConnect = Cleartext;
+        type Error = io::Error;
+
+        fn make_tls_connect(&mut self, _: &str) -> io::Result<Cleartext> {
+            Ok(Cleartext)
+        }
+    }
+
+    impl TlsConnect<TcpStream> for Cleartext {
+        type Stream = CleartextStream;
+        type Error = io::Error;
+        type Future = std::future::Ready<io::Result<CleartextStream>>;
+
+        fn connect(self, stream: TcpStream) -> Self::Future {
+            std::future::ready(Ok(CleartextStream(stream)))
+        }
+    }
+
+    impl tokio::io::AsyncRead for CleartextStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for CleartextStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl TlsStream for CleartextStream {
+        fn channel_binding(&self) -> ChannelBinding {
+            ChannelBinding::none()
+        }
+    }
+
+    /// A server that speaks just enough PostgreSQL for one session: it answers an
+    /// SSLRequest with `ssl_answer`, lets the client in, and answers its first query
+    /// with a FATAL error, then keeps the socket open until `release` fires: only the
+    /// error says the session is over. It returns the client's first 8 bytes.
+    async fn fatal_after_one_query(
+        ssl_answer: u8,
+        release: tokio::sync::oneshot::Receiver<()>,
+    ) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 8];
+            stream.read_exact(&mut first).await.unwrap();
+            let mut startup_len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+            if first == SSL_REQUEST {
+                stream.write_all(&[ssl_answer]).await.unwrap();
+                let mut len = [0u8; 4];
+                stream.read_exact(&mut len).await.unwrap();
+                startup_len = u32::from_be_bytes(len);
+                let mut rest = vec![0u8; startup_len as usize - 4];
+                stream.read_exact(&mut rest).await.unwrap();
+            } else {
+                let mut rest = vec![0u8; startup_len as usize - 8];
+                stream.read_exact(&mut rest).await.unwrap();
+            }
+            let mut hello = message(b'R', &0u32.to_be_bytes());
+            hello.extend(message(b'Z', b"I"));
+            stream.write_all(&hello).await.unwrap();
+            let mut header = [0u8; 5];
+            stream.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[0], b'Q');
+            let mut query =
+                vec![
+                    0u8;
+                    u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4
+                ];
+            stream.read_exact(&mut query).await.unwrap();
+            let goodbye = response(
+                b'E',
+                "FATAL",
+                "57P01",
+                "terminating connection due to administrator command",
+            );
+            stream.write_all(&goodbye).await.unwrap();
+            let _ = release.await;
+            first.to_vec()
+        });
+        (port, server)
+    }
+
+    async fn session_ended_by_a_fatal_error<T>(manager: PgManager<T>, ssl_answer: u8) -> Vec<u8>
+    where
+        T: MakeTlsConnect<TcpStream> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<TcpStream>>::Future: Send,
+    {
+        let (release, held) = tokio::sync::oneshot::channel();
+        let (port, server) = fatal_after_one_query(ssl_answer, held).await;
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut conn = manager.start_session(stream, "localhost").await.unwrap();
+        assert_eq!(manager.broken(&mut conn), None);
+        let err = conn.simple_query("SELECT 1").await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+        // The socket is still open and the client does not know: the watch does.
+        assert!(!conn.client().is_closed());
+        assert_eq!(
+            manager.broken(&mut conn),
+            Some(
+                Broken::new(ResetCause::PeerClosed)
+                    .with_detail("57P01: terminating connection due to administrator command")
+            )
+        );
+        let _ = release.send(());
+        server.await.unwrap()
+    }
+
+    fn config(sslmode: tokio_postgres::config::SslMode) -> Config {
+        let mut config = Config::new();
+        config.host("127.0.0.1").user("app").ssl_mode(sslmode);
+        config
+    }
+
+    #[tokio::test]
+    async fn the_watch_reads_the_servers_goodbye_with_tls_without_and_when_tls_is_declined() {
+        use tokio_postgres::config::SslMode;
+
+        let plain = PgManager::new(config(SslMode::Prefer)).unwrap();
+        let first = session_ended_by_a_fatal_error(plain, b'N').await;
+        assert_ne!(first, SSL_REQUEST, "NoTls asks for no TLS");
+
+        let tls = PgManager::with_tls(config(SslMode::Require), Cleartext).unwrap();
+        let first = session_ended_by_a_fatal_error(tls, b'S').await;
+        assert_eq!(first, SSL_REQUEST);
+
+        let declined = PgManager::with_tls(config(SslMode::Prefer), Cleartext).unwrap();
+        let first = session_ended_by_a_fatal_error(declined, b'N').await;
+        assert_eq!(first, SSL_REQUEST);
     }
 
     #[test]

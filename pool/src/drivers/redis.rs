@@ -11,7 +11,11 @@
 //! stream: a crash while idle usually counts as `peer_closed`.
 //!
 //! * **checkout ping**: `PING`;
-//! * **broken**: the driver task ended;
+//! * **broken**: the driver task read the end of stream or an I/O error on the socket
+//!   (reported as `peer_closed`, or with the errno's cause and the error's text), or
+//!   ended. Redis closes a killed or timed-out client without a goodbye message, so
+//!   the end of stream that fails a command is in the socket already: the checkout
+//!   finds it even in the moment before the driver task has ended;
 //! * **errors**: [`Classify`] for [`RedisError`]:
 //!
 //! | error | disposition |
@@ -54,9 +58,10 @@ use redis::{
 };
 use tokio::task::JoinHandle;
 
+use super::watch::{Fate, Transport, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent};
 use crate::dial::{Address, DialError, Dialer};
-use crate::manager::Manager;
+use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;
 
 /// Opens Redis connections on the pool's sockets. See the [module docs](self).
@@ -132,12 +137,24 @@ pub struct RedisConnection {
     conn: MultiplexedConnection,
     socket: socket2::Socket,
     driver: JoinHandle<()>,
+    fate: Fate,
 }
 
 impl RedisConnection {
-    /// Whether the driver task ended (the server closed the connection, or it broke).
+    /// Whether the connection is over: the driver task read its end or an error, or
+    /// ended.
     pub fn is_closed(&self) -> bool {
-        self.driver.is_finished()
+        self.fate.get().is_some() || self.driver.is_finished()
+    }
+
+    /// Why the connection is over, if it is.
+    fn ended(&self) -> Option<Broken> {
+        if let Some(broken) = self.fate.get() {
+            return Some(broken.clone());
+        }
+        self.driver.is_finished().then(|| {
+            Broken::new(ResetCause::PeerClosed).with_detail("the connection's driver task ended")
+        })
     }
 }
 
@@ -201,12 +218,15 @@ impl Manager for RedisManager {
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(RedisDriverError::Socket)?;
+        let fate = Fate::default();
+        let stream = Watched::new(stream, Transport, fate.clone());
         let (conn, driver) =
             MultiplexedConnection::new_with_config(&self.info, stream, self.config.clone()).await?;
         Ok(RedisConnection {
             conn,
             socket,
             driver: tokio::spawn(driver),
+            fate,
         })
     }
 
@@ -225,9 +245,8 @@ impl Manager for RedisManager {
         Some(format!("redis://{}", self.addr))
     }
 
-    fn broken(&self, conn: &RedisConnection) -> Option<crate::manager::Broken> {
-        conn.is_closed()
-            .then(|| crate::manager::Broken::new(crate::cause::ResetCause::PeerClosed))
+    fn broken(&self, conn: &RedisConnection) -> Option<Broken> {
+        conn.ended()
     }
 }
 

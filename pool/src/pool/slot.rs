@@ -291,7 +291,7 @@ impl Core {
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
                 // desync. The task reads them, and a close behind them shows up as end
-                // of stream or through `broken`.
+                // of stream or through `Manager::broken`.
                 Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
                 Liveness::UnexpectedData => {
                     return Verdict::Reset(ResetCause::UnexpectedData, None);
@@ -607,11 +607,9 @@ impl<M: Manager> Parts<M> {
                     .socket(&conn)
                     .and_then(|s| s.sock_ref().peer_addr().ok())
                     .and_then(|a| a.as_socket());
-                // The creation stamp can read a kernel tick early: the lifetime starts
-                // counting a tick later, so that no connection retires before its time.
                 let lifetime = core.config.max_lifetime.map(|lifetime| {
                     let jitter = core.config.lifetime_jitter();
-                    lifetime - jitter.mul_f64(fastrand::f64()) + CoarseDuration::MAX_LAG.to_std()
+                    lifetime - jitter.mul_f64(fastrand::f64())
                 });
                 Ok(Slot {
                     conn,
