@@ -60,8 +60,11 @@ fn assert_steadypool_absorbed_everything(report: &Report, context: &str) {
         panic!("two pools expected:\n{context}");
     };
     assert_eq!(steady.name, "steadypool");
-    assert!(steady.requests > 500, "{context}");
-    assert!(plain.requests > 500, "{context}");
+    // How many requests a run makes depends on how much CPU it gets (a loaded machine
+    // makes a fifth of an idle one's): no count is asserted, only that the workload
+    // ran. That the faults struck it is what each test checks, with a schedule and
+    // a seed that make them strike however few requests there are.
+    assert!(steady.requests > 0 && plain.requests > 0, "{context}");
     assert_eq!(
         steady.failures, 0,
         "steadypool's application saw failures:\n{context}"
@@ -73,9 +76,23 @@ fn assert_steadypool_absorbed_everything(report: &Report, context: &str) {
     assert_eq!(plain.failures, plain.requests - plain.succeeded);
 }
 
+/// A seed whose fault dice reset the very first request through each proxy: both
+/// proxies draw a connection's faults from the seed and the connection's number, and
+/// with this one connection 0 is reset on its first chunk (the first request of the
+/// pool's first connection) while the next 39 connections' first five chunks each
+/// way pass. So a reset mid-request strikes however few requests a loaded machine
+/// leaves time for; with the default seed 7, the 1 % dice may strike none of the
+/// hundred or so requests such a run can make.
+const SEED_RESETTING_THE_FIRST_REQUEST: &str = "74";
+
 #[tokio::test]
 async fn five_seconds_of_production_faults_reach_only_the_plain_pool() {
-    let (report, context) = run(short(&["--json"])).await;
+    let (report, context) = run(short(&[
+        "--json",
+        "--seed",
+        SEED_RESETTING_THE_FIRST_REQUEST,
+    ]))
+    .await;
     assert!(!report.interrupted);
     assert_eq!(
         report.faults.names,
