@@ -49,7 +49,7 @@
 //!         .idle_timeout(Some(Duration::from_secs(50))) // below the load balancer's 60 s
 //!         .build()?;
 //!
-//!     // A checkout never returns a connection the kernel knows is dead.
+//!     // A checkout never returns a connection already seen closed or reset.
 //!     let mut conn = pool.get().await?;
 //!     conn.write_all(b"PING\n").await?;
 //!     let mut reply = String::new();

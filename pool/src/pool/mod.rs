@@ -236,9 +236,12 @@ impl<M: Manager> Pool<M> {
 
     /// Takes a connection: an idle one that passes the checkout checks, or a new one.
     ///
-    /// Never returns a connection the kernel knows to be dead. Cancel-safe: dropping
-    /// the future at any point loses no slot, and a connection it was checking is
-    /// closed and counted (eviction reason `cancelled`).
+    /// Never returns a connection whose close, reset or stray bytes tokio's I/O driver
+    /// has recorded (the probe reads that record; on a saturated runtime it can lag the
+    /// kernel for a moment, a gap the retries of `run_idempotent` cover).
+    ///
+    /// Cancel-safe: dropping the future at any point loses no slot, and a connection
+    /// it was checking is closed and counted (eviction reason `cancelled`).
     ///
     /// A connection from `get()` goes back to the pool when dropped, so the pool
     /// cannot tell a finished request from one abandoned half-way (a task aborted, a
