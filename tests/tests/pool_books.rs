@@ -390,3 +390,62 @@ async fn log_fields_give_seconds_to_the_millisecond() {
         Ok(())
     });
 }
+
+#[tokio::test]
+async fn a_connect_under_way_when_close_returns_does_not_hand_out_a_connection() {
+    let server = LineServer::start().await.unwrap();
+    let manager = UnreliableManager::new(server.addr()).unwrap();
+    manager.set_connects(Behaviour::Stall(Duration::from_millis(300)));
+    let pool = Pool::builder(manager.clone())
+        .reaper_interval(HOUR)
+        .build()
+        .unwrap();
+    let checkout = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|conn| conn.id()) }
+    });
+    assert!(eventually(SLACK, || manager.attempts() == 1).await);
+    pool.close();
+    let result = checkout.await.unwrap();
+    assert!(
+        matches!(result, Err(Error::Closed)),
+        "a checkout connecting when close() returned got {result:?}"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(stats.evictions(Eviction::Closed), 1, "{stats:?}");
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn a_connect_under_way_when_resize_returns_does_not_exceed_the_new_size() {
+    let server = LineServer::start().await.unwrap();
+    let manager = UnreliableManager::new(server.addr()).unwrap();
+    let pool = Pool::builder(manager.clone())
+        .max_size(2)
+        .reaper_interval(HOUR)
+        .build()
+        .unwrap();
+    let held = pool.get().await.unwrap();
+    let held_id = held.id();
+    manager.set_connects(Behaviour::Stall(Duration::from_millis(300)));
+    let checkout = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|conn| conn.id()) }
+    });
+    assert!(eventually(SLACK, || manager.attempts() == 2).await);
+    pool.resize(1);
+    // The stalled connect finishes; with one connection busy and a size of one, the
+    // checkout waits for that one instead of keeping a second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !checkout.is_finished(),
+        "a second connection was handed out"
+    );
+    assert!(pool.status().size <= 1, "{:?}", pool.status());
+    drop(held);
+    assert_eq!(checkout.await.unwrap().unwrap(), held_id);
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Resize), 1, "{stats:?}");
+    assert_eq!(stats.opened, pool.status().size as u64 + stats.closed());
+}

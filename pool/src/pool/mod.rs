@@ -304,8 +304,12 @@ impl<M: Manager> Pool<M> {
                     return Ok(Connection::new(object));
                 }
                 // A placeholder: the pool is above its size after a resize, and
-                // dropping it withdrew one surplus permit. Wait for a connection.
-                Ok(Ok(_)) => result = self.queue(deadline).await,
+                // dropping it (now, not when `result` is next assigned) withdraws
+                // one surplus permit. Wait for a connection.
+                Ok(Ok(placeholder)) => {
+                    drop(placeholder);
+                    result = self.queue(deadline).await;
+                }
                 Ok(Err(err)) => return Err(self.failed(err)),
                 Err(_) => return Err(self.failed(PoolError::Timeout(TimeoutType::Wait))),
             }
@@ -353,9 +357,10 @@ impl<M: Manager> Pool<M> {
                 retry_in: refusal.retry_in,
             },
             PoolError::Timeout(_) => Error::Timeout(core.config.wait_timeout),
-            PoolError::Closed | PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
-                Error::Closed
-            }
+            PoolError::Backend(ConnectError::PoolClosed)
+            | PoolError::Closed
+            | PoolError::NoRuntimeSpecified
+            | PoolError::PostCreateHook(_) => Error::Closed,
         };
         core.books.checkout_error();
         core.recorder.checkout_failed(match &error {

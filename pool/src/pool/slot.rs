@@ -379,6 +379,9 @@ pub(crate) enum ConnectError<E> {
     /// instructions per checkout went to carrying it inline).
     #[error("connect circuit open ({})", .0.cause)]
     CircuitOpen(Box<Refusal>),
+    /// The pool was closed while the connect ran.
+    #[error("the pool was closed while connecting")]
+    PoolClosed,
 }
 
 /// The manager, the core and the spare stock: what every slot points back to.
@@ -553,6 +556,11 @@ impl<M: Manager> Parts<M> {
         if let Ok(mut slot) = result {
             reservation.keep();
             slot.spare = true;
+            if self.core.open() > self.core.max_size.load(Ordering::Acquire) {
+                // Resized down meanwhile.
+                slot.evict_quietly(Eviction::Resize);
+                return;
+            }
             let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
             // A pool closed meanwhile: the new connection closes with it.
             if !self.core.is_closing() {
@@ -576,7 +584,7 @@ impl<M: Manager> Parts<M> {
             Err(timed_out @ ConnectError::TimedOut(_)) => {
                 ticket.failed(ResetCause::ConnectTimeout, timed_out);
             }
-            Err(ConnectError::CircuitOpen(_)) => drop(ticket),
+            Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => drop(ticket),
         }
         result
     }
@@ -633,6 +641,7 @@ impl<M: Manager> Parts<M> {
                     ConnectError::Failed(cause, _) => *cause,
                     ConnectError::TimedOut(_) => ResetCause::ConnectTimeout,
                     ConnectError::CircuitOpen(refusal) => refusal.cause,
+                    ConnectError::PoolClosed => ResetCause::Other,
                 };
                 core.recorder.connect(Err(cause), took);
                 core.books.connect_failed();
@@ -666,8 +675,20 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
             let Some(reservation) = self.core.reserve() else {
                 return Ok(Entry::Placeholder);
             };
-            let slot = self.0.gated_connect().await?;
+            let mut slot = self.0.gated_connect().await?;
             reservation.keep();
+            // `close()` or `resize()` may have returned while this connect ran: its
+            // promise holds from that moment, so the new connection does not outlive
+            // it. Dropped while closing, it is counted `closed`.
+            if self.core.is_closing() {
+                drop(slot);
+                return Err(ConnectError::PoolClosed);
+            }
+            if self.core.open() > self.core.max_size.load(Ordering::Acquire) {
+                slot.evict_quietly(Eviction::Resize);
+                drop(slot);
+                return Ok(Entry::Placeholder);
+            }
             Ok(Entry::Live(Box::new(slot)))
         })
         .await
