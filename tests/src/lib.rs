@@ -1,11 +1,13 @@
 //! Fixtures for the system tests: real servers on loopback and a manager for them, the
 //! kernel's view of this process's sockets, and the metrics a pool recorded; real
 //! PostgreSQL and Redis servers, private network namespaces for kernel-level faults,
-//! what the machine offers (with the rule for skipping when it lacks something), and a
-//! manager that misbehaves on command.
+//! what the machine offers (with the rule for skipping when it lacks something), a
+//! manager that misbehaves on command, and a server that counts how many times each
+//! request ran, with a fault chosen per request.
 
 use std::time::Duration;
 
+pub mod exec_server;
 pub mod flaky;
 pub mod host;
 pub mod line_manager;
