@@ -102,15 +102,9 @@ use steadypool_tests::exec_server::{
 use steadypool_tests::sockets;
 use tokio::task::JoinHandle;
 
-/// Whether `err` says the request may have run.
-///
-/// This maps the error type's own answer, nothing more, and is the only place that
-/// knows `RunError`'s variants: today `RunError::NotSafe` is the only one that says
-/// the request may have run; `GaveUp` and `Pool` say it did not (and `Operation`, an
-/// answer from the server, does not arise with this protocol). When the error type
-/// gets its own `may_have_executed()`, this becomes `err.may_have_executed()`.
+/// Whether `err` says the request may have run: the error type's own answer.
 fn may_have_executed<E: std::error::Error + 'static>(err: &RunError<E>) -> bool {
-    matches!(err, RunError::NotSafe { .. })
+    err.may_have_executed()
 }
 
 /// How long a request on a `get()` connection waits for its reply before the
