@@ -192,11 +192,19 @@ pub enum Eviction {
     /// The application took the connection out of the pool
     /// ([`Connection::detach`](crate::Connection::detach)).
     Detached,
+    /// A before-checkout or on-return hook
+    /// ([`PoolBuilder::before_checkout`](crate::PoolBuilder::before_checkout),
+    /// [`PoolBuilder::on_return`](crate::PoolBuilder::on_return)) returned an error that
+    /// does not say the connection broke: the hook turned the connection down. (An
+    /// error that classifies as broken is a reset with its cause instead.)
+    HookFailed,
+    /// A [`Pool::retain`](crate::Pool::retain) predicate rejected the idle connection.
+    Rejected,
 }
 
 impl Eviction {
     /// Every reason, in a fixed order.
-    pub const ALL: [Eviction; 7] = [
+    pub const ALL: [Eviction; 9] = [
         Eviction::IdleExpired,
         Eviction::MaxLifetime,
         Eviction::Resize,
@@ -204,6 +212,8 @@ impl Eviction {
         Eviction::Cancelled,
         Eviction::Deadline,
         Eviction::Detached,
+        Eviction::HookFailed,
+        Eviction::Rejected,
     ];
 
     /// The metric label value.
@@ -216,6 +226,8 @@ impl Eviction {
             Eviction::Cancelled => "cancelled",
             Eviction::Deadline => "deadline",
             Eviction::Detached => "detached",
+            Eviction::HookFailed => "hook_failed",
+            Eviction::Rejected => "rejected",
         }
     }
 }
@@ -445,5 +457,9 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), ResetCause::ALL.len());
+        let mut reasons: Vec<_> = Eviction::ALL.iter().map(|r| r.as_str()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), Eviction::ALL.len());
     }
 }

@@ -140,7 +140,8 @@ pub use crate::cause::{
 pub use crate::dial::{Address, DialError, Dialer, Keepalive};
 pub use crate::manager::{Broken, Manager};
 pub use crate::pool::{
-    BuildError, Connection, Error, Exchange, Pool, PoolBuilder, QueueMode, Stats, Status,
+    BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
+    QueueMode, Stats, Status, WarmUpError,
 };
 pub use crate::probe::SocketRef;
 pub use crate::retry::{

@@ -20,7 +20,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `steadypool_resets_total` | counter | `cause`, `phase` | connections that broke or could not be opened (`phase="connect"`), by why and when |
-//! | `steadypool_evictions_total` | counter | `reason` | connections closed on purpose |
+//! | `steadypool_evictions_total` | counter | `reason` | connections closed on purpose: `idle_expired`, `max_lifetime`, `resize`, `closed`, `cancelled`, `deadline`, `detached`, `hook_failed` (a hook turned it down), `rejected` (by `Pool::retain`) |
 //! | `steadypool_retries_total` | counter | `cause`, `outcome` | operations that hit a broken connection, and what became of them |
 //! | `steadypool_connects_total` | counter | `outcome` | connect attempts: `ok` or the failure's cause |
 //! | `steadypool_connect_duration_seconds` | histogram | | time to open a connection, handshake included |

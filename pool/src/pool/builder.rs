@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::config::{BuildError, Config, QueueMode, UserTimeout};
+use super::hooks::{ConnectionInfo, HookFuture, Hooks};
 use super::{Pool, reaper};
 use crate::dial::Keepalive;
 use crate::manager::Manager;
@@ -33,6 +34,7 @@ use crate::retry::RetryPolicy;
 /// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
 /// | [`circuit_open_for`](Self::circuit_open_for) | 1 s | trial connects hammering a down upstream, or in lock-step across a fleet |
 /// | [`retry_policy`](Self::retry_policy) | [`RetryPolicy::default`] | retries without end, without pause, or multiplying an outage's load |
+/// | [`after_connect`](Self::after_connect), [`before_checkout`](Self::before_checkout), [`on_return`](Self::on_return) | none | session setup repeated by hand on every checkout |
 ///
 /// Common idle limits on the path, to set [`idle_timeout`](Self::idle_timeout) below:
 ///
@@ -57,11 +59,35 @@ use crate::retry::RetryPolicy;
 /// assert_eq!(pool.status().max_size, 16);
 /// # Ok(()) }
 /// ```
+///
+/// # Hooks
+///
+/// Code of yours that runs on a connection: each hook is a closure that borrows the
+/// connection and returns a boxed future ([`HookFuture`]), with the manager's error
+/// type. Each is optional, and costs nothing when not set.
+///
+/// | hook | runs | on error | counted as |
+/// |---|---|---|---|
+/// | [`after_connect`](Self::after_connect) | on every new connection, before anyone sees it, within `connect_timeout` | the connect failed: the checkout gets [`Error::Connect`](crate::Error::Connect); counts toward opening the connect circuit | a failed connect (`connect_failures`, `resets_total{phase="connect"}`) with the error's cause, `other` unless it classifies as broken |
+/// | [`before_checkout`](Self::before_checkout) | on every checkout of a connection that sat in the pool, after the free checks and the ping | the connection is closed; the checkout takes the next one or opens one | a reset with the error's cause in phase `checkout` if the error classifies as broken with a known cause, else eviction `hook_failed` |
+/// | [`on_return`](Self::on_return) | on a task of its own once a healthy connection is dropped, before it is idle again, within `wait_timeout` | the connection is closed | a reset with the error's cause in phase `in_use` if broken with a known cause, else eviction `hook_failed`; cut by `wait_timeout`, a panic or a runtime shutting down: eviction `cancelled` |
+///
+/// "Broken with a known cause" is an error that [classifies](crate::Classify) as
+/// [`Disposition::Broken`](crate::Disposition::Broken) with a cause other than
+/// `other`: the connection died under the hook (`peer_reset`, `peer_closed`, ...),
+/// trouble the reset counters must show. Any other error is the hook turning the
+/// connection down, on purpose: a server's error answer, or one the hook made up
+/// (`io::Error::other("stale")` classifies as broken with cause `other`).
+///
+/// A hook that panics in `after_connect` or `before_checkout` unwinds into the
+/// checkout, as a panicking manager would; the connection it held is closed and
+/// counted (`cancelled`), and the pool goes on.
 #[derive(Debug)]
 #[must_use = "a builder does nothing until build() is called"]
-pub struct PoolBuilder<M> {
+pub struct PoolBuilder<M: Manager> {
     manager: M,
     config: Config,
+    hooks: Hooks<M>,
     named: bool,
 }
 
@@ -70,6 +96,7 @@ impl<M: Manager> PoolBuilder<M> {
         PoolBuilder {
             manager,
             config: Config::default(),
+            hooks: Hooks::default(),
             named: false,
         }
     }
@@ -233,6 +260,133 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
+    /// Runs `hook` on every new connection before anyone sees it: session setup
+    /// (`SET search_path`, `AUTH`, `SELECT 2`), or a check that it reached the
+    /// right server. Default: none. Bounded, with the manager's connect, by
+    /// `connect_timeout`.
+    ///
+    /// The connection is not open until its hook succeeded: a failing hook is a
+    /// **failed connect** in every way. The checkout that needed it gets
+    /// [`Error::Connect`](crate::Error::Connect) with the hook's error and its cause
+    /// (what the error [classifies](crate::Classify) as if broken, else `other`); it is
+    /// counted in `Stats::connect_failures` and `resets_total{phase="connect"}`, never
+    /// in `opened`; and it counts toward opening the connect circuit, since a hook that
+    /// fails on every connection (a wrong password, a missing schema) leaves the pool
+    /// as unable to connect as an upstream that refuses, and should not be dialed in a
+    /// loop. See the [hooks table](crate::PoolBuilder#hooks).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:6379"))
+    ///     .after_connect(|conn| {
+    ///         Box::pin(async move {
+    ///             conn.write_all(b"AUTH secret\r\n").await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn after_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut M::Connection) -> HookFuture<'c, M::Error> + Send + Sync + 'static,
+    {
+        self.hooks.after_connect = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` on a connection that sat in the pool before each checkout hands it
+    /// out, after the free checks and the ping: for state that must be checked or
+    /// refreshed per use. Default: none, and then a checkout does not pay for it. Not
+    /// run on a connection opened for this very checkout (its `after_connect` just
+    /// ran); run on one the pool opened ahead of demand (`min_idle`,
+    /// [`Pool::warm_up`]). Bounded, with the rest of the checkout, by
+    /// `wait_timeout`.
+    ///
+    /// A failing hook closes the connection, and the checkout goes on to the next
+    /// idle one or opens a new one: it fails only as a checkout would without the
+    /// hook. The closed connection is counted as a reset with the error's cause in
+    /// phase `checkout` when the error says the connection broke with a known cause
+    /// (it died under the hook), else as an eviction with reason `hook_failed`. The
+    /// hook's error is logged at `warn`. See the [hooks table](crate::PoolBuilder#hooks).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .before_checkout(|_conn, info| {
+    ///         Box::pin(async move {
+    ///             if info.age > Duration::from_secs(600) {
+    ///                 return Err(std::io::Error::other("too old for this backend"));
+    ///             }
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn before_checkout<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut M::Connection, ConnectionInfo) -> HookFuture<'c, M::Error>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.before_checkout = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` on a connection after the application returned it healthy, before
+    /// it is idle again: to reset session state (`DISCARD ALL`, `RESET ALL`) or to
+    /// check the connection is fit for the next user. Default: none, and then a
+    /// return does not pay for it.
+    ///
+    /// `Drop` cannot wait, so the hook runs on a task of its own (spawned on the
+    /// runtime the connection is dropped on), and the connection stays in use,
+    /// holding its slot, until the hook is done: the next checkout never sees it
+    /// half-reset, and waits (or opens another connection) meanwhile. The price is a
+    /// task per return, and a connection that is busy a little longer than the
+    /// application held it. Connections closed on return (marked broken, past their
+    /// lifetime, an exchange left open) do not run it.
+    ///
+    /// A failing hook closes the connection: a reset with the error's cause in phase
+    /// `in_use` when the error says the connection broke with a known cause, else an
+    /// eviction with reason `hook_failed`. A hook still running after `wait_timeout`, that panics, or whose
+    /// task is dropped (the runtime shuts down, or a connection dropped outside any
+    /// runtime) closes it as `cancelled`. See the [hooks table](crate::PoolBuilder#hooks).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .on_return(|conn, _info| {
+    ///         Box::pin(async move {
+    ///             // A request the server does not answer: the hook waits for nothing.
+    ///             conn.write_all(b"RESET\n").await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_return<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut M::Connection, ConnectionInfo) -> HookFuture<'c, M::Error>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.on_return = Some(Box::new(hook));
+        self
+    }
+
     /// Checks the configuration and starts the pool (and its reaper task).
     ///
     /// # Errors
@@ -244,7 +398,7 @@ impl<M: Manager> PoolBuilder<M> {
             self.config.name = default_name(self.manager.target());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let pool = Pool::from_parts(self.manager, self.config);
+        let pool = Pool::from_parts(self.manager, self.config, self.hooks);
         reaper::spawn(&pool, &runtime);
         Ok(pool)
     }

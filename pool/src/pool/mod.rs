@@ -12,6 +12,7 @@
 
 mod builder;
 mod config;
+mod hooks;
 mod reaper;
 mod slot;
 mod stats;
@@ -33,8 +34,11 @@ use tokio::time::error::Elapsed;
 pub use self::builder::PoolBuilder;
 use self::config::Config;
 pub use self::config::{BuildError, QueueMode};
+use self::hooks::Hooks;
+pub use self::hooks::{ConnectionInfo, HookFuture};
+use self::slot::Verdict;
 pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
-use self::slot::{Entry, Fate, Parts, Slot, Verdict};
+use self::slot::{Entry, Fate, Parts, Slot};
 pub use self::stats::Stats;
 use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
@@ -172,6 +176,38 @@ impl<E: StdError + 'static> Error<E> {
     }
 }
 
+impl<E: StdError + 'static> Error<E> {
+    fn from_connect(err: ConnectError<E>) -> Error<E> {
+        match err {
+            ConnectError::Failed(cause, source) => Error::Connect { cause, source },
+            ConnectError::TimedOut(after) => Error::ConnectTimeout(after),
+            ConnectError::CircuitOpen(refusal) => Error::CircuitOpen {
+                cause: refusal.cause,
+                last_error: refusal.last_error,
+                failures: refusal.failures,
+                retry_in: refusal.retry_in,
+            },
+        }
+    }
+}
+
+/// Why [`Pool::warm_up`] opened no connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WarmUpError<E: StdError + 'static> {
+    /// Every connect failed: the upstream is unreachable, refuses, or a hook
+    /// ([`PoolBuilder::after_connect`]) rejected every connection. The first failure.
+    #[error("warm-up opened no connection: {0}")]
+    Unreachable(#[source] Error<E>),
+    /// No connect finished within the warm-up's timeout (a black hole, a hung
+    /// handshake).
+    #[error("warm-up opened no connection within {0:?}: no connect finished in time")]
+    TimedOut(Duration),
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    Closed,
+}
+
 impl<E: StdError + 'static> Classify for Error<E> {
     fn classify(&self) -> Disposition {
         match self.cause() {
@@ -190,13 +226,13 @@ impl<M: Manager> Pool<M> {
         PoolBuilder::new(manager)
     }
 
-    fn from_parts(manager: M, config: Config) -> Pool<M> {
+    fn from_parts(manager: M, config: Config, hooks: Hooks<M>) -> Pool<M> {
         let max_size = config.max_size;
         let queue_mode = match config.queue_mode {
             QueueMode::Fifo => deadpool::managed::QueueMode::Fifo,
             QueueMode::Lifo => deadpool::managed::QueueMode::Lifo,
         };
-        let adapter = Adapter::new(manager, Core::new(config));
+        let adapter = Adapter::new(manager, Core::new(config), hooks);
         let inner = deadpool::managed::Pool::builder(adapter)
             .max_size(max_size)
             .queue_mode(queue_mode)
@@ -346,16 +382,7 @@ impl<M: Manager> Pool<M> {
     fn failed(&self, err: PoolError<ConnectError<M::Error>>) -> Error<M::Error> {
         let core = self.core();
         let error = match err {
-            PoolError::Backend(ConnectError::Failed(cause, source)) => {
-                Error::Connect { cause, source }
-            }
-            PoolError::Backend(ConnectError::TimedOut(after)) => Error::ConnectTimeout(after),
-            PoolError::Backend(ConnectError::CircuitOpen(refusal)) => Error::CircuitOpen {
-                cause: refusal.cause,
-                last_error: refusal.last_error,
-                failures: refusal.failures,
-                retry_in: refusal.retry_in,
-            },
+            PoolError::Backend(err) => Error::from_connect(err),
             PoolError::Timeout(_) => Error::Timeout(core.config.wait_timeout),
             PoolError::Backend(ConnectError::PoolClosed)
             | PoolError::Closed
@@ -434,6 +461,148 @@ impl<M: Manager> Pool<M> {
         }
         self.inner().resize(max_size);
         tracing::debug!(pool = %parts.core.config.name, max_size, "pool resized");
+    }
+
+    /// Opens connections ahead of demand and reports whether the upstream can be
+    /// reached: for a service that should fail fast at start instead of on its first
+    /// request, and have `min_idle` connections ready when traffic arrives.
+    ///
+    /// Opens connections until `min_idle` (at least one) are idle, all at once
+    /// through the connect gate (so at most `max_concurrent_connects` dial together),
+    /// each as a checkout's connect would: within `connect_timeout`, with the
+    /// [`after_connect`](PoolBuilder::after_connect) hook, counted in the books. They
+    /// wait in the pool for the first checkouts. Returns how many it opened: zero when
+    /// enough were idle already, or the size cap left no room. Connects still under
+    /// way after `timeout` are abandoned. The reaper keeps `min_idle` from then on.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).min_idle(4).build()?;
+    /// // Fails at start, with the reason, when the upstream cannot be reached.
+    /// let opened = pool.warm_up(Duration::from_secs(10)).await?;
+    /// assert!(opened <= 4);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Only when it opened no connection and needed to: [`WarmUpError::Unreachable`]
+    /// with the first connect's failure when every connect failed,
+    /// [`WarmUpError::TimedOut`] when none finished within `timeout`,
+    /// [`WarmUpError::Closed`] after [`Pool::close`]. Some connects failing while
+    /// others succeed is not an error: the failures are in [`Pool::stats`] and the
+    /// metrics.
+    pub async fn warm_up(&self, timeout: Duration) -> Result<usize, WarmUpError<M::Error>> {
+        if self.is_closed() {
+            return Err(WarmUpError::Closed);
+        }
+        let parts = self.parts();
+        let wanted = parts
+            .core
+            .config
+            .min_idle
+            .max(1)
+            .saturating_sub(self.status().idle);
+        // Tasks, so that the connects run in parallel; aborted when the set drops, at
+        // the deadline or when this future is dropped, which gives back their room.
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..wanted {
+            connects.spawn(Arc::clone(parts).open_spare());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut opened = 0;
+        let mut first_failure = None;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, connects.join_next()).await {
+            match joined {
+                Ok(Some(Ok(()))) => opened += 1,
+                Ok(Some(Err(err))) => {
+                    first_failure.get_or_insert(err);
+                }
+                // No room under the size cap: busy connections hold it.
+                Ok(None) => {}
+                // The manager's connect panicked: as in a checkout, the caller sees it.
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => {}
+            }
+        }
+        let everything_failed = opened == 0 && wanted > 0;
+        match first_failure {
+            Some(err) if everything_failed => {
+                Err(WarmUpError::Unreachable(Error::from_connect(err)))
+            }
+            None if everything_failed && !connects.is_empty() => {
+                Err(WarmUpError::TimedOut(timeout))
+            }
+            _ => Ok(opened),
+        }
+    }
+
+    /// Closes the idle connections `keep` rejects, and returns how many it closed:
+    /// for rotated credentials, a backend being drained, or any state the application
+    /// can read off a connection. Each is counted as an eviction with reason
+    /// `rejected`.
+    ///
+    /// `keep` sees every idle connection, those in deadpool's queue and those opened
+    /// ahead of demand, with its [`ConnectionInfo`]. Connections in use are not seen
+    /// and not touched: to retire those too, mark them yourself
+    /// ([`Connection::mark_broken`]) or run `retain` again once they are back. `keep`
+    /// runs under the pool's lock: keep it quick, and do no I/O in it. If it
+    /// panics, the connections already rejected are closed, the rest are kept, and
+    /// the panic goes on to the caller.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::net::SocketAddr;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("backends.internal:7000")).build()?;
+    /// let draining: SocketAddr = "10.0.0.7:7000".parse()?;
+    /// let closed = pool.retain(|_conn, info| info.peer != Some(draining));
+    /// println!("closed {closed} idle connections to {draining}");
+    /// # Ok(()) }
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&M::Connection, ConnectionInfo) -> bool) -> usize {
+        let parts = self.parts();
+        let now = CoarseInstant::now();
+        let mut panicked = None;
+        // A panic must not unwind through deadpool's lock (it would poison it) nor
+        // the spare stock's: it is held until both are released.
+        let mut reject = |slot: &Slot<M>| {
+            if panicked.is_some() {
+                return false;
+            }
+            let info = slot.info(now, now.saturating_duration_since(slot.idle_since));
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| keep(&slot.conn, info)))
+            {
+                Ok(kept) => !kept,
+                Err(panic) => {
+                    panicked = Some(panic);
+                    false
+                }
+            }
+        };
+        let spare = parts.drain_spare(&mut reject);
+        let idle = self.inner().retain(|entry, _| match entry {
+            Entry::Live(slot) => !reject(slot),
+            // Not a connection: left for the checkout that finds it.
+            Entry::Placeholder => true,
+        });
+        let idle = idle.removed.into_iter().filter_map(|entry| match entry {
+            Entry::Live(slot) => Some(slot),
+            Entry::Placeholder => None,
+        });
+        let mut closed = 0;
+        for mut slot in spare.into_iter().chain(idle) {
+            slot.evict_quietly(Eviction::Rejected);
+            closed += 1;
+        }
+        tracing::debug!(pool = %parts.core.config.name, closed, "retain closed idle connections");
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        closed
     }
 
     /// Closes the pool: idle connections close now, busy ones when returned, waiting
@@ -697,9 +866,77 @@ impl<M: Manager> Drop for Connection<M> {
                     .record_reuse(slot.reused_after.to_std());
             }
             slot.idle_since = now;
+            if slot.tally.parts.hooks.on_return.is_some() {
+                self.return_through_hook();
+            }
             return;
         }
         self.close_on_return(now);
+    }
+}
+
+impl<M: Manager> Connection<M> {
+    /// Hands a healthy returned connection to a task that runs the on-return hook,
+    /// and puts it back in the pool only if the hook succeeds. `Drop` cannot wait for
+    /// the hook: the connection stays checked out (in use, holding its slot) until
+    /// the hook is done.
+    #[cold]
+    #[inline(never)]
+    fn return_through_hook(&mut self) {
+        let Some(object) = self.object.take() else {
+            return;
+        };
+        let returning = Returning(Some(object));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(returning.run())),
+            // No runtime to run the hook on: dropping the guard closes the connection
+            // (`cancelled`) rather than returning it without its hook.
+            Err(_) => drop(returning),
+        }
+    }
+}
+
+/// A returned connection on its way back through the on-return hook. Dropped before
+/// the hook succeeded (the hook failed, panicked or was cut by `wait_timeout`, or the
+/// runtime shut down), it closes the connection instead of returning it.
+struct Returning<M: Manager>(Option<Object<Adapter<M>>>);
+
+impl<M: Manager> Returning<M> {
+    async fn run(mut self) {
+        let Some(Entry::Live(slot)) = self.0.as_deref_mut() else {
+            return;
+        };
+        let parts = Arc::clone(&slot.tally.parts);
+        let Some(hook) = &parts.hooks.on_return else {
+            return;
+        };
+        let hooked = hooks::run(hook, hooks::Hook::OnReturn, slot, Duration::ZERO);
+        let verdict = match tokio::time::timeout(parts.core.config.wait_timeout, hooked).await {
+            Ok(verdict) => verdict,
+            Err(_) => Verdict::Evict(Eviction::Cancelled),
+        };
+        if matches!(verdict, Verdict::Keep) {
+            slot.idle_since = CoarseInstant::now();
+            // Back to the pool.
+            drop(self.0.take());
+            return;
+        }
+        let now = CoarseInstant::now();
+        let dead = slot.obituary(now);
+        slot.condemn(verdict, Phase::InUse, &dead);
+    }
+}
+
+impl<M: Manager> Drop for Returning<M> {
+    fn drop(&mut self) {
+        let Some(object) = self.0.take() else {
+            return;
+        };
+        if let Entry::Live(mut slot) = Object::take(object)
+            && slot.tally.fate.is_none()
+        {
+            slot.evict_quietly(Eviction::Cancelled);
+        }
     }
 }
 

@@ -33,8 +33,10 @@
 //! The checkout drops the placeholder: deadpool, now over its size, keeps the
 //! semaphore permit, so each placeholder withdraws one surplus permit for good.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use super::config::Config;
+use super::hooks::{self, Hook, Hooks};
 use super::stats::Books;
 use crate::breaker::{Gate, Refusal};
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
@@ -384,10 +387,17 @@ pub(crate) enum ConnectError<E> {
     PoolClosed,
 }
 
-/// The manager, the core and the spare stock: what every slot points back to.
+/// The manager, the core, the hooks and the spare stock: what every slot points back
+/// to.
 pub(crate) struct Parts<M: Manager> {
     pub(crate) manager: M,
     pub(crate) core: Core,
+    pub(crate) hooks: Hooks<M>,
+    /// Idle time after which a checkout needs I/O: `check_after` for the ping, or zero
+    /// with a before-checkout hook, which runs on every reused connection. One
+    /// comparison on the checkout path for both (measured: with a second test there
+    /// a checkout cost 1,202 instructions instead of 1,188; with one, 1,198).
+    round_trips_after: CoarseDuration,
     /// Connections the reaper opened to keep `min_idle`, not yet taken by a checkout.
     /// They are idle connections like those in deadpool's queue, which deadpool offers
     /// no way to add to: a checkout that finds the queue empty takes one here before
@@ -409,10 +419,16 @@ impl<M: Manager> std::ops::Deref for Adapter<M> {
 }
 
 impl<M: Manager> Adapter<M> {
-    pub(crate) fn new(manager: M, core: Core) -> Adapter<M> {
+    pub(crate) fn new(manager: M, core: Core, hooks: Hooks<M>) -> Adapter<M> {
+        let round_trips_after = match hooks.before_checkout {
+            Some(_) => CoarseDuration::ZERO,
+            None => core.config.check_after,
+        };
         Adapter(Arc::new(Parts {
             manager,
             core,
+            hooks,
+            round_trips_after,
             spare: Mutex::new(Vec::new()),
             refilling: AtomicUsize::new(0),
         }))
@@ -452,15 +468,14 @@ impl<M: Manager> Parts<M> {
     }
 
     /// The whole checkout check: free tests, then a ping if the connection sat idle
-    /// past `check_after`. A failed connection is condemned (phase `checkout`).
+    /// past `check_after`, then the before-checkout hook if there is one. A failed
+    /// connection is condemned (phase `checkout`).
     async fn checkout_check(&self, slot: &mut Slot<M>) -> bool {
         let now = CoarseInstant::now();
         slot.reused_after = now.saturating_since(slot.idle_since);
         let mut verdict = self.local_checks(slot, now);
-        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.core.config.check_after {
-            // A round trip (~20 µs and up): on the heap, so that every checkout's
-            // future stays small.
-            verdict = Box::pin(self.ping(slot)).await;
+        if matches!(verdict, Verdict::Keep) && slot.reused_after >= self.round_trips_after {
+            verdict = self.round_trips(slot).await;
         }
         if matches!(verdict, Verdict::Keep) {
             return true;
@@ -468,6 +483,33 @@ impl<M: Manager> Parts<M> {
         let dead = slot.obituary(now);
         slot.condemn(verdict, Phase::Checkout, &dead);
         false
+    }
+
+    /// The checks that take I/O: the ping if the connection sat idle past
+    /// `check_after`, then the before-checkout hook.
+    ///
+    /// A round trip (~20 µs and up): on the heap, so that every checkout's future
+    /// stays small, and behind a pointer whose drop is one call, so that finished
+    /// checkouts do not pay for dropping a large future they never ran.
+    fn round_trips<'a>(
+        &'a self,
+        slot: &'a mut Slot<M>,
+    ) -> Pin<Box<dyn Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(async move {
+            if slot.reused_after >= self.core.config.check_after {
+                let verdict = self.ping(slot).await;
+                if !matches!(verdict, Verdict::Keep) {
+                    return verdict;
+                }
+            }
+            match &self.hooks.before_checkout {
+                Some(hook) => {
+                    let idle = slot.reused_after.to_std();
+                    hooks::run(hook, Hook::BeforeCheckout, slot, idle).await
+                }
+                None => Verdict::Keep,
+            }
+        })
     }
 
     /// The manager's ping under `ping_timeout`; a success counts as traffic.
@@ -547,13 +589,19 @@ impl<M: Manager> Parts<M> {
     /// Opens one connection for the spare stock, if the size cap has room. Runs as a
     /// task of its own: a slow or hanging connect holds nothing a user needs.
     pub(crate) async fn refill_one(self: Arc<Self>) {
-        let Some(reservation) = self.core.reserve() else {
-            return;
-        };
+        // A failed connect is counted and logged where it failed; the next tick tries
+        // again.
+        let _ = self.open_spare().await;
+    }
+
+    /// Opens one connection into the spare stock: `None` when the size cap has no
+    /// room, else how the connect went.
+    pub(crate) async fn open_spare(self: Arc<Self>) -> Option<Result<(), ConnectError<M::Error>>> {
+        let reservation = self.core.reserve()?;
         self.refilling.fetch_add(1, Ordering::AcqRel);
         let result = self.gated_connect().await;
         self.refilling.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut slot) = result {
+        Some(result.map(|mut slot| {
             reservation.keep();
             slot.spare = true;
             if self.core.open() > self.core.max_size.load(Ordering::Acquire) {
@@ -566,7 +614,7 @@ impl<M: Manager> Parts<M> {
             if !self.core.is_closing() {
                 spare.push(Box::new(slot));
             }
-        }
+        }))
     }
 
     /// A new connection, through the connect gate. The caller has reserved room.
@@ -589,11 +637,21 @@ impl<M: Manager> Parts<M> {
         result
     }
 
+    /// The manager's connect, then the after-connect hook: a connection is not open
+    /// until its hook succeeded, so a failing hook is a failed connect.
+    async fn open(&self) -> Result<M::Connection, M::Error> {
+        let mut conn = self.manager.connect(&self.core.dialer).await?;
+        if let Some(hook) = &self.hooks.after_connect {
+            hook(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
     async fn connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
         let core = &self.core;
         let started = Instant::now();
         let timeout = core.config.connect_timeout;
-        let result = match tokio::time::timeout(timeout, self.manager.connect(&core.dialer)).await {
+        let result = match tokio::time::timeout(timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {
                 let cause = match err.classify() {
