@@ -187,6 +187,7 @@ impl<E: StdError + 'static> Error<E> {
                 failures: refusal.failures,
                 retry_in: refusal.retry_in,
             },
+            ConnectError::PoolClosed => Error::Closed,
         }
     }
 }
@@ -384,10 +385,9 @@ impl<M: Manager> Pool<M> {
         let error = match err {
             PoolError::Backend(err) => Error::from_connect(err),
             PoolError::Timeout(_) => Error::Timeout(core.config.wait_timeout),
-            PoolError::Backend(ConnectError::PoolClosed)
-            | PoolError::Closed
-            | PoolError::NoRuntimeSpecified
-            | PoolError::PostCreateHook(_) => Error::Closed,
+            PoolError::Closed | PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                Error::Closed
+            }
         };
         core.books.checkout_error();
         core.recorder.checkout_failed(match &error {
