@@ -910,14 +910,14 @@ mod tests {
         let (release, held) = tokio::sync::oneshot::channel();
         let (port, server) = fatal_after_one_query(ssl_answer, held).await;
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut conn = manager.start_session(stream, "localhost").await.unwrap();
-        assert_eq!(manager.broken(&mut conn), None);
+        let conn = manager.start_session(stream, "localhost").await.unwrap();
+        assert_eq!(manager.broken(&conn), None);
         let err = conn.simple_query("SELECT 1").await.unwrap_err();
         assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
         // The socket is still open and the client does not know: the watch does.
         assert!(!conn.client().is_closed());
         assert_eq!(
-            manager.broken(&mut conn),
+            manager.broken(&conn),
             Some(
                 Broken::new(ResetCause::PeerClosed)
                     .with_detail("57P01: terminating connection due to administrator command")
