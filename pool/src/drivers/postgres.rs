@@ -77,6 +77,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Prepared statements
+//!
+//! [`PgConnection::prepare_cached`] prepares a statement once per connection and
+//! hands out the same [`Statement`] afterwards, as deadpool-postgres does: the cache
+//! lives as long as the connection, across checkouts, and goes with it when the pool
+//! discards it (a replacement connection starts empty, as its server session does).
+//! [`PgConnection::clear_statement_cache`] empties it, for instance after a schema
+//! change that invalidates cached plans' result types.
+//!
+//! ```no_run
+//! # async fn demo(pool: steadypool::Pool<steadypool::drivers::postgres::PgManager>) -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = pool.get().await?;
+//! let statement = conn.prepare_cached("SELECT name FROM users WHERE id = $1").await?;
+//! let row = conn.query_one(&statement, &[&42_i32]).await?;
+//! # drop(row); Ok(()) }
+//! ```
+//!
 //! ## Unix-domain sockets
 //!
 //! A `host` that is a directory (`host=/var/run/postgresql`, tokio-postgres's
@@ -109,12 +126,14 @@
 //! ```
 
 use std::any::TypeId;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 #[cfg(unix)]
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
@@ -122,7 +141,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent, classify_source_chain};
@@ -259,9 +278,57 @@ pub struct PgConnection {
     socket: socket2::Socket,
     driver: JoinHandle<()>,
     fate: Fate,
+    /// Statements prepared through [`PgConnection::prepare_cached`], by query text.
+    /// Locked only to look up or insert, never across an await.
+    statements: Mutex<HashMap<String, Statement>>,
 }
 
 impl PgConnection {
+    fn new(client: Client, socket: socket2::Socket, driver: JoinHandle<()>, fate: Fate) -> Self {
+        PgConnection {
+            client,
+            socket,
+            driver,
+            fate,
+            statements: Mutex::default(),
+        }
+    }
+
+    /// `query` prepared on this connection: by the server on the first call, from the
+    /// connection's cache on every later one (see the [module
+    /// docs](self#prepared-statements)).
+    ///
+    /// # Errors
+    /// The server's error preparing it (a syntax error, an unknown table, ...), or a
+    /// broken connection; failures are not cached.
+    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cache().get(query) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(query).await?;
+        self.cache().insert(query.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// How many statements [`PgConnection::prepare_cached`] holds.
+    pub fn cached_statements(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// Forgets every cached statement; the server deallocates each one as its last
+    /// [`Statement`] handle is dropped.
+    pub fn clear_statement_cache(&self) {
+        self.cache().clear();
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        // Held only for one lookup, insert or clear: a panic elsewhere while it was
+        // held leaves no half-done change, so a poisoned cache is still usable.
+        self.statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The tokio-postgres client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -391,12 +458,7 @@ where
             let (client, connection) = self.config.connect_raw(stream, WatchTls(tls)).await?;
             (client, spawn_session(connection, fate.clone()))
         };
-        Ok(PgConnection {
-            client,
-            socket,
-            driver,
-            fate,
-        })
+        Ok(PgConnection::new(client, socket, driver, fate))
     }
 }
 
@@ -417,12 +479,8 @@ impl<T> PgManager<T> {
         let mut config = self.config.clone();
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         let (client, connection) = config.connect_raw(stream, NoTls).await?;
-        Ok(PgConnection {
-            client,
-            socket,
-            driver: spawn_session(connection, fate.clone()),
-            fate,
-        })
+        let driver = spawn_session(connection, fate.clone());
+        Ok(PgConnection::new(client, socket, driver, fate))
     }
 }
 
