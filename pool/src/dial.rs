@@ -19,6 +19,18 @@
 //! It resolves the address, tries each resolved address in turn, and gives up after
 //! `connect_timeout` in total: a SYN into a black hole otherwise waits about 127 s.
 //!
+//! ## Unix-domain sockets
+//!
+//! [`Dialer::connect_unix`] opens a Unix-domain stream socket within the same
+//! `connect_timeout`. None of the TCP options apply there, and none is needed: both
+//! ends are on one kernel, so there is no middlebox to drop an idle flow and no
+//! network to black-hole a request. When the server process exits, the kernel closes
+//! its end at once and the probe sees it (end of stream, or `ECONNRESET` when it left
+//! data unread). A server that hangs without exiting is found by the checkout ping.
+//! A socket file that is missing (`ENOENT`, the server is down or was never
+//! started) counts as `refused`, like a socket file nobody listens on
+//! (`ECONNREFUSED`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), steadypool::DialError> {
 //! use std::time::Duration;
@@ -38,6 +50,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -225,6 +238,34 @@ impl Dialer {
         }
     }
 
+    /// Connects to the Unix-domain stream socket at `path`, within the connect timeout.
+    /// No socket option is set: see the [module docs](self#unix-domain-sockets).
+    ///
+    /// # Errors
+    /// [`DialError::Unix`] naming the path and the cause: the file is missing
+    /// (`ENOENT`), nobody listens on it (`ECONNREFUSED`), access is denied, or the
+    /// timeout passed (`TimedOut`).
+    #[cfg(unix)]
+    pub async fn connect_unix(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<tokio::net::UnixStream, DialError> {
+        let path = path.as_ref();
+        let failed = |source| DialError::Unix {
+            path: path.to_owned(),
+            source,
+        };
+        match tokio::time::timeout(self.connect_timeout, tokio::net::UnixStream::connect(path))
+            .await
+        {
+            Ok(result) => result.map_err(failed),
+            Err(_) => Err(failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            ))),
+        }
+    }
+
     async fn connect_any(&self, addr: &Address) -> Result<TcpStream, DialError> {
         let candidates: Vec<SocketAddr> = match addr {
             Address::Socket(a) => vec![*a],
@@ -329,6 +370,15 @@ pub enum DialError {
         /// The connect timeout.
         after: Duration,
     },
+    /// A Unix-domain socket could not be opened: its file is missing, nobody listens
+    /// on it, access is denied, or the connect timed out (an error of kind `TimedOut`).
+    #[error("could not connect to Unix socket {}: {source}", path.display())]
+    Unix {
+        /// The socket's path.
+        path: PathBuf,
+        /// The kernel's error.
+        source: io::Error,
+    },
     /// The kernel rejected a socket option.
     #[error("could not set {option}: {source}")]
     SocketOption {
@@ -347,6 +397,14 @@ impl DialError {
                 ResetCause::of_io(source, crate::cause::Phase::Connect)
             }
             DialError::Timeout { .. } => ResetCause::ConnectTimeout,
+            // No socket file: nothing listens there, just as with a file nobody
+            // accepts on.
+            DialError::Unix { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ResetCause::Refused
+            }
+            DialError::Unix { source, .. } => {
+                ResetCause::of_io(source, crate::cause::Phase::Connect)
+            }
             DialError::Resolve { .. } | DialError::SocketOption { .. } => ResetCause::Other,
         }
     }
@@ -364,7 +422,7 @@ impl Classify for DialError {
 impl From<DialError> for io::Error {
     fn from(err: DialError) -> Self {
         let kind = match &err {
-            DialError::Connect { source, .. } => source.kind(),
+            DialError::Connect { source, .. } | DialError::Unix { source, .. } => source.kind(),
             DialError::Timeout { .. } => io::ErrorKind::TimedOut,
             DialError::Resolve { .. } => io::ErrorKind::NotFound,
             DialError::SocketOption { .. } => io::ErrorKind::InvalidInput,
@@ -415,6 +473,30 @@ mod tests {
         let err = Dialer::new().connect(&addr).await.unwrap_err();
         assert_eq!(err.cause(), ResetCause::Refused);
         assert!(err.to_string().contains(&port.to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unserved_unix_socket_is_refused() {
+        let dir = std::env::temp_dir().join(format!("steadypool-dial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.sock");
+        let _ = std::fs::remove_file(&path);
+
+        let missing = Dialer::new().connect_unix(&path).await.unwrap_err();
+        assert_eq!(missing.cause(), ResetCause::Refused);
+        assert!(missing.to_string().contains("server.sock"), "{missing}");
+
+        // A socket file left behind by a server that is gone: ECONNREFUSED.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let stale = Dialer::new().connect_unix(&path).await.unwrap_err();
+        assert_eq!(stale.cause(), ResetCause::Refused, "{stale}");
+
+        std::fs::remove_file(&path).unwrap();
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let stream = Dialer::new().connect_unix(&path).await.unwrap();
+        let (_server, _) = listener.accept().await.unwrap();
+        assert!(stream.peer_addr().is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

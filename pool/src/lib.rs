@@ -89,6 +89,7 @@
 //! | `chaos` | no | [`chaos`]: [`ChaosProxy`](chaos::ChaosProxy), a fault-injecting TCP proxy for testing what your client does when connections reset, idle out or vanish |
 //! | `postgres` | no | [`drivers::postgres`]: PostgreSQL through `tokio-postgres`, on the pool's socket |
 //! | `redis` | no | [`drivers::redis`]: Redis through `redis`'s multiplexed connection, on the pool's socket |
+//! | `serde` | no | [`config`]: [`PoolConfig`], every builder knob read from a file or the environment, durations as `"45s"` |
 //!
 //! Without any feature the crate still has the pool, the raw TCP driver
 //! ([`drivers::tcp`]), the deadpool adapter ([`drivers::deadpool`]), retries and
@@ -107,6 +108,7 @@
 //! | [`metrics`] | every metric's name, labels and meaning |
 //! | [`drivers`] | ready-made managers |
 //! | [`chaos`] | the fault-injecting proxy (feature `chaos`) |
+//! | [`config`] | the pool's configuration from a file or the environment (feature `serde`) |
 //!
 //! The [README](https://github.com/steadypool/steadypool/blob/main/README.md) has the
 //! knobs and their defaults, how to read the metrics for each production cause, and
@@ -124,6 +126,9 @@ pub mod cause;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 mod clock;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod config;
 pub mod diagnosis;
 pub mod dial;
 pub mod drivers;
@@ -137,6 +142,8 @@ pub use crate::breaker::CircuitState;
 pub use crate::cause::{
     Classify, Disposition, Eviction, Phase, ResetCause, Sent, classify_source_chain,
 };
+#[cfg(feature = "serde")]
+pub use crate::config::PoolConfig;
 pub use crate::dial::{Address, DialError, Dialer, Keepalive};
 pub use crate::manager::{Broken, Manager};
 pub use crate::pool::{

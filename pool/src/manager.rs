@@ -78,7 +78,8 @@ pub trait Manager: Send + Sync + 'static {
     ///
     /// Return [`SocketRef::Tokio`] for a stream nobody else reads while the
     /// connection is idle (free to probe), [`SocketRef::Buffered`] (`SocketRef::from`
-    /// a `BufReader<TcpStream>`) for one read through a buffer, or [`SocketRef::Raw`]
+    /// a `BufReader<TcpStream>`) for one read through a buffer, `SocketRef::Unix` for a
+    /// Unix-domain stream, or [`SocketRef::Raw`]
     /// for a duplicate of a socket a driver's background task owns. `None` (the
     /// default) means the pool cannot see the socket: dead connections are then found
     /// by [`Manager::broken`], the ping, or the application's first error.

@@ -12,9 +12,12 @@
 //!   reader already took off the socket but nobody consumed are as stale as bytes
 //!   still in the kernel, and the kernel cannot see them. An empty buffer costs one
 //!   comparison, then the stream is probed as above.
+//! * A [`SocketRef::Unix`] stream (a Unix-domain socket) is probed as a
+//!   [`SocketRef::Tokio`] one, through tokio's recorded readiness.
 //! * For a [`SocketRef::Raw`] socket (a duplicated descriptor of a socket a driver owns,
 //!   such as tokio-postgres's) it peeks one byte with `MSG_PEEK | MSG_DONTWAIT`: one
 //!   system call, about 450 ns.
+//!   It works on any stream socket, TCP or Unix-domain.
 //!
 //! | what the kernel says | [`Liveness`] |
 //! |---|---|
@@ -38,6 +41,8 @@ use std::mem::MaybeUninit;
 use socket2::SockRef;
 use tokio::io::{BufReader, Interest};
 use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 
 /// A connection's socket, as a [`crate::Manager`] exposes it for probing.
 ///
@@ -72,6 +77,11 @@ pub enum SocketRef<'a> {
         /// Bytes read from the socket into the buffer and not consumed yet.
         buffered: usize,
     },
+    /// A Unix-domain stream no other task reads while the connection is idle: probed
+    /// as [`SocketRef::Tokio`]. A Unix socket has no TCP state: [`tcp_state`] answers
+    /// `Unsupported`.
+    #[cfg(unix)]
+    Unix(&'a UnixStream),
     /// Any socket, e.g. a duplicate of one a driver's background task owns: probed
     /// with one non-blocking `peek`. The pool treats bytes found here as the owning
     /// task's next message, not as [`Liveness::UnexpectedData`] worth a reconnect.
@@ -91,6 +101,13 @@ impl<'a> From<&'a TcpStream> for SocketRef<'a> {
     }
 }
 
+#[cfg(unix)]
+impl<'a> From<&'a UnixStream> for SocketRef<'a> {
+    fn from(stream: &'a UnixStream) -> Self {
+        SocketRef::Unix(stream)
+    }
+}
+
 /// The buffer's length is read when the manager's `socket` is called, that is at
 /// each probe: a field read, no system call.
 impl<'a> From<&'a BufReader<TcpStream>> for SocketRef<'a> {
@@ -107,6 +124,8 @@ impl<'a> SocketRef<'a> {
     pub fn sock_ref(&self) -> SockRef<'_> {
         match self {
             SocketRef::Tokio(stream) | SocketRef::Buffered { stream, .. } => SockRef::from(*stream),
+            #[cfg(unix)]
+            SocketRef::Unix(stream) => SockRef::from(*stream),
             SocketRef::Raw(sock) => SockRef::from(sock),
         }
     }
@@ -137,12 +156,44 @@ pub fn check(socket: SocketRef<'_>) -> Liveness {
         SocketRef::Tokio(stream) => check_tokio(stream),
         SocketRef::Buffered { buffered: 1.., .. } => Liveness::UnexpectedData,
         SocketRef::Buffered { stream, .. } => check_tokio(stream),
+        #[cfg(unix)]
+        SocketRef::Unix(stream) => check_tokio(stream),
         SocketRef::Raw(sock) => check_raw(&SockRef::from(&sock)),
     }
 }
 
+/// A tokio stream whose recorded readiness the probe can read: TCP and Unix-domain
+/// streams share one probe, compiled for each, so the TCP path costs what it did.
+trait Readiness {
+    fn sock_ref(&self) -> SockRef<'_>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+impl Readiness for TcpStream {
+    #[inline]
+    fn sock_ref(&self) -> SockRef<'_> {
+        SockRef::from(self)
+    }
+    #[inline]
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        TcpStream::try_io(self, interest, f)
+    }
+}
+
+#[cfg(unix)]
+impl Readiness for UnixStream {
+    #[inline]
+    fn sock_ref(&self) -> SockRef<'_> {
+        SockRef::from(self)
+    }
+    #[inline]
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        UnixStream::try_io(self, interest, f)
+    }
+}
+
 #[inline]
-fn check_tokio(stream: &TcpStream) -> Liveness {
+fn check_tokio<S: Readiness>(stream: &S) -> Liveness {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     // `try_io` looks at the readiness tokio recorded (an atomic load) and returns
     // `WouldBlock` without calling the closure when nothing was recorded; when
@@ -155,7 +206,7 @@ fn check_tokio(stream: &TcpStream) -> Liveness {
     let mut peeked = false;
     let result = stream.try_io(Interest::READABLE, || {
         peeked = true;
-        SockRef::from(stream).peek(&mut byte)
+        stream.sock_ref().peek(&mut byte)
     });
     // Nothing recorded, so no peek: the error is tokio's `WouldBlock`, and reading
     // its kind back would cost more than the readiness check itself. tokio builds it
@@ -395,6 +446,39 @@ mod tests {
             check(SocketRef::Tokio(&client)),
             Liveness::UnexpectedData
         ));
+    }
+
+    #[tokio::test]
+    async fn a_unix_stream_is_probed_on_both_paths() {
+        let (client, server) = tokio::net::UnixStream::pair().unwrap();
+        assert!(matches!(check(SocketRef::from(&client)), Liveness::Alive));
+        assert!(matches!(
+            check(SocketRef::Raw(client.as_fd())),
+            Liveness::Alive
+        ));
+        server.try_write(b"x").unwrap();
+        settle().await;
+        assert!(matches!(
+            check(SocketRef::Unix(&client)),
+            Liveness::UnexpectedData
+        ));
+        let mut byte = [0u8; 1];
+        assert_eq!(client.try_read(&mut byte).unwrap(), 1);
+        drop(server);
+        settle().await;
+        assert!(matches!(
+            check(SocketRef::Unix(&client)),
+            Liveness::PeerClosed
+        ));
+        // No TCP state to tell a reset from a close: the end of stream is a close.
+        assert!(matches!(
+            check(SocketRef::Raw(client.as_fd())),
+            Liveness::PeerClosed
+        ));
+        assert_eq!(
+            tcp_state(SocketRef::Unix(&client)).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
     }
 
     #[tokio::test]

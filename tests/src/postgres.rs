@@ -154,6 +154,23 @@ impl PgServer {
         config
     }
 
+    /// The directory of its Unix-domain socket (`-k`): the socket is
+    /// `DIR/.s.PGSQL.PORT`.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// As [`PgServer::config`], over its Unix-domain socket (`host` = the directory).
+    pub fn unix_config(&self) -> Config {
+        let mut config = Config::new();
+        config
+            .host_path(self.socket_dir())
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres");
+        config
+    }
+
     /// A plain tokio-postgres client for the test's own statements (outside any
     /// pool), its connection task spawned.
     ///

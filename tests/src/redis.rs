@@ -1,5 +1,6 @@
-//! A real Redis server for one test, on a free loopback port, in a scratch directory,
-//! without persistence; killed and removed when dropped (also when the test panics).
+//! A real Redis server for one test, on a free loopback port and a Unix-domain socket
+//! in a scratch directory, without persistence; killed and removed when dropped (also
+//! when the test panics).
 //!
 //! It runs as a child process of the test (`redis-server --pidfile`, ready once the
 //! pidfile appears, which Redis writes after it listens), so killing it leaves no
@@ -94,6 +95,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Its Unix-domain socket (`--unixsocket`). Redis removes it on a clean shutdown
+    /// ([`RedisServer::stop`]); after [`RedisServer::kill`] it stays, with nobody
+    /// listening.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Its URL over the Unix-domain socket, database 0.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.unix_socket().display())
+    }
+
     /// A connection for the test's own commands (outside any pool), with no response
     /// timeout.
     ///
@@ -170,6 +183,9 @@ impl RedisServer {
         let child = Command::new(&self.bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--unixsocket")
+            .arg(self.unix_socket())
+            .args(["--unixsocketperm", "700"])
             .arg("--pidfile")
             .arg(self.pidfile())
             .arg("--dir")

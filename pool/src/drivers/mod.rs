@@ -3,8 +3,8 @@
 //! | driver | connection | socket probe | ping | feature |
 //! |---|---|---|---|---|
 //! | [`tcp`] | a raw [`tokio::net::TcpStream`] with the pool's socket options | free (tokio readiness) | none | always |
-//! | [`postgres`] | a `tokio_postgres::Client` on the pool's socket | one `peek` on a duplicated descriptor | empty query | `postgres` |
-//! | [`redis`] | a `redis::aio::MultiplexedConnection` on the pool's socket | one `peek` on a duplicated descriptor | `PING` | `redis` |
+//! | [`postgres`] | a `tokio_postgres::Client` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | empty query | `postgres` |
+//! | [`redis`] | a `redis::aio::MultiplexedConnection` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | `PING` | `redis` |
 //! | [`deadpool`] | whatever an existing `deadpool::managed::Manager` makes | none (the socket is out of reach) | the manager's `recycle` | always |
 
 pub mod deadpool;

@@ -77,6 +77,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Prepared statements
+//!
+//! [`PgConnection::prepare_cached`] prepares a statement once per connection and
+//! hands out the same [`Statement`] afterwards, as deadpool-postgres does: the cache
+//! lives as long as the connection, across checkouts, and goes with it when the pool
+//! discards it (a replacement connection starts empty, as its server session does).
+//! [`PgConnection::clear_statement_cache`] empties it, for instance after a schema
+//! change that invalidates cached plans' result types.
+//!
+//! ```no_run
+//! # async fn demo(pool: steadypool::Pool<steadypool::drivers::postgres::PgManager>) -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = pool.get().await?;
+//! let statement = conn.prepare_cached("SELECT name FROM users WHERE id = $1").await?;
+//! let row = conn.query_one(&statement, &[&42_i32]).await?;
+//! # drop(row); Ok(()) }
+//! ```
+//!
+//! ## Unix-domain sockets
+//!
+//! A `host` that is a directory (`host=/var/run/postgresql`, tokio-postgres's
+//! [`Host::Unix`]) connects to the server's socket in it, `DIR/.s.PGSQL.PORT` as
+//! libpq names it, through [`Dialer::connect_unix`] within the pool's
+//! `connect_timeout`. Such a session is never encrypted, whatever `sslmode` says, as
+//! with libpq: TLS is for the network, and there is none. Nor do keepalive and
+//! `TCP_USER_TIMEOUT` apply (see [`dial`](crate::dial#unix-domain-sockets)): a
+//! backend that exits closes its end at once, and the probe or the watch above finds
+//! it; a missing socket file (the server is down: it removes the file as it stops)
+//! counts as `refused` at connect. Unix and TCP hosts can be mixed in one list.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadypool::drivers::postgres::PgManager;
+//! let manager = PgManager::new("host=/var/run/postgresql user=app dbname=app".parse()?)?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## TLS
 //!
 //! [`PgManager::with_tls`] takes any tokio-postgres TLS connector ([`MakeTlsConnect`]);
@@ -90,10 +126,14 @@
 //! ```
 
 use std::any::TypeId;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+#[cfg(unix)]
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
@@ -101,7 +141,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent, classify_source_chain};
@@ -112,11 +152,24 @@ use crate::probe::SocketRef;
 /// The port PostgreSQL listens on when the configuration names none.
 const DEFAULT_PORT: u16 = 5432;
 
-/// One server to try: where to dial, and the name TLS verifies.
+/// One server to try.
 #[derive(Debug, Clone)]
-struct Target {
-    addr: Address,
-    tls_name: String,
+enum Target {
+    /// Where to dial, and the name TLS verifies.
+    Tcp { addr: Address, tls_name: String },
+    /// The server's socket file.
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp { addr, .. } => addr.fmt(f),
+            #[cfg(unix)]
+            Target::Unix(path) => path.display().fmt(f),
+        }
+    }
 }
 
 /// Opens PostgreSQL connections on the pool's sockets. See the [module docs](self).
@@ -131,8 +184,8 @@ impl PgManager<NoTls> {
     /// A manager for `config`, without TLS.
     ///
     /// # Errors
-    /// [`PgError::Config`] when the configuration names no TCP host (Unix-domain
-    /// sockets are not pooled through the dialer) or mismatched lists of hosts,
+    /// [`PgError::Config`] when the configuration names no host or mismatched lists of
+    /// hosts,
     /// addresses and ports.
     pub fn new(config: Config) -> Result<Self, PgError> {
         PgManager::with_tls(config, NoTls)
@@ -161,7 +214,8 @@ impl<T> PgManager<T> {
 }
 
 /// The servers `config` names, in order, as tokio-postgres would try them: `hostaddr`
-/// (when given) is dialed, `host` is the name TLS verifies.
+/// (when given) is dialed, `host` is the name TLS verifies, or the directory of a
+/// Unix-domain socket.
 fn targets(config: &Config) -> Result<Vec<Target>, PgError> {
     let hosts = config.get_hosts();
     let hostaddrs = config.get_hostaddrs();
@@ -180,6 +234,12 @@ fn targets(config: &Config) -> Result<Vec<Target>, PgError> {
             ports.len()
         )));
     }
+    if count == 0 {
+        return Err(PgError::Config(
+            "no host: set host to a name, an IP address or a Unix socket directory, or set hostaddr"
+                .to_owned(),
+        ));
+    }
     let mut targets = Vec::with_capacity(count);
     for i in 0..count {
         let port = ports
@@ -187,28 +247,24 @@ fn targets(config: &Config) -> Result<Vec<Target>, PgError> {
             .or_else(|| ports.first())
             .copied()
             .unwrap_or(DEFAULT_PORT);
-        let name = match hosts.get(i) {
-            Some(Host::Tcp(name)) => Some(name.clone()),
+        let target = match (hostaddrs.get(i), hosts.get(i)) {
+            (Some(ip), host) => Target::Tcp {
+                addr: Address::Socket((*ip, port).into()),
+                tls_name: match host {
+                    Some(Host::Tcp(name)) => name.clone(),
+                    _ => String::new(),
+                },
+            },
+            (None, Some(Host::Tcp(name))) => Target::Tcp {
+                addr: Address::from((name.as_str(), port)),
+                tls_name: name.clone(),
+            },
             #[cfg(unix)]
-            Some(Host::Unix(_)) => None,
-            None => None,
-        };
-        let addr = match (hostaddrs.get(i), &name) {
-            (Some(ip), _) => Address::Socket((*ip, port).into()),
-            (None, Some(name)) => Address::from((name.as_str(), port)),
-            // A Unix-domain socket: the pool dials TCP only.
+            (None, Some(Host::Unix(dir))) => Target::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+            // `count` is the longer list's length: one of them has an entry.
             (None, None) => continue,
         };
-        targets.push(Target {
-            addr,
-            tls_name: name.unwrap_or_default(),
-        });
-    }
-    if targets.is_empty() {
-        return Err(PgError::Config(
-            "no TCP host: set host (or hostaddr) to a name or IP address; Unix-domain sockets are not supported"
-                .to_owned(),
-        ));
+        targets.push(target);
     }
     Ok(targets)
 }
@@ -222,9 +278,57 @@ pub struct PgConnection {
     socket: socket2::Socket,
     driver: JoinHandle<()>,
     fate: Fate,
+    /// Statements prepared through [`PgConnection::prepare_cached`], by query text.
+    /// Locked only to look up or insert, never across an await.
+    statements: Mutex<HashMap<String, Statement>>,
 }
 
 impl PgConnection {
+    fn new(client: Client, socket: socket2::Socket, driver: JoinHandle<()>, fate: Fate) -> Self {
+        PgConnection {
+            client,
+            socket,
+            driver,
+            fate,
+            statements: Mutex::default(),
+        }
+    }
+
+    /// `query` prepared on this connection: by the server on the first call, from the
+    /// connection's cache on every later one (see the [module
+    /// docs](self#prepared-statements)).
+    ///
+    /// # Errors
+    /// The server's error preparing it (a syntax error, an unknown table, ...), or a
+    /// broken connection; failures are not cached.
+    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cache().get(query) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(query).await?;
+        self.cache().insert(query.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// How many statements [`PgConnection::prepare_cached`] holds.
+    pub fn cached_statements(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// Forgets every cached statement; the server deallocates each one as its last
+    /// [`Statement`] handle is dropped.
+    pub fn clear_statement_cache(&self) {
+        self.cache().clear();
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        // Held only for one lookup, insert or clear: a panic elsewhere while it was
+        // held leaves no half-done change, so a poisoned cache is still usable.
+        self.statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The tokio-postgres client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -284,14 +388,22 @@ where
     async fn connect(&self, dialer: &Dialer) -> Result<PgConnection, PgError> {
         let mut last = None;
         for target in &self.targets {
-            match dialer.connect(&target.addr).await {
-                Ok(stream) => return self.start_session(stream, &target.tls_name).await,
-                Err(e) => last = Some(e),
-            }
+            let failed = match target {
+                Target::Tcp { addr, tls_name } => match dialer.connect(addr).await {
+                    Ok(stream) => return self.start_session(stream, tls_name).await,
+                    Err(e) => e,
+                },
+                #[cfg(unix)]
+                Target::Unix(path) => match dialer.connect_unix(path).await {
+                    Ok(stream) => return self.start_unix_session(stream).await,
+                    Err(e) => e,
+                },
+            };
+            last = Some(failed);
         }
         Err(match last {
             Some(e) => PgError::Dial(e),
-            None => PgError::Config("no TCP host".to_owned()),
+            None => PgError::Config("no host".to_owned()),
         })
     }
 
@@ -305,7 +417,7 @@ where
 
     fn target(&self) -> Option<String> {
         let first = self.targets.first()?;
-        Some(format!("postgres://{}", first.addr))
+        Some(format!("postgres://{first}"))
     }
 
     fn broken(&self, conn: &PgConnection) -> Option<Broken> {
@@ -346,12 +458,29 @@ where
             let (client, connection) = self.config.connect_raw(stream, WatchTls(tls)).await?;
             (client, spawn_session(connection, fate.clone()))
         };
-        Ok(PgConnection {
-            client,
-            socket,
-            driver,
-            fate,
-        })
+        Ok(PgConnection::new(client, socket, driver, fate))
+    }
+}
+
+impl<T> PgManager<T> {
+    /// Starts a session on a Unix-domain socket: in the clear, as libpq does.
+    #[cfg(unix)]
+    async fn start_unix_session(
+        &self,
+        stream: tokio::net::UnixStream,
+    ) -> Result<PgConnection, PgError> {
+        let socket = socket2::SockRef::from(&stream)
+            .try_clone()
+            .map_err(PgError::Socket)?;
+        let fate = Fate::default();
+        let stream = Watched::new(stream, PgScan::default(), fate.clone());
+        // `sslmode=require` would otherwise fail: no TLS connector speaks over this
+        // socket, and there is no network to protect.
+        let mut config = self.config.clone();
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let (client, connection) = config.connect_raw(stream, NoTls).await?;
+        let driver = spawn_session(connection, fate.clone());
+        Ok(PgConnection::new(client, socket, driver, fate))
     }
 }
 
@@ -951,10 +1080,10 @@ mod tests {
     }
 
     #[test]
-    fn config_without_a_tcp_host_is_a_clear_error() {
-        let unix: Config = "host=/run/postgresql user=app".parse().unwrap();
-        let err = PgManager::new(unix).unwrap_err();
-        assert!(err.to_string().contains("no TCP host"), "{err}");
+    fn config_without_a_host_is_a_clear_error() {
+        let none: Config = "user=app".parse().unwrap();
+        let err = PgManager::new(none).unwrap_err();
+        assert!(err.to_string().contains("no host"), "{err}");
         let mismatched: Config = "host=a,b port=1,2,3".parse().unwrap();
         let err = PgManager::new(mismatched).unwrap_err();
         assert!(err.to_string().contains("3 ports for 2 hosts"), "{err}");
@@ -966,13 +1095,23 @@ mod tests {
             .parse()
             .unwrap();
         let found = targets(&config).unwrap();
-        let addrs: Vec<String> = found.iter().map(|t| t.addr.to_string()).collect();
+        let addrs: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(addrs, ["127.0.0.1:6000", "127.0.0.2:6000"]);
-        assert_eq!(found[1].tls_name, "db2");
+        assert!(matches!(&found[1], Target::Tcp { tls_name, .. } if tls_name == "db2"));
         let default_port: Config = "host=localhost".parse().unwrap();
         assert_eq!(
-            targets(&default_port).unwrap()[0].addr.to_string(),
+            targets(&default_port).unwrap()[0].to_string(),
             "localhost:5432"
+        );
+        let mixed: Config = "host=/run/postgresql,db1 port=5433".parse().unwrap();
+        let found = targets(&mixed).unwrap();
+        let named: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(named, ["/run/postgresql/.s.PGSQL.5433", "db1:5433"]);
+        assert!(matches!(found[0], Target::Unix(_)));
+        let manager = PgManager::new(mixed).unwrap();
+        assert_eq!(
+            manager.target().as_deref(),
+            Some("postgres:///run/postgresql/.s.PGSQL.5433")
         );
     }
 

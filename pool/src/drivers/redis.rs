@@ -27,6 +27,18 @@
 //! | `LOADING`, `TRYAGAIN`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN` | transient: retry after a backoff |
 //! | anything else (`WRONGTYPE`, `ERR ...`) | application error |
 //!
+//! ## Unix-domain sockets
+//!
+//! `unix:///run/redis/redis.sock` and `redis+unix:///run/redis/redis.sock` (with
+//! `?db=2` for a database) connect to a server's `unixsocket`, through
+//! [`Dialer::connect_unix`] within the pool's `connect_timeout`. The socket gets no
+//! keepalive and no `TCP_USER_TIMEOUT` (they are TCP's; see
+//! [`dial`](crate::dial#unix-domain-sockets)), and needs none: a server that exits
+//! closes its end at once, and the probe (the same `peek` on a duplicated descriptor)
+//! or the driver's watch finds it as `peer_closed`. A missing socket file (the server
+//! is down, and removed it on the way) and a stale one nobody listens on both count
+//! as `refused` at connect.
+//!
 //! Commands time out after the connection config's response timeout (500 ms by
 //! redis's default; set your own with [`RedisManager::connection_config`]); a timeout
 //! counts as `user_timeout`, a request the server never answered.
@@ -49,6 +61,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
@@ -64,10 +77,18 @@ use crate::dial::{Address, DialError, Dialer};
 use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;
 
+/// Where a manager's connections go.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Tcp(Address),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
 /// Opens Redis connections on the pool's sockets. See the [module docs](self).
 #[derive(Clone)]
 pub struct RedisManager {
-    addr: Address,
+    endpoint: Endpoint,
     info: RedisConnectionInfo,
     config: AsyncConnectionConfig,
 }
@@ -76,23 +97,26 @@ impl fmt::Debug for RedisManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection info holds the password: show only where connections go.
         f.debug_struct("RedisManager")
-            .field("addr", &self.addr)
+            .field("endpoint", &self.endpoint)
             .field("db", &self.info.db())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisManager {
-    /// A manager for a `redis://host:port/db` URL or a [`redis::ConnectionInfo`].
+    /// A manager for a `redis://host:port/db` or `unix:///path/redis.sock` URL, or a
+    /// [`redis::ConnectionInfo`].
     ///
     /// # Errors
     /// [`RedisDriverError::Redis`] for a URL redis cannot parse;
-    /// [`RedisDriverError::Config`] for `rediss://` (TLS) and Unix-domain sockets, which
-    /// this manager does not open.
+    /// [`RedisDriverError::Config`] for `rediss://` (TLS), which this manager does not
+    /// open.
     pub fn new(info: impl IntoConnectionInfo) -> Result<Self, RedisDriverError> {
         let info = info.into_connection_info()?;
-        let addr = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Address::from((host.as_str(), *port)),
+        let endpoint = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Endpoint::Tcp(Address::from((host.as_str(), *port))),
+            #[cfg(unix)]
+            ConnectionAddr::Unix(path) => Endpoint::Unix(path.clone()),
             ConnectionAddr::TcpTls { .. } => {
                 return Err(RedisDriverError::Config(
                     "TLS (rediss://) is not supported by this manager: use redis's own client behind a custom Manager"
@@ -101,13 +125,13 @@ impl RedisManager {
             }
             _ => {
                 return Err(RedisDriverError::Config(
-                    "Unix-domain sockets and other non-TCP addresses are not pooled through the dialer: use redis://host:port"
+                    "an address this manager cannot open: use redis://host:port or unix:///path/redis.sock"
                         .to_owned(),
                 ));
             }
         };
         Ok(RedisManager {
-            addr,
+            endpoint,
             info: info.redis_settings().clone(),
             config: AsyncConnectionConfig::new(),
         })
@@ -121,9 +145,22 @@ impl RedisManager {
         self
     }
 
-    /// Where connections go.
-    pub fn address(&self) -> &Address {
-        &self.addr
+    /// Where connections go over TCP; `None` for a Unix-domain socket.
+    pub fn address(&self) -> Option<&Address> {
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => Some(addr),
+            #[cfg(unix)]
+            Endpoint::Unix(_) => None,
+        }
+    }
+
+    /// The Unix-domain socket connections go to; `None` over TCP.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        match &self.endpoint {
+            Endpoint::Tcp(_) => None,
+            #[cfg(unix)]
+            Endpoint::Unix(path) => Some(path),
+        }
     }
 }
 
@@ -214,20 +251,19 @@ impl Manager for RedisManager {
     type Error = RedisDriverError;
 
     async fn connect(&self, dialer: &Dialer) -> Result<RedisConnection, RedisDriverError> {
-        let stream = dialer.connect(&self.addr).await?;
-        let socket = socket2::SockRef::from(&stream)
-            .try_clone()
-            .map_err(RedisDriverError::Socket)?;
-        let fate = Fate::default();
-        let stream = Watched::new(stream, Transport, fate.clone());
-        let (conn, driver) =
-            MultiplexedConnection::new_with_config(&self.info, stream, self.config.clone()).await?;
-        Ok(RedisConnection {
-            conn,
-            socket,
-            driver: tokio::spawn(driver),
-            fate,
-        })
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = dialer.connect(addr).await?;
+                let socket = socket2::SockRef::from(&stream).try_clone();
+                self.start(stream, socket).await
+            }
+            #[cfg(unix)]
+            Endpoint::Unix(path) => {
+                let stream = dialer.connect_unix(path).await?;
+                let socket = socket2::SockRef::from(&stream).try_clone();
+                self.start(stream, socket).await
+            }
+        }
     }
 
     fn socket<'a>(&self, conn: &'a RedisConnection) -> Option<SocketRef<'a>> {
@@ -242,11 +278,39 @@ impl Manager for RedisManager {
     }
 
     fn target(&self) -> Option<String> {
-        Some(format!("redis://{}", self.addr))
+        Some(match &self.endpoint {
+            Endpoint::Tcp(addr) => format!("redis://{addr}"),
+            #[cfg(unix)]
+            Endpoint::Unix(path) => format!("redis+unix://{}", path.display()),
+        })
     }
 
     fn broken(&self, conn: &RedisConnection) -> Option<Broken> {
         conn.ended()
+    }
+}
+
+impl RedisManager {
+    /// Starts a session on a connected stream; `socket` is its duplicate for the probe.
+    async fn start<S>(
+        &self,
+        stream: S,
+        socket: io::Result<socket2::Socket>,
+    ) -> Result<RedisConnection, RedisDriverError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let socket = socket.map_err(RedisDriverError::Socket)?;
+        let fate = Fate::default();
+        let stream = Watched::new(stream, Transport, fate.clone());
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(&self.info, stream, self.config.clone()).await?;
+        Ok(RedisConnection {
+            conn,
+            socket,
+            driver: tokio::spawn(driver),
+            fate,
+        })
     }
 }
 
@@ -392,12 +456,30 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_unix_urls_are_refused_with_a_reason() {
+    fn tls_urls_are_refused_with_a_reason_and_unix_urls_name_the_socket() {
         let err = RedisManager::new("rediss://127.0.0.1:6380").unwrap_err();
         assert!(err.to_string().contains("TLS"), "{err}");
-        let err = RedisManager::new("redis+unix:///tmp/redis.sock").unwrap_err();
-        assert!(err.to_string().contains("Unix"), "{err}");
         let ok = RedisManager::new("redis://127.0.0.1:6390/2").unwrap();
-        assert_eq!(ok.address().to_string(), "127.0.0.1:6390");
+        assert_eq!(
+            ok.address().map(ToString::to_string).as_deref(),
+            Some("127.0.0.1:6390")
+        );
+        assert_eq!(ok.unix_socket(), None);
+        for url in [
+            "redis+unix:///tmp/redis.sock",
+            "unix:///tmp/redis.sock?db=2",
+        ] {
+            let unix = RedisManager::new(url).unwrap();
+            assert_eq!(
+                unix.unix_socket(),
+                Some(Path::new("/tmp/redis.sock")),
+                "{url}"
+            );
+            assert_eq!(unix.address(), None);
+            assert_eq!(
+                unix.target().as_deref(),
+                Some("redis+unix:///tmp/redis.sock")
+            );
+        }
     }
 }

@@ -14,6 +14,11 @@ use crate::retry::{PolicyError, RetryPolicy};
 /// assert_eq!(QueueMode::default(), QueueMode::Fifo);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum QueueMode {
     /// The one idle longest. Spreads use over all connections, so none sits idle long
     /// enough to be dropped by a middlebox while the pool is busy.
