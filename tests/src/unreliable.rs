@@ -208,7 +208,7 @@ impl CountedConnection {
     }
 
     /// Sends one request line and reads the reply line (see
-    /// [`request`](crate::line_manager::request)).
+    /// [`request`]).
     ///
     /// # Errors
     /// The I/O error.

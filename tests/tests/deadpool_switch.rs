@@ -5,6 +5,7 @@
 //! the PostgreSQL programs these tests say SKIPPED.
 
 use std::error::Error;
+use std::ops::Deref;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use steadypool::RunError;
@@ -73,6 +74,10 @@ mod after {
             .await?;
         Ok(count)
     }
+}
+
+fn client_of<W: Deref<Target = tokio_postgres::Client>>(wrapper: &W) -> &tokio_postgres::Client {
+    wrapper
 }
 
 async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
@@ -160,8 +165,8 @@ async fn the_wrapped_object_is_reached_by_deref() {
     let conn = pool.get().await.unwrap();
     let wrapper: &deadpool_postgres::ClientWrapper = &conn;
     let pid = backend_pid(wrapper).await;
-    let object: &deadpool_postgres::ClientWrapper = &**conn;
-    assert_eq!(backend_pid(object).await, pid);
+    // A generic parameter takes no deref coercion: the spelled-out form.
+    assert_eq!(backend_pid(client_of(&**conn)).await, pid);
     drop(conn);
     let same = pool
         .run(async |client| {

@@ -244,8 +244,8 @@ async fn broken_names_the_sqlstate_and_the_servers_message() {
     let (pool, _metrics) = pool_for(&server, "broken-detail");
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
-    let mut conn = conn.detach();
-    assert_eq!(manager.broken(&mut conn), None);
+    let conn = conn.detach();
+    assert_eq!(manager.broken(&conn), None);
 
     let admin = server.connect().await;
     admin
@@ -254,7 +254,7 @@ async fn broken_names_the_sqlstate_and_the_servers_message() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + SLACK;
     let broken = loop {
-        if let Some(broken) = manager.broken(&mut conn) {
+        if let Some(broken) = manager.broken(&conn) {
             break broken;
         }
         assert!(

@@ -275,7 +275,7 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
         "{err}: {cause}"
     );
     // The driver read the close before it failed the command: the manager says why.
-    let broken = pool.manager().broken(&mut conn);
+    let broken = pool.manager().broken(&conn);
     assert!(
         broken.as_ref().is_some_and(|b| matches!(
             b.cause,
