@@ -212,9 +212,9 @@ async fn client(pool: Pool<LineManager>, outcomes: Arc<Outcomes>) {
             let pool = pool.clone();
             burst.spawn(async move {
                 if write {
-                    pool.run(|conn| Box::pin(request(conn, "SET k v"))).await
+                    pool.run(async |conn| request(conn, "SET k v").await).await
                 } else {
-                    pool.run_idempotent(|conn| Box::pin(request(conn, "GET k")))
+                    pool.run_idempotent(async |conn| request(conn, "GET k").await)
                         .await
                 }
             });

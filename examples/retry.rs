@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 1..=4 {
         let before = counter.requests.load(Ordering::SeqCst);
         let value = pool
-            .run_idempotent(|conn| Box::pin(request(conn, "GET")))
+            .run_idempotent(async |conn| request(conn, "GET").await)
             .await?;
         let sent = counter.requests.load(Ordering::SeqCst) - before;
         let note = if sent > 1 {
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let mut unsure = 0;
     let mut done = 0;
     for i in 1..=6 {
-        match pool.run(|conn| Box::pin(request(conn, "INCR"))).await {
+        match pool.run(async |conn| request(conn, "INCR").await).await {
             Ok(value) => {
                 done += 1;
                 println!("  INCR #{i} -> {value}");

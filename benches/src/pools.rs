@@ -485,7 +485,7 @@ impl AnyPool {
     pub async fn request(&self, id: u64) -> Result<(), String> {
         match self {
             AnyPool::Steady(pool) => pool
-                .run_idempotent(|conn| Box::pin(wire::echo(conn, id)))
+                .run_idempotent(async move |conn| wire::echo(conn, id).await)
                 .await
                 .map_err(|e| e.to_string()),
             _ => self.request_on_checkout(id).await,

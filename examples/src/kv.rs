@@ -20,11 +20,11 @@
 //! let server = KvServer::start().await?;
 //! let pool = Pool::builder(KvManager::new(server.addr())).build()?;
 //! let reply = pool
-//!     .run_idempotent(|conn| Box::pin(Op::set("greeting", "hello").call(conn)))
+//!     .run_idempotent(async |conn| Op::set("greeting", "hello").call(conn).await)
 //!     .await?;
 //! assert_eq!(reply, Reply::Ok);
 //! let reply = pool
-//!     .run_idempotent(|conn| Box::pin(Op::get("greeting").call(conn)))
+//!     .run_idempotent(async |conn| Op::get("greeting").call(conn).await)
 //!     .await?;
 //! assert_eq!(reply, Reply::Value(Some("hello".to_owned())));
 //! # Ok(()) }

@@ -60,13 +60,11 @@
 //!     // another one. Writes go through `pool.run`, which never replays a request
 //!     // that may have reached the server.
 //!     let visits = pool
-//!         .run_idempotent(|conn| {
-//!             Box::pin(async move {
-//!                 conn.write_all(b"GET visits\n").await?;
-//!                 let mut line = String::new();
-//!                 BufReader::new(conn).read_line(&mut line).await?;
-//!                 Ok(line)
-//!             })
+//!         .run_idempotent(async |conn| {
+//!             conn.write_all(b"GET visits\n").await?;
+//!             let mut line = String::new();
+//!             BufReader::new(conn).read_line(&mut line).await?;
+//!             Ok(line)
 //!         })
 //!         .await?;
 //!
@@ -151,8 +149,8 @@ pub use crate::pool::{
     QueueMode, Stats, Status, WarmUpError,
 };
 pub use crate::probe::SocketRef;
-pub use crate::retry::{
-    AttemptError, GiveUp, Idempotency, OperationFuture, PolicyError, RetryPolicy, RunError,
-};
+#[allow(deprecated)] // kept so that code naming it gets the deprecation note, not an error
+pub use crate::retry::OperationFuture;
+pub use crate::retry::{AttemptError, GiveUp, Idempotency, PolicyError, RetryPolicy, RunError};
 #[cfg(feature = "derive")]
 pub use steadypool_derive::Classify;

@@ -69,6 +69,32 @@
 //! in `steadypool_retries_total{cause, outcome}` (a transient failure has cause
 //! `other`). A `run` future dropped before it returned counts in neither.
 //!
+//! # The operation
+//!
+//! The operation is an async closure, `async |conn| { ... }`, called once per attempt
+//! with the attempt's connection (any [`AsyncFnMut`] does: an `async fn` taking
+//! `&mut M::Connection` can be passed by name). It borrows what it captures, so
+//! nothing needs cloning per attempt, and it may change its captures between
+//! attempts. It returns the manager's error, or your own error type with
+//! [`Pool::run_with_error`].
+//!
+//! `run` is `Send`, and can be spawned, whenever the operation's future is. One
+//! limit of the compiler (rust-lang/rust#138207): in a spawned task, a closure that
+//! captures a *reference* to the task's own data is rejected with "implementation of
+//! `Send` is not general enough". Move the data into the closure instead, with
+//! `async move |conn|`: each attempt still only borrows it.
+//!
+//! ```no_run
+//! # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
+//! use tokio::io::AsyncWriteExt;
+//! let request = b"SET greeting hello\n".to_vec();
+//! let task = tokio::spawn(async move {
+//!     pool.run_idempotent(async move |conn| conn.write_all(&request).await)
+//!         .await
+//! });
+//! # drop(task); }
+//! ```
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use steadypool::{drivers::tcp::TcpManager, Pool, RunError};
@@ -78,19 +104,18 @@
 //!
 //! // A read: safe to run twice, so it is retried on any broken connection.
 //! let reply = pool
-//!     .run_idempotent(|conn| {
-//!         Box::pin(async move {
-//!             conn.write_all(b"GET balance\n").await?;
-//!             let mut buf = [0u8; 64];
-//!             let n = conn.read(&mut buf).await?;
-//!             Ok(buf[..n].to_vec())
-//!         })
+//!     .run_idempotent(async |conn| {
+//!         conn.write_all(b"GET balance\n").await?;
+//!         let mut buf = [0u8; 64];
+//!         let n = conn.read(&mut buf).await?;
+//!         Ok(buf[..n].to_vec())
 //!     })
 //!     .await?;
 //!
 //! // A payment: never replayed once it may have reached the server.
+//! let amount = 10;
 //! match pool
-//!     .run(|conn| Box::pin(async move { conn.write_all(b"PAY 10\n").await }))
+//!     .run(async |conn| conn.write_all(format!("PAY {amount}\n").as_bytes()).await)
 //!     .await
 //! {
 //!     Ok(()) => {}
@@ -122,20 +147,16 @@ use crate::manager::Manager;
 use crate::metrics::{RetryOutcome, RunOutcome};
 use crate::pool::{Connection, Error, Pool};
 
-/// The future an operation returns: boxed, `Send`, and borrowing the connection.
+/// The boxed future operations used to return, before [`Pool::run`] took async
+/// closures.
 ///
-/// Write the closure as `|conn| Box::pin(async move { ... })`; the boxed future may
-/// borrow `conn` and must be `Send`, so `run` itself can be spawned:
-///
-/// ```no_run
-/// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
-/// use tokio::io::AsyncWriteExt;
-/// let task = tokio::spawn(async move {
-///     pool.run_idempotent(|conn| Box::pin(async move { conn.write_all(b"PING\n").await }))
-///         .await
-/// });
-/// # drop(task); }
-/// ```
+/// A named function returning it still works as an operation; a closure returning
+/// it does not infer its argument's type any more. Write `async |conn| { ... }`
+/// instead of `|conn| Box::pin(async move { ... })`.
+#[deprecated(
+    since = "0.1.0",
+    note = "operations are async closures now: write `async |conn| { ... }`"
+)]
 pub type OperationFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
 /// Whether running an operation twice is harmless.
@@ -881,7 +902,7 @@ impl<M: Manager> Pool<M> {
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
     /// use tokio::io::AsyncWriteExt;
     /// match pool
-    ///     .run(|conn| Box::pin(async move { conn.write_all(b"INCR visits\n").await }))
+    ///     .run(async |conn| conn.write_all(b"INCR visits\n").await)
     ///     .await
     /// {
     ///     Ok(()) => {}
@@ -900,8 +921,7 @@ impl<M: Manager> Pool<M> {
     /// deadline cut it); [`RunError::NotExecuted`] when no attempt sent it.
     pub async fn run<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
     where
-        T: Send,
-        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, M::Error>,
     {
         self.run_with(Idempotency::NotIdempotent, op).await
     }
@@ -913,13 +933,11 @@ impl<M: Manager> Pool<M> {
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {
     /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// let value = pool
-    ///     .run_idempotent(|conn| {
-    ///         Box::pin(async move {
-    ///             conn.write_all(b"GET visits\n").await?;
-    ///             let mut buf = [0u8; 8];
-    ///             conn.read_exact(&mut buf).await?;
-    ///             Ok(u64::from_be_bytes(buf))
-    ///         })
+    ///     .run_idempotent(async |conn| {
+    ///         conn.write_all(b"GET visits\n").await?;
+    ///         let mut buf = [0u8; 8];
+    ///         conn.read_exact(&mut buf).await?;
+    ///         Ok(u64::from_be_bytes(buf))
     ///     })
     ///     .await?;
     /// # drop(value); Ok(()) }
@@ -931,8 +949,7 @@ impl<M: Manager> Pool<M> {
     /// sent the request; [`RunError::NotExecuted`] when no attempt sent it.
     pub async fn run_idempotent<T, F>(&self, op: F) -> Result<T, RunError<M::Error>>
     where
-        T: Send,
-        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, M::Error>,
     {
         self.run_with(Idempotency::Idempotent, op).await
     }
@@ -945,7 +962,7 @@ impl<M: Manager> Pool<M> {
     /// use tokio::io::AsyncWriteExt;
     /// let kind = if is_read { Idempotency::Idempotent } else { Idempotency::NotIdempotent };
     /// let done = pool
-    ///     .run_with(kind, |conn| Box::pin(async move { conn.write_all(b"...\n").await }))
+    ///     .run_with(kind, async |conn| conn.write_all(b"...\n").await)
     ///     .await;
     /// # drop(done); }
     /// ```
@@ -958,8 +975,64 @@ impl<M: Manager> Pool<M> {
         op: F,
     ) -> Result<T, RunError<M::Error>>
     where
-        T: Send,
-        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, M::Error>,
+    {
+        self.run_with_error(idempotency, op).await
+    }
+
+    /// [`Pool::run_with`], for an operation that returns its own error type `E`
+    /// instead of the manager's: `?` then works on the driver's errors (through
+    /// `E: From<M::Error>`) and on the application's own, and the [`RunError`] carries
+    /// `E`. `E`'s [`Classify`] decides the retries, as the manager's error would; a
+    /// failed connect reaches `E` through the same `From`.
+    ///
+    /// Name `E` in the closure's return type, since `?` alone cannot tell which error
+    /// to convert into:
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io;
+    /// use steadypool::{Classify, Idempotency, RunError};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// #[derive(Debug, thiserror::Error, Classify)]
+    /// enum BankError {
+    ///     #[error(transparent)]
+    ///     #[classify(delegate)]
+    ///     Io(#[from] io::Error),
+    ///     #[error("insufficient funds")]
+    ///     InsufficientFunds,
+    /// }
+    ///
+    /// let result = pool
+    ///     .run_with_error(Idempotency::NotIdempotent, async |conn| -> Result<_, BankError> {
+    ///         conn.write_all(b"PAY 10\n").await?; // io::Error into BankError
+    ///         let mut status = [0u8; 1];
+    ///         conn.read_exact(&mut status).await?;
+    ///         if status[0] == b'-' {
+    ///             return Err(BankError::InsufficientFunds); // the server said no
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await;
+    /// match result {
+    ///     Err(RunError::Operation(BankError::InsufficientFunds)) => eprintln!("declined"),
+    ///     other => other?,
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Pool::run`] and [`Pool::run_idempotent`], with `E` in place of the
+    /// manager's error.
+    pub async fn run_with_error<T, E, F>(
+        &self,
+        idempotency: Idempotency,
+        op: F,
+    ) -> Result<T, RunError<E>>
+    where
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
+        E: Classify + From<M::Error> + StdError + 'static,
     {
         let span = tracing::debug_span!(
             "run",
@@ -973,15 +1046,15 @@ impl<M: Manager> Pool<M> {
             .await
     }
 
-    async fn attempts<T, F>(
+    async fn attempts<T, E, F>(
         &self,
         idempotency: Idempotency,
         op: F,
         span: tracing::Span,
-    ) -> Result<T, RunError<M::Error>>
+    ) -> Result<T, RunError<E>>
     where
-        T: Send,
-        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
+        E: Classify + From<M::Error> + StdError + 'static,
     {
         let core = self.core();
         let policy = &core.config.retry;
@@ -1011,16 +1084,16 @@ impl<M: Manager> Pool<M> {
         result
     }
 
-    async fn attempt_until_done<T, F>(
+    async fn attempt_until_done<T, E, F>(
         &self,
         idempotency: Idempotency,
         mut op: F,
         span: &tracing::Span,
-        progress: &mut Progress<M::Error>,
-    ) -> Result<T, RunError<M::Error>>
+        progress: &mut Progress<E>,
+    ) -> Result<T, RunError<E>>
     where
-        T: Send,
-        F: for<'c> FnMut(&'c mut M::Connection) -> OperationFuture<'c, T, M::Error> + Send,
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
+        E: Classify + From<M::Error> + StdError + 'static,
     {
         loop {
             progress.attempt += 1;
@@ -1032,7 +1105,7 @@ impl<M: Manager> Pool<M> {
                     // Not a single byte left: safe to retry whatever the operation.
                     let failure = Failure {
                         cause: err.cause(),
-                        error: Some(AttemptError::Checkout(err)),
+                        error: Some(AttemptError::Checkout(checkout_error(err))),
                     };
                     self.pause(progress, failure, false).await?;
                     continue;
@@ -1040,7 +1113,7 @@ impl<M: Manager> Pool<M> {
                 Ok(Err(err)) => {
                     let failure = Failure {
                         cause: err.cause(),
-                        error: Some(AttemptError::Checkout(err)),
+                        error: Some(AttemptError::Checkout(checkout_error(err))),
                     };
                     return Err(progress.give_up(GiveUp::NoConnection, Some(failure)));
                 }
@@ -1108,12 +1181,12 @@ impl<M: Manager> Pool<M> {
 
     /// Decides whether another attempt may follow `failure`, and waits for it; the
     /// error that ends the run otherwise.
-    async fn pause(
+    async fn pause<E: StdError + 'static>(
         &self,
-        progress: &mut Progress<M::Error>,
-        failure: Failure<M::Error>,
+        progress: &mut Progress<E>,
+        failure: Failure<E>,
         at_once: bool,
-    ) -> Result<(), RunError<M::Error>> {
+    ) -> Result<(), RunError<E>> {
         let core = self.core();
         let policy = &core.config.retry;
         let attempt = progress.attempt;
@@ -1149,6 +1222,35 @@ impl<M: Manager> Pool<M> {
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+}
+
+/// A checkout's error in the operation's error type: the manager's error a failed
+/// connect carries becomes the operation's, the rest is unchanged.
+fn checkout_error<A, B>(err: Error<A>) -> Error<B>
+where
+    A: StdError + 'static,
+    B: From<A> + StdError + 'static,
+{
+    match err {
+        Error::Timeout(waited) => Error::Timeout(waited),
+        Error::Closed => Error::Closed,
+        Error::Connect { cause, source } => Error::Connect {
+            cause,
+            source: B::from(source),
+        },
+        Error::ConnectTimeout(waited) => Error::ConnectTimeout(waited),
+        Error::CircuitOpen {
+            cause,
+            last_error,
+            failures,
+            retry_in,
+        } => Error::CircuitOpen {
+            cause,
+            last_error,
+            failures,
+            retry_in,
+        },
     }
 }
 

@@ -52,7 +52,7 @@ async fn upstream_down_then_back() {
     for id in [2, 3] {
         let before = manager.connects().len();
         let err = pool
-            .run_idempotent(|conn| Box::pin(flaky::run(conn, id)))
+            .run_idempotent(async |conn| flaky::run(conn, id).await)
             .await
             .unwrap_err();
         assert_eq!(err.cause(), Some(ResetCause::Refused), "{err}");
@@ -78,7 +78,7 @@ async fn upstream_down_then_back() {
     // A third request: its second failed connect is the tenth in a row, which opens
     // the circuit; its third attempt fails fast. No attempt reached the server.
     let err = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 4)))
+        .run_idempotent(async |conn| flaky::run(conn, 4).await)
         .await
         .unwrap_err();
     assert!(
@@ -125,7 +125,7 @@ async fn upstream_down_then_back() {
         }
     }
     let err = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 5)))
+        .run_idempotent(async |conn| flaky::run(conn, 5).await)
         .await
         .unwrap_err();
     assert!(
@@ -166,7 +166,7 @@ async fn upstream_down_then_back() {
     );
     assert_eq!(pool.status().circuit, CircuitState::Closed);
     assert_eq!(
-        pool.run_idempotent(|conn| Box::pin(flaky::run(conn, 6)))
+        pool.run_idempotent(async |conn| flaky::run(conn, 6).await)
             .await
             .unwrap(),
         1

@@ -73,12 +73,10 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
                     // all eight connections busy.
                     let hold = Duration::from_millis(rng.u64(50..100));
                     let result = pool
-                        .run_idempotent(move |conn| {
-                            Box::pin(async move {
-                                let runs = flaky::run(conn, id).await?;
-                                tokio::time::sleep(hold).await;
-                                Ok(runs)
-                            })
+                        .run_idempotent(async move |conn| {
+                            let runs = flaky::run(conn, id).await?;
+                            tokio::time::sleep(hold).await;
+                            Ok(runs)
                         })
                         .await;
                     match &result {

@@ -49,9 +49,9 @@ fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetr
 async fn set(pool: &Pool<LineManager>, n: u64) -> Result<(), RunError<io::Error>> {
     let line = format!("SET key{} fixed", n % 32);
     let reply = pool
-        .run_idempotent(move |conn| {
+        .run_idempotent(async move |conn| {
             let line = line.clone();
-            Box::pin(async move { request(conn, &line).await })
+            request(conn, &line).await
         })
         .await?;
     assert_eq!(reply, "OK");

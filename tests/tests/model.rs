@@ -92,9 +92,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 use steadypool::probe::TcpState;
-use steadypool::{
-    Error, Eviction, OperationFuture, Phase, Pool, ResetCause, RetryPolicy, RunError,
-};
+use steadypool::{Error, Eviction, Phase, Pool, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::eventually;
 use steadypool_tests::exec_server::{
     self, ExecConnection, ExecError, ExecManager, ExecServer, Fault, Refusal,
@@ -432,21 +430,6 @@ async fn cancellable<F: Future>(future: F, cancel: Option<Cancel>) -> Option<F::
     }
 }
 
-/// The `run` operation: `EXEC <id>`, then its reply.
-fn exec_op(
-    journal: Arc<Journal>,
-    id: u64,
-) -> impl for<'c> FnMut(&'c mut ExecConnection) -> OperationFuture<'c, (), ExecError> + Send {
-    move |conn| {
-        let journal = Arc::clone(&journal);
-        Box::pin(async move {
-            let result = exec_server::exec(conn, id).await;
-            journal.saw(id, &result);
-            result
-        })
-    }
-}
-
 /// The kind of a `run` error, for the totals and the reports: its variant, the
 /// variant inside a `Pool` error, and a `GaveUp` reason. Read from its `Debug` text so
 /// that only [`may_have_executed`] knows the variants.
@@ -604,7 +587,13 @@ impl Case {
             } => {
                 self.server.schedule(id, &faults);
                 self.tasks.push(tokio::spawn(async move {
-                    let op = exec_op(Arc::clone(&journal), id);
+                    // The `run` operation: `EXEC <id>`, then its reply.
+                    let seen = Arc::clone(&journal);
+                    let op = async move |conn: &mut ExecConnection| {
+                        let result = exec_server::exec(conn, id).await;
+                        seen.saw(id, &result);
+                        result
+                    };
                     let run = async {
                         if idempotent {
                             pool.run_idempotent(op).await

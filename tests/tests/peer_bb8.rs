@@ -519,13 +519,12 @@ async fn test_conn_fail_once() {
 
     for _ in 0..2 {
         let calls = Arc::clone(&calls);
-        pool.run(move |conn| {
+        pool.run(async move |conn| {
             let calls = Arc::clone(&calls);
-            Box::pin(async move {
-                conn.tally += 1;
-                calls.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+
+            conn.tally += 1;
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         })
         .await
         .unwrap();

@@ -184,14 +184,12 @@ async fn connections_dropped_by_deadlines_cancellations_and_detach_are_all_count
 
     // Cut by the retry deadline while waiting for a reply.
     for _ in 0..4 {
-        let result = pool
-            .run(|conn| Box::pin(async move { request(conn, "PAY 10").await }))
-            .await;
+        let result = pool.run(async |conn| request(conn, "PAY 10").await).await;
         assert!(result.is_err());
     }
     // Dropped by the caller while waiting for a reply.
     for _ in 0..3 {
-        let run = pool.run(|conn| Box::pin(async move { request(conn, "PAY 10").await }));
+        let run = pool.run(async |conn| request(conn, "PAY 10").await);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), run)
                 .await

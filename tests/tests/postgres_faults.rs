@@ -53,13 +53,11 @@ fn ride_out_a_restart() -> RetryPolicy {
 async fn echo(pool: &Pool<PgManager>, n: u64) -> Result<(), RunError<PgError>> {
     let n = n as i64;
     let got = pool
-        .run_idempotent(move |conn| {
-            Box::pin(async move {
-                let rows = conn
-                    .query_typed("SELECT $1::int8 FROM pg_sleep(0.005)", &[(&n, Type::INT8)])
-                    .await?;
-                Ok(first_value::<i64>(&rows))
-            })
+        .run_idempotent(async move |conn| {
+            let rows = conn
+                .query_typed("SELECT $1::int8 FROM pg_sleep(0.005)", &[(&n, Type::INT8)])
+                .await?;
+            Ok(first_value::<i64>(&rows))
         })
         .await?;
     assert_eq!(got, n, "a reply to another query");
@@ -225,18 +223,17 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut attempt = 0;
-                pool.run_idempotent(move |conn| {
+                pool.run_idempotent(async move |conn| {
                     attempt += 1;
                     let sleep = if attempt == 1 { 60.0 } else { 0.0 };
-                    Box::pin(async move {
-                        let rows = conn
-                            .query_typed(
-                                "SELECT pg_backend_pid() FROM pg_sleep($1)",
-                                &[(&sleep, Type::FLOAT8)],
-                            )
-                            .await?;
-                        Ok((first_value::<i32>(&rows), attempt))
-                    })
+
+                    let rows = conn
+                        .query_typed(
+                            "SELECT pg_backend_pid() FROM pg_sleep($1)",
+                            &[(&sleep, Type::FLOAT8)],
+                        )
+                        .await?;
+                    Ok((first_value::<i32>(&rows), attempt))
                 })
                 .await
             })

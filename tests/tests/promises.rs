@@ -135,11 +135,9 @@ async fn walk(case: Discard) {
             let task = tokio::spawn({
                 let pool = pool.clone();
                 async move {
-                    pool.run(|conn| {
-                        Box::pin(async move {
-                            request(conn, "PING").await?;
-                            panic!("the operation panics with its connection in hand");
-                        })
+                    pool.run(async |conn| {
+                        request(conn, "PING").await?;
+                        panic!("the operation panics with its connection in hand");
                     })
                     .await
                 }
@@ -150,14 +148,12 @@ async fn walk(case: Discard) {
         }
         Discard::CancelledRun => {
             let (pool, metrics) = RecordedMetrics::build(quiet(&server)).unwrap();
-            let run = pool.run(|conn| {
-                Box::pin(async move {
-                    conn.write_all(b"GET k\n").await?;
-                    conn.flush().await?;
-                    // The reply is never read: the caller gives up first.
-                    std::future::pending::<()>().await;
-                    Ok(())
-                })
+            let run = pool.run(async |conn| {
+                conn.write_all(b"GET k\n").await?;
+                conn.flush().await?;
+                // The reply is never read: the caller gives up first.
+                std::future::pending::<()>().await;
+                Ok(())
             });
             let cut = tokio::time::timeout(Duration::from_millis(200), run).await;
             assert!(cut.is_err(), "{name}: the run finished");
@@ -171,13 +167,11 @@ async fn walk(case: Discard) {
             )
             .unwrap();
             let err = pool
-                .run(|conn| {
-                    Box::pin(async move {
-                        conn.write_all(b"GET k\n").await?;
-                        conn.flush().await?;
-                        std::future::pending::<()>().await;
-                        Ok(())
-                    })
+                .run(async |conn| {
+                    conn.write_all(b"GET k\n").await?;
+                    conn.flush().await?;
+                    std::future::pending::<()>().await;
+                    Ok(())
                 })
                 .await
                 .unwrap_err();
@@ -545,12 +539,11 @@ async fn run_on_an_exhausted_pool_returns_after_wait_timeout_without_retrying() 
     let started = tokio::time::Instant::now();
     let ran = Arc::new(AtomicUsize::new(0));
     let err = pool
-        .run(|_conn| {
+        .run(async |_conn| {
             let ran = Arc::clone(&ran);
-            Box::pin(async move {
-                ran.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         })
         .await
         .unwrap_err();

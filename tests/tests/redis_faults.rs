@@ -52,17 +52,16 @@ async fn set_and_get(pool: &Pool<RedisManager>, n: u64) -> Result<(), RunError<R
     let key = format!("key:{}", n % 64);
     let value = format!("value:{n}");
     let got: String = pool
-        .run_idempotent(move |conn| {
+        .run_idempotent(async move |conn| {
             let key = key.clone();
             let value = value.clone();
-            Box::pin(async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&value)
-                    .query_async::<()>(&mut *conn)
-                    .await?;
-                Ok(redis::cmd("GET").arg(&key).query_async(&mut *conn).await?)
-            })
+
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(redis::cmd("GET").arg(&key).query_async(&mut *conn).await?)
         })
         .await?;
     assert!(got.starts_with("value:"), "{got}");

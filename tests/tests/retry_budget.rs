@@ -45,7 +45,7 @@ async fn retries_stay_within_budget_when_every_request_is_reset() {
     let mut budget_spent = 0;
     for id in 0..REQUESTS as u64 {
         let err = pool
-            .run_idempotent(|conn| Box::pin(flaky::run(conn, id)))
+            .run_idempotent(async |conn| flaky::run(conn, id).await)
             .await
             .unwrap_err();
         assert!(err.cause().is_some(), "{err}");
@@ -97,7 +97,7 @@ async fn retries_stay_within_budget_when_connects_are_refused() {
         .unwrap();
     for id in 0..REQUESTS as u64 {
         let err = pool
-            .run(|conn| Box::pin(flaky::run(conn, id)))
+            .run(async |conn| flaky::run(conn, id).await)
             .await
             .unwrap_err();
         assert_eq!(err.cause(), Some(steadypool::ResetCause::Refused), "{err}");

@@ -52,7 +52,7 @@ async fn idempotent_requests_all_succeed_and_others_never_run_twice() {
             idempotency,
             tokio::spawn(async move {
                 let result = pool
-                    .run_with(idempotency, move |conn| Box::pin(flaky::run(conn, id)))
+                    .run_with(idempotency, async move |conn| flaky::run(conn, id).await)
                     .await;
                 drop(permit);
                 result

@@ -48,7 +48,7 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     .unwrap();
 
     let first = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
+        .run_idempotent(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap();
     assert_eq!(first, 1);
@@ -59,7 +59,7 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     );
 
     let second = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 2)))
+        .run_idempotent(async |conn| flaky::run(conn, 2).await)
         .await;
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
@@ -88,11 +88,11 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
             .retry_policy(policy()),
     )
     .unwrap();
-    pool.run(|conn| Box::pin(flaky::run(conn, 1)))
+    pool.run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap();
     let err = pool
-        .run(|conn| Box::pin(flaky::run(conn, 2)))
+        .run(async |conn| flaky::run(conn, 2).await)
         .await
         .unwrap_err();
     let RunError::MaybeExecuted {
@@ -136,7 +136,7 @@ async fn transient_errors_back_off_and_keep_the_connection() {
         .unwrap();
     // Not idempotent, yet retried: BUSY means the server did not run it.
     let runs = pool
-        .run(|conn| Box::pin(flaky::run(conn, 7)))
+        .run(async |conn| flaky::run(conn, 7).await)
         .await
         .unwrap();
     assert_eq!(runs, 1);
@@ -157,7 +157,7 @@ async fn transient_errors_stop_at_max_attempts() {
     )
     .unwrap();
     let err = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 7)))
+        .run_idempotent(async |conn| flaky::run(conn, 7).await)
         .await
         .unwrap_err();
     // BUSY each time: the server ran none of them.
@@ -193,7 +193,7 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
     )
     .unwrap();
     let err = pool
-        .run_idempotent(|conn| Box::pin(flaky::fail(conn, 3)))
+        .run_idempotent(async |conn| flaky::fail(conn, 3).await)
         .await
         .unwrap_err();
     assert!(
@@ -228,11 +228,9 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
     let panicking = pool.clone();
     let joined = tokio::spawn(async move {
         panicking
-            .run_idempotent::<(), _>(|conn| {
-                Box::pin(async move {
-                    flaky::run(conn, 1).await?;
-                    panic!("operation failed in an unexpected way");
-                })
+            .run_idempotent::<(), _>(async |conn| {
+                flaky::run(conn, 1).await?;
+                panic!("operation failed in an unexpected way");
             })
             .await
     })
@@ -245,7 +243,7 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
         "{status:?}"
     );
     assert_eq!(
-        pool.run_idempotent(|conn| Box::pin(flaky::run(conn, 2)))
+        pool.run_idempotent(async |conn| flaky::run(conn, 2).await)
             .await
             .unwrap(),
         1
@@ -264,7 +262,7 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
         Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
     )
     .unwrap();
-    let run = pool.run(|conn| Box::pin(flaky::hang(conn, 1)));
+    let run = pool.run(async |conn| flaky::hang(conn, 1).await);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
             .await
@@ -290,8 +288,8 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
     )
     .unwrap();
     let err = pool
-        .run_with(Idempotency::Idempotent, |conn| {
-            Box::pin(flaky::hang(conn, 1))
+        .run_with(Idempotency::Idempotent, async |conn| {
+            flaky::hang(conn, 1).await
         })
         .await
         .unwrap_err();
@@ -324,7 +322,7 @@ async fn a_closed_pool_fails_at_once() {
         RecordedMetrics::build(Pool::builder(LedgerManager::new(server.addr()))).unwrap();
     pool.close();
     let err = pool
-        .run_idempotent(|conn| Box::pin(flaky::run(conn, 1)))
+        .run_idempotent(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap_err();
     assert!(

@@ -43,7 +43,7 @@ async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
     )
     .unwrap();
     let err = pool
-        .run(|conn| Box::pin(flaky::run(conn, 1)))
+        .run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap_err();
     assert!(
@@ -92,14 +92,13 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
     )
     .unwrap();
     let err = pool
-        .run_idempotent(|conn| {
+        .run_idempotent(async |conn| {
             let server = Arc::clone(&server);
-            Box::pin(async move {
-                let ran = flaky::run(conn, 1).await;
-                // Down before the next attempt: its connect is refused.
-                server.stop().await;
-                ran
-            })
+
+            let ran = flaky::run(conn, 1).await;
+            // Down before the next attempt: its connect is refused.
+            server.stop().await;
+            ran
         })
         .await
         .unwrap_err();
@@ -142,13 +141,12 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
     .unwrap();
     let closing = pool.clone();
     let err = pool
-        .run_idempotent(|conn| {
+        .run_idempotent(async |conn| {
             let closing = closing.clone();
-            Box::pin(async move {
-                let ran = flaky::run(conn, 1).await;
-                closing.close();
-                ran
-            })
+
+            let ran = flaky::run(conn, 1).await;
+            closing.close();
+            ran
         })
         .await
         .unwrap_err();
@@ -182,7 +180,7 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
     )
     .unwrap();
     let err = pool
-        .run(|conn| Box::pin(flaky::run(conn, 1)))
+        .run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap_err();
     assert!(
@@ -223,14 +221,13 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
     .unwrap();
     let attempts = AtomicUsize::new(0);
     let runs = pool
-        .run(|conn| {
+        .run(async |conn| {
             let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
-            Box::pin(async move {
-                if first {
-                    conn.get_mut().shutdown().await.map_err(LedgerError::Send)?;
-                }
-                flaky::run(conn, 1).await
-            })
+
+            if first {
+                conn.get_mut().shutdown().await.map_err(LedgerError::Send)?;
+            }
+            flaky::run(conn, 1).await
         })
         .await
         .unwrap();
@@ -273,12 +270,12 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
     .unwrap();
     let starts = Mutex::new(Vec::new());
     let runs = pool
-        .run(|conn| {
+        .run(async |conn| {
             starts
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Instant::now());
-            Box::pin(flaky::run(conn, 1))
+            flaky::run(conn, 1).await
         })
         .await
         .unwrap();
@@ -319,7 +316,7 @@ async fn no_wait_is_started_past_the_deadline() {
     .unwrap();
     let err = tokio::time::timeout(
         Duration::from_secs(60),
-        pool.run(|conn| Box::pin(flaky::run(conn, 1))),
+        pool.run(async |conn| flaky::run(conn, 1).await),
     )
     .await
     .expect("the run slept a backoff that could only end past its deadline")
@@ -365,7 +362,7 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
     let mut turned_away = 0;
     for id in 0..CALLERS {
         let err = pool
-            .run(|conn| Box::pin(flaky::run(conn, id)))
+            .run(async |conn| flaky::run(conn, id).await)
             .await
             .unwrap_err();
         assert!(!err.may_have_executed(), "{err:?}");

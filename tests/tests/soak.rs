@@ -88,7 +88,7 @@ async fn worker(
         }
         let kind = idempotency(id);
         let result = pool
-            .run_with(kind, move |conn| Box::pin(flaky::run(conn, id)))
+            .run_with(kind, async move |conn| flaky::run(conn, id).await)
             .await;
         match (kind, result) {
             (_, Ok(1)) => {}

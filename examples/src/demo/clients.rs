@@ -6,6 +6,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{Object, PoolError};
@@ -14,8 +16,7 @@ use redis::aio::MultiplexedConnection;
 use steadypool::diagnosis::IdleLimit;
 use steadypool::drivers::redis::{RedisConnection, RedisDriverError, RedisManager};
 use steadypool::{
-    AttemptError, Classify, Disposition, GiveUp, Manager, OperationFuture, Phase, Pool, ResetCause,
-    RunError,
+    AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError,
 };
 
 use super::tally::{Failure, Outcome};
@@ -61,11 +62,13 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// The future of one request on a steadypool connection: boxed, so that each
+/// protocol's sender fits one function pointer type.
+type SendFuture<'c, E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'c>>;
+
 /// Sends one request on a steadypool connection.
-type SteadySend<M> = for<'c> fn(
-    &'c mut <M as Manager>::Connection,
-    Op,
-) -> OperationFuture<'c, (), <M as Manager>::Error>;
+type SteadySend<M> =
+    for<'c> fn(&'c mut <M as Manager>::Connection, Op) -> SendFuture<'c, <M as Manager>::Error>;
 
 /// steadypool, retrying every request (all are idempotent) on broken connections.
 pub(crate) struct Steady<M: Manager> {
@@ -77,17 +80,21 @@ impl<M: Manager> Client for Steady<M> {
     fn call(&self, op: Op) -> CallFuture<'_> {
         Box::pin(async move {
             let send = self.send;
-            let mut attempts = 0u32;
+            // Owned by the operation (`async move`): this future must be `Send`, and
+            // the compiler cannot yet prove that for an async closure borrowing from
+            // it (rust-lang/rust#138207).
+            let attempts = Arc::new(AtomicU32::new(0));
+            let counted = Arc::clone(&attempts);
             let result = self
                 .pool
-                .run_idempotent(|conn| {
-                    attempts += 1;
-                    send(conn, op.clone())
+                .run_idempotent(async move |conn| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    send(conn, op.clone()).await
                 })
                 .await;
             Outcome {
                 result: result.map_err(|err| steady_failure(&err)),
-                attempts: attempts.max(1),
+                attempts: attempts.load(Ordering::Relaxed).max(1),
             }
         })
     }
@@ -222,7 +229,7 @@ pub(crate) fn steady_kv(
     addr: &str,
     size: usize,
 ) -> Result<Steady<KvManager>, steadypool::BuildError> {
-    fn send(conn: &mut KvConnection, op: Op) -> OperationFuture<'_, (), KvError> {
+    fn send(conn: &mut KvConnection, op: Op) -> SendFuture<'_, KvError> {
         Box::pin(async move { op.call(conn).await.map(drop) })
     }
     Ok(Steady {
@@ -294,7 +301,7 @@ pub(crate) fn steady_redis(
     addr: &str,
     size: usize,
 ) -> Result<Steady<RedisManager>, super::DemoError> {
-    fn send(conn: &mut RedisConnection, op: Op) -> OperationFuture<'_, (), RedisDriverError> {
+    fn send(conn: &mut RedisConnection, op: Op) -> SendFuture<'_, RedisDriverError> {
         Box::pin(async move {
             redis_command(op)
                 .query_async::<redis::Value>(&mut **conn)

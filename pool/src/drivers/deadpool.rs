@@ -9,6 +9,29 @@
 //! let pool = steadypool::Pool::builder(DeadpoolManager::new(manager)).max_size(16).build()?;
 //! ```
 //!
+//! The code using the connections stays as it was: method calls and `&conn` reach the
+//! wrapped manager's object as they reach it through deadpool's `Object` (with
+//! deadpool-postgres, `conn.query(..)` and `conn.prepare_cached(..)` work as before,
+//! and `&conn` passes for a `&tokio_postgres::Client`). Only an explicit deref counts
+//! one more layer, the [`DeadpoolConnection`] that runs the wrapped manager's
+//! `detach` when the connection leaves the pool: the object is `**conn`, where
+//! deadpool had `*conn`. In an operation given to [`Pool::run`](crate::Pool::run),
+//! `?` turns the wrapped manager's error into this manager's [`DeadpoolError`]
+//! for [`std::io::Error`], `tokio_postgres::Error` (deadpool-postgres, feature
+//! `postgres`) and `redis::RedisError` (deadpool-redis, feature `redis`):
+//!
+//! ```ignore
+//! let count: i64 = pool
+//!     .run_idempotent(async |client| {
+//!         let stmt = client.prepare_cached("SELECT count(*) FROM users").await?;
+//!         Ok(client.query_one(&stmt, &[]).await?.get(0))
+//!     })
+//!     .await?;
+//! ```
+//!
+//! For any other error type, return your own error from the operation with
+//! [`Pool::run_with_error`](crate::Pool::run_with_error).
+//!
 //! What the wrapped manager keeps doing: opening connections (its `create`) and
 //! checking them (its `recycle`, run as steadypool's checkout ping after `check_after`
 //! of idleness). What it cannot get, because its socket is out of reach:
@@ -196,6 +219,23 @@ where
 }
 
 /// Why a wrapped deadpool manager failed.
+///
+/// `?` converts the backend errors of the deadpool family into it: [`std::io::Error`],
+/// `tokio_postgres::Error` (feature `postgres`) and `redis::RedisError` (feature
+/// `redis`). A conversion for every backend error type at once is not possible: for
+/// the backend error [`DialError`] it would be a second `From<DialError>`.
+///
+/// ```
+/// use std::io;
+/// use steadypool::drivers::deadpool::DeadpoolError;
+///
+/// fn send(fail: bool) -> Result<(), DeadpoolError<io::Error>> {
+///     let written: io::Result<()> = if fail { Err(io::ErrorKind::BrokenPipe.into()) } else { Ok(()) };
+///     written?;
+///     Ok(())
+/// }
+/// assert!(matches!(send(true), Err(DeadpoolError::Backend(_))));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeadpoolError<E: StdError + 'static> {
@@ -209,6 +249,29 @@ pub enum DeadpoolError<E: StdError + 'static> {
     /// converts from a [`DialError`].
     #[error(transparent)]
     Dial(#[from] DialError),
+}
+
+// One impl per backend error type rather than a blanket `From<E>`, which would
+// overlap with `From<DialError>` (the one the `Manager` trait requires) for
+// `E = DialError`.
+impl From<std::io::Error> for DeadpoolError<std::io::Error> {
+    fn from(err: std::io::Error) -> Self {
+        DeadpoolError::Backend(err)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<tokio_postgres::Error> for DeadpoolError<tokio_postgres::Error> {
+    fn from(err: tokio_postgres::Error) -> Self {
+        DeadpoolError::Backend(err)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<redis::RedisError> for DeadpoolError<redis::RedisError> {
+    fn from(err: redis::RedisError) -> Self {
+        DeadpoolError::Backend(err)
+    }
 }
 
 impl<E: Classify + StdError + 'static> Classify for DeadpoolError<E> {
