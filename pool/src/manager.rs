@@ -99,6 +99,15 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Runs once when a connection leaves the pool for good, just before it is
+    /// closed or handed to the application by
+    /// [`Connection::detach`](crate::Connection::detach): to release what the manager
+    /// keeps per connection (a registry of statement caches, for one). Not run for a
+    /// connection returned after its pool was dropped. The default does nothing.
+    fn detach(&self, conn: &mut Self::Connection) {
+        let _ = conn;
+    }
+
     /// Where this manager's connections go (`"db.internal:5432"`), if it can say: the
     /// default pool name when [`PoolBuilder::name`](crate::PoolBuilder::name) was not
     /// set, so that two unnamed pools do not share their metric series. The default

@@ -154,8 +154,7 @@ async fn question_mark_on_the_drivers_error_in_an_operation() {
 }
 
 /// The wrapped object is reached by deref coercion from a checkout and from an
-/// operation's connection; spelled out, it is `**conn` from a checkout (the extra
-/// layer runs deadpool-postgres's `detach`).
+/// operation's connection; spelled out, it is `*conn`, as with deadpool's `Object`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrapped_object_is_reached_by_deref() {
     let Some(server) = PgServer::start() else {
@@ -166,7 +165,7 @@ async fn the_wrapped_object_is_reached_by_deref() {
     let wrapper: &deadpool_postgres::ClientWrapper = &conn;
     let pid = backend_pid(wrapper).await;
     // A generic parameter takes no deref coercion: the spelled-out form.
-    assert_eq!(backend_pid(client_of(&**conn)).await, pid);
+    assert_eq!(backend_pid(client_of(&*conn)).await, pid);
     drop(conn);
     let same = pool
         .run(async |client| {

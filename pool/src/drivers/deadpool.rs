@@ -9,13 +9,13 @@
 //! let pool = steadypool::Pool::builder(DeadpoolManager::new(manager)).max_size(16).build()?;
 //! ```
 //!
-//! The code using the connections stays as it was: method calls and `&conn` reach the
-//! wrapped manager's object as they reach it through deadpool's `Object` (with
-//! deadpool-postgres, `conn.query(..)` and `conn.prepare_cached(..)` work as before,
-//! and `&conn` passes for a `&tokio_postgres::Client`). Only an explicit deref counts
-//! one more layer, the [`DeadpoolConnection`] that runs the wrapped manager's
-//! `detach` when the connection leaves the pool: the object is `**conn`, where
-//! deadpool had `*conn`. In an operation given to [`Pool::run`](crate::Pool::run),
+//! The code using the connections stays as it was: a checked-out connection
+//! dereferences to the wrapped manager's object, as deadpool's `Object` does (with
+//! deadpool-postgres, `*conn` is the `ClientWrapper`, `conn.query(..)` and
+//! `conn.prepare_cached(..)` work as before, and `&conn` passes for a
+//! `&tokio_postgres::Client`). The wrapped manager's `detach` runs when a connection
+//! leaves the pool, as deadpool runs it. In an operation given to
+//! [`Pool::run`](crate::Pool::run),
 //! `?` turns the wrapped manager's error into this manager's [`DeadpoolError`]
 //! for [`std::io::Error`], `tokio_postgres::Error` (deadpool-postgres, feature
 //! `postgres`) and `redis::RedisError` (deadpool-redis, feature `redis`):
@@ -34,7 +34,9 @@
 //!
 //! What the wrapped manager keeps doing: opening connections (its `create`) and
 //! checking them (its `recycle`, run as steadypool's checkout ping after `check_after`
-//! of idleness). What it cannot get, because its socket is out of reach:
+//! of idleness; it is handed fresh deadpool `Metrics`, since steadypool keeps a
+//! connection's age and idle time itself and enforces `max_lifetime` and
+//! `idle_timeout` on them). What it cannot get, because its socket is out of reach:
 //!
 //! * **the pool's socket options**: the wrapped manager opens its own sockets, so
 //!   keepalive, `TCP_USER_TIMEOUT` and nodelay are whatever it sets (deadpool-postgres
@@ -76,16 +78,13 @@
 //!
 //! let pool = Pool::builder(DeadpoolManager::new(Counter)).max_size(2).build()?;
 //! let conn = pool.get().await?;
-//! assert_eq!(**conn, 0);
+//! assert_eq!(*conn, 0);
 //! # Ok(()) }
 //! ```
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
-use std::time::Instant;
 
 use deadpool::managed::{Metrics, RecycleError};
 
@@ -96,15 +95,13 @@ use crate::manager::Manager;
 /// A deadpool manager, wrapped for a steadypool [`Pool`](crate::Pool). See the
 /// [module docs](self).
 pub struct DeadpoolManager<D> {
-    inner: Arc<D>,
+    inner: D,
 }
 
 impl<D> DeadpoolManager<D> {
     /// Wraps `manager`.
     pub fn new(manager: D) -> Self {
-        DeadpoolManager {
-            inner: Arc::new(manager),
-        }
+        DeadpoolManager { inner: manager }
     }
 
     /// The wrapped manager (for example to reach deadpool-postgres's statement caches).
@@ -121,100 +118,33 @@ impl<D> fmt::Debug for DeadpoolManager<D> {
     }
 }
 
-/// A connection made by a wrapped deadpool manager: dereferences to the manager's
-/// object. When it leaves the pool for good the wrapped manager's `detach` runs, as
-/// deadpool would run it.
-pub struct DeadpoolConnection<D: deadpool::managed::Manager> {
-    object: Option<D::Type>,
-    metrics: Metrics,
-    manager: Arc<D>,
-}
-
-impl<D: deadpool::managed::Manager> DeadpoolConnection<D> {
-    fn object(&self) -> &D::Type {
-        match &self.object {
-            Some(object) => object,
-            None => unreachable!("the object is only taken when the connection drops"),
-        }
-    }
-
-    fn object_mut(&mut self) -> &mut D::Type {
-        match &mut self.object {
-            Some(object) => object,
-            None => unreachable!("the object is only taken when the connection drops"),
-        }
-    }
-
-    /// When the object was created and last checked, in deadpool's terms.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-}
-
-impl<D: deadpool::managed::Manager> Deref for DeadpoolConnection<D> {
-    type Target = D::Type;
-
-    fn deref(&self) -> &D::Type {
-        self.object()
-    }
-}
-
-impl<D: deadpool::managed::Manager> DerefMut for DeadpoolConnection<D> {
-    fn deref_mut(&mut self) -> &mut D::Type {
-        self.object_mut()
-    }
-}
-
-impl<D: deadpool::managed::Manager> Drop for DeadpoolConnection<D> {
-    fn drop(&mut self) {
-        if let Some(mut object) = self.object.take() {
-            self.manager.detach(&mut object);
-        }
-    }
-}
-
-impl<D: deadpool::managed::Manager> fmt::Debug for DeadpoolConnection<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeadpoolConnection")
-            .field("metrics", &self.metrics)
-            .finish_non_exhaustive()
-    }
-}
-
 impl<D> Manager for DeadpoolManager<D>
 where
     D: deadpool::managed::Manager + 'static,
     D::Type: 'static,
     D::Error: Classify + StdError + Send + Sync + 'static,
 {
-    type Connection = DeadpoolConnection<D>;
+    type Connection = D::Type;
     type Error = DeadpoolError<D::Error>;
 
     /// Runs the wrapped manager's `create`. The dialer is not used: the wrapped
     /// manager opens its own sockets, with its own options.
-    async fn connect(&self, _dialer: &Dialer) -> Result<DeadpoolConnection<D>, Self::Error> {
-        let object = self.inner.create().await.map_err(DeadpoolError::Backend)?;
-        Ok(DeadpoolConnection {
-            object: Some(object),
-            metrics: Metrics {
-                created: Instant::now(),
-                recycled: None,
-                recycle_count: 0,
-            },
-            manager: Arc::clone(&self.inner),
-        })
+    async fn connect(&self, _dialer: &Dialer) -> Result<D::Type, Self::Error> {
+        self.inner.create().await.map_err(DeadpoolError::Backend)
     }
 
     /// Runs the wrapped manager's `recycle`, its own health check.
-    async fn ping(&self, conn: &mut DeadpoolConnection<D>) -> Result<(), Self::Error> {
-        let metrics = conn.metrics;
-        let result = self.inner.recycle(conn.object_mut(), &metrics).await;
-        conn.metrics.recycled = Some(Instant::now());
-        conn.metrics.recycle_count += 1;
+    async fn ping(&self, conn: &mut D::Type) -> Result<(), Self::Error> {
+        let result = self.inner.recycle(conn, &Metrics::default()).await;
         result.map_err(|err| match err {
             RecycleError::Backend(e) => DeadpoolError::Backend(e),
             RecycleError::Message(message) => DeadpoolError::Recycle(message),
         })
+    }
+
+    /// Runs the wrapped manager's `detach`, as deadpool does when an object leaves.
+    fn detach(&self, conn: &mut D::Type) {
+        self.inner.detach(conn);
     }
 }
 
@@ -328,6 +258,70 @@ mod tests {
         }
     }
 
+    /// Accepts and holds connections, so none closes on its own.
+    async fn holding_server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn every_connection_that_leaves_runs_the_wrapped_detach_once() {
+        let manager = DeadpoolManager::new(TcpDeadpool {
+            addr: holding_server().await,
+            detached: AtomicUsize::new(0),
+        });
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .min_idle(1)
+            .reaper_interval(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let detached = |pool: &Pool<DeadpoolManager<TcpDeadpool>>| {
+            pool.manager().inner().detached.load(Ordering::Relaxed) as u64
+        };
+        // The reaper's spare connection, then three more.
+        while pool.status().idle < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let held: Vec<_> = check_out(&pool, 4).await;
+        drop(held);
+        // Closed on return.
+        let mut conn = pool.get().await.unwrap();
+        conn.mark_broken(crate::ResetCause::PeerReset);
+        drop(conn);
+        // Taken out by the application: detached, and handed over as it is.
+        let taken = pool.get().await.unwrap().detach();
+        // Idle beyond the new size.
+        pool.resize(1);
+        let stats = pool.stats();
+        assert_eq!(detached(&pool), stats.closed(), "{stats:?}");
+        // The rest, idle and in the spare stock, with the pool.
+        pool.close();
+        let stats = pool.stats();
+        assert_eq!(stats.opened, stats.closed(), "{stats:?}");
+        assert_eq!(detached(&pool), stats.closed(), "{stats:?}");
+        drop(taken);
+    }
+
+    /// Checks out `n` connections at once.
+    async fn check_out(
+        pool: &Pool<DeadpoolManager<TcpDeadpool>>,
+        n: usize,
+    ) -> Vec<crate::Connection<DeadpoolManager<TcpDeadpool>>> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(pool.get().await.unwrap());
+        }
+        held
+    }
+
     #[tokio::test]
     async fn a_dead_connection_fails_the_wrapped_recycle_and_is_replaced() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -348,7 +342,6 @@ mod tests {
 
         let mut second = pool.get().await.unwrap();
         let (_server_side, _) = listener.accept().await.unwrap();
-        assert_eq!(second.metrics().recycle_count, 0, "a new connection");
         second.write_all(b"x").await.unwrap();
         assert_eq!(pool.manager().inner().detached.load(Ordering::Relaxed), 1);
         assert_eq!(pool.status().size, 1);

@@ -84,6 +84,8 @@ impl<M: Manager> Drop for Shared<M> {
         let parts = &self.inner.manager().0;
         parts.core.start_closing();
         parts.close_spare(Eviction::Closed);
+        // Through deadpool, so that each idle connection's manager `detach` runs.
+        drop(self.inner.retain(|_, _| false));
     }
 }
 

@@ -571,7 +571,9 @@ impl<M: Manager> Parts<M> {
         let mut i = 0;
         while i < spare.len() {
             if reject(&spare[i]) {
-                gone.push(spare.remove(i));
+                let mut slot = spare.remove(i);
+                self.manager.detach(&mut slot.conn);
+                gone.push(slot);
             } else {
                 i += 1;
             }
@@ -606,12 +608,16 @@ impl<M: Manager> Parts<M> {
             slot.spare = true;
             if self.core.open() > self.core.max_size.load(Ordering::Acquire) {
                 // Resized down meanwhile.
+                self.manager.detach(&mut slot.conn);
                 slot.evict_quietly(Eviction::Resize);
                 return;
             }
             let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
-            // A pool closed meanwhile: the new connection closes with it.
-            if !self.core.is_closing() {
+            if self.core.is_closing() {
+                // Closed meanwhile: the new connection closes with the pool.
+                drop(spare);
+                self.manager.detach(&mut slot.conn);
+            } else {
                 spare.push(Box::new(slot));
             }
         }))
@@ -729,6 +735,7 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
                 if self.checkout_check(&mut slot).await {
                     return Ok(Entry::Live(slot));
                 }
+                self.manager.detach(&mut slot.conn);
             }
             let Some(reservation) = self.core.reserve() else {
                 return Ok(Entry::Placeholder);
@@ -739,10 +746,12 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
             // promise holds from that moment, so the new connection does not outlive
             // it. Dropped while closing, it is counted `closed`.
             if self.core.is_closing() {
+                self.manager.detach(&mut slot.conn);
                 drop(slot);
                 return Err(ConnectError::PoolClosed);
             }
             if self.core.open() > self.core.max_size.load(Ordering::Acquire) {
+                self.manager.detach(&mut slot.conn);
                 slot.evict_quietly(Eviction::Resize);
                 drop(slot);
                 return Ok(Entry::Placeholder);
@@ -750,6 +759,14 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
             Ok(Entry::Live(Box::new(slot)))
         })
         .await
+    }
+
+    fn detach(&self, entry: &mut Entry<M>) {
+        // deadpool calls this for every object that leaves its pool: shed, taken,
+        // rejected at checkout, or removed by `retain`.
+        if let Entry::Live(slot) = entry {
+            self.manager.detach(&mut slot.conn);
+        }
     }
 
     async fn recycle(&self, entry: &mut Entry<M>, _: &Metrics) -> RecycleResult<Self::Error> {
