@@ -560,23 +560,27 @@ impl<M: Manager> Parts<M> {
         self.refilling.load(Ordering::Acquire)
     }
 
-    /// Removes from the spare stock the connections `reject` picks, and returns them
-    /// for the caller to decide their fate and drop them outside the lock.
+    /// Removes from the spare stock the connections `reject` picks, runs the manager's
+    /// `detach` on them outside the lock (it is the manager's code, and checkouts wait
+    /// on that lock), and returns them for the caller to decide their fate.
     pub(crate) fn drain_spare(
         &self,
         mut reject: impl FnMut(&Slot<M>) -> bool,
     ) -> Vec<Box<Slot<M>>> {
-        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
         let mut gone = Vec::new();
-        let mut i = 0;
-        while i < spare.len() {
-            if reject(&spare[i]) {
-                let mut slot = spare.remove(i);
-                self.manager.detach(&mut slot.conn);
-                gone.push(slot);
-            } else {
-                i += 1;
+        {
+            let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut i = 0;
+            while i < spare.len() {
+                if reject(&spare[i]) {
+                    gone.push(spare.remove(i));
+                } else {
+                    i += 1;
+                }
             }
+        }
+        for slot in &mut gone {
+            self.manager.detach(&mut slot.conn);
         }
         gone
     }
