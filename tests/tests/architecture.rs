@@ -242,10 +242,8 @@ fn the_library_has_no_import_loop() {
         let module = module_of(file);
         let targets = edges.entry(file.clone()).or_default();
         for path in paths_in(&module, code) {
-            if let Some(target) = target_file(&modules, &path) {
-                if &target != file {
-                    targets.insert(target);
-                }
+            if let Some(target) = target_file(&modules, &path).filter(|t| t != file) {
+                targets.insert(target);
             }
         }
     }
