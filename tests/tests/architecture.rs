@@ -63,39 +63,101 @@ fn library() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Drops comments (so doc links do not count as imports) and everything from a
-/// `#[cfg(test)]` module on.
+/// Drops comments (so doc links do not count as imports), the text of string literals
+/// (so a message is not read as code), and everything from a `#[cfg(test)]` module on.
 fn code_only(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let stripped = strip_comments_and_strings(text);
+    let lines: Vec<&str> = stripped.lines().collect();
     let mut out = String::new();
     for (i, line) in lines.iter().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("#[cfg(test)]") {
+        if line.trim_start().starts_with("#[cfg(test)]") {
             let next = lines[i + 1..].iter().find(|l| !l.trim().is_empty());
             if next.is_some_and(|l| l.trim_start().starts_with("mod ")) {
                 break;
             }
         }
-        if trimmed.starts_with("//") {
-            continue;
-        }
-        out.push_str(strip_trailing_comment(line));
+        out.push_str(line);
         out.push('\n');
     }
     out
 }
 
-fn strip_trailing_comment(line: &str) -> &str {
-    let bytes = line.as_bytes();
-    let mut quotes = 0;
-    for i in 0..bytes.len() {
-        match bytes[i] {
-            b'"' if i == 0 || bytes[i - 1] != b'\\' => quotes += 1,
-            b'/' if quotes % 2 == 0 && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
-            _ => {}
+/// A small lexer: keeps code and line breaks, empties comments and literals.
+fn strip_comments_and_strings(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                if chars[i] == '\n' {
+                    out.push('\n');
+                }
+                i += 1;
+            }
+            i += 2;
+        } else if c == 'r' && matches!(next, Some('"' | '#')) && !ident_before(&chars, i) {
+            let hashes = chars[i + 1..].iter().take_while(|&&h| h == '#').count();
+            if chars.get(i + 1 + hashes) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            i += 2 + hashes;
+            let closing: Vec<char> = std::iter::once('"')
+                .chain(std::iter::repeat_n('#', hashes))
+                .collect();
+            while i < chars.len() && !chars[i..].starts_with(&closing) {
+                if chars[i] == '\n' {
+                    out.push('\n');
+                }
+                i += 1;
+            }
+            i += closing.len();
+            out.push_str("\"\"");
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                if chars.get(i) == Some(&'\n') {
+                    out.push('\n');
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if let Some(len) = (c == '\'').then(|| char_literal_len(&chars[i..])).flatten() {
+            i += len;
+            out.push_str("' '");
+        } else {
+            out.push(c);
+            i += 1;
         }
     }
-    line
+    out
+}
+
+fn ident_before(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')
+}
+
+/// The length of a char literal starting here (`'a'`, `'\''`, `'\u{1F600}'`), or
+/// `None` for a lifetime.
+fn char_literal_len(chars: &[char]) -> Option<usize> {
+    match chars.get(1)? {
+        '\\' => chars[3..].iter().position(|&c| c == '\'').map(|p| p + 4),
+        _ if chars.get(2) == Some(&'\'') => Some(3),
+        _ => None,
+    }
 }
 
 /// The module path a file defines: `pool/slot.rs` is `pool::slot`, `pool/mod.rs` is
@@ -419,7 +481,8 @@ fn the_path_parser_sees_what_a_reader_sees() {
     let code = code_only(
         "use crate::a::{self, b::C, d::{E, F as G}};\n\
          // use crate::commented::Out;\n\
-         fn f() { super::core::Core::new(\"http://x\"); } // crate::trailing\n\
+         fn f() { super::core::Core::new(\"use crate::in_text; http://x\"); } // crate::trailing\n\
+         /* use crate::block::Comment; */ let c = '\"'; let r = r#\"use crate::raw\"#;\n\
          #[cfg(test)]\nmod tests { use crate::test_only::X; }\n",
     );
     let paths: BTreeSet<String> = paths_in(&module, &code)
