@@ -58,7 +58,7 @@ use serde::de::{self, Deserializer, Visitor};
 use crate::dial::Keepalive;
 use crate::manager::Manager;
 use crate::pool::{PoolBuilder, QueueMode};
-use crate::retry::RetryPolicy;
+use crate::retry::policy::RetryPolicy;
 
 /// Every [`PoolBuilder`] knob, each optional. See the [module docs](self).
 ///

@@ -7,7 +7,7 @@ use super::hooks::{ConnectionInfo, HookFuture, Hooks};
 use super::{Pool, reaper};
 use crate::dial::Keepalive;
 use crate::manager::Manager;
-use crate::retry::RetryPolicy;
+use crate::retry::policy::RetryPolicy;
 
 /// Configures and builds a [`Pool`].
 ///

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::breaker::GateConfig;
 use crate::clock::CoarseDuration;
 use crate::dial::{Dialer, Keepalive};
-use crate::retry::{PolicyError, RetryPolicy};
+use crate::retry::policy::{PolicyError, RetryPolicy};
 
 /// Which idle connection a checkout takes.
 ///

@@ -54,7 +54,7 @@ use crate::dial::Dialer;
 use crate::manager::Manager;
 use crate::metrics::Recorder;
 use crate::probe::{self, Liveness, SocketRef};
-use crate::retry::RetryState;
+use crate::retry::budget::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
 pub(crate) struct Slot<M: Manager> {
