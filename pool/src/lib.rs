@@ -142,7 +142,7 @@ pub use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent}
 pub use crate::classify::classify_source_chain;
 #[cfg(feature = "serde")]
 pub use crate::config::PoolConfig;
-pub use crate::dial::{Address, DialError, Dialer, Keepalive};
+pub use crate::dial::{Address, DialError, Dialer, Keepalive, SocketSettingError};
 pub use crate::manager::{Broken, Manager};
 pub use crate::pool::{
     BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,

@@ -660,7 +660,7 @@ impl<M: Manager> Parts<M> {
     async fn connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
         let core = &self.core;
         let started = Instant::now();
-        let timeout = core.config.connect_timeout;
+        let timeout = core.config.connect_timeout();
         let result = match tokio::time::timeout(timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {

@@ -413,7 +413,7 @@ impl<M: Manager> Pool<M> {
     where
         E: From<M::Error> + StdError + 'static,
     {
-        let connect_timeout = self.core().config.connect_timeout;
+        let connect_timeout = self.core().config.connect_timeout();
         let (failed, err) = match err {
             Error::Connect {
                 cause: ResetCause::ConnectTimeout,
