@@ -374,7 +374,6 @@ impl<M: Manager> Pool<M> {
         let Ok(result) = tokio::time::timeout_at(deadline, op(&mut exchange)).await else {
             // Cut while it ran: the request may be on the server already, and may
             // even have run there; a reply may still be on its way.
-            drop(exchange);
             conn.discard(Eviction::Deadline);
             return Ending::Failed(Failure {
                 failed: Failed::Cut { sent: Sent::Maybe },
