@@ -516,7 +516,7 @@ impl Dialer {
             addr: addr.into(),
             source,
         })?;
-        self.apply(SockRef::from(&socket))?;
+        self.set_options(SockRef::from(&socket))?;
         socket
             .connect(addr)
             .await
@@ -534,6 +534,11 @@ impl Dialer {
     /// kernel rejected.
     pub fn apply(&self, sock: SockRef<'_>) -> Result<(), DialError> {
         self.validate()?;
+        self.set_options(sock)
+    }
+
+    /// [`Dialer::apply`] without the checks, which every connect ran already.
+    fn set_options(&self, sock: SockRef<'_>) -> Result<(), DialError> {
         let option =
             |option: &'static str| move |source| DialError::SocketOption { option, source };
         if let Some(ka) = self.keepalive {

@@ -18,7 +18,7 @@ use crate::retry::policy::RetryPolicy;
 /// | [`max_size`](Self::max_size) | 10 | overloading the upstream's connection limit |
 /// | [`min_idle`](Self::min_idle) | 0 | connect latency on a burst after a quiet spell |
 /// | [`wait_timeout`](Self::wait_timeout) | 30 s | a request hanging forever on an exhausted pool |
-/// | [`connect_timeout`](Self::connect_timeout) | 5 s | a SYN into a black hole hanging ~127 s |
+/// | [`connect_timeout`](Self::connect_timeout) | 5 s, shared among the resolved addresses | a SYN into a black hole hanging ~127 s; a black-holed first address leaving no time for the next |
 /// | [`ping_timeout`](Self::ping_timeout) | 2 s | a checkout ping into a black hole hanging |
 /// | [`idle_timeout`](Self::idle_timeout) | 45 s | reusing a connection a middlebox already dropped |
 /// | [`max_lifetime`](Self::max_lifetime) | 30 min | pinning to one backend forever; stale DNS |
@@ -134,7 +134,9 @@ impl<M: Manager> PoolBuilder<M> {
     }
 
     /// The longest a new connection may take: resolving, TCP connect and the manager's
-    /// handshake. Default 5 s. Without it a SYN into a black hole waits ~127 s.
+    /// handshake. Default 5 s. Without it a SYN into a black hole waits ~127 s. The
+    /// dial shares it among a name's resolved addresses, so a black-holed first one
+    /// leaves time for the next. Sets [`Dialer::connect_timeout`] on the pool's dialer.
     pub fn connect_timeout(self, timeout: Duration) -> Self {
         self.map_dialer(|dialer| dialer.connect_timeout(timeout))
     }
