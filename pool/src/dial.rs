@@ -412,7 +412,8 @@ impl Dialer {
     /// ```
     ///
     /// # Errors
-    /// As [`Dialer::connect`]; with no candidate at all, [`DialError::Resolve`].
+    /// As [`Dialer::connect`], naming the candidates (comma-separated when there
+    /// are several); with no candidate at all, [`DialError::Resolve`].
     pub async fn connect_any(&self, candidates: &[SocketAddr]) -> Result<TcpStream, DialError> {
         self.validate()?;
         let deadline = Instant::now() + self.connect_timeout;

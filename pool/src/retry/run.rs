@@ -16,8 +16,8 @@ use crate::manager::Manager;
 use crate::metrics::{RetryOutcome, RunOutcome};
 use crate::pool::{Error, Pool};
 
-/// The boxed future operations used to return, before [`Pool::run`](crate::Pool::run) took async
-/// closures.
+/// The boxed future operations used to return, before
+/// [`Pool::run`](crate::Pool::run) took async closures.
 ///
 /// A named function returning it still works as an operation; a closure returning
 /// it does not infer its argument's type any more. Write `async |conn| { ... }`
@@ -34,7 +34,7 @@ enum Ending<T, E: StdError + 'static> {
     Done(T),
     /// The server answered with the operation's own error; the connection went back.
     Answered(E),
-    /// Something a retry might get past.
+    /// A failure for the retry decision to weigh.
     Failed(Failure<E>),
 }
 
