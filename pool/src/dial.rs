@@ -571,7 +571,7 @@ impl Dialer {
 /// use steadypool::{Dialer, SocketSettingError};
 /// let err = Dialer::new().user_timeout(Some(Duration::ZERO)).validate().unwrap_err();
 /// assert_eq!(err, SocketSettingError::UserTimeoutOutOfRange { timeout: Duration::ZERO });
-/// println!("{err}"); // ... use None to disable it
+/// println!("{err}"); // ... None leaves the kernel's
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -590,7 +590,7 @@ pub enum SocketSettingError {
         allowed: &'static str,
     },
     /// `TCP_USER_TIMEOUT` outside 1 ms ..= `u32::MAX` ms.
-    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); use None to disable it")]
+    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); None leaves the kernel's")]
     UserTimeoutOutOfRange {
         /// The value given (or derived from keepalive).
         timeout: Duration,

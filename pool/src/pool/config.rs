@@ -216,7 +216,7 @@ pub enum BuildError {
         allowed: &'static str,
     },
     /// `TCP_USER_TIMEOUT` outside 1 ms ..= u32::MAX ms.
-    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); use None to disable it")]
+    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); None leaves the kernel's")]
     UserTimeoutOutOfRange {
         /// The value given (or derived from keepalive).
         timeout: Duration,
