@@ -49,16 +49,14 @@
 //! backoff = { base = "20ms", cap = "1s" }
 //! ```
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
 
-use crate::dial::Keepalive;
+use crate::dial::{Dialer, Keepalive};
 use crate::manager::Manager;
 use crate::pool::{PoolBuilder, QueueMode};
-use crate::retry::RetryPolicy;
+use crate::retry::policy::RetryPolicy;
 
 /// Every [`PoolBuilder`] knob, each optional. See the [module docs](self).
 ///
@@ -118,6 +116,44 @@ pub struct PoolConfig {
     pub circuit_open_for: Option<Duration>,
     /// [`PoolBuilder::retry_policy`]: the `[retry]` section.
     pub retry: Option<RetryConfig>,
+}
+
+impl PoolConfig {
+    /// The socket settings this configuration sets (`connect_timeout`,
+    /// `[keepalive]`, `user_timeout`, `nodelay`) applied to `dialer`; the others
+    /// keep `dialer`'s. For code that dials outside a pool with the same settings;
+    /// [`PoolBuilder::config`] applies them to the pool's dialer the same way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadypool::{Dialer, PoolConfig};
+    ///
+    /// let config: PoolConfig = toml::from_str(r#"
+    ///     connect_timeout = "2s"
+    ///     [keepalive]
+    ///     idle = "5s"
+    /// "#).unwrap();
+    /// let dialer = config.dialer(Dialer::new());
+    /// assert_eq!(dialer.timeout(), Duration::from_secs(2));
+    /// // The user timeout follows keepalive: 5 s + 3 x 3 s.
+    /// assert_eq!(dialer.tcp_user_timeout(), Some(Duration::from_secs(14)));
+    /// ```
+    pub fn dialer(&self, dialer: Dialer) -> Dialer {
+        let mut dialer = dialer;
+        if let Some(timeout) = self.connect_timeout {
+            dialer = dialer.connect_timeout(timeout);
+        }
+        if let Some(keepalive) = &self.keepalive {
+            dialer = dialer.keepalive(keepalive.keepalive());
+        }
+        if let Some(timeout) = self.user_timeout {
+            dialer = dialer.user_timeout(timeout);
+        }
+        if let Some(nodelay) = self.nodelay {
+            dialer = dialer.nodelay(nodelay);
+        }
+        dialer
+    }
 }
 
 /// The `[keepalive]` section: [`Keepalive`] timing, or `enabled = false` for none.
@@ -239,9 +275,6 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(timeout) = config.wait_timeout {
             builder = builder.wait_timeout(timeout);
         }
-        if let Some(timeout) = config.connect_timeout {
-            builder = builder.connect_timeout(timeout);
-        }
         if let Some(timeout) = config.ping_timeout {
             builder = builder.ping_timeout(timeout);
         }
@@ -257,15 +290,7 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(idle) = config.check_after {
             builder = builder.check_after(idle);
         }
-        if let Some(keepalive) = &config.keepalive {
-            builder = builder.keepalive(keepalive.keepalive());
-        }
-        if let Some(timeout) = config.user_timeout {
-            builder = builder.user_timeout(timeout);
-        }
-        if let Some(nodelay) = config.nodelay {
-            builder = builder.nodelay(nodelay);
-        }
+        builder = builder.map_dialer(|dialer| config.dialer(dialer));
         if let Some(mode) = config.queue_mode {
             builder = builder.queue_mode(mode);
         }
@@ -293,7 +318,10 @@ impl<M: Manager> PoolBuilder<M> {
 
 /// Durations in human form, for `deserialize_with`.
 mod human {
-    use super::*;
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
 
     /// What a duration field accepts; `off` also takes `"off"`.
     struct Human {

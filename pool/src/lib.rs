@@ -123,6 +123,7 @@ pub mod breaker;
 pub mod cause;
 #[cfg(feature = "chaos")]
 pub mod chaos;
+mod classify;
 mod clock;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
@@ -137,12 +138,11 @@ pub mod probe;
 pub mod retry;
 
 pub use crate::breaker::CircuitState;
-pub use crate::cause::{
-    Classify, Disposition, Eviction, Phase, ResetCause, Sent, classify_source_chain,
-};
+pub use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
+pub use crate::classify::classify_source_chain;
 #[cfg(feature = "serde")]
 pub use crate::config::PoolConfig;
-pub use crate::dial::{Address, DialError, Dialer, Keepalive};
+pub use crate::dial::{Address, DialError, Dialer, Keepalive, SocketSettingError};
 pub use crate::manager::{Broken, Manager};
 pub use crate::pool::{
     BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,

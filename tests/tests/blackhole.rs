@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use steadypool::dial::Keepalive;
 use steadypool::probe::TcpState;
-use steadypool::{Classify, Disposition, Phase, Pool, ResetCause, Sent};
+use steadypool::{Classify, Dialer, Disposition, Phase, Pool, ResetCause, Sent};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::netns;
 use steadypool_tests::recorded::RecordedMetrics;
@@ -202,5 +202,51 @@ fn killed_established_connections_are_peer_reset() {
 
         let mut fresh = pool.get().await.unwrap();
         assert_eq!(request(&mut fresh, "PING").await.unwrap(), "PONG");
+    });
+}
+
+/// A free local port: nothing listens there, and a black hole on it makes a connect
+/// hang instead of being refused.
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[test]
+fn a_black_holed_first_address_leaves_time_for_the_next() {
+    let Some(ns) = netns::isolate("a_black_holed_first_address_leaves_time_for_the_next") else {
+        return;
+    };
+    netns::runtime().block_on(async {
+        let server = LineServer::start().await.unwrap();
+        let (hole, other_hole) = (free_port(), free_port());
+        ns.black_hole(hole.port());
+        ns.black_hole(other_hole.port());
+        let connect_timeout = Duration::from_secs(4);
+        let dialer = Dialer::new().connect_timeout(connect_timeout);
+
+        let started = Instant::now();
+        let stream = dialer
+            .connect_any(&[hole, server.addr()])
+            .await
+            .expect("the second address answers within its share of connect_timeout");
+        let took = started.elapsed();
+        eprintln!("connected to the second address after {took:?}");
+        assert_eq!(stream.peer_addr().unwrap(), server.addr());
+        // The first address got its half, and spent it all: its SYNs vanished.
+        assert!(took >= connect_timeout / 2, "{took:?}");
+
+        let started = Instant::now();
+        let err = dialer
+            .connect_any(&[hole, other_hole])
+            .await
+            .expect_err("no address answers");
+        let took = started.elapsed();
+        assert_eq!(err.cause(), ResetCause::ConnectTimeout, "{err}");
+        assert!(
+            err.to_string().contains(&other_hole.port().to_string()),
+            "{err}"
+        );
+        assert!(took < connect_timeout + SLACK, "{took:?}");
     });
 }

@@ -386,3 +386,96 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
     assert_eq!(metrics.runs(RunOutcome::NotExecuted), CALLERS);
     assert_eq!(metrics.all_runs(), CALLERS);
 }
+
+/// A listener that never accepts, its smallest accept queue filled: the kernel drops
+/// further SYNs to it, as a black hole would. Keep both values alive.
+async fn full_backlog() -> (socket2::Socket, Vec<tokio::net::TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(200), connect).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(e)) => panic!("filling the backlog: {e}"),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+    (socket, fillers)
+}
+
+/// Where a connect stalls: in the dial, which times out on the dialer's own, shorter
+/// timer, or in a handshake that waits for a greeting the server never sends, which
+/// the pool's timer around the whole connect cuts.
+enum Stall {
+    Dial,
+    Handshake,
+}
+
+struct StallingManager(std::net::SocketAddr, Stall);
+
+impl steadypool::Manager for StallingManager {
+    type Connection = tokio::net::TcpStream;
+    type Error = std::io::Error;
+
+    async fn connect(&self, dialer: &steadypool::Dialer) -> std::io::Result<Self::Connection> {
+        use tokio::io::AsyncReadExt;
+        match self.1 {
+            Stall::Dial => {
+                let impatient = dialer.clone().connect_timeout(dialer.timeout() / 4);
+                Ok(impatient.connect(&self.0.into()).await?)
+            }
+            Stall::Handshake => {
+                let mut stream = dialer.connect(&self.0.into()).await?;
+                stream.read_exact(&mut [0u8; 1]).await?;
+                Ok(stream)
+            }
+        }
+    }
+}
+
+/// A connect that timed out reaches the caller in one shape, whichever timer
+/// noticed: the dialer's (a black-holed SYN) or the pool's (a handshake that hangs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_timed_out_has_one_shape_whichever_timer_fired() {
+    let (backlog, _fillers) = full_backlog().await;
+    let black_hole = backlog.local_addr().unwrap().as_socket().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect_timeout = Duration::from_millis(400);
+    for manager in [
+        StallingManager(black_hole, Stall::Dial),
+        StallingManager(silent.local_addr().unwrap(), Stall::Handshake),
+    ] {
+        let pool = Pool::builder(manager)
+            .connect_timeout(connect_timeout)
+            .retry_policy(fast_backoff().max_attempts(1))
+            .build()
+            .unwrap();
+        let err = pool
+            .run(async |conn| conn.write_all(b"x").await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+        assert!(
+            matches!(
+                err,
+                RunError::NotExecuted {
+                    cause: Some(ResetCause::ConnectTimeout),
+                    source: Some(AttemptError::Checkout(Error::ConnectTimeout(after))),
+                    ..
+                } if after == connect_timeout
+            ),
+            "{err:?}"
+        );
+    }
+}

@@ -144,7 +144,8 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
-use crate::cause::{Classify, Disposition, ResetCause, Sent, classify_source_chain};
+use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::classify::classify_source_chain;
 use crate::dial::{Address, DialError, Dialer};
 use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;

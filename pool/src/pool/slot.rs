@@ -54,7 +54,7 @@ use crate::dial::Dialer;
 use crate::manager::Manager;
 use crate::metrics::Recorder;
 use crate::probe::{self, Liveness, SocketRef};
-use crate::retry::RetryState;
+use crate::retry::budget::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
 pub(crate) struct Slot<M: Manager> {
@@ -660,7 +660,7 @@ impl<M: Manager> Parts<M> {
     async fn connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
         let core = &self.core;
         let started = Instant::now();
-        let timeout = core.config.connect_timeout;
+        let timeout = core.config.connect_timeout();
         let result = match tokio::time::timeout(timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {
