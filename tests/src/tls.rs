@@ -37,7 +37,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// A certificate authority made for one test, and a server certificate it signed for
 /// `localhost` and `127.0.0.1`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TestCa {
     ca: CertificateDer<'static>,
     ca_pem: String,

@@ -116,8 +116,8 @@ impl RedisManager {
     ///
     /// # Errors
     /// [`RedisDriverError::Redis`] for a URL redis cannot parse;
-    /// [`RedisDriverError::Config`] for `rediss://` (TLS), which needs a rustls
-    /// config: [`RedisManager::with_tls`] (feature `tls`).
+    /// `rediss://` (TLS) is refused (by redis's parser, built without its own TLS):
+    /// use [`RedisManager::with_tls`] (feature `tls`).
     pub fn new(info: impl IntoConnectionInfo) -> Result<Self, RedisDriverError> {
         let info = info.into_connection_info()?;
         let endpoint = match info.addr() {
@@ -166,15 +166,21 @@ impl RedisManager {
     /// ```
     ///
     /// # Errors
-    /// As [`RedisManager::new`]; [`RedisDriverError::Config`] for a Unix-domain
-    /// socket, [`RedisDriverError::Tls`] for a host that is no valid TLS server name.
+    /// [`RedisDriverError::Redis`] for a URL redis cannot parse,
+    /// [`RedisDriverError::Config`] for a Unix-domain socket, [`RedisDriverError::Tls`] for a host that is no valid TLS server name.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn with_tls(
-        info: impl IntoConnectionInfo,
+        url: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<Self, RedisDriverError> {
-        let info = info.into_connection_info()?;
+        // redis parses `rediss://` only with a TLS stack of its own; the session here
+        // is steadypool's, so the URL is read as the plain one it otherwise is.
+        let plain = match url.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => url.to_owned(),
+        };
+        let info = plain.as_str().into_connection_info()?;
         let (host, port) = match info.addr() {
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
                 (host.as_str(), *port)
