@@ -564,6 +564,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_followed_by_a_fin_is_peer_closed_on_every_path() {
+        let (client, mut server) = pair().await;
+        server.write_all(b"goodbye\n").await.unwrap();
+        drop(server);
+        settle().await;
+        assert!(matches!(
+            check(SocketRef::Tokio(&client)),
+            Liveness::PeerClosed
+        ));
+        assert!(matches!(
+            check(SocketRef::Raw(client.as_fd())),
+            Liveness::PeerClosed
+        ));
+        let reader = BufReader::new(client);
+        assert!(matches!(
+            check(SocketRef::from(&reader)),
+            Liveness::PeerClosed
+        ));
+    }
+
+    /// A layer that counts its drains and answers what it was told to.
+    struct Counting {
+        drains: std::sync::atomic::AtomicUsize,
+        answer: fn() -> Liveness,
+    }
+
+    impl Layer for Counting {
+        fn drain(&self) -> Liveness {
+            self.drains
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (self.answer)()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_drains_only_when_bytes_arrived_and_has_the_last_word() {
+        let (client, mut server) = pair().await;
+        let layer = Counting {
+            drains: 0.into(),
+            answer: || Liveness::Alive,
+        };
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &layer,
+        };
+        assert!(matches!(check(socket), Liveness::Alive));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A record the layer consumes (this one does not read: the bytes stay, and
+        // each probe asks again).
+        server.write_all(b"ticket").await.unwrap();
+        settle().await;
+        assert!(matches!(check(socket), Liveness::Alive));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Behind the bytes, a FIN: still the layer's to judge (an alert before it
+        // is a reset, a close_notify a close).
+        drop(server);
+        settle().await;
+        let closing = Counting {
+            drains: 0.into(),
+            answer: || Liveness::PeerClosed,
+        };
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &closing,
+        };
+        assert!(matches!(check(socket), Liveness::PeerClosed));
+        assert_eq!(closing.drains.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_layered_socket_with_nothing_before_its_fin_is_peer_closed_without_a_drain() {
+        let (client, server) = pair().await;
+        let layer = Counting {
+            drains: 0.into(),
+            answer: || Liveness::Alive,
+        };
+        drop(server);
+        settle().await;
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &layer,
+        };
+        assert!(matches!(check(socket), Liveness::PeerClosed));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
     async fn a_unix_stream_is_probed_on_both_paths() {
         let (client, server) = tokio::net::UnixStream::pair().unwrap();
         assert!(matches!(check(SocketRef::from(&client)), Liveness::Alive));
