@@ -19,7 +19,7 @@
 //! teach the pool nothing. [`TlsStream`] shows the pool its socket as
 //! [`SocketRef::Layered`]: free to probe when nothing arrived, and when something did,
 //! rustls reads it without blocking and says what it was (see
-//! [`Layer`](crate::probe::Layer)).
+//! [`Layer`]).
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
