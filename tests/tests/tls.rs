@@ -282,6 +282,41 @@ async fn application_bytes_on_an_idle_connection_are_unexpected_data() {
 }
 
 #[tokio::test]
+async fn a_reply_left_unread_in_the_tls_layer_is_unexpected_data() {
+    let ca = TestCa::new();
+    for (name, versions) in VERSIONS {
+        let server = server(
+            &ca,
+            TlsServerOptions {
+                versions,
+                ..Default::default()
+            },
+        )
+        .await;
+        let pool = builder(&ca, &server).max_size(1).build().unwrap();
+        let mut conn = pool.get().await.unwrap();
+        conn.write_all(b"PING\nPING\n").await.unwrap();
+        // Both replies reach the socket; one read takes both records off it, and
+        // rustls keeps the second reply: the kernel has nothing left to show.
+        tokio::time::sleep(SETTLE).await;
+        let mut reply = [0u8; 5];
+        conn.read_exact(&mut reply).await.unwrap();
+        drop(conn);
+        let mut conn = pool.get().await.unwrap();
+        ping(&mut conn).await;
+        let stats = pool.stats();
+        assert_eq!(stats.closed(), 1, "{name}: {stats:?}");
+        // Found when the connection comes back, or at the next checkout.
+        assert_eq!(
+            stats.resets(ResetCause::UnexpectedData, Phase::Checkout)
+                + stats.resets(ResetCause::UnexpectedData, Phase::InUse),
+            1,
+            "{name}: {stats:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     let ca = TestCa::new();
     let server = server(&ca, TlsServerOptions::default()).await;

@@ -105,6 +105,9 @@ pub struct TlsStream {
     /// Locked only by the probe's drain (`try_lock`); the application's reads and
     /// writes go through `get_mut`, which costs nothing.
     tls: Mutex<tokio_rustls::client::TlsStream<SharedTcp>>,
+    /// Whether rustls holds decrypted bytes the application has not read, as of its
+    /// last read: they are out of the kernel's sight, like a `BufReader`'s.
+    plaintext_left: bool,
 }
 
 impl TlsStream {
@@ -125,11 +128,21 @@ impl TlsStream {
         Ok(TlsStream {
             tcp,
             tls: Mutex::new(tls),
+            plaintext_left: false,
         })
     }
 
-    /// The connection as the probe takes it: [`SocketRef::Layered`].
+    /// The connection as the probe takes it: [`SocketRef::Layered`], or, when the
+    /// application left decrypted bytes unread (the rest of a reply), a
+    /// [`SocketRef::Buffered`] that shows them, so that the next request does not
+    /// read the previous one's leftovers.
     pub fn socket_ref(&self) -> SocketRef<'_> {
+        if self.plaintext_left {
+            return SocketRef::Buffered {
+                stream: &self.tcp,
+                buffered: 1,
+            };
+        }
         SocketRef::Layered {
             stream: &self.tcp,
             layer: self,
@@ -206,7 +219,17 @@ impl AsyncRead for TlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(self.stream()).poll_read(cx, buf)
+        let stream = self.stream();
+        let polled = Pin::new(&mut *stream).poll_read(cx, buf);
+        // rustls decrypts whole records and tokio-rustls reads until the socket is
+        // empty: what the caller did not take stays in rustls, and the socket shows
+        // nothing more.
+        let left = matches!(
+            stream.get_mut().1.reader().into_first_chunk(),
+            Ok(chunk) if !chunk.is_empty()
+        );
+        self.plaintext_left = left;
+        polled
     }
 }
 
