@@ -6,8 +6,9 @@
 //!    while it sits in the pool. rustls reads them at the next checkout's probe, and
 //!    the connection is reused, not discarded as stray data.
 //! 2. The server closes connections idle for a second (close_notify, then FIN): the
-//!    pool counts a `peer_closed` at checkout, opens a new connection, and from then
-//!    on evicts its own connections before the server's limit.
+//!    pool counts a `peer_closed` (found by its reaper, or at checkout), opens a new
+//!    connection, and from then on evicts its own connections before the server's
+//!    limit.
 //!
 //! ```text
 //! cargo run -p steadypool-examples --example tls
@@ -59,10 +60,13 @@ async fn main() -> anyhow::Result<()> {
     ping(&mut conn).await?;
     drop(conn);
     let stats = pool.stats();
+    // Found by the reaper (every second) or, if it had not looked yet, at checkout.
     println!(
-        "after {:?} idle: peer_closed at checkout {}, connections opened {}",
+        "after {:?} idle: peer_closed {} (by the reaper {}), connections opened {}",
         SERVER_IDLE + Duration::from_millis(500),
-        stats.resets(ResetCause::PeerClosed, Phase::Checkout),
+        stats.resets(ResetCause::PeerClosed, Phase::Idle)
+            + stats.resets(ResetCause::PeerClosed, Phase::Checkout),
+        stats.resets(ResetCause::PeerClosed, Phase::Idle),
         stats.opened
     );
     let limit = pool.idle_limit();
@@ -87,12 +91,17 @@ async fn ping(conn: &mut TlsStream) -> anyhow::Result<()> {
 async fn start_server() -> anyhow::Result<(SocketAddr, Arc<rustls::ClientConfig>)> {
     let key = KeyPair::generate()?;
     let cert = CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
+    // The provider named, not the process default: a build where another crate also
+    // enables aws-lc has none.
+    let ring = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone())?;
-    let client = rustls::ClientConfig::builder()
+    let client = rustls::ClientConfig::builder_with_provider(ring.clone())
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server = rustls::ServerConfig::builder()
+    let server = rustls::ServerConfig::builder_with_provider(ring)
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.der().clone()],

@@ -66,12 +66,19 @@ async fn holding_server() -> (SocketAddr, Arc<rustls::ClientConfig>) {
         .expect("certificate parameters")
         .self_signed(&key)
         .expect("a certificate");
+    // The provider named, not the process default: a build where another crate also
+    // enables aws-lc has none.
+    let ring = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).expect("a root");
-    let client = rustls::ClientConfig::builder()
+    let client = rustls::ClientConfig::builder_with_provider(ring.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring's protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server = rustls::ServerConfig::builder()
+    let server = rustls::ServerConfig::builder_with_provider(ring)
+        .with_safe_default_protocol_versions()
+        .expect("ring's protocol versions")
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.der().clone()],

@@ -92,7 +92,9 @@ impl TestCa {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
         Arc::new(
-            ClientConfig::builder()
+            ClientConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         )
@@ -104,7 +106,9 @@ impl TestCa {
     /// Never for a certificate made by [`TestCa::new`].
     pub fn server_config(&self, versions: &[&'static SupportedProtocolVersion]) -> ServerConfig {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-        ServerConfig::builder_with_protocol_versions(versions)
+        ServerConfig::builder_with_provider(ring())
+            .with_protocol_versions(versions)
+            .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![self.cert.clone()], key)
             .unwrap()
@@ -128,6 +132,12 @@ impl TestCa {
         fs::set_permissions(&files.key, fs::Permissions::from_mode(0o600))?;
         Ok(files)
     }
+}
+
+/// rustls's `ring` provider, named rather than taken from the process default: a
+/// build in which some other crate also enables aws-lc has no default.
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Where [`TestCa::write_files`] put the PEM files.

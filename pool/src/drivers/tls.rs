@@ -4,8 +4,11 @@
 //! (`RedisManager::with_tls`).
 //!
 //! The cryptography is rustls 0.23 with its `ring` provider: no OpenSSL, no aws-lc (no
-//! C toolchain or CMake at build time). Build the [`ClientConfig`] with
-//! `ClientConfig::builder()`; rustls then uses the process-wide `ring` provider.
+//! CMake or Go at build time). Build the [`ClientConfig`] with
+//! `ClientConfig::builder()`, which picks `ring` as the only provider compiled in; when
+//! another crate of your build enables rustls's aws-lc provider too, there is no
+//! default any more: name one with `ClientConfig::builder_with_provider`
+//! (`rustls::crypto::ring::default_provider()`).
 //! Certificates are verified as the config says (roots, host name): what libpq calls
 //! `sslmode=verify-full`.
 //!
