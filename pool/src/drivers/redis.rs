@@ -550,6 +550,28 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn with_tls_takes_tcp_urls_and_refuses_unix_sockets() {
+        use crate::drivers::tls::rustls;
+        let config = Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        for url in ["rediss://127.0.0.1:6380/2", "redis://127.0.0.1:6380/2"] {
+            let manager = RedisManager::with_tls(url, Arc::clone(&config)).unwrap();
+            assert_eq!(
+                manager.address().map(ToString::to_string).as_deref(),
+                Some("127.0.0.1:6380")
+            );
+            assert_eq!(manager.info.db(), 2, "{url}");
+            assert_eq!(manager.target().as_deref(), Some("rediss://127.0.0.1:6380"));
+        }
+        let unix = RedisManager::with_tls("unix:///tmp/redis.sock", config);
+        assert!(matches!(unix, Err(RedisDriverError::Config(_))), "{unix:?}");
+    }
+
     #[test]
     fn tls_urls_are_refused_with_a_reason_and_unix_urls_name_the_socket() {
         let err = RedisManager::new("rediss://127.0.0.1:6380").unwrap_err();
