@@ -117,12 +117,26 @@
 //!
 //! [`PgManager::with_tls`] takes any tokio-postgres TLS connector ([`MakeTlsConnect`]);
 //! the TLS handshake runs over the pool's socket, and the probe still watches the TCP
-//! connection underneath. With the `tokio-postgres-rustls` crate (not a dependency of
-//! steadypool, and not exercised by its tests, which have no TLS server):
+//! connection underneath. With the `tls` feature, steadypool brings one over rustls
+//! (ring provider, no OpenSSL): [`PgTls`](crate::drivers::tls::PgTls), which verifies
+//! the server's certificate for the host name as its rustls config says (libpq's
+//! `verify-full`); `sslmode=require` makes the session TLS or nothing:
 //!
-//! ```ignore
-//! let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config);
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use steadypool::drivers::postgres::PgManager;
+//! use steadypool::drivers::tls::{rustls, PgTls};
+//!
+//! # let roots = rustls::RootCertStore::empty();
+//! let config = rustls::ClientConfig::builder()
+//!     .with_root_certificates(roots)
+//!     .with_no_client_auth();
+//! let tls = PgTls::new(Arc::new(config));
 //! let manager = PgManager::with_tls("host=db.internal user=app sslmode=require".parse()?, tls)?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "tls"))] fn main() {}
 //! ```
 
 use std::any::TypeId;

@@ -293,14 +293,16 @@ impl Core {
                 // A raw socket is a duplicate of one a driver's task reads: bytes
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
-                // desync. The task reads them, and a close behind them shows up as end
-                // of stream or through `Manager::broken`.
+                // desync. The task reads them; a close behind them the probe reports
+                // as `PeerClosed` (from the TCP state), or `Manager::broken` does.
                 Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
                 Liveness::UnexpectedData => {
                     return Verdict::Reset(ResetCause::UnexpectedData, None);
                 }
                 Liveness::Error(err) => {
-                    return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle), None);
+                    // The message names what a layer saw (a TLS alert, for one).
+                    let cause = ResetCause::of_io(&err, Phase::Idle);
+                    return Verdict::Reset(cause, Some(err.to_string()));
                 }
             }
         }
