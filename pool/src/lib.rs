@@ -132,6 +132,7 @@ pub mod dial;
 pub mod drivers;
 mod manager;
 pub mod metrics;
+mod observe;
 mod pool;
 pub mod probe;
 pub mod retry;
@@ -144,9 +145,10 @@ pub use crate::cause::{
 pub use crate::config::PoolConfig;
 pub use crate::dial::{Address, DialError, Dialer, Keepalive};
 pub use crate::manager::{Broken, Manager};
+pub use crate::observe::Stats;
 pub use crate::pool::{
     BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
-    QueueMode, Stats, Status, WarmUpError,
+    QueueMode, Status, WarmUpError,
 };
 pub use crate::probe::SocketRef;
 #[allow(deprecated)] // kept so that code naming it gets the deprecation note, not an error

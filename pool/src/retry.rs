@@ -1036,7 +1036,7 @@ impl<M: Manager> Pool<M> {
     {
         let span = tracing::debug_span!(
             "run",
-            pool = %self.core().config.name,
+            pool = %self.core().observer.name(),
             idempotent = idempotency.is_idempotent(),
             attempt = tracing::field::Empty,
             conn = tracing::field::Empty,
@@ -1077,10 +1077,8 @@ impl<M: Manager> Pool<M> {
         // The one place a run is counted: a run future dropped before this line
         // returned nothing to its caller, so it counts nothing.
         let (run, retry) = outcomes(&result);
-        core.recorder.run(run);
-        if let Some(cause) = progress.weighed {
-            core.recorder.retry(cause, retry);
-        }
+        core.observer
+            .run_finished(run, progress.weighed.map(|cause| (cause, retry)));
         result
     }
 
