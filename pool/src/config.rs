@@ -49,11 +49,9 @@
 //! backoff = { base = "20ms", cap = "1s" }
 //! ```
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
 
 use crate::dial::Keepalive;
 use crate::manager::Manager;
@@ -293,7 +291,10 @@ impl<M: Manager> PoolBuilder<M> {
 
 /// Durations in human form, for `deserialize_with`.
 mod human {
-    use super::*;
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
 
     /// What a duration field accepts; `off` also takes `"off"`.
     struct Human {
