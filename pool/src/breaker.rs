@@ -1,48 +1,4 @@
-//! The connect gate: how many connects may be in flight, and when to stop connecting.
-//!
-//! When an upstream goes down, every task that needs a connection would otherwise dial
-//! it, fail, and dial again: thousands of refused connects a second across a fleet, and
-//! a stampede of handshakes the moment it comes back. The gate puts two limits on a
-//! pool's connects:
-//!
-//! * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
-//!   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
-//! * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
-//!   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
-//!   calls that need a new connection fail at once with
-//!   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
-//!   cause, instead of dialing. Pooled connections that are still healthy keep being
-//!   handed out. After a random time between half and all of
-//!   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
-//!   *half-open*: the next checkout that needs a connection makes one trial connect
-//!   while the others still fail fast. A successful trial *closes* the circuit; a
-//!   failed one opens it again for another random period. The randomness keeps a
-//!   fleet of pools from probing a recovering upstream in lock-step.
-//!
-//! Any successful connect closes the circuit. The state is in
-//! [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
-//! gauge.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use steadypool::{drivers::tcp::TcpManager, CircuitState, Error, Pool};
-//!
-//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-//!     .max_concurrent_connects(2)
-//!     .circuit_open_after(3)
-//!     .circuit_open_for(Duration::from_secs(1))
-//!     .build()?;
-//! match pool.get().await {
-//!     Ok(conn) => drop(conn),
-//!     Err(Error::CircuitOpen { cause, retry_in, .. }) => {
-//!         eprintln!("upstream down ({cause}); next trial connect in {retry_in:?}");
-//!         assert_eq!(pool.status().circuit, CircuitState::Open);
-//!     }
-//!     Err(other) => return Err(other.into()),
-//! }
-//! # Ok(()) }
-//! ```
+//! The connect gate: a state machine that admits connects and returns how its circuit moved.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,11 +9,57 @@ use tokio::time::Instant;
 
 use crate::cause::ResetCause;
 
-/// The state of a pool's connect circuit (see the [module docs](self)).
+/// The state of a pool's connect circuit.
 ///
 /// ```
 /// use steadypool::CircuitState;
 /// assert_eq!(CircuitState::Open.as_str(), "open");
+/// ```
+///
+/// The connect gate: how many connects may be in flight, and when to stop connecting.
+///
+/// When an upstream goes down, every task that needs a connection would otherwise dial
+/// it, fail, and dial again: thousands of refused connects a second across a fleet, and
+/// a stampede of handshakes the moment it comes back. The gate puts two limits on a
+/// pool's connects:
+///
+/// * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
+///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
+/// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
+///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
+///   calls that need a new connection fail at once with
+///   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
+///   cause, instead of dialing. Pooled connections that are still healthy keep being
+///   handed out. After a random time between half and all of
+///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
+///   *half-open*: the next checkout that needs a connection makes one trial connect
+///   while the others still fail fast. A successful trial *closes* the circuit; a
+///   failed one opens it again for another random period. The randomness keeps a
+///   fleet of pools from probing a recovering upstream in lock-step.
+///
+/// Any successful connect closes the circuit. The state is in
+/// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
+/// gauge.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use steadypool::{drivers::tcp::TcpManager, CircuitState, Error, Pool};
+///
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+///     .max_concurrent_connects(2)
+///     .circuit_open_after(3)
+///     .circuit_open_for(Duration::from_secs(1))
+///     .build()?;
+/// match pool.get().await {
+///     Ok(conn) => drop(conn),
+///     Err(Error::CircuitOpen { cause, retry_in, .. }) => {
+///         eprintln!("upstream down ({cause}); next trial connect in {retry_in:?}");
+///         assert_eq!(pool.status().circuit, CircuitState::Open);
+///     }
+///     Err(other) => return Err(other.into()),
+/// }
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CircuitState {

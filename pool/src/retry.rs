@@ -20,7 +20,7 @@
 //! * **An application error** (the server answered "no") is returned as it is, at once,
 //!   as [`RunError::Operation`], and the connection goes back to the pool.
 //! * **No connection at all** because the pool is closed, exhausted past
-//!   `wait_timeout`, or its [connect circuit](crate::breaker) is open: returned at
+//!   `wait_timeout`, or its [connect circuit](crate::CircuitState) is open: returned at
 //!   once, with reason [`GiveUp::NoConnection`]. Failing fast is the point of the
 //!   circuit.
 //!
@@ -397,7 +397,7 @@ pub enum GiveUp {
     /// [`RunError::MaybeExecuted`].
     NotIdempotent,
     /// No connection could be had: the pool is closed, stayed exhausted past
-    /// `wait_timeout`, or its [connect circuit](crate::breaker) is open. Not retried.
+    /// `wait_timeout`, or its [connect circuit](crate::CircuitState) is open. Not retried.
     NoConnection,
 }
 
@@ -432,7 +432,7 @@ pub enum AttemptError<E: StdError + 'static> {
 }
 
 /// Why [`Pool::run`] (or a sibling) failed, and whether the request may have taken
-/// effect. Each failure has exactly one shape; see [Did it run?](crate::retry#did-it-run).
+/// effect. Each failure has exactly one shape; see [`RunError::may_have_executed`].
 ///
 /// `cause` and `source` describe the last failure that ended an attempt with an error
 /// (a broken connection, a failed connect, a transient refusal, or the checkout that
@@ -896,7 +896,7 @@ fn outcomes<T, E: StdError + 'static>(
 
 impl<M: Manager> Pool<M> {
     /// Runs an operation that must not run twice, retrying only when the request
-    /// provably never reached the server. See the [retry rules](crate::retry).
+    /// provably never reached the server. See the [retry rules](crate::RetryPolicy).
     ///
     /// ```no_run
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
@@ -927,7 +927,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Runs an operation that may safely run more than once, retrying on any broken
-    /// connection. See the [retry rules](crate::retry).
+    /// connection. See the [retry rules](crate::RetryPolicy).
     ///
     /// ```no_run
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use steadypool::dial::Keepalive;
-use steadypool::probe::TcpState;
+use steadypool::Keepalive;
+use steadypool::TcpState;
 use steadypool::{Classify, Disposition, Phase, Pool, ResetCause, Sent};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::netns;

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use steadypool::TcpState;
 use steadypool::chaos::{ChaosProxy, ChaosStats, Faults, IdleClose};
-use steadypool::probe::TcpState;
 use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::recorded::RecordedMetrics;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use steadypool::TcpState;
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::probe::TcpState;
 use steadypool::{Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::recorded::RecordedMetrics;

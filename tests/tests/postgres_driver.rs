@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
+use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
-use steadypool::probe::TcpState;
 use steadypool::{Broken, Classify, Disposition, Error, Manager, Phase, Pool, ResetCause, Sent};
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::RecordedMetrics;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use steadypool::probe::TcpState;
+use steadypool::TcpState;
 use steadypool::{Dialer, Eviction, Manager, Phase, Pool, ResetCause, SocketRef};
 use steadypool_tests::line_manager::{LineConnection, LineManager};
 use steadypool_tests::recorded::RecordedMetrics;

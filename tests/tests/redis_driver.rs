@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
+use steadypool::TcpState;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::probe::TcpState;
 use steadypool::{Classify, Disposition, Error, Manager, Phase, Pool, ResetCause};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::redis::RedisServer;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use steadypool::TcpState;
 use steadypool::chaos::{self, ChaosProxy, IdleClose};
 use steadypool::metrics::RetryOutcome;
-use steadypool::probe::TcpState;
 use steadypool::{CircuitState, GiveUp, Idempotency, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::load::error_chain;

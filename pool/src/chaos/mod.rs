@@ -88,7 +88,6 @@ use self::relay::{Control, Shared};
 pub use self::stats::ChaosStats;
 use crate::dial::{Address, Dialer};
 
-
 /// Configures a [`ChaosProxy`] before it starts.
 ///
 /// ```

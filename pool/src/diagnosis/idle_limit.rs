@@ -1,43 +1,4 @@
-//! The learned idle limit: how long a connection may sit idle on this path before
-//! something on it (a load balancer, a NAT gateway, a firewall, the server's own
-//! keepalive timeout) closes it.
-//!
-//! Nobody tells the client that limit, but every reset is a measurement of it:
-//!
-//! * a connection found closed or reset (FIN, RST, `EPIPE`) after sitting idle for
-//!   `d` bounds the limit **from above**: the limit is at most `d`;
-//! * a connection reused after sitting idle for `d` that came back healthy bounds it
-//!   **from below**: the limit is above `d`.
-//!
-//! The learner keeps the shortest such upper bound and the longest such lower bound.
-//! Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
-//! connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
-//! later than the configured `idle_timeout`. The lower bound is proven harmless, and the
-//! 5 % margin keeps timer jitter on either side from crossing it; 75 % of the upper
-//! bound covers the time the pool needs to notice a close (up to a reaper interval).
-//! Every further reset narrows the interval, so resets stop after a few.
-//!
-//! What is not an idle limit must not teach one:
-//!
-//! * A close found less than [`MIN_EVIDENCE_IDLE`] after the connection's last use is
-//!   no idle-limit evidence. One alone is background noise (a proxy shedding one
-//!   request, a server's per-connection limit) and teaches nothing. A burst of them
-//!   ([`CRASH_BURST`] within [`CRASH_BURST_SPAN`]) says the upstream failed (crash,
-//!   restart), and so does a refused connect. Such an upstream failure also voids any
-//!   upper bound learned shortly before it and shortly after it
-//!   ([`UPSTREAM_FAILURE_WINDOW`]): when a server crashes, every idle connection dies
-//!   with it, whatever its idle time. Counting every lone close as a failure would
-//!   keep a path with a steady trickle of resets from ever learning its limit.
-//! * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
-//!   bound drops it; a reset at or below the lower bound drops that.
-//! * Evidence older than [`FORGET_AFTER`] is forgotten, so a path that changed (a
-//!   new load balancer, a raised timeout) is learned again. A lower bound stays fresh
-//!   while connections keep being reused close to it.
-//!
-//! A crash with no request in flight and no refused connect afterwards (the server
-//! restarted at once) cannot be told from an idle limit; it may teach a limit that
-//! is too low. That costs extra connects (planned evictions), never resets, and is
-//! forgotten after [`FORGET_AFTER`].
+//! The idle-limit learner: every lost and every reused connection is a measurement.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +39,7 @@ const NEVER: u64 = u64::MAX;
 ///
 /// ```
 /// use std::time::Duration;
-/// use steadypool::diagnosis::IdleLimit;
+/// use steadypool::IdleLimit;
 ///
 /// let limit = IdleLimit {
 ///     lower: Some(Duration::from_secs(45)),
@@ -89,6 +50,47 @@ const NEVER: u64 = u64::MAX;
 /// assert!(!limit.contains(Duration::from_secs(30)));
 /// assert_eq!(limit.recommended_idle_timeout(), Some(Duration::from_millis(45_750)));
 /// ```
+///
+/// The learned idle limit: how long a connection may sit idle on this path before
+/// something on it (a load balancer, a NAT gateway, a firewall, the server's own
+/// keepalive timeout) closes it.
+///
+/// Nobody tells the client that limit, but every reset is a measurement of it:
+///
+/// * a connection found closed or reset (FIN, RST, `EPIPE`) after sitting idle for
+///   `d` bounds the limit **from above**: the limit is at most `d`;
+/// * a connection reused after sitting idle for `d` that came back healthy bounds it
+///   **from below**: the limit is above `d`.
+///
+/// The learner keeps the shortest such upper bound and the longest such lower bound.
+/// Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
+/// connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
+/// later than the configured `idle_timeout`. The lower bound is proven harmless, and the
+/// 5 % margin keeps timer jitter on either side from crossing it; 75 % of the upper
+/// bound covers the time the pool needs to notice a close (up to a reaper interval).
+/// Every further reset narrows the interval, so resets stop after a few.
+///
+/// What is not an idle limit must not teach one:
+///
+/// * A close found less than a second (`MIN_EVIDENCE_IDLE`) after the connection's last use is
+///   no idle-limit evidence. One alone is background noise (a proxy shedding one
+///   request, a server's per-connection limit) and teaches nothing. A burst of them
+///   (4 within 20 ms) says the upstream failed (crash,
+///   restart), and so does a refused connect. Such an upstream failure also voids any
+///   upper bound learned shortly before it and shortly after it
+///   (within a second plus a reaper interval): when a server crashes, every idle connection dies
+///   with it, whatever its idle time. Counting every lone close as a failure would
+///   keep a path with a steady trickle of resets from ever learning its limit.
+/// * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
+///   bound drops it; a reset at or below the lower bound drops that.
+/// * Evidence older than 10 minutes is forgotten, so a path that changed (a
+///   new load balancer, a raised timeout) is learned again. A lower bound stays fresh
+///   while connections keep being reused close to it.
+///
+/// A crash with no request in flight and no refused connect afterwards (the server
+/// restarted at once) cannot be told from an idle limit; it may teach a limit that
+/// is too low. That costs extra connects (planned evictions), never resets, and is
+/// forgotten after 10 minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IdleLimit {
     /// The longest idle time after which a connection was reused and came back

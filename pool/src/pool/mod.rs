@@ -118,7 +118,7 @@ pub struct Status {
     pub in_use: usize,
     /// Tasks waiting for a connection.
     pub waiting: usize,
-    /// The connect circuit (see [`crate::breaker`]).
+    /// The connect circuit (see [`CircuitState`](crate::CircuitState)).
     pub circuit: CircuitState,
 }
 
@@ -148,7 +148,7 @@ pub enum Error<E: StdError + 'static> {
     #[error("could not connect (connect_timeout): no connection within {0:?}")]
     ConnectTimeout(Duration),
     /// A new connection was needed, but the connect circuit is open: recent connects
-    /// all failed, so the pool did not dial (see [`crate::breaker`]).
+    /// all failed, so the pool did not dial (see [`CircuitState`](crate::CircuitState)).
     #[error(
         "not connecting: the connect circuit is open after {failures} failed connects \
          (last: {cause}: {last_error}); next trial connect in {retry_in:?}"
@@ -621,7 +621,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// What the pool has learned about the path's idle limit, and the idle time after
-    /// which it closes connections now (see [`crate::diagnosis`]).
+    /// which it closes connections now (see [`IdleLimit`](crate::IdleLimit)).
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
