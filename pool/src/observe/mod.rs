@@ -183,8 +183,8 @@ impl Observer {
         limit: impl FnOnce() -> IdleLimit,
     ) {
         self.recorder.connect(Err(cause), took);
-        self.books.connect_failed();
         self.recorder.reset(cause, Phase::Connect);
+        self.books.connect_failed(cause);
         self.learned(lesson);
         let Some(suppressed) = self
             .throttle

@@ -41,8 +41,9 @@ impl Books {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self, cause: ResetCause) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.reset(cause, Phase::Connect);
     }
 
     pub(crate) fn reset(&self, cause: ResetCause, phase: Phase) {
@@ -143,8 +144,8 @@ impl Books {
 pub struct Stats {
     /// Connections opened.
     pub opened: u64,
-    /// Connects that failed (also counted as resets in phase `connect` by the
-    /// metrics; not connections, so not in [`Stats::closed`]).
+    /// Connects that failed (also counted by cause as resets in phase `connect`;
+    /// not connections, so not in [`Stats::closed`]).
     pub connect_failures: u64,
     resets: [[u64; PHASES]; CAUSES],
     evictions: [u64; REASONS],
@@ -166,7 +167,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Connections that broke with `cause` in `phase`, and were closed.
+    /// Connections that broke with `cause` in `phase`, and were closed; in phase
+    /// `connect`, connects that failed with `cause`.
     pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
         self.resets[index(&ResetCause::ALL, &cause)][index(&Phase::ALL, &phase)]
     }
