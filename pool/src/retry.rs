@@ -814,11 +814,6 @@ impl<M: Manager> Lent<M> {
 impl<M: Manager> Drop for Lent<M> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            tracing::debug!(
-                conn = conn.id(),
-                "operation did not finish (it panicked, was cancelled or hit the deadline); \
-                 its connection is discarded",
-            );
             conn.discard(self.unfinished);
         }
     }
@@ -1161,11 +1156,10 @@ impl<M: Manager> Pool<M> {
                         progress.maybe_sent = true;
                         if !idempotency.is_idempotent() {
                             progress.weighed = Some(cause);
-                            tracing::debug!(
-                                attempt = progress.attempt,
-                                cause = cause.as_str(),
-                                reason = %GiveUp::NotIdempotent,
-                                "not retrying",
+                            self.core().observer.not_retrying(
+                                progress.attempt,
+                                cause,
+                                &GiveUp::NotIdempotent,
                             );
                             return Err(progress.give_up(GiveUp::NotIdempotent, Some(failure)));
                         }
@@ -1206,15 +1200,10 @@ impl<M: Manager> Pool<M> {
             }
         };
         if let Some(reason) = stop {
-            tracing::debug!(attempt, cause = label.as_str(), %reason, "not retrying");
+            core.observer.not_retrying(attempt, label, &reason);
             return Err(progress.give_up(reason, Some(failure)));
         }
-        tracing::debug!(
-            attempt,
-            cause = label.as_str(),
-            wait_ms = wait.as_secs_f64() * 1000.0,
-            "retrying",
-        );
+        core.observer.retrying(attempt, label, wait);
         progress.last = Some(failure);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

@@ -294,6 +294,32 @@ impl Observer {
         }
     }
 
+    /// Attempt `attempt` of a `run` failed with `cause`; the next one follows after
+    /// `wait`.
+    pub(crate) fn retrying(&self, attempt: u32, cause: ResetCause, wait: Duration) {
+        tracing::debug!(
+            attempt,
+            cause = cause.as_str(),
+            wait_ms = wait.as_secs_f64() * 1000.0,
+            "retrying",
+        );
+    }
+
+    /// Attempt `attempt` of a `run` failed with `cause`, and is not retried for
+    /// `reason`.
+    pub(crate) fn not_retrying(&self, attempt: u32, cause: ResetCause, reason: &dyn fmt::Display) {
+        tracing::debug!(attempt, cause = cause.as_str(), %reason, "not retrying");
+    }
+
+    /// An operation did not finish on connection `conn`, which is discarded.
+    pub(crate) fn unfinished(&self, conn: u64) {
+        tracing::debug!(
+            conn,
+            "operation did not finish (it panicked, was cancelled or hit the deadline); \
+             its connection is discarded",
+        );
+    }
+
     /// The reaper's tick: what checkouts left for it to record, and the gauges.
     pub(crate) fn tick(&self, occupancy: Occupancy, circuit: CircuitState, limit: &IdleLimit) {
         if self.recorder.follow_global_recorder() {

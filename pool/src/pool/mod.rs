@@ -803,6 +803,7 @@ impl<M: Manager> Connection<M> {
     /// connection whose operation did not finish.
     pub(crate) fn discard(mut self, reason: Eviction) {
         let mut slot = self.take_slot();
+        slot.tally.parts.core.observer.unfinished(slot.id);
         slot.evict_quietly(reason);
     }
 
