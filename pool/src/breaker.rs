@@ -390,6 +390,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn each_move_of_the_circuit_is_returned_once() {
+        let gate = gate(2);
+        let first = gate.enter().await.unwrap();
+        assert!(!first.is_trial());
+        assert_eq!(first.failed(ResetCause::Refused, &"refused"), None);
+        let opened = gate
+            .enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let Some(CircuitEvent::Opened {
+            cause,
+            failures,
+            retry_in,
+        }) = opened
+        else {
+            panic!("the second failure opens the circuit: {opened:?}");
+        };
+        assert_eq!((cause, failures), (ResetCause::Refused, 2));
+        assert!(retry_in >= Duration::from_secs(5) && retry_in <= Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = gate.enter().await.unwrap();
+        assert!(
+            trial.is_trial(),
+            "the connect after the open period is the trial"
+        );
+        assert_eq!(
+            trial.succeeded(),
+            Some(CircuitEvent::Closed { failures: 2 })
+        );
+        let again = gate.enter().await.unwrap();
+        assert!(!again.is_trial());
+        assert_eq!(again.succeeded(), None, "a closed circuit does not move");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_count() {
         let gate = gate(2);
         gate.enter()

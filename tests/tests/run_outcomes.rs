@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use steadypool::metrics::{RetryOutcome, RunOutcome};
+use steadypool::metrics::{RETRIES, RUNS, RetryOutcome, RunOutcome};
 use steadypool::{AttemptError, Error, GiveUp, Pool, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::eventually;
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer, ResetPoint};
-use steadypool_tests::recorded::Books;
+use steadypool_tests::recorded::{Books, RecordedMetrics};
 use tokio::io::AsyncWriteExt;
 
 fn fast_backoff() -> RetryPolicy {
@@ -172,11 +172,12 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
     let addr = server.addr();
     server.stop().await;
-    let pool = Pool::builder(LedgerManager::new(addr))
-        .circuit_open_after(10)
-        .retry_policy(fast_backoff().max_attempts(3))
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(LedgerManager::new(addr))
+            .circuit_open_after(10)
+            .retry_policy(fast_backoff().max_attempts(3)),
+    )
+    .unwrap();
     let err = pool
         .run(async |conn| flaky::run(conn, 1).await)
         .await
@@ -206,6 +207,14 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
     assert_eq!(pool.stats().all_retries(), 1);
     assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
     assert_eq!(pool.stats().all_runs(), 1);
+    // The metrics count the same run and retry.
+    assert_eq!(
+        metrics.counter(RETRIES, &[("cause", "refused"), ("outcome", "gave_up")]),
+        1
+    );
+    assert_eq!(metrics.counter(RETRIES, &[]), 1);
+    assert_eq!(metrics.counter(RUNS, &[("outcome", "not_executed")]), 1);
+    assert_eq!(metrics.counter(RUNS, &[]), 1);
 }
 
 /// A non-idempotent run whose first attempt failed with an error the manager

@@ -590,6 +590,40 @@ mod tests {
     }
 
     #[test]
+    fn a_change_of_the_limit_is_returned_and_the_current_limit_read_without_it() {
+        let l = learner(Some(45 * S), true);
+        let t = CoarseInstant::now();
+        let configured = IdleLimit {
+            lower: None,
+            upper: None,
+            evict_after: Some(45 * S),
+        };
+        assert_eq!(l.current(), configured);
+        let lower = l.reused(40 * S, t);
+        assert_eq!(lower.map(|limit| limit.lower), Some(Some(40 * S)));
+        // The same evidence again changes nothing.
+        assert_eq!(l.reused(40 * S, t), None);
+        let lesson = l.reset(ResetCause::PeerClosed, 60 * S, t);
+        assert_eq!(lesson.reading, Reading::AfterIdle);
+        let changed = lesson
+            .changed
+            .expect("a first upper bound changes the limit");
+        assert_eq!(changed.upper, Some(60 * S));
+        assert_eq!(l.current(), changed);
+        // A timeout says nothing about the idle limit.
+        let timeout = l.reset(ResetCause::KeepaliveTimeout, 60 * S, t);
+        assert_eq!(
+            (timeout.reading, timeout.changed),
+            (Reading::Unrelated, None)
+        );
+        // Expired evidence stays in the current limit until something forgets it.
+        let later = t + FORGET_AFTER + S;
+        assert_eq!(l.current(), changed);
+        assert_eq!(l.snapshot(later), configured);
+        assert_eq!(l.current(), configured);
+    }
+
+    #[test]
     fn recommendation_follows_the_evidence() {
         let limit = IdleLimit {
             lower: Some(S),
