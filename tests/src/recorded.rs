@@ -14,11 +14,9 @@
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use steadypool::{drivers::tcp::TcpManager, Phase, Pool, ResetCause};
-//! use steadypool_tests::recorded::RecordedMetrics;
-//!
 //! use steadypool::metrics::RESETS;
-//! use steadypool_tests::recorded::Books;
+//! use steadypool::{drivers::tcp::TcpManager, Phase, Pool, ResetCause};
+//! use steadypool_tests::recorded::{Books, RecordedMetrics};
 //!
 //! let (pool, metrics) = RecordedMetrics::build(Pool::builder(TcpManager::new("127.0.0.1:7000")))?;
 //! // ... a connection breaks ...

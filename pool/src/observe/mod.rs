@@ -273,6 +273,11 @@ impl Observer {
     }
 
     /// A connection reused after idling changed the learned idle limit.
+    ///
+    /// Changes learned on two threads at once may be published out of order; the
+    /// reaper's tick publishes the limit in force, so the gauges settle within a
+    /// `reaper_interval`. Publishing under the learner's lock would tie the domain to
+    /// the recorder again.
     pub(crate) fn idle_limit_changed(&self, limit: &IdleLimit) {
         self.recorder.idle_limit(limit);
     }
