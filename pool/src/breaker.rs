@@ -9,14 +9,8 @@ use tokio::time::Instant;
 
 use crate::cause::ResetCause;
 
-/// The state of a pool's connect circuit.
-///
-/// ```
-/// use steadypool::CircuitState;
-/// assert_eq!(CircuitState::Open.as_str(), "open");
-/// ```
-///
-/// The connect gate: how many connects may be in flight, and when to stop connecting.
+/// The state of a pool's connect circuit. The pool's connect gate decides how many
+/// connects may be in flight, and when to stop connecting.
 ///
 /// When an upstream goes down, every task that needs a connection would otherwise dial
 /// it, fail, and dial again: thousands of refused connects a second across a fleet, and
@@ -60,6 +54,11 @@ use crate::cause::ResetCause;
 ///     Err(other) => return Err(other.into()),
 /// }
 /// # Ok(()) }
+/// ```
+///
+/// ```
+/// use steadypool::CircuitState;
+/// assert_eq!(CircuitState::Open.as_str(), "open");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CircuitState {

@@ -34,26 +34,10 @@ const REFRESH_SHARE: f64 = 0.9;
 /// "None" in the atomics below.
 const NEVER: u64 = u64::MAX;
 
-/// What the pool knows about the path's idle limit, as returned by
+/// What the pool knows about the path's idle limit (how long a connection may sit
+/// idle on this path before something on it, a load balancer, a NAT gateway, a
+/// firewall or the server's own keepalive timeout, closes it), as returned by
 /// [`Pool::idle_limit`](crate::Pool::idle_limit).
-///
-/// ```
-/// use std::time::Duration;
-/// use steadypool::IdleLimit;
-///
-/// let limit = IdleLimit {
-///     lower: Some(Duration::from_secs(45)),
-///     upper: Some(Duration::from_secs(61)),
-///     evict_after: Some(Duration::from_millis(45_750)),
-/// };
-/// assert!(limit.contains(Duration::from_secs(60)));
-/// assert!(!limit.contains(Duration::from_secs(30)));
-/// assert_eq!(limit.recommended_idle_timeout(), Some(Duration::from_millis(45_750)));
-/// ```
-///
-/// The learned idle limit: how long a connection may sit idle on this path before
-/// something on it (a load balancer, a NAT gateway, a firewall, the server's own
-/// keepalive timeout) closes it.
 ///
 /// Nobody tells the client that limit, but every reset is a measurement of it:
 ///
@@ -62,7 +46,7 @@ const NEVER: u64 = u64::MAX;
 /// * a connection reused after sitting idle for `d` that came back healthy bounds it
 ///   **from below**: the limit is above `d`.
 ///
-/// The learner keeps the shortest such upper bound and the longest such lower bound.
+/// The pool keeps the shortest such upper bound and the longest such lower bound.
 /// Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
 /// connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
 /// later than the configured `idle_timeout`. The lower bound is proven harmless, and the
@@ -91,6 +75,20 @@ const NEVER: u64 = u64::MAX;
 /// restarted at once) cannot be told from an idle limit; it may teach a limit that
 /// is too low. That costs extra connects (planned evictions), never resets, and is
 /// forgotten after 10 minutes.
+///
+/// ```
+/// use std::time::Duration;
+/// use steadypool::IdleLimit;
+///
+/// let limit = IdleLimit {
+///     lower: Some(Duration::from_secs(45)),
+///     upper: Some(Duration::from_secs(61)),
+///     evict_after: Some(Duration::from_millis(45_750)),
+/// };
+/// assert!(limit.contains(Duration::from_secs(60)));
+/// assert!(!limit.contains(Duration::from_secs(30)));
+/// assert_eq!(limit.recommended_idle_timeout(), Some(Duration::from_millis(45_750)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IdleLimit {
     /// The longest idle time after which a connection was reused and came back
