@@ -388,3 +388,116 @@ impl fmt::Display for Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::diagnosis::Reading;
+    use crate::metrics::{CHECKOUT_ERRORS, CONNECTS, EVICTIONS, RESETS, RETRIES, RUNS};
+
+    /// The sum of counter `name` over the series whose labels include `labels`.
+    fn counted(
+        snapshot: &[(
+            metrics_util::CompositeKey,
+            Option<metrics::Unit>,
+            Option<metrics::SharedString>,
+            DebugValue,
+        )],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> u64 {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| {
+                key.key().name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_books_and_the_metrics_count_the_same_events() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let observer = metrics::with_local_recorder(&recorder, || {
+            Observer::new("observed".to_owned(), true, &IdleLimit::default())
+        });
+        let lesson = Lesson {
+            reading: Reading::UpstreamFailure,
+            changed: None,
+        };
+        observer.connected(Duration::from_millis(3));
+        observer.connected(Duration::from_millis(4));
+        observer.connect_failed(
+            ResetCause::Refused,
+            Duration::from_millis(1),
+            &"refused",
+            &lesson,
+            IdleLimit::default,
+        );
+        observer.closed_reset(ResetCause::PeerReset, Phase::InUse);
+        observer.closed_evicted(Eviction::IdleExpired);
+        observer.checkout_failed(CheckoutFailure::CircuitOpen);
+        observer.gate_rejected();
+        observer.run_finished(RunOutcome::Ok, None);
+        observer.run_finished(
+            RunOutcome::MaybeExecuted,
+            Some((ResetCause::PeerReset, RetryOutcome::NotSafe)),
+        );
+
+        let stats = observer.stats();
+        let snapshot = snapshotter.snapshot().into_vec();
+        assert_eq!(stats.opened, 2);
+        assert_eq!(counted(&snapshot, CONNECTS, &[("outcome", "ok")]), 2);
+        assert_eq!(stats.connect_failures, 1);
+        assert_eq!(stats.resets(ResetCause::Refused, Phase::Connect), 1);
+        assert_eq!(
+            counted(
+                &snapshot,
+                RESETS,
+                &[("cause", "refused"), ("phase", "connect")]
+            ),
+            1
+        );
+        assert_eq!(stats.resets(ResetCause::PeerReset, Phase::InUse), 1);
+        assert_eq!(counted(&snapshot, RESETS, &[]), 2);
+        assert_eq!(stats.closed(), 2, "a failed connect closes no connection");
+        assert_eq!(stats.evictions(Eviction::IdleExpired), 1);
+        assert_eq!(
+            counted(&snapshot, EVICTIONS, &[("reason", "idle_expired")]),
+            1
+        );
+        assert_eq!(stats.checkout_failures(CheckoutFailure::CircuitOpen), 1);
+        assert_eq!(stats.checkout_errors, 1);
+        assert_eq!(
+            counted(&snapshot, CHECKOUT_ERRORS, &[("error", "circuit_open")]),
+            1
+        );
+        assert_eq!(stats.gate_rejections, 1);
+        assert_eq!(stats.runs(RunOutcome::Ok), 1);
+        assert_eq!(stats.runs(RunOutcome::MaybeExecuted), 1);
+        assert_eq!(counted(&snapshot, RUNS, &[]), 2);
+        assert_eq!(
+            stats.retries_by_cause(ResetCause::PeerReset, RetryOutcome::NotSafe),
+            1
+        );
+        assert_eq!(stats.retries(RetryOutcome::NotSafe), 1);
+        assert_eq!(
+            counted(
+                &snapshot,
+                RETRIES,
+                &[("cause", "peer_reset"), ("outcome", "not_safe")]
+            ),
+            1
+        );
+        assert_eq!(counted(&snapshot, RETRIES, &[]), 1);
+    }
+}
