@@ -7,7 +7,7 @@
 //!
 //! The [`Classify`] trait turns an operation's error into a [`Disposition`]: is the
 //! connection still good, and could the request have reached the server? The pool's
-//! retry rules (see [`crate::retry`]) are decided on that answer alone.
+//! retry rules (see [`RetryPolicy`](crate::RetryPolicy#retry-rules)) are decided on that answer alone.
 //!
 //! | cause | seen as | usual meaning |
 //! |---|---|---|

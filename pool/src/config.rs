@@ -1,53 +1,4 @@
-//! Pool configuration from a file or the environment (feature `serde`).
-//!
-//! [`PoolConfig`] holds every [`PoolBuilder`] knob, each optional: a knob the
-//! configuration leaves out keeps the builder's value (its default, or what was set
-//! before). Durations are written the way people write them (`"45s"`, `"500ms"`,
-//! `"30min"`, `"1h 30min"`, as [`humantime`] parses them); the knobs that can be turned
-//! off (`idle_timeout`, `max_lifetime`, `user_timeout`) also take `"off"`. Unknown
-//! fields are rejected, so a misspelt knob is an error instead of a silently ignored
-//! line.
-//!
-//! Parsing only checks the form. The values are checked where those set in code are,
-//! by [`PoolBuilder::build`], with the same [`BuildError`](crate::BuildError).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use steadypool::{drivers::tcp::TcpManager, Pool, PoolConfig};
-//!
-//! // From TOML, JSON, YAML, environment variables (through a crate such as
-//! // `envy` or `config`): anything serde reads.
-//! let config: PoolConfig = serde_json::from_str(
-//!     r#"{
-//!         "max_size": 16,
-//!         "idle_timeout": "50s",
-//!         "max_lifetime": "off",
-//!         "keepalive": { "idle": "5s" },
-//!         "retry": { "max_attempts": 5, "backoff": { "base": "20ms", "cap": "1s" } }
-//!     }"#,
-//! )?;
-//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-//!     .name("upstream")
-//!     .config(&config)
-//!     .build()?;
-//! assert_eq!(pool.status().max_size, 16);
-//! # Ok(()) }
-//! ```
-//!
-//! The same in TOML, with the nested sections:
-//!
-//! ```toml
-//! max_size = 16
-//! idle_timeout = "50s"
-//! max_lifetime = "off"
-//!
-//! [keepalive]
-//! idle = "5s"
-//!
-//! [retry]
-//! max_attempts = 5
-//! backoff = { base = "20ms", cap = "1s" }
-//! ```
+//! The pool's configuration read with serde (feature `serde`).
 
 use std::time::Duration;
 
@@ -58,10 +9,61 @@ use crate::manager::Manager;
 use crate::pool::{PoolBuilder, QueueMode};
 use crate::retry::policy::RetryPolicy;
 
-/// Every [`PoolBuilder`] knob, each optional. See the [module docs](self).
+/// Every [`PoolBuilder`] knob, each optional.
 ///
 /// A field that is `None` leaves the builder's value alone. For the knobs that can be
 /// turned off, `Some(None)` (written `"off"`) turns them off.
+///
+/// Pool configuration from a file or the environment (feature `serde`).
+///
+/// [`PoolConfig`] holds every [`PoolBuilder`] knob, each optional: a knob the
+/// configuration leaves out keeps the builder's value (its default, or what was set
+/// before). Durations are written the way people write them (`"45s"`, `"500ms"`,
+/// `"30min"`, `"1h 30min"`, as [`humantime`] parses them); the knobs that can be turned
+/// off (`idle_timeout`, `max_lifetime`, `user_timeout`) also take `"off"`. Unknown
+/// fields are rejected, so a misspelt knob is an error instead of a silently ignored
+/// line.
+///
+/// Parsing only checks the form. The values are checked where those set in code are,
+/// by [`PoolBuilder::build`], with the same [`BuildError`](crate::BuildError).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use steadypool::{drivers::tcp::TcpManager, Pool, PoolConfig};
+///
+/// // From TOML, JSON, YAML, environment variables (through a crate such as
+/// // `envy` or `config`): anything serde reads.
+/// let config: PoolConfig = serde_json::from_str(
+///     r#"{
+///         "max_size": 16,
+///         "idle_timeout": "50s",
+///         "max_lifetime": "off",
+///         "keepalive": { "idle": "5s" },
+///         "retry": { "max_attempts": 5, "backoff": { "base": "20ms", "cap": "1s" } }
+///     }"#,
+/// )?;
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+///     .name("upstream")
+///     .config(&config)
+///     .build()?;
+/// assert_eq!(pool.status().max_size, 16);
+/// # Ok(()) }
+/// ```
+///
+/// The same in TOML, with the nested sections:
+///
+/// ```toml
+/// max_size = 16
+/// idle_timeout = "50s"
+/// max_lifetime = "off"
+///
+/// [keepalive]
+/// idle = "5s"
+///
+/// [retry]
+/// max_attempts = 5
+/// backoff = { base = "20ms", cap = "1s" }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -41,7 +41,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), steadypool::DialError> {
 //! use std::time::Duration;
-//! use steadypool::dial::{Dialer, Keepalive};
+//! use steadypool::{Dialer, Keepalive};
 //!
 //! let dialer = Dialer::new()
 //!     .connect_timeout(Duration::from_secs(2))
@@ -134,7 +134,7 @@ impl fmt::Display for Address {
 ///
 /// ```
 /// use std::time::Duration;
-/// use steadypool::dial::Keepalive;
+/// use steadypool::Keepalive;
 /// let ka = Keepalive::new(Duration::from_secs(10), Duration::from_secs(3), 3);
 /// assert_eq!(ka.detection_time(), Duration::from_secs(19));
 /// ```
@@ -476,7 +476,9 @@ impl Dialer {
     }
 
     /// Connects to the Unix-domain stream socket at `path`, within the connect timeout.
-    /// No socket option is set: see the [module docs](self#unix-domain-sockets).
+    /// No socket option is set: none of the TCP options apply, and none is needed (both
+    /// ends are on one kernel: no middlebox drops an idle flow, and a server that exits
+    /// closes its end at once, which the probe sees).
     ///
     /// # Errors
     /// [`DialError::Unix`] naming the path and the cause: the file is missing

@@ -67,12 +67,12 @@ use tokio::net::UnixStream;
 ///
 /// ```
 /// # async fn demo(stream: tokio::net::TcpStream) {
-/// use steadypool::probe::{self, Liveness, SocketRef};
+/// use steadypool::{Liveness, SocketRef, probe};
 /// use tokio::io::BufReader;
 ///
-/// assert!(matches!(probe::check(SocketRef::from(&stream)), Liveness::Alive));
+/// assert!(matches!(probe(SocketRef::from(&stream)), Liveness::Alive));
 /// let reader = BufReader::new(stream);
-/// assert!(matches!(probe::check(SocketRef::from(&reader)), Liveness::Alive));
+/// assert!(matches!(probe(SocketRef::from(&reader)), Liveness::Alive));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -390,7 +390,7 @@ pub enum TcpState {
 ///
 /// ```
 /// # async fn demo(stream: tokio::net::TcpStream) -> std::io::Result<()> {
-/// use steadypool::probe::{tcp_state, SocketRef, TcpState};
+/// use steadypool::{SocketRef, TcpState, tcp_state};
 /// assert_eq!(tcp_state(SocketRef::Tokio(&stream))?, TcpState::Established);
 /// # Ok(()) }
 /// ```

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use steadypool::TcpState;
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::probe::TcpState;
 use steadypool::{Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::line_manager::{LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::{eventually, sockets};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -57,8 +57,9 @@ async fn open_idle<M: Manager>(pool: &Pool<M>, server: &LineServer, n: usize) ->
 #[tokio::test]
 async fn fin_on_an_idle_connection_is_discarded_as_peer_closed() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
 
     assert_eq!(server.close_all().await, 1);
@@ -70,8 +71,11 @@ async fn fin_on_an_idle_connection_is_discarded_as_peer_closed() {
         "the closed connection came back"
     );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
-    assert_eq!(metrics.all_resets(), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
+        1
+    );
+    assert_eq!(pool.stats().all_resets(), 1);
     assert_eq!(server.accepts(), 2);
     drop(conn);
     assert_eq!(
@@ -83,8 +87,9 @@ async fn fin_on_an_idle_connection_is_discarded_as_peer_closed() {
 #[tokio::test]
 async fn rst_on_an_idle_connection_is_discarded_as_peer_reset() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
 
     assert_eq!(server.reset_all().await, 1);
@@ -97,15 +102,19 @@ async fn rst_on_an_idle_connection_is_discarded_as_peer_reset() {
         "the reset connection came back"
     );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Checkout), 1);
-    assert_eq!(metrics.all_resets(), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PeerReset, Phase::Checkout),
+        1
+    );
+    assert_eq!(pool.stats().all_resets(), 1);
 }
 
 #[tokio::test]
 async fn bytes_on_an_idle_connection_are_discarded_as_unexpected_data() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
 
     assert_eq!(server.send_all(b"NOTICE shutting down\n").await, 1);
@@ -119,17 +128,19 @@ async fn bytes_on_an_idle_connection_are_discarded_as_unexpected_data() {
     // Had the stray line stayed, this reply would be the notice.
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
     assert_eq!(
-        metrics.resets(ResetCause::UnexpectedData, Phase::Checkout),
+        pool.stats()
+            .resets(ResetCause::UnexpectedData, Phase::Checkout),
         1
     );
-    assert_eq!(metrics.all_resets(), 1);
+    assert_eq!(pool.stats().all_resets(), 1);
 }
 
 #[tokio::test]
 async fn every_dead_idle_connection_is_skipped_then_a_fresh_one_is_opened() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(TcpManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(TcpManager::new(server.addr()))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 3).await;
     assert_eq!(pool.status().idle, 3);
 
@@ -146,7 +157,10 @@ async fn every_dead_idle_connection_is_skipped_then_a_fresh_one_is_opened() {
         .await
         .unwrap();
     assert_eq!(reply, "PONG\n");
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 3);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
+        3
+    );
     assert_eq!(server.accepts(), 4);
     let status = pool.status();
     assert_eq!((status.size, status.in_use, status.idle), (1, 1, 0));
@@ -171,18 +185,21 @@ async fn a_returned_connection_is_reused_without_a_ping() {
 #[tokio::test]
 async fn a_connection_idle_past_idle_timeout_is_closed_at_checkout() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        checkout_only(LineManager::new(server.addr()))
-            .idle_timeout(Some(Duration::from_millis(200))),
-    )
-    .unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), first[0]);
-    assert_eq!(metrics.evictions(Eviction::IdleExpired), 1);
-    assert_eq!(metrics.all_resets(), 0, "an idle expiry is not a reset");
+    assert_eq!(pool.stats().evictions(Eviction::IdleExpired), 1);
+    assert_eq!(
+        pool.stats().all_resets(),
+        0,
+        "an idle expiry is not a reset"
+    );
     let closed = eventually(PATIENCE, || {
         server.ended().iter().any(|e| e.how == Ending::ClientClosed)
     })
@@ -224,35 +241,38 @@ async fn only_a_connection_idle_past_check_after_is_pinged() {
 #[tokio::test]
 async fn a_hung_server_fails_the_ping_and_the_connection_is_replaced() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(HOUR)
-            .check_after(Duration::from_millis(100))
-            .ping_timeout(Duration::from_millis(200)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(HOUR)
+        .check_after(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
     assert_eq!(server.freeze_all().await, 1);
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let mut conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), first[0]);
-    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+        1
+    );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
 }
 
 #[tokio::test]
 async fn a_connection_marked_broken_is_closed_not_returned() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
     let mut conn = pool.get().await.unwrap();
     let id = conn.id();
     conn.mark_broken(ResetCause::PeerReset);
     drop(conn);
 
     assert_eq!(pool.status().size, 0);
-    assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::InUse), 1);
+    assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::InUse), 1);
     let conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), id);
 }
@@ -282,8 +302,9 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
     // then hand out the dead connection.
     for spent in 120..=128 {
         let server = LineServer::start().await.unwrap();
-        let (pool, metrics) =
-            RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
+        let pool = checkout_only(LineManager::new(server.addr()))
+            .build()
+            .unwrap();
         let first = open_idle(&pool, &server, 1).await;
         assert_eq!(server.close_all().await, 1);
         kernel_shows(server.addr().port(), TcpState::CloseWait, 1).await;
@@ -297,7 +318,10 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
             !first.contains(&conn.id()),
             "the closed connection came back after {spent} units of budget"
         );
-        assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
+        assert_eq!(
+            pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
+            1
+        );
     }
 }
 

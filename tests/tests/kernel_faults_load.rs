@@ -14,7 +14,7 @@ use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::load::Load;
 use steadypool_tests::netns;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::{eventually, sockets};
 
@@ -22,27 +22,26 @@ const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(15);
 
-fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
-    RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .name(name)
-            .max_size(8)
-            .reaper_interval(TICK)
-            .learn_idle_limit(false)
-            .connect_timeout(Duration::from_secs(2))
-            // While the firewall resets every packet, connects fail too; the open
-            // circuit would fail requests fast on purpose, and this test asks for none
-            // to fail, so it stays closed.
-            .circuit_open_after(u32::MAX)
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(100)
-                    .deadline(Duration::from_secs(30))
-                    .backoff(Duration::from_millis(10), Duration::from_millis(200))
-                    .budget(1.0, 1_000),
-            ),
-    )
-    .unwrap()
+fn pool_for(server: &LineServer, name: &str) -> Pool<LineManager> {
+    Pool::builder(LineManager::new(server.addr()))
+        .name(name)
+        .max_size(8)
+        .reaper_interval(TICK)
+        .learn_idle_limit(false)
+        .connect_timeout(Duration::from_secs(2))
+        // While the firewall resets every packet, connects fail too; the open
+        // circuit would fail requests fast on purpose, and this test asks for none
+        // to fail, so it stays closed.
+        .circuit_open_after(u32::MAX)
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(100)
+                .deadline(Duration::from_secs(30))
+                .backoff(Duration::from_millis(10), Duration::from_millis(200))
+                .budget(1.0, 1_000),
+        )
+        .build()
+        .unwrap()
 }
 
 /// A `SET` to a fixed value: safe to run twice.
@@ -80,7 +79,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "ss-kill-load");
+        let pool = pool_for(&server, "ss-kill-load");
         let load = start_load(&pool);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         ns.kill_server_sockets(port);
@@ -104,8 +103,8 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
                 pool.status()
             );
         }
-        let in_use_before = metrics.resets(ResetCause::PeerReset, Phase::InUse);
-        let struck = || metrics.resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
+        let in_use_before = pool.stats().resets(ResetCause::PeerReset, Phase::InUse);
+        let struck = || pool.stats().resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
         ns.kill_server_sockets(port);
         eventually(SLACK, || struck() >= max_size as u64).await;
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
@@ -113,7 +112,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
         ns.kill_server_sockets(port);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
-        metrics.report("ss -K mid-load");
+        pool.stats().report("ss -K mid-load");
         eprintln!(
             "ss -K mid-load: {} requests succeeded, {} failed; the kill on a stalled server \
              struck {struck_in_flight} requests in flight",
@@ -122,22 +121,27 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
 
         assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
         assert!(
-            metrics.resets_with_cause(ResetCause::PeerReset) >= 1,
+            pool.stats().resets_with_cause(ResetCause::PeerReset) >= 1,
             "{:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
         // A killed socket is an RST: read as a reset, or, once that was reported, as
         // a broken pipe by a write or end of stream by a read.
-        let resets = metrics.resets_with_cause(ResetCause::PeerReset)
-            + metrics.resets_with_cause(ResetCause::BrokenPipe)
-            + metrics.resets_with_cause(ResetCause::PeerClosed);
-        assert_eq!(metrics.all_resets(), resets, "{:?}", metrics.reset_table());
+        let resets = pool.stats().resets_with_cause(ResetCause::PeerReset)
+            + pool.stats().resets_with_cause(ResetCause::BrokenPipe)
+            + pool.stats().resets_with_cause(ResetCause::PeerClosed);
+        assert_eq!(
+            pool.stats().all_resets(),
+            resets,
+            "{:?}",
+            pool.stats().reset_table()
+        );
         assert_eq!(
             struck_in_flight, max_size as u64,
             "every request waiting on the stalled server met the reset"
         );
-        assert!(metrics.retries(RetryOutcome::Succeeded) >= max_size as u64);
-        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert!(pool.stats().retries(RetryOutcome::Succeeded) >= max_size as u64);
+        assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
         assert_eq!(pool.status().in_use, 0);
         sockets::assert_close_wait_cleared(port, TICK + SLACK).await;
     });
@@ -151,21 +155,21 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "reject-load");
+        let pool = pool_for(&server, "reject-load");
         let load = start_load(&pool);
         for _ in 0..2 {
             assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-            let failed_before = metrics.all_resets();
+            let failed_before = pool.stats().all_resets();
             ns.reject_with_reset(port);
             // Long enough for requests in flight and new connects to meet the rule.
-            let struck = eventually(SLACK, || metrics.all_resets() > failed_before).await;
+            let struck = eventually(SLACK, || pool.stats().all_resets() > failed_before).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             ns.clear_rules();
             assert!(struck, "no request met the reset");
         }
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let outcome = load.stop().await;
-        metrics.report("REJECT tcp-reset mid-load");
+        pool.stats().report("REJECT tcp-reset mid-load");
         eprintln!(
             "REJECT tcp-reset mid-load: {} requests succeeded, {} failed",
             outcome.succeeded, outcome.failed
@@ -173,22 +177,22 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
 
         assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
         assert!(
-            metrics.resets(ResetCause::PeerReset, Phase::InUse) >= 1,
+            pool.stats().resets(ResetCause::PeerReset, Phase::InUse) >= 1,
             "{:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
         // A SYN answered with a reset is a refused connect.
-        let accounted = metrics.resets_with_cause(ResetCause::PeerReset)
-            + metrics.resets_with_cause(ResetCause::BrokenPipe)
-            + metrics.resets(ResetCause::Refused, Phase::Connect);
+        let accounted = pool.stats().resets_with_cause(ResetCause::PeerReset)
+            + pool.stats().resets_with_cause(ResetCause::BrokenPipe)
+            + pool.stats().resets(ResetCause::Refused, Phase::Connect);
         assert_eq!(
-            metrics.all_resets(),
+            pool.stats().all_resets(),
             accounted,
             "{:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
-        assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
-        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert!(pool.stats().retries(RetryOutcome::Succeeded) >= 1);
+        assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
         assert_eq!(pool.status().in_use, 0);
         sockets::assert_close_wait_cleared(port, TICK + SLACK).await;
     });

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use redis::AsyncConnectionConfig;
 use steadypool::drivers::redis::{RedisDriverError, RedisManager};
 use steadypool::metrics::RetryOutcome;
-use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError, Stats};
 use steadypool_tests::load::Load;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::sockets;
 
@@ -21,30 +21,25 @@ const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(15);
 
-fn pool_for(
-    server: &RedisServer,
-    name: &str,
-    size: usize,
-) -> (Pool<RedisManager>, RecordedMetrics) {
+fn pool_for(server: &RedisServer, name: &str, size: usize) -> Pool<RedisManager> {
     // A reply slower than redis's default 500 ms is no fault of the server's here,
     // only of a loaded test machine.
     let manager = RedisManager::new(server.url()).unwrap().connection_config(
         AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
     );
-    RecordedMetrics::build(
-        Pool::builder(manager)
-            .name(name)
-            .max_size(size)
-            .reaper_interval(TICK)
-            .learn_idle_limit(false)
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(10)
-                    .deadline(Duration::from_secs(20))
-                    .backoff(Duration::from_millis(10), Duration::from_millis(200)),
-            ),
-    )
-    .unwrap()
+    Pool::builder(manager)
+        .name(name)
+        .max_size(size)
+        .reaper_interval(TICK)
+        .learn_idle_limit(false)
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(10)
+                .deadline(Duration::from_secs(20))
+                .backoff(Duration::from_millis(10), Duration::from_millis(200)),
+        )
+        .build()
+        .unwrap()
 }
 
 /// Sets key `n % 64` to `n`'s value, then reads it back; both are safe to run twice.
@@ -69,21 +64,21 @@ async fn set_and_get(pool: &Pool<RedisManager>, n: u64) -> Result<(), RunError<R
 }
 
 /// Resets counted for `cause` while idle or at checkout: found before any command.
-fn found_unused(metrics: &RecordedMetrics, cause: ResetCause) -> u64 {
-    metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout)
+fn found_unused(stats: &Stats, cause: ResetCause) -> u64 {
+    stats.resets(cause, Phase::Idle) + stats.resets(cause, Phase::Checkout)
 }
 
 /// Every reset is a close found before use, or a close or reset that struck a command
 /// in flight (the server killed a connection a command was on).
-fn assert_only_closes(metrics: &RecordedMetrics) {
-    let in_use = metrics.resets(ResetCause::PeerClosed, Phase::InUse)
-        + metrics.resets(ResetCause::PeerReset, Phase::InUse)
-        + metrics.resets(ResetCause::BrokenPipe, Phase::InUse);
+fn assert_only_closes(stats: &Stats) {
+    let in_use = stats.resets(ResetCause::PeerClosed, Phase::InUse)
+        + stats.resets(ResetCause::PeerReset, Phase::InUse)
+        + stats.resets(ResetCause::BrokenPipe, Phase::InUse);
     assert_eq!(
-        metrics.all_resets(),
-        found_unused(metrics, ResetCause::PeerClosed) + in_use,
+        stats.all_resets(),
+        found_unused(stats, ResetCause::PeerClosed) + in_use,
         "{:?}",
-        metrics.reset_table()
+        stats.reset_table()
     );
 }
 
@@ -92,7 +87,7 @@ async fn client_kill_mid_load_reaches_no_command() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "redis-kill", 8);
+    let pool = pool_for(&server, "redis-kill", 8);
     let load = {
         let pool = pool.clone();
         Load::start(12, move |worker, n| {
@@ -121,7 +116,7 @@ async fn client_kill_mid_load_reaches_no_command() {
     }
     assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
     let outcome = load.stop().await;
-    metrics.report("CLIENT KILL mid-load");
+    pool.stats().report("CLIENT KILL mid-load");
     eprintln!(
         "CLIENT KILL mid-load: {killed} connections killed; {} commands succeeded, {} failed",
         outcome.succeeded, outcome.failed
@@ -132,13 +127,13 @@ async fn client_kill_mid_load_reaches_no_command() {
     drop(admin);
     // A killed connection is found by the reaper, at checkout, or by the command on it.
     assert!(
-        steadypool_tests::eventually(SLACK, || metrics.all_resets() == killed).await,
+        steadypool_tests::eventually(SLACK, || pool.stats().all_resets() == killed).await,
         "{killed} killed, counted {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    assert_only_closes(&metrics);
-    assert!(found_unused(&metrics, ResetCause::PeerClosed) >= 1);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+    assert_only_closes(&pool.stats());
+    assert!(found_unused(&pool.stats(), ResetCause::PeerClosed) >= 1);
+    assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
     let status = pool.status();
     assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
     sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
@@ -158,7 +153,7 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
         .await
         .unwrap();
     drop(admin);
-    let (pool, metrics) = pool_for(&server, "redis-timeout", 4);
+    let pool = pool_for(&server, "redis-timeout", 4);
     // Cycles of one second of commands and three of silence, each worker a little out
     // of step with the others: every cycle the server closes the connections that
     // went quiet, and the next commands must not notice.
@@ -183,7 +178,7 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
     let cycles = 3;
     tokio::time::sleep(Duration::from_millis((CYCLE_MS * cycles) as u64 + 500)).await;
     let outcome = load.stop().await;
-    metrics.report("server idle timeout");
+    pool.stats().report("server idle timeout");
     eprintln!(
         "server idle timeout: {} commands succeeded, {} failed",
         outcome.succeeded, outcome.failed
@@ -191,18 +186,18 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
 
     assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
     assert!(
-        found_unused(&metrics, ResetCause::PeerClosed) >= cycles as u64,
+        found_unused(&pool.stats(), ResetCause::PeerClosed) >= cycles as u64,
         "the server's idle closes were not all seen: {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     assert_eq!(
-        metrics.all_resets(),
-        found_unused(&metrics, ResetCause::PeerClosed),
+        pool.stats().all_resets(),
+        found_unused(&pool.stats(), ResetCause::PeerClosed),
         "only closes found idle or at checkout: {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     assert_eq!(
-        metrics.retries(RetryOutcome::Succeeded),
+        pool.stats().retries(RetryOutcome::Succeeded),
         0,
         "nothing to retry"
     );

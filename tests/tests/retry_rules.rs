@@ -12,7 +12,7 @@ use steadypool::{
     ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -33,19 +33,18 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .max_size(1)
-            .check_after(Duration::from_secs(3600))
-            .connect_timeout(Duration::from_secs(1))
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(3)
-                    .deadline(Duration::from_secs(5))
-                    .backoff(Duration::from_secs(60), Duration::from_secs(120)),
-            ),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .max_size(1)
+        .check_after(Duration::from_secs(3600))
+        .connect_timeout(Duration::from_secs(1))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(5))
+                .backoff(Duration::from_secs(60), Duration::from_secs(120)),
+        )
+        .build()
+        .unwrap();
 
     let first = pool
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
@@ -64,10 +63,10 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.resets(), 1);
-    assert_eq!(metrics.retries(RetryOutcome::Succeeded), 1);
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 2);
-    assert_eq!(metrics.all_runs(), 2);
+    assert_eq!(pool.stats().retries(RetryOutcome::Succeeded), 1);
+    assert_eq!(pool.stats().all_retries(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::Ok), 2);
+    assert_eq!(pool.stats().all_runs(), 2);
 }
 
 /// The same stale connection under a non-idempotent operation: the request may have
@@ -81,13 +80,12 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .max_size(1)
-            .check_after(Duration::from_secs(3600))
-            .retry_policy(policy()),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .max_size(1)
+        .check_after(Duration::from_secs(3600))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
     pool.run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap();
@@ -115,11 +113,14 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(2), 0);
     assert_eq!(server.requests(), 2, "no second attempt reached the server");
-    assert_eq!(metrics.retries_with_cause(*cause, RetryOutcome::NotSafe), 1);
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
-    assert_eq!(metrics.all_runs(), 2);
+    assert_eq!(
+        pool.stats().retries_by_cause(*cause, RetryOutcome::NotSafe),
+        1
+    );
+    assert_eq!(pool.stats().all_retries(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::Ok), 1);
+    assert_eq!(pool.stats().all_runs(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,10 +153,10 @@ async fn transient_errors_stop_at_max_attempts() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy().max_attempts(3)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy().max_attempts(3))
+        .build()
+        .unwrap();
     let err = pool
         .run_idempotent(async |conn| flaky::run(conn, 7).await)
         .await
@@ -177,21 +178,22 @@ async fn transient_errors_stop_at_max_attempts() {
     assert_eq!(server.busy_sent(), 3);
     assert_eq!(server.runs(7), 0);
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::GaveUp),
+        pool.stats()
+            .retries_by_cause(ResetCause::Other, RetryOutcome::GaveUp),
         1
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(pool.stats().all_retries(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
     let err = pool
         .run_idempotent(async |conn| flaky::fail(conn, 3).await)
         .await
@@ -209,9 +211,9 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
     assert_eq!(server.requests(), 1);
     let status = pool.status();
     assert_eq!((status.idle, status.in_use), (1, 0));
-    assert_eq!(metrics.runs(RunOutcome::OperationError), 1);
-    assert_eq!(metrics.all_runs(), 1);
-    assert_eq!(metrics.all_retries(), 0);
+    assert_eq!(pool.stats().runs(RunOutcome::OperationError), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
+    assert_eq!(pool.stats().all_retries(), 0);
 }
 
 /// A panicking operation: the panic reaches the caller (here through the spawned
@@ -258,10 +260,10 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(policy())
+        .build()
+        .unwrap();
     let run = pool.run(async |conn| flaky::hang(conn, 1).await);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
@@ -271,8 +273,8 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let status = pool.status();
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
     // Its caller got no outcome, so there is none to count.
-    assert_eq!(metrics.all_runs(), 0);
-    assert_eq!(metrics.all_retries(), 0);
+    assert_eq!(pool.stats().all_runs(), 0);
+    assert_eq!(pool.stats().all_retries(), 0);
 }
 
 /// The deadline bounds the operation too: one that hangs is cut off, its connection
@@ -281,12 +283,11 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_cuts_off_a_hanging_operation() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .connect_timeout(Duration::from_millis(300))
-            .retry_policy(policy().deadline(Duration::from_secs(1))),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .connect_timeout(Duration::from_millis(300))
+        .retry_policy(policy().deadline(Duration::from_secs(1)))
+        .build()
+        .unwrap();
     let err = pool
         .run_with(Idempotency::Idempotent, async |conn| {
             flaky::hang(conn, 1).await
@@ -306,9 +307,9 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
         "{err:?}"
     );
     assert_eq!(pool.status().size, 0);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
     assert_eq!(
-        metrics.all_retries(),
+        pool.stats().all_retries(),
         0,
         "no failure was weighed for a retry"
     );
@@ -318,8 +319,9 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_pool_fails_at_once() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(Pool::builder(LedgerManager::new(server.addr()))).unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .build()
+        .unwrap();
     pool.close();
     let err = pool
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
@@ -343,8 +345,8 @@ async fn a_closed_pool_fails_at_once() {
     );
     assert_eq!(pool.status().circuit, CircuitState::Closed);
     assert_eq!(server.requests(), 0);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_retries(), 0);
+    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(pool.stats().all_retries(), 0);
 }
 
 #[tokio::test]

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use steadypool::metrics::{RetryOutcome, RunOutcome};
+use steadypool::metrics::{RETRIES, RUNS, RetryOutcome, RunOutcome};
 use steadypool::{AttemptError, Error, GiveUp, Pool, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::eventually;
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer, ResetPoint};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::{Books, RecordedMetrics};
 use tokio::io::AsyncWriteExt;
 
 fn fast_backoff() -> RetryPolicy {
@@ -32,16 +32,15 @@ async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .connect_timeout(Duration::from_millis(500))
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(3)
-                    .deadline(Duration::from_secs(1)),
-            ),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .connect_timeout(Duration::from_millis(500))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
     let err = pool
         .run(async |conn| flaky::run(conn, 1).await)
         .await
@@ -67,8 +66,8 @@ async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
     assert_eq!(server.runs(1), 1, "ran once");
     assert_eq!(server.requests(), 1, "not replayed");
     assert_eq!(pool.status().size, 0, "the cut connection was discarded");
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
 }
 
 /// An idempotent run whose first attempt broke after the server ran the request, and
@@ -85,12 +84,11 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
         .await
         .unwrap(),
     );
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .circuit_open_after(10)
-            .retry_policy(fast_backoff().max_attempts(2)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .circuit_open_after(10)
+        .retry_policy(fast_backoff().max_attempts(2))
+        .build()
+        .unwrap();
     let err = pool
         .run_idempotent(async |conn| {
             let server = Arc::clone(&server);
@@ -117,11 +115,12 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(1), 1);
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
+        pool.stats()
+            .retries_by_cause(ResetCause::Refused, RetryOutcome::GaveUp),
         1
     );
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
 }
 
 /// The same after an attempt that may have run, when the pool is closed before the
@@ -135,10 +134,10 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(fast_backoff()),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(fast_backoff())
+        .build()
+        .unwrap();
     let closing = pool.clone();
     let err = pool
         .run_idempotent(async |conn| {
@@ -163,8 +162,8 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
         "{err:?}"
     );
     assert_eq!(server.runs(1), 1);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
+    assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 1);
 }
 
 /// Every connect refused: no attempt sent anything, so the run provably did not run.
@@ -201,12 +200,21 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
         "{err}"
     );
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
+        pool.stats()
+            .retries_by_cause(ResetCause::Refused, RetryOutcome::GaveUp),
         1
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(pool.stats().all_retries(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
+    // The metrics count the same run and retry.
+    assert_eq!(
+        metrics.counter(RETRIES, &[("cause", "refused"), ("outcome", "gave_up")]),
+        1
+    );
+    assert_eq!(metrics.counter(RETRIES, &[]), 1);
+    assert_eq!(metrics.counter(RUNS, &[("outcome", "not_executed")]), 1);
+    assert_eq!(metrics.counter(RUNS, &[]), 1);
 }
 
 /// A non-idempotent run whose first attempt failed with an error the manager
@@ -215,10 +223,10 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_retries_an_error_that_says_nothing_was_sent() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(fast_backoff()),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(fast_backoff())
+        .build()
+        .unwrap();
     let attempts = AtomicUsize::new(0);
     let runs = pool
         .run(async |conn| {
@@ -237,14 +245,17 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
     assert_eq!(server.accepted(), 2, "the broken connection was replaced");
     // The write fails on the socket shut for sending (EPIPE), or on the server's RST
     // when its answer to the shutdown came first.
-    let retried_after = |cause| metrics.retries_with_cause(cause, RetryOutcome::Succeeded);
+    let retried_after = |cause| {
+        pool.stats()
+            .retries_by_cause(cause, RetryOutcome::Succeeded)
+    };
     assert_eq!(
         retried_after(ResetCause::BrokenPipe) + retried_after(ResetCause::PeerReset),
         1
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    assert_eq!(pool.stats().all_retries(), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::Ok), 1);
+    assert_eq!(pool.stats().all_runs(), 1);
 }
 
 /// A transient refusal is retried after a real wait: the second attempt starts no
@@ -259,15 +270,15 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(
             RetryPolicy::default()
                 .max_attempts(2)
                 .backoff(base, base * 4)
                 .jitter_seed(3),
-        ),
-    )
-    .unwrap();
+        )
+        .build()
+        .unwrap();
     let starts = Mutex::new(Vec::new());
     let runs = pool
         .run(async |conn| {
@@ -289,10 +300,11 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
     );
     assert_eq!(server.busy_sent(), 1);
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::Succeeded),
+        pool.stats()
+            .retries_by_cause(ResetCause::Other, RetryOutcome::Succeeded),
         1
     );
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::Ok), 1);
 }
 
 /// A wait that would end past the deadline is not started: the run ends at once with
@@ -306,14 +318,14 @@ async fn no_wait_is_started_past_the_deadline() {
     })
     .await
     .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(
+    let pool = Pool::builder(LedgerManager::new(server.addr()))
+        .retry_policy(
             RetryPolicy::default()
                 .deadline(Duration::from_secs(10))
                 .backoff(Duration::from_secs(120), Duration::from_secs(240)),
-        ),
-    )
-    .unwrap();
+        )
+        .build()
+        .unwrap();
     let err = tokio::time::timeout(
         Duration::from_secs(60),
         pool.run(async |conn| flaky::run(conn, 1).await),
@@ -336,10 +348,11 @@ async fn no_wait_is_started_past_the_deadline() {
     assert_eq!(server.requests(), 1);
     assert_eq!(server.runs(1), 0);
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::GaveUp),
+        pool.stats()
+            .retries_by_cause(ResetCause::Other, RetryOutcome::GaveUp),
         1
     );
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
+    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
 }
 
 /// An outage: the first callers' connects are refused, which opens the circuit; the
@@ -352,13 +365,12 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
     let addr = server.addr();
     server.stop().await;
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(addr))
-            .circuit_open_after(2)
-            .circuit_open_for(Duration::from_secs(60))
-            .retry_policy(RetryPolicy::default().max_attempts(1)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(addr))
+        .circuit_open_after(2)
+        .circuit_open_for(Duration::from_secs(60))
+        .retry_policy(RetryPolicy::default().max_attempts(1))
+        .build()
+        .unwrap();
     let mut turned_away = 0;
     for id in 0..CALLERS {
         let err = pool
@@ -379,12 +391,13 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
     }
     assert_eq!(turned_away, CALLERS - 2);
     assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
+        pool.stats()
+            .retries_by_cause(ResetCause::Refused, RetryOutcome::GaveUp),
         2
     );
-    assert_eq!(metrics.all_retries(), 2);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), CALLERS);
-    assert_eq!(metrics.all_runs(), CALLERS);
+    assert_eq!(pool.stats().all_retries(), 2);
+    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), CALLERS);
+    assert_eq!(pool.stats().all_runs(), CALLERS);
 }
 
 /// A listener that never accepts, its smallest accept queue filled: the kernel drops

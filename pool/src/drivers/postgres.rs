@@ -101,7 +101,7 @@
 //! libpq names it, through [`Dialer::connect_unix`] within the pool's
 //! `connect_timeout`. Such a session is never encrypted, whatever `sslmode` says, as
 //! with libpq: TLS is for the network, and there is none. Nor do keepalive and
-//! `TCP_USER_TIMEOUT` apply (see [`dial`](crate::dial#unix-domain-sockets)): a
+//! `TCP_USER_TIMEOUT` apply (see [`Dialer::connect_unix`](crate::Dialer::connect_unix)): a
 //! backend that exits closes its end at once, and the probe or the watch above finds
 //! it; a missing socket file (the server is down: it removes the file as it stops)
 //! counts as `refused` at connect. Unix and TCP hosts can be mixed in one list.

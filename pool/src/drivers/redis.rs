@@ -33,7 +33,7 @@
 //! `?db=2` for a database) connect to a server's `unixsocket`, through
 //! [`Dialer::connect_unix`] within the pool's `connect_timeout`. The socket gets no
 //! keepalive and no `TCP_USER_TIMEOUT` (they are TCP's; see
-//! [`dial`](crate::dial#unix-domain-sockets)), and needs none: a server that exits
+//! [`Dialer::connect_unix`](crate::Dialer::connect_unix)), and needs none: a server that exits
 //! closes its end at once, and the probe (the same `peek` on a duplicated descriptor)
 //! or the driver's watch finds it as `peer_closed`. A missing socket file (the server
 //! is down, and removed it on the way) and a stale one nobody listens on both count

@@ -258,7 +258,7 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How many connects may be in flight at once (see [`crate::breaker`]). Default 2.
+    /// How many connects may be in flight at once (see [`CircuitState`](crate::CircuitState)). Default 2.
     /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
     /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
     /// storm of connections and handshakes at the same moment.

@@ -1,6 +1,6 @@
 //! What a `run` returns when it fails: whether the request may have taken effect,
 //! why retrying stopped, and the last attempt's error. See
-//! [Did it run?](crate::retry#did-it-run).
+//! [Did it run?](crate::RetryPolicy#did-it-run).
 
 use std::error::Error as StdError;
 
@@ -27,7 +27,7 @@ pub enum AttemptError<E: StdError + 'static> {
 }
 
 /// Why [`Pool::run`](crate::Pool::run) (or a sibling) failed, and whether the request may have taken
-/// effect. Each failure has exactly one shape; see [Did it run?](crate::retry#did-it-run).
+/// effect. Each failure has exactly one shape; see [Did it run?](crate::RetryPolicy#did-it-run).
 ///
 /// `cause` and `source` describe the last failure that ended an attempt with an error
 /// (a broken connection, a failed connect, a transient refusal, or the checkout that

@@ -130,7 +130,7 @@ fn outcomes<T, E: StdError + 'static>(
 
 impl<M: Manager> Pool<M> {
     /// Runs an operation that must not run twice, retrying only when the request
-    /// provably never reached the server. See the [retry rules](crate::retry).
+    /// provably never reached the server. See the [retry rules](crate::RetryPolicy#retry-rules).
     ///
     /// ```no_run
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) {
@@ -161,7 +161,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Runs an operation that may safely run more than once, retrying on any broken
-    /// connection. See the [retry rules](crate::retry).
+    /// connection. See the [retry rules](crate::RetryPolicy#retry-rules).
     ///
     /// ```no_run
     /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::tcp::TcpManager>) -> Result<(), Box<dyn std::error::Error>> {
@@ -270,7 +270,7 @@ impl<M: Manager> Pool<M> {
     {
         let span = tracing::debug_span!(
             "run",
-            pool = %self.core().config.name,
+            pool = %self.core().observer.name(),
             idempotent = idempotency.is_idempotent(),
             attempt = tracing::field::Empty,
             conn = tracing::field::Empty,
@@ -321,10 +321,20 @@ impl<M: Manager> Pool<M> {
                 number: progress.attempt,
                 time_left: progress.deadline.saturating_duration_since(Instant::now()),
             };
-            let wait = match decide(policy, attempt, || progress.backoff.next_wait()) {
-                Step::Retry { wait } if core.retry.budget.withdraw() => wait,
-                Step::Retry { .. } => break Err(progress.give_up(GiveUp::Budget)),
-                Step::Stop(reason) => break Err(progress.give_up(reason)),
+            let cause = failed.retry_cause().unwrap_or(ResetCause::Other);
+            let step = match decide(policy, attempt, || progress.backoff.next_wait()) {
+                Step::Retry { .. } if !core.retry.budget.withdraw() => Step::Stop(GiveUp::Budget),
+                step => step,
+            };
+            let wait = match step {
+                Step::Retry { wait } => {
+                    core.observer.retrying(progress.attempt, cause, wait);
+                    wait
+                }
+                Step::Stop(reason) => {
+                    core.observer.not_retrying(progress.attempt, cause, &reason);
+                    break Err(progress.give_up(reason));
+                }
             };
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
@@ -333,10 +343,8 @@ impl<M: Manager> Pool<M> {
         // The one place a run is counted: a run future dropped before this line
         // returned nothing to its caller, so it counts nothing.
         let (run, retry) = outcomes(&result);
-        core.recorder.run(run);
-        if let Some(cause) = progress.weighed {
-            core.recorder.retry(cause, retry);
-        }
+        core.observer
+            .run_finished(run, progress.weighed.map(|cause| (cause, retry)));
         result
     }
 
