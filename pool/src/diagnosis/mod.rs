@@ -31,6 +31,7 @@ mod throttle;
 use std::fmt;
 use std::time::Duration;
 
+pub use self::hints::human;
 pub use self::idle_limit::IdleLimit;
 use self::idle_limit::{IdleLimitLearner, MIN_EVIDENCE_IDLE};
 use self::throttle::WarnThrottle;

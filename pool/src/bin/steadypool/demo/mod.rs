@@ -20,18 +20,6 @@
 //! saw, the retries, the connections lost by cause and phase (steadypool's from its
 //! own metrics), latencies, and what each proxy injected; and what steadypool learned
 //! about the path's idle limit, with the settings it recommends.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use steadypool_examples::demo::{self, DemoConfig};
-//!
-//! let config = DemoConfig { duration: Duration::from_secs(5), ..DemoConfig::default() };
-//! let report = demo::run(config, std::future::pending()).await?;
-//! assert_eq!(report.pools[0].failures, 0);
-//! println!("{}", report.table());
-//! # Ok(()) }
-//! ```
 
 mod clients;
 mod report;
@@ -44,8 +32,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::DebuggingRecorder;
 use steadypool::chaos::{ChaosError, ChaosProxy, Faults, IdleClose, Latency};
+use steadypool::diagnosis::human;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -53,15 +41,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use self::clients::Client;
-pub use self::clients::Protocol;
+pub(crate) use self::clients::Protocol;
 use self::report::PoolMetrics;
-pub use self::report::{
-    ChaosSummary, FaultSummary, LatencySummary, Learned, PoolReport, Report, ResetCount,
-    ScheduleSummary,
-};
+pub(crate) use self::report::{FaultSummary, Learned, PoolReport, Report, ScheduleSummary};
 use self::tally::Tally;
 use self::workload::{Requests, Schedule};
-use crate::console::{Console, Verbosity, human, parse_duration};
+use crate::console::{Console, Verbosity, parse_duration};
 use crate::recommend::ClosedBy;
 
 /// How long steadypool's reaper may take to find what the proxy did last: its
@@ -75,31 +60,23 @@ const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(3);
 const LATENCY: Latency = Latency::new(Duration::from_millis(1), Duration::from_millis(2));
 
 /// Which faults the proxies inject, and the workload's idle gaps.
-///
-/// ```
-/// use steadypool_examples::demo::FaultSet;
-/// let faults: FaultSet = "idle-fin,crash".parse().unwrap();
-/// assert!(faults.crash && !faults.resets && !faults.gaps);
-/// assert_eq!(faults.to_string(), "idle-fin,crash");
-/// assert!("idle,flood".parse::<FaultSet>().unwrap_err().contains("flood"));
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultSet {
+pub(crate) struct FaultSet {
     /// The load balancer's idle timeout, and how it closes.
-    pub idle: Option<ClosedBy>,
+    pub(crate) idle: Option<ClosedBy>,
     /// Resets mid-request.
-    pub resets: bool,
+    pub(crate) resets: bool,
     /// Upstream crashes.
-    pub crash: bool,
+    pub(crate) crash: bool,
     /// Idle gaps in the workload.
-    pub gaps: bool,
+    pub(crate) gaps: bool,
     /// Added latency.
-    pub latency: bool,
+    pub(crate) latency: bool,
 }
 
 impl FaultSet {
     /// No faults, no gaps.
-    pub const NONE: FaultSet = FaultSet {
+    pub(crate) const NONE: FaultSet = FaultSet {
         idle: None,
         resets: false,
         crash: false,
@@ -108,7 +85,7 @@ impl FaultSet {
     };
 
     /// Whether any fault needs a chaos proxy in the path.
-    pub fn needs_proxy(&self) -> bool {
+    pub(crate) fn needs_proxy(&self) -> bool {
         self.idle.is_some() || self.resets || self.crash || self.latency
     }
 
@@ -191,7 +168,7 @@ impl fmt::Display for FaultSet {
 
 /// Where the demo's requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The embedded key-value server.
     Embedded,
     /// A server you run, at `host:port`.
@@ -205,109 +182,74 @@ pub enum Target {
 
 /// Everything a run needs. [`DemoArgs`] builds one from the command line.
 #[derive(Debug, Clone)]
-pub struct DemoConfig {
+pub(crate) struct DemoConfig {
     /// How long the workload runs. Default 30 s.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Workers per pool, and each pool's `max_size`. Default 8.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Which faults. Default [`FaultSet::default`].
-    pub faults: FaultSet,
+    pub(crate) faults: FaultSet,
     /// The seed of the workload and of both proxies. Default 7.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Where requests go. Default [`Target::Embedded`].
-    pub target: Target,
+    pub(crate) target: Target,
     /// The load balancer's idle timeout. Default 2 s.
-    pub lb_idle_timeout: Duration,
+    pub(crate) lb_idle_timeout: Duration,
     /// The share of requests reset mid-request. Default 0.01.
-    pub reset_rate: f64,
+    pub(crate) reset_rate: f64,
     /// The time between upstream crashes. Default 10 s.
-    pub crash_every: Duration,
+    pub(crate) crash_every: Duration,
     /// What to print while running. Default [`Verbosity::Auto`].
-    pub verbosity: Verbosity,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig {
-            duration: Duration::from_secs(30),
-            concurrency: 8,
-            faults: FaultSet::default(),
-            seed: 7,
-            target: Target::Embedded,
-            lb_idle_timeout: Duration::from_secs(2),
-            reset_rate: 0.01,
-            crash_every: Duration::from_secs(10),
-            verbosity: Verbosity::Auto,
-        }
-    }
+    pub(crate) verbosity: Verbosity,
 }
 
 /// The demo's command line.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "demo",
-    about = "Production's connection resets, scaled down: steadypool and a plain deadpool pool side by side",
-    long_about = None,
-    args_override_self = true
-)]
-pub struct DemoArgs {
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
     /// How long to run the workload (e.g. 5s, 30s, 2min).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Workers per pool (and each pool's max_size).
     #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Faults to inject, comma separated: idle (load balancer idle timeout, RST),
     /// idle-fin (the same with FIN), resets (mid-request), crash (upstream), gaps
     /// (idle gaps in the workload), latency; or all, none.
     #[arg(long, default_value = "idle,resets,crash,gaps")]
-    pub faults: FaultSet,
+    pub(crate) faults: FaultSet,
     /// Seed for the workload and the faults.
     #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Print a JSON summary on standard output instead of the table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Run against your own server at HOST:PORT instead of the embedded one (the chaos
     /// proxies still sit in between, unless --faults none).
     #[arg(long, value_name = "HOST:PORT")]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// What the --target speaks: kv (the demo's key-value protocol) or redis.
     #[arg(long, value_enum, default_value_t = Protocol::Kv)]
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// The load balancer's idle timeout.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub lb_idle_timeout: Duration,
+    pub(crate) lb_idle_timeout: Duration,
     /// The share of requests reset mid-request (0 to 0.5).
     #[arg(long, default_value_t = 0.01)]
-    pub reset_rate: f64,
+    pub(crate) reset_rate: f64,
     /// The time between upstream crashes.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub crash_every: Duration,
+    pub(crate) crash_every: Duration,
     /// Print nothing while running.
     #[arg(long, short)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 impl DemoArgs {
-    /// Parses a command line (the program's name first), as `main` does.
-    ///
-    /// # Errors
-    /// clap's error: its message says what was wrong, `exit_code()` is 2 for bad
-    /// usage (0 for `--help`).
-    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        <Self as clap::Parser>::try_parse_from(args)
-    }
-
     /// Checks the values and turns them into a [`DemoConfig`].
     ///
     /// # Errors
     /// [`DemoError::Config`] saying which value is wrong and what is allowed.
-    pub fn config(&self) -> Result<DemoConfig, DemoError> {
+    pub(crate) fn config(&self) -> Result<DemoConfig, DemoError> {
         if !(1..=256).contains(&self.concurrency) {
             return Err(DemoError::Config(format!(
                 "--concurrency {} is out of range: use 1 to 256",
@@ -368,7 +310,7 @@ impl DemoArgs {
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// A flag's value is out of range or inconsistent.
     #[error("{0}")]
     Config(String),
@@ -395,7 +337,7 @@ pub enum DemoError {
 
 impl DemoError {
     /// The process exit code for this error: 2 for bad flags, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             DemoError::Config(_) => 2,
             _ => 1,
@@ -412,7 +354,7 @@ const POOLS: [&str; 2] = ["steadypool", "deadpool"];
 /// # Errors
 /// [`DemoError`] when the run cannot start: a bad configuration, a `--target` that
 /// is down or speaks another protocol, no free port.
-pub async fn run(
+pub(crate) async fn run(
     config: DemoConfig,
     interrupt: impl Future<Output = ()> + Send,
 ) -> Result<Report, DemoError> {
@@ -456,23 +398,17 @@ pub async fn run(
             .map_or(upstream.clone(), |p| p[i].local_addr().to_string())
     };
 
-    // steadypool binds its metric handles when built: these go to this run's recorder.
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let size = config.concurrency;
     let (steady, plain): (Arc<dyn Client>, Arc<dyn Client>) = match protocol {
         Protocol::Kv => {
-            let steady =
-                metrics::with_local_recorder(&recorder, || clients::steady_kv(&addr_of(0), size))
-                    .map_err(|e| DemoError::Setup(e.to_string()))?;
+            let steady = clients::steady_kv(&addr_of(0), size)
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
             let plain = clients::plain_kv(&addr_of(1), size)
                 .map_err(|e| DemoError::Setup(e.to_string()))?;
             (Arc::new(steady), Arc::new(plain))
         }
         Protocol::Redis => {
-            let steady = metrics::with_local_recorder(&recorder, || {
-                clients::steady_redis(&addr_of(0), size)
-            })?;
+            let steady = clients::steady_redis(&addr_of(0), size)?;
             (
                 Arc::new(steady),
                 Arc::new(clients::plain_redis(&addr_of(1), size)?),
@@ -564,10 +500,10 @@ pub async fn run(
         // Let steadypool's reaper find the connections the proxy ended last.
         tokio::time::sleep(DRAIN).await;
     }
-    let metrics = PoolMetrics::read(snapshotter.snapshot(), POOLS[0]);
+    let metrics = clients[0].stats().map(|stats| PoolMetrics::read(&stats));
     let learned = clients[0].idle_limit();
     let chaos = |i: usize| proxies.as_ref().map(|p| p[i].stats());
-    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), Some(metrics), chaos(0));
+    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), metrics, chaos(0));
     let plain_report = PoolReport::new(POOLS[1], tallies[1].totals(), None, chaos(1));
     let closed_by = steady_report.idle_closes().or(config.faults.idle);
     for client in &clients {
@@ -825,5 +761,27 @@ async fn preflight(addr: &str, protocol: Protocol) -> Result<(), DemoError> {
 impl crate::outcome::Failure for DemoError {
     fn exit_code(&self) -> u8 {
         DemoError::exit_code(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_sets_read_and_print_as_their_flag() {
+        let faults: FaultSet = "idle-fin,crash".parse().unwrap();
+        assert!(faults.crash && !faults.resets && !faults.gaps);
+        assert_eq!(faults.to_string(), "idle-fin,crash");
+        assert!(
+            "idle,flood"
+                .parse::<FaultSet>()
+                .unwrap_err()
+                .contains("flood")
+        );
+        assert_eq!(
+            "all".parse::<FaultSet>().unwrap().to_string(),
+            "idle,resets,crash,gaps,latency"
+        );
     }
 }

@@ -5,148 +5,143 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, Snapshot};
 use serde::Serialize;
 use steadypool::chaos::ChaosStats;
-use steadypool::diagnosis::IdleLimit;
-use steadypool::{Eviction, Phase, ResetCause};
+use steadypool::diagnosis::{IdleLimit, human};
+use steadypool::{Eviction, Phase, ResetCause, Stats};
 
 use super::clients::Protocol;
 use super::tally::Totals;
-use crate::console::human;
 use crate::recommend::{ClosedBy, Recommendation, RecommendationSummary};
 
 /// The machine-readable summary of a run (what `--json` prints).
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The seed the workload and the faults were drawn from.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// The run's planned length, in seconds.
-    pub planned_secs: f64,
+    pub(crate) planned_secs: f64,
     /// How long the workload actually ran, in seconds.
-    pub ran_secs: f64,
+    pub(crate) ran_secs: f64,
     /// Whether Ctrl-C cut the run short.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
     /// Workers per pool.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Where the requests went.
-    pub target: String,
+    pub(crate) target: String,
     /// The protocol spoken.
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// The faults in force.
-    pub faults: FaultSummary,
+    pub(crate) faults: FaultSummary,
     /// When the workers paused and the upstream crashed, in seconds from the start.
-    pub schedule: ScheduleSummary,
+    pub(crate) schedule: ScheduleSummary,
     /// One entry per pool: steadypool first, then the plain deadpool pool.
-    pub pools: Vec<PoolReport>,
+    pub(crate) pools: Vec<PoolReport>,
     /// What steadypool learned about the path's idle limit.
-    pub learned: Learned,
+    pub(crate) learned: Learned,
 }
 
 /// The faults both proxies injected.
 #[derive(Debug, Clone, Serialize)]
-pub struct FaultSummary {
+pub(crate) struct FaultSummary {
     /// Which faults were on, as named on the command line.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// The load balancer's idle timeout, in seconds, when `idle` or `idle-fin` is on.
-    pub lb_idle_timeout_secs: Option<f64>,
+    pub(crate) lb_idle_timeout_secs: Option<f64>,
     /// `rst` or `fin`, when an idle timeout is on.
-    pub lb_idle_close: Option<ClosedBy>,
+    pub(crate) lb_idle_close: Option<ClosedBy>,
     /// The share of requests reset mid-request, when `resets` is on.
-    pub reset_rate: Option<f64>,
+    pub(crate) reset_rate: Option<f64>,
     /// The nominal time between upstream crashes, in seconds, when `crash` is on.
-    pub crash_every_secs: Option<f64>,
+    pub(crate) crash_every_secs: Option<f64>,
 }
 
 /// The workload's shape.
 #[derive(Debug, Clone, Serialize)]
-pub struct ScheduleSummary {
+pub(crate) struct ScheduleSummary {
     /// Idle gaps, `[start, end]`.
-    pub gaps: Vec<[f64; 2]>,
+    pub(crate) gaps: Vec<[f64; 2]>,
     /// Crash times.
-    pub crashes: Vec<f64>,
+    pub(crate) crashes: Vec<f64>,
 }
 
 /// One pool's column.
 #[derive(Debug, Clone, Serialize)]
-pub struct PoolReport {
+pub(crate) struct PoolReport {
     /// `steadypool` or `deadpool`.
-    pub name: String,
+    pub(crate) name: String,
     /// Requests the application made (and that finished).
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Requests that got their reply.
-    pub succeeded: u64,
+    pub(crate) succeeded: u64,
     /// Requests that failed, as the application saw them.
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// The failures by kind (`peer_reset / in_use`, `gave up (...), may have run: ...`, ...).
-    pub failures_by_kind: BTreeMap<String, u64>,
+    pub(crate) failures_by_kind: BTreeMap<String, u64>,
     /// One error message per kind of failure.
-    pub failure_examples: BTreeMap<String, String>,
+    pub(crate) failure_examples: BTreeMap<String, String>,
     /// Requests sent again after a broken connection (extra attempts).
-    pub retries: u64,
-    /// Connections lost, by cause and phase: steadypool's from its metrics
-    /// (`steadypool_resets_total`), the plain pool's from the errors its application
+    pub(crate) retries: u64,
+    /// Connections lost, by cause and phase: steadypool's from
+    /// [`Pool::stats`](steadypool::Pool::stats), the plain pool's from the errors its application
     /// got.
-    pub resets: Vec<ResetCount>,
+    pub(crate) resets: Vec<ResetCount>,
     /// All of `resets` except connects that never got through (`refused`,
     /// `connect_timeout`): the connections that were open, their handshake included,
     /// when they were lost.
-    pub connections_lost: u64,
+    pub(crate) connections_lost: u64,
     /// Idle connections the pool closed itself, past its idle limit (steadypool's
     /// `idle_expired` evictions; 0 for the plain pool).
-    pub closed_idle: u64,
+    pub(crate) closed_idle: u64,
     /// Connections the pool closed on purpose, by reason (steadypool only).
-    pub evictions: BTreeMap<String, u64>,
-    /// What became of steadypool's requests that hit a broken connection, by outcome
-    /// (`steadypool_retries_total`).
-    pub retry_outcomes: BTreeMap<String, u64>,
+    pub(crate) evictions: BTreeMap<String, u64>,
     /// Request latency as the application saw it, retries included, in milliseconds.
-    pub latency_ms: LatencySummary,
+    pub(crate) latency_ms: LatencySummary,
     /// What this pool's chaos proxy did, when there was one.
-    pub chaos: Option<ChaosSummary>,
+    pub(crate) chaos: Option<ChaosSummary>,
 }
 
 /// Connections lost with one cause in one phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ResetCount {
+pub(crate) struct ResetCount {
     /// The cause's label.
-    pub cause: &'static str,
+    pub(crate) cause: &'static str,
     /// The phase's label.
-    pub phase: &'static str,
+    pub(crate) phase: &'static str,
     /// How many.
-    pub count: u64,
+    pub(crate) count: u64,
 }
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LatencySummary {
+pub(crate) struct LatencySummary {
     /// Median.
-    pub p50: f64,
+    pub(crate) p50: f64,
     /// 99th percentile.
-    pub p99: f64,
+    pub(crate) p99: f64,
     /// The slowest.
-    pub max: f64,
+    pub(crate) max: f64,
 }
 
 /// What a chaos proxy did to the connections through it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ChaosSummary {
+pub(crate) struct ChaosSummary {
     /// Connections it accepted.
-    pub accepted: u64,
+    pub(crate) accepted: u64,
     /// Idle connections it reset (the load balancer's idle timeout, `rst`).
-    pub idle_rst: u64,
+    pub(crate) idle_rst: u64,
     /// Idle connections it closed with a FIN (`fin`).
-    pub idle_fin: u64,
+    pub(crate) idle_fin: u64,
     /// Connections it reset mid-request, at random.
-    pub reset_random: u64,
+    pub(crate) reset_random: u64,
     /// Connections reset by upstream crashes.
-    pub crash_resets: u64,
+    pub(crate) crash_resets: u64,
     /// Upstream crashes.
-    pub crashes: u64,
+    pub(crate) crashes: u64,
     /// Any other resets it sent (upstream unreachable, over capacity).
-    pub other_resets: u64,
+    pub(crate) other_resets: u64,
     /// Every connection it ended on purpose: the sum of the closes and resets above.
-    pub ended_by_faults: u64,
+    pub(crate) ended_by_faults: u64,
 }
 
 impl From<ChaosStats> for ChaosSummary {
@@ -168,15 +163,15 @@ impl From<ChaosStats> for ChaosSummary {
 
 /// What steadypool learned about the path's idle limit, and what it recommends.
 #[derive(Debug, Clone, Serialize)]
-pub struct Learned {
+pub(crate) struct Learned {
     /// The longest idle time after which a connection was fine, in seconds.
-    pub idle_limit_lower_secs: Option<f64>,
+    pub(crate) idle_limit_lower_secs: Option<f64>,
     /// The shortest idle time after which a connection was found closed, in seconds.
-    pub idle_limit_upper_secs: Option<f64>,
+    pub(crate) idle_limit_upper_secs: Option<f64>,
     /// The idle time after which the pool now closes connections, in seconds.
-    pub evict_after_secs: Option<f64>,
+    pub(crate) evict_after_secs: Option<f64>,
     /// The settings recommended for this path, once a limit was found.
-    pub recommended: Option<RecommendationSummary>,
+    pub(crate) recommended: Option<RecommendationSummary>,
     #[serde(skip)]
     recommendation: Option<Recommendation>,
 }
@@ -184,9 +179,7 @@ pub struct Learned {
 impl Learned {
     pub(crate) fn new(limit: Option<IdleLimit>, closed_by: Option<ClosedBy>) -> Learned {
         let limit = limit.unwrap_or_default();
-        let recommendation = limit
-            .upper
-            .map(|upper| Recommendation::for_limit(upper, limit.lower, closed_by));
+        let recommendation = Recommendation::for_limit(limit, closed_by);
         Learned {
             idle_limit_lower_secs: limit.lower.map(|d| d.as_secs_f64()),
             idle_limit_upper_secs: limit.upper.map(|d| d.as_secs_f64()),
@@ -197,54 +190,27 @@ impl Learned {
     }
 }
 
-/// steadypool's counters for one pool, read from a metrics snapshot.
+/// steadypool's counters for one pool, read from its [`Stats`].
 #[derive(Debug, Default)]
 pub(crate) struct PoolMetrics {
     pub(crate) resets: BTreeMap<(ResetCause, Phase), u64>,
     pub(crate) evictions: BTreeMap<String, u64>,
-    pub(crate) retry_outcomes: BTreeMap<String, u64>,
 }
 
 impl PoolMetrics {
-    pub(crate) fn read(snapshot: Snapshot, pool: &str) -> PoolMetrics {
-        let mut found = PoolMetrics::default();
-        for (key, _, _, value) in snapshot.into_vec() {
-            let DebugValue::Counter(count) = value else {
-                continue;
-            };
-            let key = key.key();
-            let label = |name: &str| {
-                key.labels()
-                    .find(|l| l.key() == name)
-                    .map(|l| l.value().to_owned())
-            };
-            if count == 0 || label("pool").as_deref() != Some(pool) {
-                continue;
-            }
-            match key.name() {
-                steadypool::metrics::RESETS => {
-                    let cause = label("cause")
-                        .and_then(|c| ResetCause::ALL.into_iter().find(|x| x.as_str() == c));
-                    let phase = label("phase")
-                        .and_then(|p| Phase::ALL.into_iter().find(|x| x.as_str() == p));
-                    if let (Some(cause), Some(phase)) = (cause, phase) {
-                        *found.resets.entry((cause, phase)).or_default() += count;
-                    }
-                }
-                steadypool::metrics::EVICTIONS => {
-                    if let Some(reason) = label("reason") {
-                        *found.evictions.entry(reason).or_default() += count;
-                    }
-                }
-                steadypool::metrics::RETRIES => {
-                    if let Some(outcome) = label("outcome") {
-                        *found.retry_outcomes.entry(outcome).or_default() += count;
-                    }
-                }
-                _ => {}
-            }
-        }
-        found
+    pub(crate) fn read(stats: &Stats) -> PoolMetrics {
+        let resets = ResetCause::ALL
+            .into_iter()
+            .flat_map(|cause| Phase::ALL.into_iter().map(move |phase| (cause, phase)))
+            .map(|(cause, phase)| ((cause, phase), stats.resets(cause, phase)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        let evictions = Eviction::ALL
+            .into_iter()
+            .map(|reason| (reason.as_str().to_owned(), stats.evictions(reason)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        PoolMetrics { resets, evictions }
     }
 }
 
@@ -255,9 +221,9 @@ impl PoolReport {
         metrics: Option<PoolMetrics>,
         chaos: Option<ChaosStats>,
     ) -> PoolReport {
-        let (resets, evictions, retry_outcomes) = match metrics {
-            Some(m) => (m.resets, m.evictions, m.retry_outcomes),
-            None => (totals.resets.clone(), BTreeMap::new(), BTreeMap::new()),
+        let (resets, evictions) = match metrics {
+            Some(m) => (m.resets, m.evictions),
+            None => (totals.resets.clone(), BTreeMap::new()),
         };
         let closed_idle = evictions
             .get(Eviction::IdleExpired.as_str())
@@ -298,7 +264,6 @@ impl PoolReport {
                 })
                 .collect(),
             evictions,
-            retry_outcomes,
             latency_ms: LatencySummary {
                 p50: quantile(0.5),
                 p99: quantile(0.99),
@@ -364,7 +329,7 @@ fn secs(s: f64) -> String {
 
 impl Report {
     /// The report as the table the demo prints.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.headline());
         let _ = writeln!(out, "faults: {}", self.fault_text());
@@ -601,7 +566,7 @@ impl Report {
     ///
     /// # Errors
     /// Only if serialization fails, which the report's plain fields rule out.
-    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+    pub(crate) fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
 }

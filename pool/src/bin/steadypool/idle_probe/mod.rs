@@ -19,25 +19,9 @@
 //!    bisected, several checks at once, until it is narrower than 5 %.
 //!
 //! The estimate is the shortest idle time after which a connection died. The
-//! recommended `idle_timeout` is 75 % of it, and never more than the longest idle
-//! time a checked connection survived (see [`Recommendation`]). Everything ends by
+//! settings recommended are the library's for that bound and the longest idle time a
+//! checked connection survived (see [`Recommendation`]). Everything ends by
 //! `--max-time`.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use steadypool_examples::idle_probe::{self, ProbeConfig, ProbeProtocol};
-//!
-//! let config = ProbeConfig {
-//!     max_time: Duration::from_secs(30),
-//!     ..ProbeConfig::new("127.0.0.1:6379", ProbeProtocol::Redis)
-//! };
-//! let report = idle_probe::run(config).await?;
-//! if let Some(limit) = report.limit() {
-//!     println!("connections die after {limit:?} idle");
-//! }
-//! # Ok(()) }
-//! ```
 
 mod watch;
 
@@ -47,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use steadypool::diagnosis::{IdleLimit, human};
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::redis::RedisManager;
 use steadypool::drivers::tcp::TcpManager;
@@ -56,7 +41,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use self::watch::{Check, Evidence, OpenError, Watcher};
-use crate::console::{Console, Verbosity, human, parse_duration};
+use crate::console::{Console, Verbosity, parse_duration};
 use crate::recommend::{ClosedBy, Recommendation, RecommendationSummary};
 
 /// The idle times the ladder tries: the usual limits of servers, proxies, load
@@ -83,7 +68,7 @@ const OPEN_ALLOWANCE: Duration = Duration::from_secs(1);
 /// What the target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ProbeProtocol {
+pub(crate) enum ProbeProtocol {
     /// Nothing is sent; connections are checked with TCP keepalive probes.
     Tcp,
     /// Redis: checked with `PING`.
@@ -104,91 +89,58 @@ impl fmt::Display for ProbeProtocol {
 
 /// Everything a probe needs. [`ProbeArgs`] builds one from the command line.
 #[derive(Debug, Clone)]
-pub struct ProbeConfig {
+pub(crate) struct ProbeConfig {
     /// `host:port`.
-    pub target: String,
+    pub(crate) target: String,
     /// What it speaks.
-    pub protocol: ProbeProtocol,
+    pub(crate) protocol: ProbeProtocol,
     /// The longest the whole probe may take. Default 60 s.
-    pub max_time: Duration,
+    pub(crate) max_time: Duration,
     /// How long a check's round trip may take before the connection counts as
     /// silently dropped; also how long a TCP connect, and then a handshake, may take.
     /// Default 2 s.
-    pub rtt_timeout: Duration,
+    pub(crate) rtt_timeout: Duration,
     /// Connection settings for `postgres` besides host and port (libpq style).
     /// Default `user=postgres dbname=postgres`.
-    pub postgres_options: String,
+    pub(crate) postgres_options: String,
     /// What to print while running. Default [`Verbosity::Auto`].
-    pub verbosity: Verbosity,
-}
-
-impl ProbeConfig {
-    /// The defaults for `target` speaking `protocol`.
-    pub fn new(target: impl Into<String>, protocol: ProbeProtocol) -> ProbeConfig {
-        ProbeConfig {
-            target: target.into(),
-            protocol,
-            max_time: Duration::from_secs(60),
-            rtt_timeout: Duration::from_secs(2),
-            postgres_options: "user=postgres dbname=postgres".to_owned(),
-            verbosity: Verbosity::Auto,
-        }
-    }
+    pub(crate) verbosity: Verbosity,
 }
 
 /// The idle probe's command line.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "idle-probe",
-    about = "Finds how long connections to a server may sit idle before the path closes them, and the steadypool settings that stay clear of it",
-    long_about = None,
-    args_override_self = true
-)]
-pub struct ProbeArgs {
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProbeArgs {
     /// The server, as HOST:PORT.
     #[arg(value_name = "HOST:PORT")]
-    pub target: String,
+    pub(crate) target: String,
     /// What the server speaks (tcp sends nothing and checks with keepalive probes).
     #[arg(long, value_enum, default_value_t = ProbeProtocol::Tcp)]
-    pub protocol: ProbeProtocol,
+    pub(crate) protocol: ProbeProtocol,
     /// The longest the probe may take in all (e.g. 30s, 5min); limits longer than
     /// about this cannot be found.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub max_time: Duration,
+    pub(crate) max_time: Duration,
     /// How long a check's round trip may take before the connection counts as
     /// silently dropped (also the limit for connecting, and for the handshake).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub rtt_timeout: Duration,
+    pub(crate) rtt_timeout: Duration,
     /// PostgreSQL connection settings besides host and port.
     #[arg(long, default_value = "user=postgres dbname=postgres")]
-    pub postgres_options: String,
+    pub(crate) postgres_options: String,
     /// Print a JSON summary on standard output instead of the text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Print nothing while running.
     #[arg(long, short)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 impl ProbeArgs {
-    /// Parses a command line (the program's name first), as `main` does.
-    ///
-    /// # Errors
-    /// clap's error: its message says what was wrong, `exit_code()` is 2 for bad
-    /// usage (0 for `--help`).
-    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        <Self as clap::Parser>::try_parse_from(args)
-    }
-
     /// Checks the values and turns them into a [`ProbeConfig`].
     ///
     /// # Errors
     /// [`ProbeError::Config`] saying which value is wrong.
-    pub fn config(&self) -> Result<ProbeConfig, ProbeError> {
+    pub(crate) fn config(&self) -> Result<ProbeConfig, ProbeError> {
         if !self.target.contains(':') {
             return Err(ProbeError::Config(format!(
                 "{:?} needs a port: write HOST:PORT",
@@ -219,7 +171,7 @@ impl ProbeArgs {
 /// Why the probe could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// A flag's value is wrong.
     #[error("{0}")]
     Config(String),
@@ -245,7 +197,7 @@ pub enum ProbeError {
 
 impl ProbeError {
     /// The process exit code: 2 for bad flags, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ProbeError::Config(_) => 2,
             _ => 1,
@@ -255,62 +207,52 @@ impl ProbeError {
 
 /// A connection that died, for the report.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Death {
+pub(crate) struct Death {
     /// After how long idle, in seconds.
-    pub after_secs: f64,
+    pub(crate) after_secs: f64,
     /// How the path ended it.
-    pub closed_by: ClosedBy,
+    pub(crate) closed_by: ClosedBy,
     /// Whether the path closed it by itself (true) or it was found dead when
     /// checked (false).
-    pub unprompted: bool,
+    pub(crate) unprompted: bool,
 }
 
 /// What the probe found (what `--json` prints).
 #[derive(Debug, Clone, Serialize)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     /// The server probed.
-    pub target: String,
+    pub(crate) target: String,
     /// What it speaks.
-    pub protocol: ProbeProtocol,
+    pub(crate) protocol: ProbeProtocol,
     /// How long the probe took, in seconds.
-    pub elapsed_secs: f64,
+    pub(crate) elapsed_secs: f64,
     /// The longest idle time after which a connection still answered, below the
     /// limit, in seconds.
-    pub alive_after_secs: Option<f64>,
+    pub(crate) alive_after_secs: Option<f64>,
     /// The shortest idle time after which a connection died: the path's idle limit,
     /// in seconds. `None` when none died.
-    pub limit_secs: Option<f64>,
+    pub(crate) limit_secs: Option<f64>,
     /// How the connection that died first was ended.
-    pub closed_by: Option<ClosedBy>,
+    pub(crate) closed_by: Option<ClosedBy>,
     /// The longest idle time tried, in seconds.
-    pub searched_up_to_secs: f64,
+    pub(crate) searched_up_to_secs: f64,
     /// Every connection that died.
-    pub deaths: Vec<Death>,
+    pub(crate) deaths: Vec<Death>,
     /// The idle times after which a checked connection answered, in seconds.
-    pub alive: Vec<f64>,
+    pub(crate) alive: Vec<f64>,
     /// Rounds of connections.
-    pub rounds: u32,
+    pub(crate) rounds: u32,
     /// Connections opened.
-    pub connections: u32,
+    pub(crate) connections: u32,
     /// The settings recommended, when a limit was found.
-    pub recommended: Option<RecommendationSummary>,
+    pub(crate) recommended: Option<RecommendationSummary>,
     #[serde(skip)]
     recommendation: Option<Recommendation>,
 }
 
 impl ProbeReport {
-    /// The path's idle limit: the shortest idle time after which a connection died.
-    pub fn limit(&self) -> Option<Duration> {
-        self.limit_secs.map(Duration::from_secs_f64)
-    }
-
-    /// The settings recommended, when a limit was found.
-    pub fn recommendation(&self) -> Option<Recommendation> {
-        self.recommendation
-    }
-
     /// The result as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         let secs = |s: f64| human(Duration::from_secs_f64(s));
         let (Some(limit), Some(by)) = (self.limit_secs, self.closed_by) else {
@@ -387,7 +329,7 @@ impl ProbeReport {
     ///
     /// # Errors
     /// Only if serialization fails, which the report's plain fields rule out.
-    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+    pub(crate) fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
 }
@@ -398,7 +340,7 @@ impl ProbeReport {
 /// [`ProbeError::Unreachable`] when no connection opens, [`ProbeError::NotSpeaking`]
 /// when the server does not answer in the protocol, [`ProbeError::Config`] for
 /// PostgreSQL options that do not parse.
-pub async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> {
+pub(crate) async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> {
     // No keepalive: its probes would keep NAT flows alive and hide the limit.
     let dialer = Dialer::new()
         // A connect is one round trip: it gets as long as a check's round trip.
@@ -623,7 +565,14 @@ async fn probe<M: Manager>(
 
     let limit = findings.first_death();
     let alive = findings.alive_below(limit.map(|(after, _)| after));
-    let recommendation = limit.map(|(after, by)| Recommendation::for_limit(after, alive, Some(by)));
+    let recommendation = limit.and_then(|(after, by)| {
+        let learned = IdleLimit {
+            lower: alive,
+            upper: Some(after),
+            evict_after: None,
+        };
+        Recommendation::for_limit(learned, Some(by))
+    });
     console.clear();
     Ok(ProbeReport {
         target: config.target.clone(),
