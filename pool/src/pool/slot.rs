@@ -712,7 +712,7 @@ impl<M: Manager> Parts<M> {
                     ConnectError::PoolClosed => ResetCause::Other,
                 };
                 core.recorder.connect(Err(cause), took);
-                core.books.connect_failed();
+                core.books.connect_failed(cause);
                 let shown: &dyn std::fmt::Display = match &err {
                     ConnectError::Failed(_, source) => source,
                     other => other,

@@ -34,8 +34,11 @@ impl Books {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn connect_failed(&self) {
+    /// A failed connect, also kept by its cause in phase `connect` so that
+    /// [`Stats::resets`] tells a refused connect from a handshake the upstream reset.
+    pub(crate) fn connect_failed(&self, cause: ResetCause) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.reset(cause, Phase::Connect);
     }
 
     pub(crate) fn reset(&self, cause: ResetCause, phase: Phase) {
@@ -112,8 +115,8 @@ impl Books {
 pub struct Stats {
     /// Connections opened.
     pub opened: u64,
-    /// Connects that failed (also counted as resets in phase `connect` by the
-    /// metrics; not connections, so not in [`Stats::closed`]).
+    /// Connects that failed (by cause: [`Stats::resets`] in phase `connect`, as in
+    /// the metrics; not connections, so not in [`Stats::closed`]).
     pub connect_failures: u64,
     resets: [[u64; PHASES]; CAUSES],
     evictions: [u64; REASONS],
@@ -128,7 +131,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Connections that broke with `cause` in `phase`, and were closed.
+    /// Connections that broke with `cause` in `phase`, and were closed; in phase
+    /// `connect`, connects that failed with `cause`.
     pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
         self.resets[index(&ResetCause::ALL, &cause)][index(&Phase::ALL, &phase)]
     }
