@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub(crate) enum Verbosity {
     /// Live bars when standard error is a terminal, plain event lines otherwise.
     Auto,
-    /// Nothing at all (for tests and embedding).
+    /// Nothing at all (`--quiet`).
     Quiet,
 }
 

@@ -115,7 +115,7 @@ impl<M: Manager> Client for Steady<M> {
     }
 }
 
-/// steadypool's resets are in its metrics; the failure is what the caller got.
+/// steadypool's resets are in its stats; the failure is what the caller got.
 fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure {
     let cause = err.cause().map_or("no cause", ResetCause::as_str);
     let label = match err {

@@ -18,7 +18,7 @@
 //!
 //! [`run`] returns a [`Report`]: per pool, the requests, the failures the application
 //! saw, the retries, the connections lost by cause and phase (steadypool's from its
-//! own metrics), latencies, and what each proxy injected; and what steadypool learned
+//! own [`Pool::stats`](steadypool::Pool::stats)), latencies, and what each proxy injected; and what steadypool learned
 //! about the path's idle limit, with the settings it recommends.
 
 mod args;
@@ -43,7 +43,7 @@ use tokio::time::Instant;
 pub(crate) use self::args::{DemoArgs, DemoConfig, DemoError, Target};
 use self::clients::Client;
 pub(crate) use self::clients::Protocol;
-use self::report::PoolMetrics;
+use self::report::PoolCounts;
 pub(crate) use self::report::{FaultSummary, Learned, PoolReport, Report, ScheduleSummary};
 use self::tally::Tally;
 use self::workload::{Requests, Schedule};
@@ -215,10 +215,10 @@ pub(crate) async fn run(
         // Let steadypool's reaper find the connections the proxy ended last.
         tokio::time::sleep(DRAIN).await;
     }
-    let metrics = clients[0].stats().map(|stats| PoolMetrics::read(&stats));
+    let counts = clients[0].stats().map(|stats| PoolCounts::read(&stats));
     let learned = clients[0].idle_limit();
     let chaos = |i: usize| proxies.as_ref().map(|p| p[i].stats());
-    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), metrics, chaos(0));
+    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), counts, chaos(0));
     let plain_report = PoolReport::new(POOLS[1], tallies[1].totals(), None, chaos(1));
     let closed_by = steady_report.idle_closes().or(config.faults.idle);
     for client in &clients {

@@ -190,13 +190,13 @@ impl Learned {
 
 /// steadypool's counters for one pool, read from its [`Stats`].
 #[derive(Debug, Default)]
-pub(crate) struct PoolMetrics {
+pub(crate) struct PoolCounts {
     pub(crate) resets: BTreeMap<(ResetCause, Phase), u64>,
     pub(crate) evictions: BTreeMap<String, u64>,
 }
 
-impl PoolMetrics {
-    pub(crate) fn read(stats: &Stats) -> PoolMetrics {
+impl PoolCounts {
+    pub(crate) fn read(stats: &Stats) -> PoolCounts {
         let resets = ResetCause::ALL
             .into_iter()
             .flat_map(|cause| Phase::ALL.into_iter().map(move |phase| (cause, phase)))
@@ -208,7 +208,7 @@ impl PoolMetrics {
             .map(|reason| (reason.as_str().to_owned(), stats.evictions(reason)))
             .filter(|(_, count)| *count > 0)
             .collect();
-        PoolMetrics { resets, evictions }
+        PoolCounts { resets, evictions }
     }
 }
 
@@ -216,10 +216,10 @@ impl PoolReport {
     pub(crate) fn new(
         name: &str,
         totals: Totals,
-        metrics: Option<PoolMetrics>,
+        counts: Option<PoolCounts>,
         chaos: Option<ChaosStats>,
     ) -> PoolReport {
-        let (resets, evictions) = match metrics {
+        let (resets, evictions) = match counts {
             Some(m) => (m.resets, m.evictions),
             None => (totals.resets.clone(), BTreeMap::new()),
         };

@@ -337,10 +337,12 @@ fn summarize(found: &[Evidence], lost: u32) -> String {
             let mut kinds: Vec<&str> = deaths.iter().map(|d| d.1.as_str()).collect();
             kinds.sort_unstable();
             kinds.dedup();
-            let range = if max - min < Duration::from_millis(50) {
-                human(min)
+            let (min, max) = (human(min), human(max));
+            // Times that print alike are one time to the reader.
+            let range = if min == max {
+                min
             } else {
-                format!("{} to {}", human(min), human(max))
+                format!("{min} to {max}")
             };
             parts.push(format!(
                 "{} {what} after {range} ({})",
@@ -356,5 +358,35 @@ fn summarize(found: &[Evidence], lost: u32) -> String {
         "still open when the round ended".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rounds_line_says_what_answered_and_what_died_after_how_long() {
+        let closed = |ms| Evidence::Closed {
+            after: Duration::from_millis(ms),
+            by: ClosedBy::Fin,
+        };
+        let alive = Evidence::Alive {
+            after: Duration::from_secs(1),
+        };
+        let dead = Evidence::DeadOnCheck {
+            after: Duration::from_secs(5),
+            by: ClosedBy::Silence,
+        };
+        assert_eq!(
+            summarize(&[alive, closed(2_010), closed(2_040)], 0),
+            "answered after 1.0 s; 2 closed unprompted after 2.0 s (FIN)"
+        );
+        assert_eq!(
+            summarize(&[closed(2_040), closed(3_000), dead], 1),
+            "2 closed unprompted after 2.0 s to 3.0 s (FIN); 1 dead when checked after 5.0 s \
+             (silence); 1 could not be opened"
+        );
+        assert_eq!(summarize(&[], 0), "still open when the round ended");
     }
 }
