@@ -88,6 +88,7 @@
 //! | `postgres` | no | [`drivers::postgres`]: PostgreSQL through `tokio-postgres`, on the pool's socket |
 //! | `redis` | no | [`drivers::redis`]: Redis through `redis`'s multiplexed connection, on the pool's socket |
 //! | `serde` | no | [`PoolConfig`]: every builder knob read from a file or the environment, durations as `"45s"` |
+//! | `cli` | no | the `steadypool` command-line tool (`cargo install steadypool --features cli`): `steadypool demo`, and `steadypool idle-probe HOST:PORT`, which finds a path's idle limit and prints the settings for it; adds nothing to the library's API |
 //!
 //! Without any feature the crate still has the pool, the raw TCP driver
 //! ([`drivers::tcp`]), the deadpool adapter ([`drivers::deadpool`]), retries and
@@ -155,7 +156,7 @@ pub use crate::config::{BackoffConfig, BudgetConfig, KeepaliveConfig, PoolConfig
 pub use crate::diagnosis::IdleLimit;
 pub use crate::dial::{Address, DialError, Dialer, Keepalive, SocketSettingError};
 pub use crate::manager::{Broken, Manager};
-pub use crate::observe::Stats;
+pub use crate::observe::{Stats, human_duration};
 pub use crate::pool::{
     BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
     QueueMode, Status, WarmUpError,

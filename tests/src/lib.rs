@@ -2,8 +2,9 @@
 //! kernel's view of this process's sockets, and the metrics a pool recorded; real
 //! PostgreSQL and Redis servers, private network namespaces for kernel-level faults,
 //! what the machine offers (with the rule for skipping when it lacks something), a
-//! manager that misbehaves on command, and a server that counts how many times each
-//! request ran, with a fault chosen per request.
+//! manager that misbehaves on command, a server that counts how many times each
+//! request ran, with a fault chosen per request, and the `steadypool` tool, built and
+//! run as a process.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub mod redis;
 pub mod servers;
 pub mod sockets;
 pub mod tls;
+pub mod tool;
 pub mod unreliable;
 
 /// Checks `condition` every 10 ms until it holds or `within` passes; returns whether

@@ -1,38 +1,45 @@
-//! The demo, in short runs: steadypool's application sees no failure while the plain
-//! pool's sees the faults; every connection the chaos proxy ended shows up in
-//! steadypool's reset counters, under the cause that matches how it was ended. And
-//! bad input: clear errors, exit codes not 0.
+//! The `steadypool demo` tool, in short runs: steadypool's application sees no failure
+//! while the plain pool's sees the faults; every connection the chaos proxy ended
+//! shows up in steadypool's reset counters, under the cause that matches how it was
+//! ended. And bad input: clear errors, exit codes not 0.
 
 use std::time::Duration;
 
-use steadypool_examples::console::Verbosity;
-use steadypool_examples::demo::{
-    self, DemoArgs, DemoConfig, DemoError, PoolReport, Report, Target,
-};
+use serde_json::Value;
 use steadypool_tests::redis::RedisServer;
+use steadypool_tests::tool;
 use tokio::net::TcpListener;
 
-fn short(args: &[&str]) -> DemoConfig {
-    let mut argv = vec!["demo", "--duration", "5s", "--quiet"];
+/// A five-second run with `args` added, its JSON summary, and the whole run's output
+/// for failure messages.
+async fn short(args: &[&str]) -> (Value, String) {
+    let mut argv = vec!["demo", "--duration", "5s", "--quiet", "--json"];
     argv.extend_from_slice(args);
-    let config = DemoArgs::try_from_args(argv).unwrap().config().unwrap();
-    assert_eq!(config.verbosity, Verbosity::Quiet);
-    config
+    let run = tool::run(&argv).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    (run.json(), run.to_string())
 }
 
-async fn run(config: DemoConfig) -> (Report, String) {
-    let report = demo::run(config, std::future::pending()).await.unwrap();
-    let json = report.to_json().unwrap();
-    let context = format!("{}\n{json}", report.table());
-    (report, context)
+fn count(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
 /// Resets counted under `causes`.
-fn resets(pool: &PoolReport, causes: &[&str]) -> u64 {
-    pool.resets
-        .iter()
-        .filter(|r| causes.contains(&r.cause))
-        .map(|r| r.count)
+fn resets(pool: &Value, causes: &[&str]) -> u64 {
+    resets_where(pool, |reset| {
+        causes.iter().any(|cause| reset["cause"] == *cause)
+    })
+}
+
+fn resets_where(pool: &Value, pick: impl Fn(&Value) -> bool) -> u64 {
+    pool["resets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|reset| pick(reset))
+        .map(|reset| count(&reset["count"]))
         .sum()
 }
 
@@ -40,40 +47,47 @@ fn resets(pool: &PoolReport, causes: &[&str]) -> u64 {
 /// of them either counted or closed by the pool itself as idle. A connection the
 /// path closed while it sat past the pool's learned idle limit goes as a planned
 /// close; without any such close the two are equal.
-fn assert_accounted(counted: u64, ended: u64, pool: &PoolReport, context: &str) {
+fn assert_accounted(counted: u64, ended: u64, pool: &Value, context: &str) {
+    let closed_idle = count(&pool["closed_idle"]);
     assert!(
         counted <= ended,
         "counted {counted}, ended {ended}:\n{context}"
     );
     assert!(
-        counted + pool.closed_idle >= ended,
-        "counted {counted} and closed {} idle, ended {ended}:\n{context}",
-        pool.closed_idle
+        counted + closed_idle >= ended,
+        "counted {counted} and closed {closed_idle} idle, ended {ended}:\n{context}"
     );
-    if pool.closed_idle == 0 {
+    if closed_idle == 0 {
         assert_eq!(counted, ended, "{context}");
     }
 }
 
-fn assert_steadypool_absorbed_everything(report: &Report, context: &str) {
-    let [steady, plain] = &report.pools[..] else {
-        panic!("two pools expected:\n{context}");
-    };
-    assert_eq!(steady.name, "steadypool");
+fn assert_steadypool_absorbed_everything(report: &Value, context: &str) {
+    let (steady, plain) = (&report["pools"][0], &report["pools"][1]);
+    assert_eq!(steady["name"], "steadypool", "{context}");
+    assert_eq!(plain["name"], "deadpool", "{context}");
     // How many requests a run makes depends on how much CPU it gets (a loaded machine
     // makes a fifth of an idle one's): no count is asserted, only that the workload
     // ran. That the faults struck it is what each test checks, with a schedule and
     // a seed that make them strike however few requests there are.
-    assert!(steady.requests > 0 && plain.requests > 0, "{context}");
+    assert!(
+        count(&steady["requests"]) > 0 && count(&plain["requests"]) > 0,
+        "{context}"
+    );
     assert_eq!(
-        steady.failures, 0,
+        count(&steady["failures"]),
+        0,
         "steadypool's application saw failures:\n{context}"
     );
     assert!(
-        plain.failures > 0,
+        count(&plain["failures"]) > 0,
         "the faults must reach the plain pool:\n{context}"
     );
-    assert_eq!(plain.failures, plain.requests - plain.succeeded);
+    assert_eq!(
+        count(&plain["failures"]),
+        count(&plain["requests"]) - count(&plain["succeeded"]),
+        "{context}"
+    );
 }
 
 /// A seed whose fault dice reset the very first request through each proxy: both
@@ -87,82 +101,85 @@ const SEED_RESETTING_THE_FIRST_REQUEST: &str = "74";
 
 #[tokio::test]
 async fn five_seconds_of_production_faults_reach_only_the_plain_pool() {
-    let (report, context) = run(short(&[
-        "--json",
-        "--seed",
-        SEED_RESETTING_THE_FIRST_REQUEST,
-    ]))
-    .await;
-    assert!(!report.interrupted);
+    let (report, context) = short(&["--seed", SEED_RESETTING_THE_FIRST_REQUEST]).await;
+    assert_eq!(report["interrupted"], false, "{context}");
     assert_eq!(
-        report.faults.names,
-        ["idle", "resets", "crash", "gaps"],
+        report["faults"]["names"],
+        serde_json::json!(["idle", "resets", "crash", "gaps"]),
         "{context}"
     );
-    assert_eq!(report.schedule.crashes.len(), 1, "{context}");
-    assert_eq!(report.schedule.gaps.len(), 1, "{context}");
+    assert_eq!(
+        report["schedule"]["crashes"].as_array().map(Vec::len),
+        Some(1),
+        "{context}"
+    );
+    assert_eq!(
+        report["schedule"]["gaps"].as_array().map(Vec::len),
+        Some(1),
+        "{context}"
+    );
     assert_steadypool_absorbed_everything(&report, &context);
-    let steady = &report.pools[0];
-    assert!(steady.retries > 0, "{context}");
+    let steady = &report["pools"][0];
+    assert!(count(&steady["retries"]) > 0, "{context}");
 
     // Every connection the proxy ended was counted by steadypool, once, with the
     // cause that matches how it was ended: all of them were resets here.
-    let chaos = steady.chaos.unwrap();
+    let chaos = &steady["chaos"];
     assert!(
-        chaos.crash_resets > 0 && chaos.reset_random > 0,
+        count(&chaos["crash_resets"]) > 0 && count(&chaos["reset_random"]) > 0,
         "{context}"
     );
-    assert!(chaos.idle_rst > 0, "{context}");
-    assert_eq!(chaos.idle_fin, 0, "{context}");
+    assert!(count(&chaos["idle_rst"]) > 0, "{context}");
+    assert_eq!(count(&chaos["idle_fin"]), 0, "{context}");
     assert_accounted(
-        steady.connections_lost,
-        chaos.ended_by_faults,
+        count(&steady["connections_lost"]),
+        count(&chaos["ended_by_faults"]),
         steady,
         &context,
     );
     assert_accounted(
         resets(steady, &["peer_reset", "broken_pipe"]),
-        chaos.idle_rst + chaos.reset_random + chaos.crash_resets + chaos.other_resets,
+        ["idle_rst", "reset_random", "crash_resets", "other_resets"]
+            .iter()
+            .map(|field| count(&chaos[field]))
+            .sum(),
         steady,
         &context,
     );
     // The idle victims were found before any request reached them.
-    let idle_phases: u64 = steady
-        .resets
-        .iter()
-        .filter(|r| r.phase == "idle" || r.phase == "checkout")
-        .map(|r| r.count)
-        .sum();
+    let idle_phases = resets_where(steady, |reset| {
+        reset["phase"] == "idle" || reset["phase"] == "checkout"
+    });
     assert!(idle_phases > 0, "{context}");
-
-    let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
-    assert_eq!(json["pools"][0]["failures"], 0, "{json}");
-    assert!(json["pools"][1]["failures"].as_u64().unwrap() > 0, "{json}");
     assert!(
-        json["pools"][0]["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
-        "{json}"
+        report["pools"][0]["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{context}"
     );
 }
 
 #[tokio::test]
 async fn a_load_balancer_closing_with_fin_is_counted_as_peer_closed() {
-    let (report, context) = run(short(&["--faults", "idle-fin,gaps", "--seed", "11"])).await;
+    let (report, context) = short(&["--faults", "idle-fin,gaps", "--seed", "11"]).await;
     assert_steadypool_absorbed_everything(&report, &context);
-    let steady = &report.pools[0];
-    let chaos = steady.chaos.unwrap();
-    assert!(chaos.idle_fin > 0, "{context}");
-    assert_eq!(chaos.ended_by_faults, chaos.idle_fin, "{context}");
+    let steady = &report["pools"][0];
+    let idle_fin = count(&steady["chaos"]["idle_fin"]);
+    assert!(idle_fin > 0, "{context}");
+    assert_eq!(
+        count(&steady["chaos"]["ended_by_faults"]),
+        idle_fin,
+        "{context}"
+    );
+    assert_accounted(resets(steady, &["peer_closed"]), idle_fin, steady, &context);
     assert_accounted(
-        resets(steady, &["peer_closed"]),
-        chaos.idle_fin,
+        count(&steady["connections_lost"]),
+        idle_fin,
         steady,
         &context,
     );
-    assert_accounted(steady.connections_lost, chaos.idle_fin, steady, &context);
     assert!(
-        report.pools[1]
-            .failures_by_kind
-            .contains_key("peer_closed / in_use"),
+        report["pools"][1]["failures_by_kind"]
+            .get("peer_closed / in_use")
+            .is_some(),
         "{context}"
     );
 }
@@ -173,102 +190,82 @@ async fn the_demo_runs_against_a_real_redis() {
         return;
     };
     let target = redis.addr().to_string();
-    let (report, context) = run(short(&[
+    let (report, context) = short(&[
         "--target",
         target.as_str(),
         "--protocol",
         "redis",
         "--duration",
         "4s",
-    ]))
+    ])
     .await;
-    assert_eq!(report.pools[0].failures, 0, "{context}");
-    assert!(report.pools[0].requests > 100, "{context}");
-    assert!(report.pools[1].requests > 100, "{context}");
+    assert_eq!(report["planned_secs"], 4.0, "{context}");
+    assert_eq!(count(&report["pools"][0]["failures"]), 0, "{context}");
+    assert!(count(&report["pools"][0]["requests"]) > 100, "{context}");
+    assert!(count(&report["pools"][1]["requests"]) > 100, "{context}");
     // Redis's driver reads the socket itself, so how a connection ended (FIN or RST)
     // is not always known: only the totals must agree.
-    let steady = &report.pools[0];
-    let chaos = steady.chaos.unwrap();
+    let steady = &report["pools"][0];
     assert_accounted(
-        steady.connections_lost,
-        chaos.ended_by_faults,
+        count(&steady["connections_lost"]),
+        count(&steady["chaos"]["ended_by_faults"]),
         steady,
         &context,
     );
 }
 
 #[tokio::test]
-async fn an_interrupted_run_reports_what_happened_so_far() {
-    let config = DemoConfig {
-        duration: Duration::from_secs(60),
-        verbosity: Verbosity::Quiet,
-        ..DemoConfig::default()
+async fn ctrl_c_ends_the_run_with_what_happened_so_far() {
+    let Some(kill) = steadypool_tests::host::program("kill") else {
+        steadypool_tests::host::skip("the kill program is not installed (package procps)");
+        return;
     };
-    let interrupt = tokio::time::sleep(Duration::from_millis(1500));
-    let report = demo::run(config, interrupt).await.unwrap();
-    assert!(report.interrupted);
-    assert!(report.ran_secs < 5.0, "{}", report.table());
-    assert!(report.pools[0].requests > 0);
-    assert!(
-        report.table().contains("interrupted after"),
-        "{}",
-        report.table()
-    );
+    let child = tool::command(&["demo", "--duration", "60s", "--quiet"])
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = tokio::process::Command::new(kill)
+        .args(["-INT", pid.as_str()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let run = tool::finish(child).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("interrupted after"), "{run}");
+    assert!(run.stdout.contains("requests"), "{run}");
 }
 
-#[test]
-fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
-    let err = DemoArgs::try_from_args(["demo", "--bogus"]).unwrap_err();
-    assert!(err.to_string().contains("--bogus"), "{err}");
-    assert_eq!(err.exit_code(), 2);
-
-    let err = DemoArgs::try_from_args(["demo", "--faults", "idle,flood"]).unwrap_err();
-    assert!(err.to_string().contains("flood"), "{err}");
-    assert_eq!(err.exit_code(), 2);
-
-    let err = DemoArgs::try_from_args(["demo", "--duration", "0s"]).unwrap_err();
-    assert!(err.to_string().contains("greater than zero"), "{err}");
-
-    let err = DemoArgs::try_from_args(["demo", "--concurrency", "lots"]).unwrap_err();
-    assert_eq!(err.exit_code(), 2);
-
-    for (argv, says) in [
-        (&["demo", "--concurrency", "0"][..], "--concurrency"),
-        (&["demo", "--reset-rate", "2"][..], "--reset-rate"),
-        (&["demo", "--protocol", "redis"][..], "--target"),
-        (&["demo", "--target", "localhost"][..], "HOST:PORT"),
-        (&["demo", "--lb-idle-timeout", "200ms"][..], "1s"),
+#[tokio::test]
+async fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
+    for (args, says) in [
+        (&["--bogus"][..], "--bogus"),
+        (&["--faults", "idle,flood"][..], "flood"),
+        (&["--duration", "0s"][..], "greater than zero"),
+        (&["--concurrency", "lots"][..], "lots"),
+        (&["--concurrency", "0"][..], "--concurrency"),
+        (&["--reset-rate", "2"][..], "--reset-rate"),
+        (&["--protocol", "redis"][..], "--target"),
+        (&["--target", "localhost"][..], "HOST:PORT"),
+        (&["--lb-idle-timeout", "200ms"][..], "1s"),
     ] {
-        let err = DemoArgs::try_from_args(argv).unwrap().config().unwrap_err();
-        assert!(matches!(err, DemoError::Config(_)), "{argv:?}: {err:?}");
-        assert!(err.to_string().contains(says), "{argv:?}: {err}");
-        assert_eq!(err.exit_code(), 2, "{argv:?}");
-    }
-}
-
-fn target(addr: String) -> DemoConfig {
-    DemoConfig {
-        target: Target::Remote {
-            addr,
-            protocol: demo::Protocol::Kv,
-        },
-        duration: Duration::from_secs(2),
-        verbosity: Verbosity::Quiet,
-        ..DemoConfig::default()
+        let argv: Vec<&str> = ["demo"].iter().chain(args).copied().collect();
+        let run = tool::run(&argv).await;
+        assert_eq!(run.code, Some(2), "{argv:?}: {run}");
+        assert!(run.stderr.contains(says), "{argv:?}: {run}");
+        assert!(run.stdout.is_empty(), "{argv:?}: {run}");
     }
 }
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_clear_error() {
     let port = steadypool_tests::host::free_port().unwrap();
-    let err = demo::run(target(format!("127.0.0.1:{port}")), std::future::pending())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, DemoError::Target { .. }), "{err:?}");
-    let message = err.to_string();
-    assert!(message.contains(&port.to_string()), "{message}");
-    assert!(message.contains("could not connect"), "{message}");
-    assert_eq!(err.exit_code(), 1);
+    let target = format!("127.0.0.1:{port}");
+    let run = tool::run(&["demo", "--quiet", "--duration", "2s", "--target", &target]).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains(&target), "{run}");
+    assert!(run.stderr.contains("could not connect"), "{run}");
 }
 
 #[tokio::test]
@@ -294,12 +291,9 @@ async fn a_target_that_does_not_speak_the_protocol_is_a_clear_error() {
             });
         }
     });
-    let err = demo::run(target(addr.to_string()), std::future::pending())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, DemoError::Target { .. }), "{err:?}");
-    let message = err.to_string();
-    assert!(message.contains("PING"), "{message}");
-    assert!(message.contains("--protocol redis"), "{message}");
-    assert_eq!(err.exit_code(), 1);
+    let target = addr.to_string();
+    let run = tool::run(&["demo", "--quiet", "--duration", "2s", "--target", &target]).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains("PING"), "{run}");
+    assert!(run.stderr.contains("--protocol redis"), "{run}");
 }

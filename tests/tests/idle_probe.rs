@@ -1,68 +1,82 @@
-//! The idle probe against paths whose idle limit is known: the chaos proxy closing
-//! idle connections after 3 s (with FIN, and with RST), and a real Redis with
-//! `timeout 2`. Its estimate must be within 10 % of the truth. And bad input: an
+//! The `steadypool idle-probe` tool against paths whose idle limit is known: the chaos
+//! proxy closing idle connections after 3 s (with FIN, and with RST), and a real Redis
+//! with `timeout 2`. Its estimate must be within 10 % of the truth. And bad input: an
 //! unreachable target, a port that does not speak the protocol, a bad flag.
 
 use std::time::Duration;
 
+use serde_json::Value;
 use steadypool::chaos::{ChaosProxy, IdleClose};
-use steadypool_examples::console::Verbosity;
-use steadypool_examples::idle_probe::{self, ProbeArgs, ProbeConfig, ProbeError, ProbeProtocol};
-use steadypool_examples::kv::KvServer;
-use steadypool_examples::recommend::ClosedBy;
 use steadypool_tests::redis::RedisServer;
+use steadypool_tests::servers::LineServer;
+use steadypool_tests::tool;
 use tokio::net::TcpListener;
 
-fn config(target: String, protocol: ProbeProtocol, max_time: Duration) -> ProbeConfig {
-    ProbeConfig {
+/// Probes `target` for at most `max_time`; its JSON summary, and the whole run's
+/// output for failure messages.
+async fn probe(target: &str, protocol: &str, max_time: &str) -> (Value, String) {
+    let run = tool::run(&[
+        "idle-probe",
+        target,
+        "--protocol",
+        protocol,
+        "--max-time",
         max_time,
-        verbosity: Verbosity::Quiet,
-        ..ProbeConfig::new(target, protocol)
-    }
+        "--quiet",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{run}");
+    (run.json(), run.to_string())
 }
 
-fn assert_within_ten_percent(found: Option<Duration>, truth: Duration, report: &str) {
-    let found = found.unwrap_or_else(|| panic!("no limit found:\n{report}"));
+fn secs(value: &Value) -> Duration {
+    Duration::from_secs_f64(
+        value
+            .as_f64()
+            .unwrap_or_else(|| panic!("not seconds: {value}")),
+    )
+}
+
+fn assert_within_ten_percent(found: &Value, truth: Duration, context: &str) {
+    assert!(!found.is_null(), "no limit found:\n{context}");
+    let found = secs(found);
     let error = found.as_secs_f64() / truth.as_secs_f64() - 1.0;
     assert!(
         error.abs() <= 0.10,
-        "found {found:?}, the truth is {truth:?} ({:+.1} %):\n{report}",
+        "found {found:?}, the truth is {truth:?} ({:+.1} %):\n{context}",
         error * 100.0
     );
 }
 
-async fn probe_idle_close(close: IdleClose, expected: ClosedBy) {
-    let upstream = KvServer::start().await.unwrap();
+async fn probe_idle_close(close: IdleClose, expected: &str) {
+    let upstream = LineServer::start().await.unwrap();
     let proxy = ChaosProxy::builder(upstream.addr())
         .seed(3)
         .start()
         .await
         .unwrap();
     proxy.set_idle_close(Some(close));
-    let report = idle_probe::run(config(
-        proxy.local_addr().to_string(),
-        ProbeProtocol::Tcp,
-        Duration::from_secs(15),
-    ))
-    .await
-    .unwrap();
-    let text = format!("{}\n{}", report.text(), report.to_json().unwrap());
-    assert_within_ten_percent(report.limit(), close.after, &text);
-    assert_eq!(report.closed_by, Some(expected), "{text}");
-    assert!(report.elapsed_secs <= 15.5, "{text}");
-    let recommended = report.recommendation().unwrap();
-    assert!(recommended.idle_timeout < close.after, "{text}");
-    assert!(text.contains(".idle_timeout(Some("), "{text}");
+    let target = proxy.local_addr().to_string();
+    let (report, context) = probe(&target, "tcp", "15s").await;
+    assert_within_ten_percent(&report["limit_secs"], close.after, &context);
+    assert_eq!(report["closed_by"], expected, "{context}");
+    assert!(
+        secs(&report["elapsed_secs"]).as_secs_f64() <= 15.5,
+        "{context}"
+    );
+    let recommended = secs(&report["recommended"]["idle_timeout_secs"]);
+    assert!(recommended < close.after, "{context}");
 }
 
 #[tokio::test]
 async fn finds_a_load_balancer_closing_idle_connections_with_fin() {
-    probe_idle_close(IdleClose::fin(Duration::from_secs(3)), ClosedBy::Fin).await;
+    probe_idle_close(IdleClose::fin(Duration::from_secs(3)), "fin").await;
 }
 
 #[tokio::test]
 async fn finds_a_load_balancer_resetting_idle_connections() {
-    probe_idle_close(IdleClose::rst(Duration::from_secs(3)), ClosedBy::Rst).await;
+    probe_idle_close(IdleClose::rst(Duration::from_secs(3)), "rst").await;
 }
 
 #[tokio::test]
@@ -78,55 +92,41 @@ async fn finds_redis_idle_timeout() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let report = idle_probe::run(config(
-        redis.addr().to_string(),
-        ProbeProtocol::Redis,
-        Duration::from_secs(20),
-    ))
-    .await
-    .unwrap();
-    let text = format!("{}\n{}", report.text(), report.to_json().unwrap());
-    assert_within_ten_percent(report.limit(), Duration::from_secs(2), &text);
-    assert_eq!(report.closed_by, Some(ClosedBy::Fin), "{text}");
+    let target = redis.addr().to_string();
+    let (report, context) = probe(&target, "redis", "20s").await;
+    assert_within_ten_percent(&report["limit_secs"], Duration::from_secs(2), &context);
+    assert_eq!(report["closed_by"], "fin", "{context}");
     assert!(
-        report.alive_after_secs.is_some_and(|alive| alive >= 1.0),
-        "a PING after 1 s idle must have been answered:\n{text}"
+        report["alive_after_secs"]
+            .as_f64()
+            .is_some_and(|alive| alive >= 1.0),
+        "a PING after 1 s idle must have been answered:\n{context}"
     );
 }
 
 #[tokio::test]
 async fn a_path_without_idle_limit_says_so_within_its_time() {
-    let upstream = KvServer::start().await.unwrap();
-    let report = idle_probe::run(config(
-        upstream.addr().to_string(),
-        ProbeProtocol::Tcp,
-        Duration::from_secs(6),
-    ))
-    .await
-    .unwrap();
-    let text = report.text();
-    assert_eq!(report.limit(), None, "{text}");
-    assert!(report.elapsed_secs <= 6.5, "{text}");
-    assert!(text.contains("no idle limit found"), "{text}");
+    let upstream = LineServer::start().await.unwrap();
+    let target = upstream.addr().to_string();
+    let (report, context) = probe(&target, "tcp", "6s").await;
+    assert!(report["limit_secs"].is_null(), "{context}");
+    assert!(report["recommended"].is_null(), "{context}");
+    assert!(
+        secs(&report["elapsed_secs"]).as_secs_f64() <= 6.5,
+        "{context}"
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_clear_error() {
     let port = steadypool_tests::host::free_port().unwrap();
-    let err = idle_probe::run(config(
-        format!("127.0.0.1:{port}"),
-        ProbeProtocol::Tcp,
-        Duration::from_secs(10),
-    ))
-    .await
-    .unwrap_err();
-    assert!(matches!(err, ProbeError::Unreachable { .. }), "{err:?}");
-    let message = err.to_string();
+    let target = format!("127.0.0.1:{port}");
+    let run = tool::run(&["idle-probe", &target, "--max-time", "10s", "--quiet"]).await;
+    assert_eq!(run.code, Some(1), "{run}");
     assert!(
-        message.contains(&port.to_string()) && message.contains("refused"),
-        "{message}"
+        run.stderr.contains(&target) && run.stderr.contains("refused"),
+        "{run}"
     );
-    assert_ne!(err.exit_code(), 0);
 }
 
 #[tokio::test]
@@ -140,47 +140,36 @@ async fn a_port_that_does_not_speak_the_protocol_is_a_clear_error() {
             held.push(stream);
         }
     });
-    let err = idle_probe::run(ProbeConfig {
-        rtt_timeout: Duration::from_millis(500),
-        ..config(
-            addr.to_string(),
-            ProbeProtocol::Redis,
-            Duration::from_secs(10),
-        )
-    })
-    .await
-    .unwrap_err();
-    assert!(matches!(err, ProbeError::NotSpeaking { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("does not answer as redis"),
-        "{err}"
-    );
-    assert_ne!(err.exit_code(), 0);
+    let target = addr.to_string();
+    let run = tool::run(&[
+        "idle-probe",
+        &target,
+        "--protocol",
+        "redis",
+        "--rtt-timeout",
+        "500ms",
+        "--max-time",
+        "10s",
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains("does not answer as redis"), "{run}");
 }
 
-#[test]
-fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
-    let err = ProbeArgs::try_from_args(["idle-probe", "127.0.0.1:6379", "--bogus"]).unwrap_err();
-    assert!(err.to_string().contains("--bogus"), "{err}");
-    assert_eq!(err.exit_code(), 2);
-
-    let err = ProbeArgs::try_from_args(["idle-probe", "127.0.0.1:6379", "--protocol", "mysql"])
-        .unwrap_err();
-    assert!(err.to_string().contains("mysql"), "{err}");
-    assert_eq!(err.exit_code(), 2);
-
-    let err = ProbeArgs::try_from_args(["idle-probe", "127.0.0.1:6379", "--max-time", "soon"])
-        .unwrap_err();
-    assert!(err.to_string().contains("5s"), "{err}");
-
-    let err = ProbeArgs::try_from_args(["idle-probe"]).unwrap_err();
-    assert!(err.to_string().contains("HOST:PORT"), "{err}");
-
-    let args = ProbeArgs::try_from_args(["idle-probe", "localhost"]).unwrap();
-    let err = args.config().unwrap_err();
-    assert!(err.to_string().contains("HOST:PORT"), "{err}");
-    assert_eq!(err.exit_code(), 2);
-
-    let args = ProbeArgs::try_from_args(["idle-probe", "localhost:1", "--max-time", "1s"]).unwrap();
-    assert_eq!(args.config().unwrap_err().exit_code(), 2);
+#[tokio::test]
+async fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
+    for (args, says) in [
+        (&["127.0.0.1:6379", "--bogus"][..], "--bogus"),
+        (&["127.0.0.1:6379", "--protocol", "mysql"][..], "mysql"),
+        (&["127.0.0.1:6379", "--max-time", "soon"][..], "5s"),
+        (&[][..], "HOST:PORT"),
+        (&["localhost"][..], "HOST:PORT"),
+        (&["localhost:1", "--max-time", "1s"][..], "--max-time"),
+    ] {
+        let argv: Vec<&str> = ["idle-probe"].iter().chain(args).copied().collect();
+        let run = tool::run(&argv).await;
+        assert_eq!(run.code, Some(2), "{argv:?}: {run}");
+        assert!(run.stderr.contains(says), "{argv:?}: {run}");
+    }
 }

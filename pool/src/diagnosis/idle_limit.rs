@@ -31,6 +31,9 @@ const LOWER_MARGIN: f64 = 0.95;
 const UPPER_SHARE: f64 = 0.75;
 /// A healthy reuse at least this share of the lower bound keeps the bound fresh.
 const REFRESH_SHARE: f64 = 0.9;
+/// Keepalive probes recommended: with the shortest interval, a dead peer is found
+/// within seconds, and one lost probe is not taken for a dead peer.
+const KEEPALIVE_PROBES: u32 = 3;
 /// "None" in the atomics below.
 const NEVER: u64 = u64::MAX;
 
@@ -116,6 +119,35 @@ impl IdleLimit {
     pub fn recommended_idle_timeout(&self) -> Option<Duration> {
         let upper = self.upper?.mul_f64(UPPER_SHARE);
         Some(self.lower.map_or(upper, |lower| lower.max(upper)))
+    }
+
+    /// Keepalive timing for this path, to go with
+    /// [`recommended_idle_timeout`](Self::recommended_idle_timeout): probing starts
+    /// at half of that timeout (whole seconds, 1 s to the default 10 s), every third
+    /// of that (1 s to the default 3 s), 3 probes. A NAT or L4 load balancer that
+    /// counts keepalive as traffic then never sees a pooled connection idle as long
+    /// as its limit, and a dead peer is found within seconds. `None` while no upper
+    /// bound is known.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadypool::Keepalive;
+    /// use steadypool::diagnosis::IdleLimit;
+    ///
+    /// let nat = IdleLimit { upper: Some(Duration::from_secs(4)), ..IdleLimit::default() };
+    /// assert_eq!(
+    ///     nat.recommended_keepalive(),
+    ///     Some(Keepalive::new(Duration::from_secs(1), Duration::from_secs(1), 3))
+    /// );
+    /// let alb = IdleLimit { upper: Some(Duration::from_secs(60)), ..IdleLimit::default() };
+    /// assert_eq!(alb.recommended_keepalive(), Some(Keepalive::default()));
+    /// ```
+    pub fn recommended_keepalive(&self) -> Option<crate::Keepalive> {
+        let timeout = self.recommended_idle_timeout()?;
+        let defaults = crate::Keepalive::default();
+        let idle = Duration::from_secs((timeout.as_secs() / 2).max(1)).min(defaults.idle);
+        let interval = Duration::from_secs((idle.as_secs() / 3).max(1)).min(defaults.interval);
+        Some(crate::Keepalive::new(idle, interval, KEEPALIVE_PROBES))
     }
 }
 

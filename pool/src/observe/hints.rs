@@ -10,8 +10,18 @@ use std::time::Duration;
 use crate::cause::{Phase, ResetCause};
 use crate::diagnosis::{IdleLimit, MIN_EVIDENCE_IDLE, Reading};
 
-/// A duration the way an operator reads it: "61 s", "2.4 s", "350 ms".
-pub(crate) fn human(d: Duration) -> String {
+/// A duration the way an operator reads it: "61 s", "2.4 s", "350 ms". The pool's
+/// hints and the `steadypool` tool print durations with it, so both read alike.
+///
+/// ```
+/// use std::time::Duration;
+/// use steadypool::human_duration as human;
+///
+/// assert_eq!(human(Duration::from_millis(61_400)), "61 s");
+/// assert_eq!(human(Duration::from_millis(2_449)), "2.4 s");
+/// assert_eq!(human(Duration::from_millis(350)), "350 ms");
+/// ```
+pub fn human(d: Duration) -> String {
     let secs = d.as_secs_f64();
     if secs >= 10.0 {
         format!("{secs:.0} s")

@@ -38,6 +38,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use self::hints::human as human_duration;
 use self::recorder::Recorder;
 pub(crate) use self::stats::Books;
 pub use self::stats::Stats;

@@ -7,12 +7,12 @@ use serde::Serialize;
 use steadypool::IdleLimit;
 use steadypool::Keepalive;
 
-use crate::console::human;
+use steadypool::human_duration as human;
 
 /// How a path ends the connections that idled past its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ClosedBy {
+pub(crate) enum ClosedBy {
     /// A clean close: a server's own idle timeout, or an L7 proxy's.
     Fin,
     /// A reset: a load balancer, NAT or firewall that dropped the flow.
@@ -22,8 +22,8 @@ pub enum ClosedBy {
 }
 
 impl ClosedBy {
-    /// How the examples name it.
-    pub const fn as_str(self) -> &'static str {
+    /// How the tool names it.
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ClosedBy::Fin => "FIN",
             ClosedBy::Rst => "RST",
@@ -32,75 +32,43 @@ impl ClosedBy {
     }
 }
 
-/// The settings to give a steadypool pool on a path with a known idle limit.
-///
-/// ```
-/// use std::time::Duration;
-/// use steadypool_examples::recommend::Recommendation;
-///
-/// let alb = Recommendation::for_limit(Duration::from_secs(60), None, None);
-/// assert_eq!(alb.idle_timeout, Duration::from_secs(45));
-/// assert_eq!(alb.keepalive.idle, Duration::from_secs(10));
-/// ```
+/// The settings to give a steadypool pool on a path, as the library recommends them
+/// for what was learned about its idle limit
+/// ([`IdleLimit::recommended_idle_timeout`], [`IdleLimit::recommended_keepalive`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recommendation {
+pub(crate) struct Recommendation {
     /// The `idle_timeout` to set.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// The keepalive timing to set.
-    pub keepalive: Keepalive,
+    pub(crate) keepalive: Keepalive,
     /// How the path closes idle connections, when known.
-    pub closed_by: Option<ClosedBy>,
+    pub(crate) closed_by: Option<ClosedBy>,
 }
 
-/// The longest keepalive idle time recommended: steadypool's default.
-const KEEPALIVE_IDLE_MAX: Duration = Duration::from_secs(10);
-/// The longest keepalive interval recommended: steadypool's default.
-const KEEPALIVE_INTERVAL_MAX: Duration = Duration::from_secs(3);
-const KEEPALIVE_COUNT: u32 = 3;
-
 impl Recommendation {
-    /// Settings for a path where a connection died after sitting idle for `upper`,
-    /// and, if known, one idle for `lower` was still fine.
-    ///
-    /// `idle_timeout` is 75 % of `upper` (the share steadypool's own learner keeps
-    /// to, [`IdleLimit::recommended_idle_timeout`]), but never above `lower`: a dead
-    /// connection is often *found* well after the path closed it, so `upper` can lie
-    /// far past the real limit, while `lower` is proven harmless. It is rounded down to
-    /// 100 ms (whole seconds from 10 s). Keepalive starts probing at half of it (whole
-    /// seconds, 1 s to 10 s), so a NAT or L4 load balancer that counts keepalive as
-    /// traffic never sees a pooled connection idle that long.
-    pub fn for_limit(
-        upper: Duration,
-        lower: Option<Duration>,
+    /// The library's settings for `limit`, the `idle_timeout` rounded down to a value
+    /// a person would type (100 ms steps, whole seconds from 10 s). `None` while no
+    /// upper bound is known.
+    pub(crate) fn for_limit(
+        limit: IdleLimit,
         closed_by: Option<ClosedBy>,
-    ) -> Recommendation {
-        let share = IdleLimit {
-            lower: None,
-            upper: Some(upper),
-            evict_after: None,
-        }
-        .recommended_idle_timeout()
-        .unwrap_or(upper);
-        let safe = lower.map_or(share, |lower| share.min(lower));
-        let idle_timeout = if safe >= Duration::from_secs(10) {
-            Duration::from_secs(safe.as_secs())
+    ) -> Option<Recommendation> {
+        let timeout = limit.recommended_idle_timeout()?;
+        let idle_timeout = if timeout >= Duration::from_secs(10) {
+            Duration::from_secs(timeout.as_secs())
         } else {
-            Duration::from_millis(safe.as_millis() as u64 / 100 * 100)
+            Duration::from_millis(timeout.as_millis() as u64 / 100 * 100)
                 .max(Duration::from_millis(100))
         };
-        let keepalive_idle =
-            Duration::from_secs((idle_timeout.as_secs() / 2).max(1)).min(KEEPALIVE_IDLE_MAX);
-        let keepalive_interval =
-            Duration::from_secs((keepalive_idle.as_secs() / 3).max(1)).min(KEEPALIVE_INTERVAL_MAX);
-        Recommendation {
+        Some(Recommendation {
             idle_timeout,
-            keepalive: Keepalive::new(keepalive_idle, keepalive_interval, KEEPALIVE_COUNT),
+            keepalive: limit.recommended_keepalive()?,
             closed_by,
-        }
+        })
     }
 
     /// The builder calls to paste, one per line.
-    pub fn builder_lines(&self) -> Vec<String> {
+    pub(crate) fn builder_lines(&self) -> Vec<String> {
         vec![
             format!(".idle_timeout(Some({}))", rust_duration(self.idle_timeout)),
             format!(
@@ -113,7 +81,7 @@ impl Recommendation {
     }
 
     /// Why these values, in a sentence or two.
-    pub fn rationale(&self) -> String {
+    pub(crate) fn rationale(&self) -> String {
         let idle = format!(
             "idle_timeout {} closes pooled connections well before the path does",
             human(self.idle_timeout)
@@ -140,7 +108,7 @@ impl Recommendation {
     }
 
     /// The settings as JSON-ready numbers.
-    pub fn summary(&self) -> RecommendationSummary {
+    pub(crate) fn summary(&self) -> RecommendationSummary {
         RecommendationSummary {
             idle_timeout_secs: self.idle_timeout.as_secs_f64(),
             keepalive_idle_secs: self.keepalive.idle.as_secs(),
@@ -152,15 +120,15 @@ impl Recommendation {
 
 /// [`Recommendation`] for `--json` output.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct RecommendationSummary {
+pub(crate) struct RecommendationSummary {
     /// `idle_timeout`, in seconds.
-    pub idle_timeout_secs: f64,
+    pub(crate) idle_timeout_secs: f64,
     /// Keepalive idle time, in seconds.
-    pub keepalive_idle_secs: u64,
+    pub(crate) keepalive_idle_secs: u64,
     /// Keepalive interval, in seconds.
-    pub keepalive_interval_secs: u64,
+    pub(crate) keepalive_interval_secs: u64,
     /// Keepalive probes.
-    pub keepalive_count: u32,
+    pub(crate) keepalive_count: u32,
 }
 
 fn rust_duration(d: Duration) -> String {
@@ -175,9 +143,17 @@ fn rust_duration(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    fn limit(lower: Option<u64>, upper: u64) -> IdleLimit {
+        IdleLimit {
+            lower: lower.map(Duration::from_millis),
+            upper: Some(Duration::from_millis(upper)),
+            evict_after: None,
+        }
+    }
+
     #[test]
     fn short_limits_get_short_timeouts_and_the_fastest_keepalive() {
-        let r = Recommendation::for_limit(Duration::from_millis(2050), None, Some(ClosedBy::Fin));
+        let r = Recommendation::for_limit(limit(None, 2050), Some(ClosedBy::Fin)).unwrap();
         assert_eq!(r.idle_timeout, Duration::from_millis(1500));
         assert_eq!(
             r.keepalive,
@@ -191,25 +167,19 @@ mod tests {
     }
 
     #[test]
-    fn a_loose_upper_bound_gives_way_to_the_proven_lower_one() {
-        // Found dead only 2.9 s after its last use, on a path that closes at 2 s:
-        // 75 % of 2.9 s would be past the limit, 1.72 s idle was proven fine.
-        let r = Recommendation::for_limit(
-            Duration::from_millis(2900),
-            Some(Duration::from_millis(1720)),
-            Some(ClosedBy::Rst),
-        );
+    fn the_timeout_is_the_librarys_rounded_down() {
+        // The library takes the larger of the proven lower bound and 75 % of the
+        // upper one.
+        let r = Recommendation::for_limit(limit(Some(1720), 2000), Some(ClosedBy::Rst)).unwrap();
         assert_eq!(r.idle_timeout, Duration::from_millis(1700));
-        // A narrow interval leaves 75 % of the upper bound in force.
-        let r =
-            Recommendation::for_limit(Duration::from_secs(60), Some(Duration::from_secs(58)), None);
+        let r = Recommendation::for_limit(limit(Some(40_000), 60_000), None).unwrap();
         assert_eq!(r.idle_timeout, Duration::from_secs(45));
+        assert_eq!(Recommendation::for_limit(IdleLimit::default(), None), None);
     }
 
     #[test]
     fn long_limits_keep_steadypools_defaults_for_keepalive() {
-        let nat =
-            Recommendation::for_limit(Duration::from_secs(350), None, Some(ClosedBy::Silence));
+        let nat = Recommendation::for_limit(limit(None, 350_000), Some(ClosedBy::Silence)).unwrap();
         assert_eq!(nat.idle_timeout, Duration::from_secs(262));
         assert_eq!(nat.keepalive, Keepalive::default());
         assert!(

@@ -98,7 +98,7 @@ impl<M: Manager> Watcher<M> {
             }),
             Err(_) => Err(OpenError::Handshake(format!(
                 "connected, but the handshake did not finish within {}",
-                crate::console::human(handshake)
+                steadypool::human_duration(handshake)
             ))),
         }
     }
@@ -113,7 +113,7 @@ impl<M: Manager> Watcher<M> {
             Ok(Err(err)) => Err(crate::error_chain(&err)),
             Err(_) => Err(format!(
                 "no answer within {}",
-                crate::console::human(timeout)
+                steadypool::human_duration(timeout)
             )),
         }
     }

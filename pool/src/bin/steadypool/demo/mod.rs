@@ -18,50 +18,36 @@
 //!
 //! [`run`] returns a [`Report`]: per pool, the requests, the failures the application
 //! saw, the retries, the connections lost by cause and phase (steadypool's from its
-//! own metrics), latencies, and what each proxy injected; and what steadypool learned
+//! own [`Pool::stats`](steadypool::Pool::stats)), latencies, and what each proxy injected; and what steadypool learned
 //! about the path's idle limit, with the settings it recommends.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use steadypool_examples::demo::{self, DemoConfig};
-//!
-//! let config = DemoConfig { duration: Duration::from_secs(5), ..DemoConfig::default() };
-//! let report = demo::run(config, std::future::pending()).await?;
-//! assert_eq!(report.pools[0].failures, 0);
-//! println!("{}", report.table());
-//! # Ok(()) }
-//! ```
 
+mod args;
 mod clients;
 mod report;
+mod table;
 mod tally;
 mod workload;
 
-use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::DebuggingRecorder;
-use steadypool::chaos::{ChaosError, ChaosProxy, Faults, IdleClose, Latency};
+use steadypool::chaos::{ChaosProxy, Faults, IdleClose, Latency};
+use steadypool::human_duration as human;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub(crate) use self::args::{DemoArgs, DemoConfig, DemoError, Target};
 use self::clients::Client;
-pub use self::clients::Protocol;
-use self::report::PoolMetrics;
-pub use self::report::{
-    ChaosSummary, FaultSummary, LatencySummary, Learned, PoolReport, Report, ResetCount,
-    ScheduleSummary,
-};
+pub(crate) use self::clients::Protocol;
+use self::report::PoolCounts;
+pub(crate) use self::report::{FaultSummary, Learned, PoolReport, Report, ScheduleSummary};
 use self::tally::Tally;
 use self::workload::{Requests, Schedule};
-use crate::console::{Console, Verbosity, human, parse_duration};
+use crate::console::Console;
 use crate::recommend::ClosedBy;
 
 /// How long steadypool's reaper may take to find what the proxy did last: its
@@ -74,335 +60,6 @@ const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Added latency per chunk with `latency` on.
 const LATENCY: Latency = Latency::new(Duration::from_millis(1), Duration::from_millis(2));
 
-/// Which faults the proxies inject, and the workload's idle gaps.
-///
-/// ```
-/// use steadypool_examples::demo::FaultSet;
-/// let faults: FaultSet = "idle-fin,crash".parse().unwrap();
-/// assert!(faults.crash && !faults.resets && !faults.gaps);
-/// assert_eq!(faults.to_string(), "idle-fin,crash");
-/// assert!("idle,flood".parse::<FaultSet>().unwrap_err().contains("flood"));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultSet {
-    /// The load balancer's idle timeout, and how it closes.
-    pub idle: Option<ClosedBy>,
-    /// Resets mid-request.
-    pub resets: bool,
-    /// Upstream crashes.
-    pub crash: bool,
-    /// Idle gaps in the workload.
-    pub gaps: bool,
-    /// Added latency.
-    pub latency: bool,
-}
-
-impl FaultSet {
-    /// No faults, no gaps.
-    pub const NONE: FaultSet = FaultSet {
-        idle: None,
-        resets: false,
-        crash: false,
-        gaps: false,
-        latency: false,
-    };
-
-    /// Whether any fault needs a chaos proxy in the path.
-    pub fn needs_proxy(&self) -> bool {
-        self.idle.is_some() || self.resets || self.crash || self.latency
-    }
-
-    fn names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        match self.idle {
-            Some(ClosedBy::Fin) => names.push("idle-fin"),
-            Some(_) => names.push("idle"),
-            None => {}
-        }
-        for (on, name) in [
-            (self.resets, "resets"),
-            (self.crash, "crash"),
-            (self.gaps, "gaps"),
-            (self.latency, "latency"),
-        ] {
-            if on {
-                names.push(name);
-            }
-        }
-        names
-    }
-}
-
-impl Default for FaultSet {
-    /// `idle,resets,crash,gaps`: production, scaled down.
-    fn default() -> Self {
-        FaultSet {
-            idle: Some(ClosedBy::Rst),
-            resets: true,
-            crash: true,
-            gaps: true,
-            latency: false,
-        }
-    }
-}
-
-impl FromStr for FaultSet {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut set = FaultSet::NONE;
-        for name in text.split(',').map(str::trim) {
-            match name {
-                "idle" => set.idle = Some(ClosedBy::Rst),
-                "idle-fin" => set.idle = Some(ClosedBy::Fin),
-                "resets" => set.resets = true,
-                "crash" => set.crash = true,
-                "gaps" => set.gaps = true,
-                "latency" => set.latency = true,
-                "all" => {
-                    set = FaultSet {
-                        latency: true,
-                        ..FaultSet::default()
-                    }
-                }
-                "none" => {}
-                other => {
-                    return Err(format!(
-                        "unknown fault {other:?}: choose from idle, idle-fin, resets, crash, \
-                         gaps, latency, all, none (comma separated)"
-                    ));
-                }
-            }
-        }
-        Ok(set)
-    }
-}
-
-impl fmt::Display for FaultSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = self.names();
-        if names.is_empty() {
-            f.write_str("none")
-        } else {
-            f.write_str(&names.join(","))
-        }
-    }
-}
-
-/// Where the demo's requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The embedded key-value server.
-    Embedded,
-    /// A server you run, at `host:port`.
-    Remote {
-        /// `host:port`.
-        addr: String,
-        /// What it speaks.
-        protocol: Protocol,
-    },
-}
-
-/// Everything a run needs. [`DemoArgs`] builds one from the command line.
-#[derive(Debug, Clone)]
-pub struct DemoConfig {
-    /// How long the workload runs. Default 30 s.
-    pub duration: Duration,
-    /// Workers per pool, and each pool's `max_size`. Default 8.
-    pub concurrency: usize,
-    /// Which faults. Default [`FaultSet::default`].
-    pub faults: FaultSet,
-    /// The seed of the workload and of both proxies. Default 7.
-    pub seed: u64,
-    /// Where requests go. Default [`Target::Embedded`].
-    pub target: Target,
-    /// The load balancer's idle timeout. Default 2 s.
-    pub lb_idle_timeout: Duration,
-    /// The share of requests reset mid-request. Default 0.01.
-    pub reset_rate: f64,
-    /// The time between upstream crashes. Default 10 s.
-    pub crash_every: Duration,
-    /// What to print while running. Default [`Verbosity::Auto`].
-    pub verbosity: Verbosity,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig {
-            duration: Duration::from_secs(30),
-            concurrency: 8,
-            faults: FaultSet::default(),
-            seed: 7,
-            target: Target::Embedded,
-            lb_idle_timeout: Duration::from_secs(2),
-            reset_rate: 0.01,
-            crash_every: Duration::from_secs(10),
-            verbosity: Verbosity::Auto,
-        }
-    }
-}
-
-/// The demo's command line.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "demo",
-    about = "Production's connection resets, scaled down: steadypool and a plain deadpool pool side by side",
-    long_about = None,
-    args_override_self = true
-)]
-pub struct DemoArgs {
-    /// How long to run the workload (e.g. 5s, 30s, 2min).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Workers per pool (and each pool's max_size).
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-    /// Faults to inject, comma separated: idle (load balancer idle timeout, RST),
-    /// idle-fin (the same with FIN), resets (mid-request), crash (upstream), gaps
-    /// (idle gaps in the workload), latency; or all, none.
-    #[arg(long, default_value = "idle,resets,crash,gaps")]
-    pub faults: FaultSet,
-    /// Seed for the workload and the faults.
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-    /// Print a JSON summary on standard output instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Run against your own server at HOST:PORT instead of the embedded one (the chaos
-    /// proxies still sit in between, unless --faults none).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub target: Option<String>,
-    /// What the --target speaks: kv (the demo's key-value protocol) or redis.
-    #[arg(long, value_enum, default_value_t = Protocol::Kv)]
-    pub protocol: Protocol,
-    /// The load balancer's idle timeout.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub lb_idle_timeout: Duration,
-    /// The share of requests reset mid-request (0 to 0.5).
-    #[arg(long, default_value_t = 0.01)]
-    pub reset_rate: f64,
-    /// The time between upstream crashes.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub crash_every: Duration,
-    /// Print nothing while running.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
-impl DemoArgs {
-    /// Parses a command line (the program's name first), as `main` does.
-    ///
-    /// # Errors
-    /// clap's error: its message says what was wrong, `exit_code()` is 2 for bad
-    /// usage (0 for `--help`).
-    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        <Self as clap::Parser>::try_parse_from(args)
-    }
-
-    /// Checks the values and turns them into a [`DemoConfig`].
-    ///
-    /// # Errors
-    /// [`DemoError::Config`] saying which value is wrong and what is allowed.
-    pub fn config(&self) -> Result<DemoConfig, DemoError> {
-        if !(1..=256).contains(&self.concurrency) {
-            return Err(DemoError::Config(format!(
-                "--concurrency {} is out of range: use 1 to 256",
-                self.concurrency
-            )));
-        }
-        if !(0.0..=0.5).contains(&self.reset_rate) {
-            return Err(DemoError::Config(format!(
-                "--reset-rate {} is out of range: use 0 to 0.5 (0.01 is 1 % of requests)",
-                self.reset_rate
-            )));
-        }
-        if self.lb_idle_timeout < Duration::from_secs(1) {
-            return Err(DemoError::Config(format!(
-                "--lb-idle-timeout {} is too short: use 1s or more (idle times under 1 s teach \
-                 steadypool nothing about a path)",
-                human(self.lb_idle_timeout)
-            )));
-        }
-        let target = match (&self.target, self.protocol) {
-            (Some(addr), protocol) => {
-                if !addr.contains(':') {
-                    return Err(DemoError::Config(format!(
-                        "--target {addr:?} needs a port: write HOST:PORT"
-                    )));
-                }
-                Target::Remote {
-                    addr: addr.clone(),
-                    protocol,
-                }
-            }
-            (None, Protocol::Kv) => Target::Embedded,
-            (None, protocol) => {
-                return Err(DemoError::Config(format!(
-                    "--protocol {protocol} needs --target HOST:PORT: the embedded server speaks \
-                     the demo's key-value protocol"
-                )));
-            }
-        };
-        Ok(DemoConfig {
-            duration: self.duration,
-            concurrency: self.concurrency,
-            faults: self.faults,
-            seed: self.seed,
-            target,
-            lb_idle_timeout: self.lb_idle_timeout,
-            reset_rate: self.reset_rate,
-            crash_every: self.crash_every,
-            verbosity: if self.quiet {
-                Verbosity::Quiet
-            } else {
-                Verbosity::Auto
-            },
-        })
-    }
-}
-
-/// Why the demo could not run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DemoError {
-    /// A flag's value is out of range or inconsistent.
-    #[error("{0}")]
-    Config(String),
-    /// The embedded server could not listen.
-    #[error("could not start the embedded key-value server: {0}")]
-    Server(#[source] std::io::Error),
-    /// A chaos proxy could not start.
-    #[error("could not start the chaos proxy: {0}")]
-    Proxy(#[from] ChaosError),
-    /// The `--target` is unreachable or does not speak the protocol.
-    #[error("--target {addr} ({protocol}): {reason}")]
-    Target {
-        /// The target.
-        addr: String,
-        /// The protocol it was expected to speak.
-        protocol: Protocol,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A pool could not be built.
-    #[error("could not set up the pools: {0}")]
-    Setup(String),
-}
-
-impl DemoError {
-    /// The process exit code for this error: 2 for bad flags, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            DemoError::Config(_) => 2,
-            _ => 1,
-        }
-    }
-}
-
 /// The names of the two pools, in the report's order.
 const POOLS: [&str; 2] = ["steadypool", "deadpool"];
 
@@ -412,7 +69,7 @@ const POOLS: [&str; 2] = ["steadypool", "deadpool"];
 /// # Errors
 /// [`DemoError`] when the run cannot start: a bad configuration, a `--target` that
 /// is down or speaks another protocol, no free port.
-pub async fn run(
+pub(crate) async fn run(
     config: DemoConfig,
     interrupt: impl Future<Output = ()> + Send,
 ) -> Result<Report, DemoError> {
@@ -456,23 +113,17 @@ pub async fn run(
             .map_or(upstream.clone(), |p| p[i].local_addr().to_string())
     };
 
-    // steadypool binds its metric handles when built: these go to this run's recorder.
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let size = config.concurrency;
     let (steady, plain): (Arc<dyn Client>, Arc<dyn Client>) = match protocol {
         Protocol::Kv => {
-            let steady =
-                metrics::with_local_recorder(&recorder, || clients::steady_kv(&addr_of(0), size))
-                    .map_err(|e| DemoError::Setup(e.to_string()))?;
+            let steady = clients::steady_kv(&addr_of(0), size)
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
             let plain = clients::plain_kv(&addr_of(1), size)
                 .map_err(|e| DemoError::Setup(e.to_string()))?;
             (Arc::new(steady), Arc::new(plain))
         }
         Protocol::Redis => {
-            let steady = metrics::with_local_recorder(&recorder, || {
-                clients::steady_redis(&addr_of(0), size)
-            })?;
+            let steady = clients::steady_redis(&addr_of(0), size)?;
             (
                 Arc::new(steady),
                 Arc::new(clients::plain_redis(&addr_of(1), size)?),
@@ -564,10 +215,10 @@ pub async fn run(
         // Let steadypool's reaper find the connections the proxy ended last.
         tokio::time::sleep(DRAIN).await;
     }
-    let metrics = PoolMetrics::read(snapshotter.snapshot(), POOLS[0]);
+    let counts = clients[0].stats().map(|stats| PoolCounts::read(&stats));
     let learned = clients[0].idle_limit();
     let chaos = |i: usize| proxies.as_ref().map(|p| p[i].stats());
-    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), Some(metrics), chaos(0));
+    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), counts, chaos(0));
     let plain_report = PoolReport::new(POOLS[1], tallies[1].totals(), None, chaos(1));
     let closed_by = steady_report.idle_closes().or(config.faults.idle);
     for client in &clients {
@@ -819,11 +470,5 @@ async fn preflight(addr: &str, protocol: Protocol) -> Result<(), DemoError> {
             "no answer within {}: is it up, and does it speak {protocol}?",
             human(PREFLIGHT_TIMEOUT)
         ))),
-    }
-}
-
-impl crate::outcome::Failure for DemoError {
-    fn exit_code(&self) -> u8 {
-        DemoError::exit_code(self)
     }
 }

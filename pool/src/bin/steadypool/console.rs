@@ -1,4 +1,4 @@
-//! What the examples print while they run, on standard error: live bars on a
+//! What the tool prints while it runs, on standard error: live bars on a
 //! terminal, plain lines elsewhere (CI logs, pipes), nothing when quiet.
 //!
 //! Standard output is left to the final result, so `--json` output stays clean.
@@ -10,10 +10,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How much to print while running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verbosity {
+pub(crate) enum Verbosity {
     /// Live bars when standard error is a terminal, plain event lines otherwise.
     Auto,
-    /// Nothing at all (for tests and embedding).
+    /// Nothing at all (`--quiet`).
     Quiet,
 }
 
@@ -92,29 +92,11 @@ impl Console {
     }
 }
 
-/// A duration the way the examples print it: `850 ms`, `2.05 s`, `45 s`, `6 min 5 s`.
-pub fn human(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 1.0 {
-        format!("{} ms", d.as_millis())
-    } else if secs < 10.0 {
-        format!("{secs:.2} s")
-    } else if secs < 120.0 {
-        format!("{secs:.1} s")
-    } else {
-        let whole = d.as_secs();
-        match whole % 60 {
-            0 => format!("{} min", whole / 60),
-            rest => format!("{} min {rest} s", whole / 60),
-        }
-    }
-}
-
 /// Parses a duration flag: `500ms`, `5s`, `2min`, `1h`.
 ///
 /// # Errors
 /// A message saying what was wrong and what to write.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let parsed = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{e}: write a duration such as 500ms, 5s or 2min"))?;
     if parsed.is_zero() {
@@ -128,14 +110,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_and_print_the_way_people_write_them() {
+    fn durations_read_the_way_people_write_them() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("five").unwrap_err().contains("5s"));
-        assert_eq!(human(Duration::from_millis(850)), "850 ms");
-        assert_eq!(human(Duration::from_millis(2049)), "2.05 s");
-        assert_eq!(human(Duration::from_secs(45)), "45.0 s");
-        assert_eq!(human(Duration::from_secs(365)), "6 min 5 s");
     }
 }

@@ -10,25 +10,6 @@
 //! | `GET key` | `VALUE value`, or `NONE` when the key is not set |
 //! | `SET key value` | `OK` |
 //! | anything else | `ERR unknown command` |
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use steadypool::Pool;
-//! use steadypool_examples::kv::{KvManager, KvServer, Op, Reply};
-//!
-//! let server = KvServer::start().await?;
-//! let pool = Pool::builder(KvManager::new(server.addr())).build()?;
-//! let reply = pool
-//!     .run_idempotent(async |conn| Op::set("greeting", "hello").call(conn).await)
-//!     .await?;
-//! assert_eq!(reply, Reply::Ok);
-//! let reply = pool
-//!     .run_idempotent(async |conn| Op::get("greeting").call(conn).await)
-//!     .await?;
-//! assert_eq!(reply, Reply::Value(Some("hello".to_owned())));
-//! # Ok(()) }
-//! ```
 
 use std::collections::HashMap;
 use std::io;
@@ -48,12 +29,12 @@ const MAX_LINE: u64 = 64 * 1024;
 
 /// A pooled connection to the key-value server: a TCP stream read through a buffer
 /// the pool can see (each request goes out in one write, so writes need none).
-pub type KvConnection = BufReader<TcpStream>;
+pub(crate) type KvConnection = BufReader<TcpStream>;
 
 /// The key-value server, listening on a free loopback port until dropped (then its
 /// listener and every connection close).
 #[derive(Debug)]
-pub struct KvServer {
+pub(crate) struct KvServer {
     addr: SocketAddr,
     accept: AbortHandle,
 }
@@ -69,7 +50,7 @@ impl KvServer {
     ///
     /// # Errors
     /// The I/O error of binding the listener.
-    pub async fn start() -> io::Result<KvServer> {
+    pub(crate) async fn start() -> io::Result<KvServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let store = Arc::new(Mutex::new(HashMap::new()));
@@ -78,7 +59,7 @@ impl KvServer {
     }
 
     /// Where the server listens.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 }
@@ -142,7 +123,7 @@ fn answer(request: &str, store: &Store) -> String {
 /// One request of the workload. Both kinds are idempotent: a `GET` reads, a `SET`
 /// writes a fixed value, so running either twice leaves the same state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// Read a key.
     Get(String),
     /// Set a key to a value.
@@ -151,7 +132,7 @@ pub enum Op {
 
 /// The server's answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// A `SET` was stored.
     Ok,
     /// A `GET`'s value, `None` when the key is not set.
@@ -162,17 +143,17 @@ pub enum Reply {
 
 impl Op {
     /// A `GET key`.
-    pub fn get(key: impl Into<String>) -> Op {
+    pub(crate) fn get(key: impl Into<String>) -> Op {
         Op::Get(key.into())
     }
 
     /// A `SET key value`.
-    pub fn set(key: impl Into<String>, value: impl Into<String>) -> Op {
+    pub(crate) fn set(key: impl Into<String>, value: impl Into<String>) -> Op {
         Op::Set(key.into(), value.into())
     }
 
     /// The request line, without its `\n`.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         match self {
             Op::Get(key) => format!("GET {key}"),
             Op::Set(key, value) => format!("SET {key} {value}"),
@@ -184,7 +165,7 @@ impl Op {
     /// # Errors
     /// [`KvError`]: the I/O error (end of stream is `UnexpectedEof`), a reply that
     /// is not this protocol, or the server's own error.
-    pub async fn call<S>(self, conn: &mut S) -> Result<Reply, KvError>
+    pub(crate) async fn call<S>(self, conn: &mut S) -> Result<Reply, KvError>
     where
         S: AsyncBufRead + AsyncWrite + Unpin + Send,
     {
@@ -203,7 +184,7 @@ impl Op {
 ///
 /// # Errors
 /// As [`Op::call`].
-pub async fn ping<S>(conn: &mut S) -> Result<Reply, KvError>
+pub(crate) async fn ping<S>(conn: &mut S) -> Result<Reply, KvError>
 where
     S: AsyncBufRead + AsyncWrite + Unpin + Send,
 {
@@ -237,7 +218,7 @@ where
 /// Why a key-value request failed. [`Classify`] tells steadypool what each means.
 #[derive(Debug, thiserror::Error, Classify)]
 #[non_exhaustive]
-pub enum KvError {
+pub(crate) enum KvError {
     /// The connection could not be opened.
     #[error(transparent)]
     #[classify(delegate)]
@@ -257,13 +238,13 @@ pub enum KvError {
 
 /// Opens steadypool connections to the key-value server; pings with `PING`.
 #[derive(Debug, Clone)]
-pub struct KvManager {
+pub(crate) struct KvManager {
     addr: Address,
 }
 
 impl KvManager {
     /// A manager for the server at `addr`.
-    pub fn new(addr: impl Into<Address>) -> KvManager {
+    pub(crate) fn new(addr: impl Into<Address>) -> KvManager {
         KvManager { addr: addr.into() }
     }
 }
@@ -290,13 +271,13 @@ impl Manager for KvManager {
 /// A plain `deadpool` manager for the key-value server, as most users of deadpool
 /// write one: connect, and hand pooled connections back out unchecked.
 #[derive(Debug, Clone)]
-pub struct PlainKvManager {
+pub(crate) struct PlainKvManager {
     addr: String,
 }
 
 impl PlainKvManager {
     /// A manager for the server at `addr` (`host:port`).
-    pub fn new(addr: impl Into<String>) -> PlainKvManager {
+    pub(crate) fn new(addr: impl Into<String>) -> PlainKvManager {
         PlainKvManager { addr: addr.into() }
     }
 }

@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use steadypool::IdleLimit;
 use steadypool::drivers::redis::{RedisConnection, RedisDriverError, RedisManager};
 use steadypool::{
-    AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError,
+    AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError, Stats,
 };
 
 use super::tally::{Failure, Outcome};
@@ -39,6 +39,9 @@ pub(crate) trait Client: Send + Sync {
     /// What the pool learned about the path's idle limit, if it learns.
     fn idle_limit(&self) -> Option<IdleLimit>;
 
+    /// The pool's own counts of what it opened and closed, if it keeps them.
+    fn stats(&self) -> Option<Stats>;
+
     /// Closes the pool's connections.
     fn close(&self);
 }
@@ -46,7 +49,7 @@ pub(crate) trait Client: Send + Sync {
 /// The protocols the demo speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// The demo's key-value line protocol (the embedded server's).
     Kv,
     /// Redis (`GET` and `SET ... EX 300`).
@@ -103,12 +106,16 @@ impl<M: Manager> Client for Steady<M> {
         Some(self.pool.idle_limit())
     }
 
+    fn stats(&self) -> Option<Stats> {
+        Some(self.pool.stats())
+    }
+
     fn close(&self) {
         self.pool.close();
     }
 }
 
-/// steadypool's resets are in its metrics; the failure is what the caller got.
+/// steadypool's resets are in its stats; the failure is what the caller got.
 fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure {
     let cause = err.cause().map_or("no cause", ResetCause::as_str);
     let label = match err {
@@ -200,6 +207,10 @@ where
     }
 
     fn idle_limit(&self) -> Option<IdleLimit> {
+        None
+    }
+
+    fn stats(&self) -> Option<Stats> {
         None
     }
 

@@ -1,0 +1,326 @@
+//! The demo's command line, its checked configuration, and its errors.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use steadypool::chaos::ChaosError;
+use steadypool::human_duration as human;
+
+use super::Protocol;
+use crate::console::{Verbosity, parse_duration};
+use crate::recommend::ClosedBy;
+
+/// Which faults the proxies inject, and the workload's idle gaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FaultSet {
+    /// The load balancer's idle timeout, and how it closes.
+    pub(crate) idle: Option<ClosedBy>,
+    /// Resets mid-request.
+    pub(crate) resets: bool,
+    /// Upstream crashes.
+    pub(crate) crash: bool,
+    /// Idle gaps in the workload.
+    pub(crate) gaps: bool,
+    /// Added latency.
+    pub(crate) latency: bool,
+}
+
+impl FaultSet {
+    /// No faults, no gaps.
+    pub(crate) const NONE: FaultSet = FaultSet {
+        idle: None,
+        resets: false,
+        crash: false,
+        gaps: false,
+        latency: false,
+    };
+
+    /// Whether any fault needs a chaos proxy in the path.
+    pub(crate) fn needs_proxy(&self) -> bool {
+        self.idle.is_some() || self.resets || self.crash || self.latency
+    }
+
+    pub(super) fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        match self.idle {
+            Some(ClosedBy::Fin) => names.push("idle-fin"),
+            Some(_) => names.push("idle"),
+            None => {}
+        }
+        for (on, name) in [
+            (self.resets, "resets"),
+            (self.crash, "crash"),
+            (self.gaps, "gaps"),
+            (self.latency, "latency"),
+        ] {
+            if on {
+                names.push(name);
+            }
+        }
+        names
+    }
+}
+
+impl Default for FaultSet {
+    /// `idle,resets,crash,gaps`: production, scaled down.
+    fn default() -> Self {
+        FaultSet {
+            idle: Some(ClosedBy::Rst),
+            resets: true,
+            crash: true,
+            gaps: true,
+            latency: false,
+        }
+    }
+}
+
+impl FromStr for FaultSet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut set = FaultSet::NONE;
+        for name in text.split(',').map(str::trim) {
+            match name {
+                "idle" => set.idle = Some(ClosedBy::Rst),
+                "idle-fin" => set.idle = Some(ClosedBy::Fin),
+                "resets" => set.resets = true,
+                "crash" => set.crash = true,
+                "gaps" => set.gaps = true,
+                "latency" => set.latency = true,
+                "all" => {
+                    set = FaultSet {
+                        latency: true,
+                        ..FaultSet::default()
+                    }
+                }
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}: choose from idle, idle-fin, resets, crash, \
+                         gaps, latency, all, none (comma separated)"
+                    ));
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.names();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
+/// Where the demo's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The embedded key-value server.
+    Embedded,
+    /// A server you run, at `host:port`.
+    Remote {
+        /// `host:port`.
+        addr: String,
+        /// What it speaks.
+        protocol: Protocol,
+    },
+}
+
+/// Everything a run needs. [`DemoArgs`] builds one from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct DemoConfig {
+    /// How long the workload runs. Default 30 s.
+    pub(crate) duration: Duration,
+    /// Workers per pool, and each pool's `max_size`. Default 8.
+    pub(crate) concurrency: usize,
+    /// Which faults. Default [`FaultSet::default`].
+    pub(crate) faults: FaultSet,
+    /// The seed of the workload and of both proxies. Default 7.
+    pub(crate) seed: u64,
+    /// Where requests go. Default [`Target::Embedded`].
+    pub(crate) target: Target,
+    /// The load balancer's idle timeout. Default 2 s.
+    pub(crate) lb_idle_timeout: Duration,
+    /// The share of requests reset mid-request. Default 0.01.
+    pub(crate) reset_rate: f64,
+    /// The time between upstream crashes. Default 10 s.
+    pub(crate) crash_every: Duration,
+    /// What to print while running. Default [`Verbosity::Auto`].
+    pub(crate) verbosity: Verbosity,
+}
+
+/// The demo's command line.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// How long to run the workload (e.g. 5s, 30s, 2min).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Workers per pool (and each pool's max_size).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) concurrency: usize,
+    /// Faults to inject, comma separated: idle (load balancer idle timeout, RST),
+    /// idle-fin (the same with FIN), resets (mid-request), crash (upstream), gaps
+    /// (idle gaps in the workload), latency; or all, none.
+    #[arg(long, default_value = "idle,resets,crash,gaps")]
+    pub(crate) faults: FaultSet,
+    /// Seed for the workload and the faults.
+    #[arg(long, default_value_t = 7)]
+    pub(crate) seed: u64,
+    /// Print a JSON summary on standard output instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Run against your own server at HOST:PORT instead of the embedded one (the chaos
+    /// proxies still sit in between, unless --faults none).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) target: Option<String>,
+    /// What the --target speaks: kv (the demo's key-value protocol) or redis.
+    #[arg(long, value_enum, default_value_t = Protocol::Kv)]
+    pub(crate) protocol: Protocol,
+    /// The load balancer's idle timeout.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) lb_idle_timeout: Duration,
+    /// The share of requests reset mid-request (0 to 0.5).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) reset_rate: f64,
+    /// The time between upstream crashes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) crash_every: Duration,
+    /// Print nothing while running.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+impl DemoArgs {
+    /// Checks the values and turns them into a [`DemoConfig`].
+    ///
+    /// # Errors
+    /// [`DemoError::Config`] saying which value is wrong and what is allowed.
+    pub(crate) fn config(&self) -> Result<DemoConfig, DemoError> {
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(DemoError::Config(format!(
+                "--concurrency {} is out of range: use 1 to 256",
+                self.concurrency
+            )));
+        }
+        if !(0.0..=0.5).contains(&self.reset_rate) {
+            return Err(DemoError::Config(format!(
+                "--reset-rate {} is out of range: use 0 to 0.5 (0.01 is 1 % of requests)",
+                self.reset_rate
+            )));
+        }
+        if self.lb_idle_timeout < Duration::from_secs(1) {
+            return Err(DemoError::Config(format!(
+                "--lb-idle-timeout {} is too short: use 1s or more (idle times under 1 s teach \
+                 steadypool nothing about a path)",
+                human(self.lb_idle_timeout)
+            )));
+        }
+        let target = match (&self.target, self.protocol) {
+            (Some(addr), protocol) => {
+                if !addr.contains(':') {
+                    return Err(DemoError::Config(format!(
+                        "--target {addr:?} needs a port: write HOST:PORT"
+                    )));
+                }
+                Target::Remote {
+                    addr: addr.clone(),
+                    protocol,
+                }
+            }
+            (None, Protocol::Kv) => Target::Embedded,
+            (None, protocol) => {
+                return Err(DemoError::Config(format!(
+                    "--protocol {protocol} needs --target HOST:PORT: the embedded server speaks \
+                     the demo's key-value protocol"
+                )));
+            }
+        };
+        Ok(DemoConfig {
+            duration: self.duration,
+            concurrency: self.concurrency,
+            faults: self.faults,
+            seed: self.seed,
+            target,
+            lb_idle_timeout: self.lb_idle_timeout,
+            reset_rate: self.reset_rate,
+            crash_every: self.crash_every,
+            verbosity: if self.quiet {
+                Verbosity::Quiet
+            } else {
+                Verbosity::Auto
+            },
+        })
+    }
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum DemoError {
+    /// A flag's value is out of range or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// The embedded server could not listen.
+    #[error("could not start the embedded key-value server: {0}")]
+    Server(#[source] std::io::Error),
+    /// A chaos proxy could not start.
+    #[error("could not start the chaos proxy: {0}")]
+    Proxy(#[from] ChaosError),
+    /// The `--target` is unreachable or does not speak the protocol.
+    #[error("--target {addr} ({protocol}): {reason}")]
+    Target {
+        /// The target.
+        addr: String,
+        /// The protocol it was expected to speak.
+        protocol: Protocol,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A pool could not be built.
+    #[error("could not set up the pools: {0}")]
+    Setup(String),
+}
+
+impl DemoError {
+    /// The process exit code for this error: 2 for bad flags, 1 otherwise.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            DemoError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl crate::outcome::Failure for DemoError {
+    fn exit_code(&self) -> u8 {
+        DemoError::exit_code(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_sets_read_and_print_as_their_flag() {
+        let faults: FaultSet = "idle-fin,crash".parse().unwrap();
+        assert!(faults.crash && !faults.resets && !faults.gaps);
+        assert_eq!(faults.to_string(), "idle-fin,crash");
+        assert!(
+            "idle,flood"
+                .parse::<FaultSet>()
+                .unwrap_err()
+                .contains("flood")
+        );
+        assert_eq!(
+            "all".parse::<FaultSet>().unwrap().to_string(),
+            "idle,resets,crash,gaps,latency"
+        );
+    }
+}
