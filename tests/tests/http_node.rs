@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use steadypool::drivers::http::{HttpClient, HttpManager};
-use steadypool::{Phase, Pool, PoolBuilder, ResetCause, RetryPolicy};
+use steadypool::drivers::http::{HttpClient, HttpError, HttpManager};
+use steadypool::{Eviction, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::http::{NodeServer, paced_load};
 
 fn client(
@@ -61,6 +61,14 @@ async fn the_announced_keep_alive_timeout_closes_the_connection_before_node_does
     );
     assert_eq!(stats.resets(ResetCause::PeerClosed, Phase::InUse), 0);
     assert_eq!(node.stats().connections, 2);
+    // The close taught the pool's idle-limit learner a bound for this origin.
+    let limit = client.pool().idle_limit();
+    assert!(
+        limit
+            .upper
+            .is_some_and(|upper| upper <= Duration::from_millis(2300)),
+        "{limit:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +235,49 @@ async fn a_health_path_pings_connections_idle_past_check_after() {
     assert_eq!(stats.opened, 2, "{stats:?}");
     assert_eq!(
         stats.resets(ResetCause::PingFailed, Phase::Checkout),
+        1,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_mid_response_discards_its_connection() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let slow = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.send(get("/slow?ms=1000")),
+    );
+    assert!(slow.await.is_err(), "the slow request finished");
+    // The late reply must not answer this request.
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.opened, 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_an_error_and_its_connection_is_closed() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let manager = HttpManager::new(&node.origin())
+        .unwrap()
+        .max_response_body(1);
+    let client = client(manager, |b| b.max_size(1));
+
+    match client.send(get("/")).await {
+        Err(RunError::Operation(HttpError::BodyTooLarge { limit: 1 })) => {}
+        other => panic!("{other:?}"),
+    }
+    let stats = client.pool().stats();
+    assert_eq!(
+        stats.resets(ResetCause::Other, Phase::InUse),
         1,
         "{stats:?}"
     );
