@@ -682,4 +682,111 @@ mod tests {
             Disposition::Transient
         );
     }
+
+    /// A server that answers the first request on each connection and closes
+    /// (`reset`: resets) the connection when the second arrives, unanswered: the
+    /// keep-alive race, made deterministic. Returns its origin and its count of
+    /// requests received.
+    async fn closing_on_second_request(
+        reset: bool,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = false;
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let Ok(n @ 1..) = stream.read(&mut chunk).await else {
+                            return;
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            count.fetch_add(1, Ordering::SeqCst);
+                            if answered {
+                                if reset {
+                                    stream.set_zero_linger().unwrap();
+                                }
+                                return;
+                            }
+                            answered = true;
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (origin, received)
+    }
+
+    fn client_for(origin: &str) -> HttpClient {
+        let pool = crate::Pool::builder(HttpManager::new(origin).unwrap())
+            .max_size(1)
+            .retry_policy(
+                crate::RetryPolicy::default()
+                    .backoff(Duration::from_millis(1), Duration::from_millis(10)),
+            )
+            .build()
+            .unwrap();
+        HttpClient::new(pool)
+    }
+
+    fn request(method: http::Method) -> Request<Bytes> {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Bytes::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_race_retries_a_get_and_never_replays_a_post() {
+        use std::sync::atomic::Ordering;
+
+        for (reset, cause) in [
+            (false, ResetCause::PeerClosed),
+            (true, ResetCause::PeerReset),
+        ] {
+            let (origin, received) = closing_on_second_request(reset).await;
+            let client = client_for(&origin);
+
+            client.send(request(http::Method::GET)).await.unwrap();
+            let err = client.send(request(http::Method::POST)).await.unwrap_err();
+            match &err {
+                crate::RunError::MaybeExecuted {
+                    reason: crate::GiveUp::NotIdempotent,
+                    attempts: 1,
+                    cause: Some(got),
+                    source:
+                        Some(crate::AttemptError::Operation(HttpError::Connection {
+                            sent: Sent::Maybe,
+                            reused: true,
+                            ..
+                        })),
+                } => assert_eq!(*got, cause, "{err}"),
+                other => panic!("reset {reset}: {other:?}"),
+            }
+            assert_eq!(received.load(Ordering::SeqCst), 2, "the POST was replayed");
+
+            // A GET meets the same race on its reused connection, and is retried.
+            client.send(request(http::Method::GET)).await.unwrap();
+            let response = client.send(request(http::Method::GET)).await.unwrap();
+            assert_eq!(response.body(), "ok");
+            let stats = client.pool().stats();
+            assert_eq!(stats.resets(cause, crate::Phase::InUse), 2, "{stats:?}");
+        }
+    }
 }
