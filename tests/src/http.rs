@@ -453,7 +453,7 @@ pub async fn paced_load(
                 tokio::time::sleep(gap).await;
                 n += 1;
                 let id = format!("w{worker}-{n}");
-                let post = post_every > 0 && n % post_every == 0;
+                let post = post_every > 0 && n.is_multiple_of(post_every);
                 let request = if post {
                     http::Request::post("/orders")
                 } else {

@@ -68,7 +68,7 @@
 //! | any request with an `Idempotency-Key` header | always | the same |
 //! | `POST`, `PATCH` and other methods | only when the request provably never left | [`Pool::run`](crate::Pool::run) |
 //!
-//! | what happened | [`Disposition`](crate::Disposition) |
+//! | what happened | [`Disposition`] |
 //! |---|---|
 //! | the connection closed or was reset before the request was written | broken, `peer_closed` / `peer_reset`, not sent |
 //! | `IncompleteMessage`: the connection closed after the request went out, before any response byte (on a reused connection, the keep-alive race) | broken, `peer_closed` / `peer_reset` (from the socket's error), may have been sent |
