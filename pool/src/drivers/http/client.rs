@@ -47,11 +47,34 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// A client sending its requests on `pool`'s connections.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::Pool;
+    /// use steadypool::drivers::http::{HttpClient, HttpManager};
+    ///
+    /// let manager = HttpManager::new("http://127.0.0.1:3000")?;
+    /// let client = HttpClient::new(Pool::builder(manager).max_size(8).build()?);
+    /// assert_eq!(client.pool().status().max_size, 8);
+    /// # Ok(()) }
+    /// ```
     pub fn new(pool: Pool<HttpManager>) -> HttpClient {
         HttpClient { pool }
     }
 
     /// The pool under this client: its status, stats and learned idle limit.
+    ///
+    /// ```no_run
+    /// # fn demo(client: steadypool::drivers::http::HttpClient) {
+    /// use steadypool::{Phase, ResetCause};
+    /// let stats = client.pool().stats();
+    /// println!(
+    ///     "lost the keep-alive race {} times",
+    ///     stats.resets(ResetCause::PeerClosed, Phase::InUse)
+    /// );
+    /// # }
+    /// ```
     pub fn pool(&self) -> &Pool<HttpManager> {
         &self.pool
     }

@@ -11,6 +11,15 @@ use crate::cause::{Classify, Disposition, ResetCause, Sent};
 use crate::dial::DialError;
 
 /// Why an HTTP request failed. See the [module docs](super#errors-and-retries).
+///
+/// ```
+/// use steadypool::drivers::http::HttpError;
+/// use steadypool::{Classify, Disposition};
+///
+/// let refused = HttpError::Request("HTTP/2 is not supported".into());
+/// assert_eq!(refused.classify(), Disposition::Application);
+/// assert_eq!(refused.to_string(), "http request not sent: HTTP/2 is not supported");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {

@@ -446,11 +446,30 @@ impl HttpConnection {
     }
 
     /// How many responses this connection has served.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::http::HttpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// println!("served {} responses so far", conn.responses());
+    /// # Ok(()) }
+    /// ```
     pub fn responses(&self) -> u64 {
         self.responses
     }
 
-    /// The Keep-Alive timeout the server last announced on this connection.
+    /// The Keep-Alive timeout the server last announced on this connection
+    /// (`Keep-Alive: timeout=5` is 5 s); the connection is closed when it has sat
+    /// idle that long less [`HttpManager::keep_alive_margin`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::http::HttpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut conn = pool.get().await?;
+    /// conn.send(http::Request::get("/").body(bytes::Bytes::new())?).await?;
+    /// // Node.js, by default:
+    /// assert_eq!(conn.announced_keep_alive(), Some(Duration::from_secs(5)));
+    /// # Ok(()) }
+    /// ```
     pub fn announced_keep_alive(&self) -> Option<Duration> {
         self.close_after
             .map(|_| Duration::from_secs(self.announced))
