@@ -16,8 +16,9 @@
 //!
 //! Every fourth request is a `POST /orders`, the others `GET /`, each with its own
 //! `x-request-id`, which the server counts: a `POST` it saw twice was replayed. A
-//! request fails when its client returns an error (after its own retries). Latency
-//! runs from the call to the whole body.
+//! request fails when its client returns an error (after its own retries); `GET`s
+//! and `POST`s are counted apart, since only a `GET` may be retried after it may
+//! have reached the server. Latency runs from the call to the whole body.
 //!
 //! Case `happy`: one task sends `GET /` back to back on one client, no faults, no
 //! pauses: the per-request cost of each client, Node included.
@@ -178,8 +179,9 @@ fn build_error(err: &dyn std::fmt::Display) -> BenchError {
 /// What one contender got in one race case.
 #[derive(Debug, Default)]
 struct Tally {
-    requests: u64,
-    failed: u64,
+    gets: u64,
+    gets_failed: u64,
+    posts_failed: u64,
     /// The first few failures' texts, for the log.
     examples: Vec<String>,
     posts: Vec<String>,
@@ -267,21 +269,27 @@ async fn race(
                 let started = Instant::now();
                 let sent =
                     tokio::time::timeout(REQUEST_TIMEOUT, client.send(&origin, post, &id)).await;
-                tally.requests += 1;
-                match sent {
-                    Ok(Ok(())) => tally
-                        .latencies_ms
-                        .push(started.elapsed().as_secs_f64() * 1e3),
+                let failed = match sent {
+                    Ok(Ok(())) => {
+                        tally
+                            .latencies_ms
+                            .push(started.elapsed().as_secs_f64() * 1e3);
+                        false
+                    }
                     Ok(Err(err)) => {
-                        tally.failed += 1;
                         if tally.examples.len() < 3 {
                             tally.examples.push(err);
                         }
+                        true
                     }
-                    Err(_) => tally.failed += 1,
-                }
+                    Err(_) => true,
+                };
                 if post {
                     tally.posts.push(id);
+                    tally.posts_failed += u64::from(failed);
+                } else {
+                    tally.gets += 1;
+                    tally.gets_failed += u64::from(failed);
                 }
             }
             tally
@@ -290,8 +298,9 @@ async fn race(
     let mut all = Tally::default();
     while let Some(done) = tasks.join_next().await {
         let tally = done.map_err(|e| BenchError::Setup(format!("a worker panicked: {e}")))?;
-        all.requests += tally.requests;
-        all.failed += tally.failed;
+        all.gets += tally.gets;
+        all.gets_failed += tally.gets_failed;
+        all.posts_failed += tally.posts_failed;
         all.examples.extend(tally.examples);
         all.posts.extend(tally.posts);
         all.latencies_ms.extend(tally.latencies_ms);
@@ -357,10 +366,12 @@ pub async fn scenario(
             let mut latencies = tally.latencies_ms;
             let label = contender.label();
             eprintln!(
-                "http {}: {label}: {} of {} failed, {replayed} POSTs replayed{}",
+                "http {}: {label}: {} of {} GETs and {} of {} POSTs failed, {replayed} POSTs replayed{}",
                 case.name,
-                tally.failed,
-                tally.requests,
+                tally.gets_failed,
+                tally.gets,
+                tally.posts_failed,
+                tally.posts.len(),
                 tally
                     .examples
                     .first()
@@ -370,12 +381,14 @@ pub async fn scenario(
             let record = |metric: &str, value: f64| {
                 Record::new("http", case.name.to_owned(), label, metric, value)
             };
-            records.push(record("requests", tally.requests as f64));
-            records.push(record("failed", tally.failed as f64));
-            records.push(record(
-                "failed_pct",
-                100.0 * tally.failed as f64 / tally.requests.max(1) as f64,
-            ));
+            let posts = tally.posts.len() as f64;
+            let requests = tally.gets as f64 + posts;
+            let failed = (tally.gets_failed + tally.posts_failed) as f64;
+            records.push(record("requests", requests));
+            records.push(record("failed_pct", 100.0 * failed / requests.max(1.0)));
+            records.push(record("gets_failed", tally.gets_failed as f64));
+            records.push(record("posts", posts));
+            records.push(record("posts_failed", tally.posts_failed as f64));
             records.push(record("posts_replayed", replayed as f64));
             records.push(record("p50_ms", stats::median(&mut latencies)));
             records.push(record("p99_ms", stats::percentile(&mut latencies, 0.99)));
