@@ -53,6 +53,14 @@ pub const LATENCY: Duration = Duration::from_millis(10);
 /// A request slower than this counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The race cases: name, behind the load balancer, with added latency.
+pub const RACE_CASES: [(&str, bool, bool); 4] = [
+    ("node", false, false),
+    ("node-latency10ms", false, true),
+    ("lb", true, false),
+    ("lb-latency10ms", true, true),
+];
+
 /// The HTTP clients compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contender {
@@ -383,13 +391,7 @@ pub async fn scenario(
     let node = Arc::new(node);
     let lb_node = Arc::new(lb_node);
     let mut records = Vec::new();
-    let cases = [
-        ("node", false, false),
-        ("node-latency10ms", false, true),
-        ("lb", true, false),
-        ("lb-latency10ms", true, true),
-    ];
-    for (run, (name, lb, latency)) in cases.into_iter().enumerate() {
+    for (run, &(name, lb, latency)) in RACE_CASES.iter().enumerate() {
         let server = if lb { &lb_node } else { &node };
         let case = case(name, server, lb, latency).await?;
         for (i, contender) in contenders.iter().enumerate() {

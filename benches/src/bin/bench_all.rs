@@ -288,7 +288,11 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
             .into_iter()
             .filter(|c| args.wants_pool(c.label()))
             .collect();
-        records.extend(http::scenario(&http_settings(mode), &contenders).await?);
+        let found = http::scenario(&http_settings(mode), &contenders).await?;
+        if let Some(dir) = &args.plots {
+            steadypool_benches::plot::http(dir, &found)?;
+        }
+        records.extend(found);
     }
     Ok(records)
 }
