@@ -110,7 +110,7 @@ pub struct Settings {
 enum Client {
     Steadypool(HttpClient),
     Reqwest(reqwest::Client),
-    Hyper(LegacyClient<HttpConnector, Full<Bytes>>),
+    Hyper(Box<LegacyClient<HttpConnector, Full<Bytes>>>),
 }
 
 impl Client {
@@ -124,9 +124,9 @@ impl Client {
                 Client::Steadypool(HttpClient::new(pool))
             }
             Contender::Reqwest => Client::Reqwest(reqwest::Client::new()),
-            Contender::HyperLegacy => {
-                Client::Hyper(LegacyClient::builder(TokioExecutor::new()).build_http())
-            }
+            Contender::HyperLegacy => Client::Hyper(Box::new(
+                LegacyClient::builder(TokioExecutor::new()).build_http(),
+            )),
         })
     }
 
