@@ -654,6 +654,13 @@ mod tests {
         let manager = HttpManager::new("http://Example.com:8080/").unwrap();
         assert_eq!(manager.origin(), "http://Example.com:8080");
         assert_eq!(manager.host, "Example.com:8080");
+        let v6 = HttpManager::new("http://[::1]:8080").unwrap();
+        assert!(
+            matches!(v6.addr, Address::Socket(addr) if addr.port() == 8080 && addr.is_ipv6()),
+            "{:?}",
+            v6.addr
+        );
+        assert_eq!(v6.host, "[::1]:8080");
     }
 
     #[test]
