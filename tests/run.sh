@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs, as root with apt-get, whatever the system
 # tests need and the machine lacks: PostgreSQL, Redis, iptables, iproute2 (ip, ss),
-# util-linux (unshare) and procps (kill).
+# util-linux (unshare), procps (kill), Node.js and HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
+command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || missing+=(nodejs)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -335,3 +335,91 @@ where
     )?;
     Ok(())
 }
+
+/// Draws `http_race.svg` in `dir`: the share of requests each HTTP client failed in
+/// each race case of the `http` scenario, side by side.
+///
+/// # Errors
+/// When the directory or the file cannot be written.
+pub fn http(dir: &Path, records: &[crate::report::Record]) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("http_race.svg");
+    let clients = crate::http::Contender::ALL.map(crate::http::Contender::label);
+    let failed = |case: &str, client: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r.scenario == "http"
+                    && r.case == case
+                    && r.pool == client
+                    && r.metric == "failed_pct"
+            })
+            .map(|r| r.value)
+    };
+    let cases: Vec<&str> = crate::http::RACE_CASES
+        .iter()
+        .map(|c| c.0)
+        .filter(|case| clients.iter().any(|client| failed(case, client).is_some()))
+        .collect();
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let top = cases
+        .iter()
+        .flat_map(|case| clients.iter().filter_map(|client| failed(case, client)))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let root = SVGBackend::new(&path, (1000, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(&path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "HTTP keep-alive race: requests failed (%), 32 clients, pauses around the close",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.5..cases.len() as f64 - 0.5, 0.0..top)
+        .map_err(|e| plot_error(&path, e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(BLACK.mix(0.03))
+        .x_labels(cases.len())
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() > 0.01 || i < 0.0 {
+                return String::new();
+            }
+            cases
+                .get(i as usize)
+                .map(|c| (*c).to_owned())
+                .unwrap_or_default()
+        })
+        .y_desc("failed (%)")
+        .draw()
+        .map_err(|e| plot_error(&path, e))?;
+    let width = 0.8 / clients.len() as f64;
+    for (k, client) in clients.iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        let bars = cases.iter().enumerate().filter_map(|(i, case)| {
+            let x0 = i as f64 - 0.4 + k as f64 * width;
+            failed(case, client)
+                .map(|value| Rectangle::new([(x0, 0.0), (x0 + width * 0.9, value)], color.filled()))
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| plot_error(&path, e))?
+            .label(*client)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| plot_error(&path, e))?;
+    root.present().map_err(|e| plot_error(&path, e))?;
+    Ok(())
+}

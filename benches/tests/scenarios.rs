@@ -111,3 +111,56 @@ async fn dead_peer_with_the_chaos_black_hole_reports_every_clock() {
     report::fill_ratios(&mut records);
     assert!(report::markdown(&records).contains("| steadypool-get |"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_race_measures_every_client_in_every_case_and_plots_it() {
+    if steadypool_tests::host::program("node").is_none()
+        && steadypool_tests::host::program("nodejs").is_none()
+    {
+        steadypool_tests::host::skip("node not found: install package nodejs");
+        return;
+    }
+    let settings = steadypool_benches::http::Settings {
+        workers: 2,
+        duration: Duration::from_millis(1500),
+        happy_requests: 14,
+    };
+    let contenders = steadypool_benches::http::Contender::ALL;
+    let records = steadypool_benches::http::scenario(&settings, &contenders)
+        .await
+        .unwrap();
+    let value = |case: &str, pool: &str, metric: &str| {
+        records
+            .iter()
+            .find(|r| r.case == case && r.pool == pool && r.metric == metric)
+            .map(|r| r.value)
+    };
+    for (case, ..) in steadypool_benches::http::RACE_CASES {
+        for contender in contenders {
+            let requests = value(case, contender.label(), "requests");
+            assert!(
+                requests.is_some_and(|n| n > 0.0),
+                "{case} {}",
+                contender.label()
+            );
+        }
+        assert_eq!(
+            value(case, "steadypool", "gets_failed"),
+            Some(0.0),
+            "{case}"
+        );
+        assert_eq!(
+            value(case, "steadypool", "posts_replayed"),
+            Some(0.0),
+            "{case}"
+        );
+    }
+    for contender in contenders {
+        let cost = value("happy", contender.label(), "us_per_request");
+        assert!(cost.is_some_and(|us| us > 0.0), "{}", contender.label());
+    }
+    let dir = std::env::temp_dir().join(format!("steadypool-http-plot-{}", std::process::id()));
+    plot::http(&dir, &records).unwrap();
+    assert!(dir.join("http_race.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

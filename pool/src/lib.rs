@@ -86,6 +86,7 @@
 //! | `derive` | yes | `#[derive(Classify)]` (the [`Classify`](derive@Classify) derive macro, from `steadypool-derive`) |
 //! | `chaos` | no | [`chaos`]: [`ChaosProxy`](chaos::ChaosProxy), a fault-injecting TCP proxy for testing what your client does when connections reset, idle out or vanish |
 //! | `postgres` | no | [`drivers::postgres`]: PostgreSQL through `tokio-postgres`, on the pool's socket |
+//! | `http` | no | [`drivers::http`]: HTTP/1.1 through hyper on the pool's sockets, Keep-Alive learned, and an `HttpClient` with the retry rules of RFC 9110 |
 //! | `redis` | no | [`drivers::redis`]: Redis through `redis`'s multiplexed connection, on the pool's socket |
 //! | `serde` | no | [`PoolConfig`]: every builder knob read from a file or the environment, durations as `"45s"` |
 //! | `cli` | no | the `steadypool` command-line tool (`cargo install steadypool --features cli`): `steadypool demo`, and `steadypool idle-probe HOST:PORT`, which finds a path's idle limit and prints the settings for it; adds nothing to the library's API |

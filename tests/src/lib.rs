@@ -3,14 +3,15 @@
 //! PostgreSQL and Redis servers, private network namespaces for kernel-level faults,
 //! what the machine offers (with the rule for skipping when it lacks something), a
 //! manager that misbehaves on command, a server that counts how many times each
-//! request ran, with a fault chosen per request, and the `steadypool` tool, built and
-//! run as a process.
+//! request ran, with a fault chosen per request, Node.js and HAProxy for the HTTP
+//! driver, and the `steadypool` tool, built and run as a process.
 
 use std::time::Duration;
 
 pub mod exec_server;
 pub mod flaky;
 pub mod host;
+pub mod http;
 pub mod line_manager;
 pub mod load;
 pub mod netns;

@@ -16,10 +16,11 @@ use steadypool_benches::BenchError;
 use steadypool_benches::dead_peer::{self, Hole};
 use steadypool_benches::pools::Kind;
 use steadypool_benches::report::{self, Record};
-use steadypool_benches::{checkout, goodput, storm};
+use steadypool_benches::{checkout, goodput, http, storm};
 
 /// steadypool against deadpool, bb8, mobc and r2d2: checkout cost, goodput under
-/// faults, dead-peer detection and reconnect storms.
+/// faults, dead-peer detection and reconnect storms; its HTTP client against reqwest
+/// and hyper-util's across the keep-alive race.
 #[derive(Debug, Parser)]
 #[command(name = "bench-all")]
 struct Args {
@@ -29,7 +30,7 @@ struct Args {
     /// Longer runs, for publishing.
     #[arg(long)]
     full: bool,
-    /// Only these scenarios (checkout, goodput, dead-peer, storm); all by default.
+    /// Only these scenarios (checkout, goodput, dead-peer, storm, http); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these pools (labels as in the results, e.g. steadypool,bb8-ping); all by
@@ -132,6 +133,26 @@ fn goodput_settings(mode: Mode) -> goodput::Settings {
             tasks: 64,
             pool_size: 16,
             seeds: vec![1, 2, 3],
+        },
+    }
+}
+
+fn http_settings(mode: Mode) -> http::Settings {
+    match mode {
+        Mode::Smoke => http::Settings {
+            workers: 4,
+            duration: Duration::from_secs(3),
+            happy_requests: 200,
+        },
+        Mode::Quick => http::Settings {
+            workers: 32,
+            duration: Duration::from_secs(12),
+            happy_requests: 3000,
+        },
+        Mode::Full => http::Settings {
+            workers: 32,
+            duration: Duration::from_secs(40),
+            happy_requests: 10_000,
         },
     }
 }
@@ -261,6 +282,17 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
         if let Some(dir) = &args.plots {
             steadypool_benches::plot::storm(dir, &runs, settings.after)?;
         }
+    }
+    if args.wants("http") {
+        let contenders: Vec<http::Contender> = http::Contender::ALL
+            .into_iter()
+            .filter(|c| args.wants_pool(c.label()))
+            .collect();
+        let found = http::scenario(&http_settings(mode), &contenders).await?;
+        if let Some(dir) = &args.plots {
+            steadypool_benches::plot::http(dir, &found)?;
+        }
+        records.extend(found);
     }
     Ok(records)
 }

@@ -55,11 +55,11 @@ pub(crate) trait Scan {
 }
 
 /// No protocol knowledge: only the transport's end of stream and errors count.
-#[cfg(any(feature = "redis", test))]
+#[cfg(any(feature = "redis", feature = "http", test))]
 #[derive(Debug, Default)]
 pub(crate) struct Transport;
 
-#[cfg(any(feature = "redis", test))]
+#[cfg(any(feature = "redis", feature = "http", test))]
 impl Scan for Transport {
     fn read(&mut self, _: &[u8]) -> Option<Broken> {
         None

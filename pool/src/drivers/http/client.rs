@@ -1,0 +1,179 @@
+//! [`HttpClient`]: one origin's requests through the pool, retried by the rules of
+//! RFC 9110 section 9.2.2.
+
+use bytes::Bytes;
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::{HttpError, HttpManager};
+use crate::pool::Pool;
+use crate::retry::{Idempotency, RunError};
+
+/// The header of the IETF draft `draft-ietf-httpapi-idempotency-key-header`: a
+/// request that carries it is one the server deduplicates, so it may be repeated.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// A client for one origin on a pool of HTTP/1.1 connections. Cheap to clone:
+/// clones share the pool. See the [module docs](super#errors-and-retries) for what is
+/// retried.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use steadypool::Pool;
+/// use steadypool::drivers::http::{HttpClient, HttpManager};
+///
+/// let pool = Pool::builder(HttpManager::new("http://127.0.0.1:3000")?).build()?;
+/// let client = HttpClient::new(pool);
+///
+/// // Retried on any broken connection: a GET may run twice.
+/// let user = client.send(http::Request::get("/users/42").body(Bytes::new())?).await?;
+///
+/// // Never replayed once it may have reached the server...
+/// let order = http::Request::post("/orders").body(Bytes::from_static(b"{\"sku\":1}"))?;
+/// let created = client.send(order).await;
+///
+/// // ...unless the server deduplicates it by its Idempotency-Key.
+/// let order = http::Request::post("/orders")
+///     .header("idempotency-key", "order-7d1f")
+///     .body(Bytes::from_static(b"{\"sku\":1}"))?;
+/// let created_once = client.send(order).await?;
+/// # drop((user, created, created_once)); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    pool: Pool<HttpManager>,
+}
+
+impl HttpClient {
+    /// A client sending its requests on `pool`'s connections.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::Pool;
+    /// use steadypool::drivers::http::{HttpClient, HttpManager};
+    ///
+    /// let manager = HttpManager::new("http://127.0.0.1:3000")?;
+    /// let client = HttpClient::new(Pool::builder(manager).max_size(8).build()?);
+    /// assert_eq!(client.pool().status().max_size, 8);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(pool: Pool<HttpManager>) -> HttpClient {
+        HttpClient { pool }
+    }
+
+    /// The pool under this client: its status, stats and learned idle limit.
+    ///
+    /// ```no_run
+    /// # fn demo(client: steadypool::drivers::http::HttpClient) {
+    /// use steadypool::{Phase, ResetCause};
+    /// let stats = client.pool().stats();
+    /// println!(
+    ///     "lost the keep-alive race {} times",
+    ///     stats.resets(ResetCause::PeerClosed, Phase::InUse)
+    /// );
+    /// # }
+    /// ```
+    pub fn pool(&self) -> &Pool<HttpManager> {
+        &self.pool
+    }
+
+    /// Sends `request` and returns its response with the whole body, retrying as
+    /// its method (or an `Idempotency-Key` header) allows; see [`idempotency`].
+    ///
+    /// The request's URI may be a path (`/users/42`) or an absolute URI on this
+    /// client's origin; a missing `Host` header is added. Its extensions are not
+    /// sent (they are not part of an HTTP/1.1 request).
+    ///
+    /// # Errors
+    /// [`RunError::Operation`] with [`HttpError::Request`] for a request this
+    /// client cannot send (not sent), or [`HttpError::BodyTooLarge`];
+    /// [`RunError::MaybeExecuted`] when the request may have reached the server and
+    /// was not (or no longer) retried; [`RunError::NotExecuted`] when it provably
+    /// never did. Any status is a response, except 502 and 503 to an idempotent
+    /// request: retried, and [`HttpError::Unavailable`] once the retries ran out.
+    pub async fn send<B: Into<Bytes>>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<Bytes>, RunError<HttpError>> {
+        let kind = idempotency(&request);
+        self.send_with(kind, request).await
+    }
+
+    /// [`HttpClient::send`] with the idempotency the caller knows: a `POST` the
+    /// server deduplicates by other means may be marked
+    /// [`Idempotency::Idempotent`], and a `PUT` with side effects
+    /// [`Idempotency::NotIdempotent`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: steadypool::drivers::http::HttpClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use bytes::Bytes;
+    /// use steadypool::Idempotency;
+    /// let upsert = http::Request::post("/users/42").body(Bytes::from_static(b"{}"))?;
+    /// let response = client.send_with(Idempotency::Idempotent, upsert).await?;
+    /// # drop(response); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`HttpClient::send`].
+    pub async fn send_with<B: Into<Bytes>>(
+        &self,
+        kind: Idempotency,
+        request: Request<B>,
+    ) -> Result<Response<Bytes>, RunError<HttpError>> {
+        let (mut parts, body) = request.into_parts();
+        self.pool
+            .manager()
+            .prepare(&mut parts)
+            .map_err(RunError::Operation)?;
+        let body: Bytes = body.into();
+        let retry_unavailable = kind.is_idempotent();
+        self.pool
+            .run_with(kind, async move |conn| {
+                let mut request = Request::new(Full::new(body.clone()));
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                let response = conn.exchange(request).await?;
+                if retry_unavailable
+                    && matches!(
+                        response.status(),
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    )
+                {
+                    return Err(HttpError::Unavailable(Box::new(response)));
+                }
+                Ok(response)
+            })
+            .await
+    }
+}
+
+/// Whether `request` may be repeated, by RFC 9110 section 9.2.2: `GET`, `HEAD`,
+/// `OPTIONS`, `TRACE`, `PUT` and `DELETE` are idempotent, and so is any request with
+/// an `Idempotency-Key` header; every other request is not.
+///
+/// ```
+/// use steadypool::Idempotency;
+/// use steadypool::drivers::http::idempotency;
+///
+/// let get = http::Request::get("/a").body(()).unwrap();
+/// assert_eq!(idempotency(&get), Idempotency::Idempotent);
+/// let post = http::Request::post("/a").body(()).unwrap();
+/// assert_eq!(idempotency(&post), Idempotency::NotIdempotent);
+/// let keyed = http::Request::post("/a").header("Idempotency-Key", "k1").body(()).unwrap();
+/// assert_eq!(idempotency(&keyed), Idempotency::Idempotent);
+/// ```
+pub fn idempotency<B>(request: &Request<B>) -> Idempotency {
+    let by_method = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if by_method || request.headers().contains_key(&IDEMPOTENCY_KEY) {
+        Idempotency::Idempotent
+    } else {
+        Idempotency::NotIdempotent
+    }
+}

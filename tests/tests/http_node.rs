@@ -1,0 +1,284 @@
+//! The HTTP driver against a real Node.js `http.createServer`: the Keep-Alive
+//! timeout it announces is learned, `Connection: close` is honoured, requests paced
+//! around its keep-alive close never fail (and `POST`s are never replayed), a restart
+//! mid-load costs no idempotent request, and 503 is retried only when that is safe.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use steadypool::drivers::http::{HttpClient, HttpError, HttpManager};
+use steadypool::{Eviction, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy, RunError};
+use steadypool_tests::http::{NodeServer, paced_load};
+
+fn client(
+    manager: HttpManager,
+    configure: impl FnOnce(PoolBuilder<HttpManager>) -> PoolBuilder<HttpManager>,
+) -> HttpClient {
+    HttpClient::new(configure(Pool::builder(manager)).build().unwrap())
+}
+
+fn get(path: &str) -> http::Request<Bytes> {
+    http::Request::get(path).body(Bytes::new()).unwrap()
+}
+
+/// Closed by the pool, found at checkout or by the reaper.
+fn closed_before_use(client: &HttpClient, cause: ResetCause) -> u64 {
+    let stats = client.pool().stats();
+    stats.resets(cause, Phase::Checkout) + stats.resets(cause, Phase::Idle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_announced_keep_alive_timeout_closes_the_connection_before_node_does() {
+    // Node announces `timeout=2` and closes idle connections at 3 s (its timeout
+    // plus a second); the pool closes them after 1.5 s (2 s less a quarter).
+    let Some(node) = NodeServer::start(Some(Duration::from_secs(2))) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["keep-alive"], "timeout=2");
+    assert_eq!(response.body(), "ok");
+    {
+        let conn = client.pool().get().await.unwrap();
+        assert_eq!(conn.announced_keep_alive(), Some(Duration::from_secs(2)));
+        assert_eq!(conn.responses(), 1);
+    }
+
+    // Idle 2.2 s: past the pool's 1.5 s, well before Node's 3 s. Had the pool kept
+    // it, this request would have gone out on it.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(
+        closed_before_use(&client, ResetCause::PeerClosed),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.resets(ResetCause::PeerClosed, Phase::InUse), 0);
+    assert_eq!(node.stats().connections, 2);
+    // The close taught the pool's idle-limit learner a bound for this origin.
+    let limit = client.pool().idle_limit();
+    assert!(
+        limit
+            .upper
+            .is_some_and(|upper| upper <= Duration::from_millis(2300)),
+        "{limit:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_from_the_server_is_honoured() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let response = client.send(get("/close")).await.unwrap();
+    assert_eq!(response.headers()["connection"], "close");
+    assert_eq!(response.body(), "bye");
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(
+        stats.resets(ResetCause::PeerClosed, Phase::InUse),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(node.stats().connections, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_paced_around_nodes_keep_alive_close_never_fail_nor_replay_a_post() {
+    // keepAliveTimeout 1 s: Node announces `timeout=1` and closes at 2 s.
+    let Some(node) = NodeServer::start(Some(Duration::from_secs(1))) else {
+        return;
+    };
+    let clients: Vec<_> = (0..8)
+        .map(|_| client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1)))
+        .collect();
+
+    let report = paced_load(
+        &clients,
+        Duration::from_secs(6),
+        (Duration::from_millis(500), Duration::from_millis(2400)),
+        3,
+    )
+    .await;
+
+    assert!(report.gets.len() >= 20, "{} GETs", report.gets.len());
+    assert!(report.posts.len() >= 8, "{} POSTs", report.posts.len());
+    assert_eq!(report.failed_gets(), Vec::<&(String, _)>::new());
+    let server = node.stats();
+    report.assert_posts_never_replayed(&server);
+    // Learned from the header, nothing was lost to the race.
+    assert!(
+        report
+            .posts
+            .iter()
+            .all(|(_, o)| *o == steadypool_tests::http::Outcome::Answered)
+    );
+    let closed: u64 = clients
+        .iter()
+        .map(|c| closed_before_use(c, ResetCause::PeerClosed))
+        .sum();
+    assert!(closed > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restarted_mid_load_costs_no_idempotent_request() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let policy = RetryPolicy::default()
+        .max_attempts(8)
+        .backoff(Duration::from_millis(20), Duration::from_millis(500))
+        .budget(1.0, 100);
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| {
+        b.max_size(4)
+            .retry_policy(policy)
+            .circuit_open_after(u32::MAX)
+    });
+
+    let clients = [
+        client.clone(),
+        client.clone(),
+        client.clone(),
+        client.clone(),
+    ];
+    let load = paced_load(
+        &clients,
+        Duration::from_secs(3),
+        (Duration::from_millis(5), Duration::from_millis(30)),
+        0,
+    );
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(|| node.restart());
+    };
+    let (report, ()) = tokio::join!(load, restart);
+
+    assert!(report.gets.len() >= 100, "{} GETs", report.gets.len());
+    assert_eq!(report.failed_gets(), Vec::<&(String, _)>::new());
+    // The restart broke every open connection.
+    let stats = client.pool().stats();
+    assert!(stats.opened > 4, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_unavailable_is_retried_for_a_get_and_returned_for_a_post() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let policy =
+        RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(50));
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| {
+        b.retry_policy(policy)
+    });
+
+    let request = http::Request::get("/flaky?fail=2")
+        .header("x-request-id", "get")
+        .body(Bytes::new())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let request = http::Request::post("/flaky?fail=2")
+        .header("x-request-id", "post")
+        .body(Bytes::from_static(b"{}"))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 503);
+
+    let request = http::Request::post("/flaky?fail=1")
+        .header("x-request-id", "keyed")
+        .header("idempotency-key", "k-1")
+        .body(Bytes::from_static(b"{}"))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let server = node.stats();
+    assert_eq!(server.requests["get"], 3);
+    assert_eq!(server.requests["post"], 1);
+    assert_eq!(server.requests["keyed"], 2);
+    // Every 503 came with its body read: no connection was lost to them.
+    assert_eq!(client.pool().stats().closed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_path_pings_connections_idle_past_check_after() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let manager = HttpManager::new(&node.origin())
+        .unwrap()
+        .health_path("/status?code=503")
+        .unwrap();
+    let client = client(manager, |b| {
+        b.max_size(1).check_after(Duration::from_millis(100))
+    });
+
+    client.send(get("/")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The ping is answered 503: the connection is discarded and the request runs
+    // on a new one.
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(
+        stats.resets(ResetCause::PingFailed, Phase::Checkout),
+        1,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_mid_response_discards_its_connection() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let slow = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.send(get("/slow?ms=1000")),
+    );
+    assert!(slow.await.is_err(), "the slow request finished");
+    // The late reply must not answer this request.
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.opened, 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_an_error_and_its_connection_is_closed() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let manager = HttpManager::new(&node.origin())
+        .unwrap()
+        .max_response_body(1);
+    let client = client(manager, |b| b.max_size(1));
+
+    match client.send(get("/")).await {
+        Err(RunError::Operation(HttpError::BodyTooLarge { limit: 1 })) => {}
+        other => panic!("{other:?}"),
+    }
+    let stats = client.pool().stats();
+    assert_eq!(
+        stats.resets(ResetCause::Other, Phase::InUse),
+        1,
+        "{stats:?}"
+    );
+}
