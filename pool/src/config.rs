@@ -57,7 +57,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::dial::Keepalive;
 use crate::manager::Manager;
-use crate::pool::{PoolBuilder, QueueMode};
+use crate::pool::QueueMode;
+use crate::pool::builder::PoolBuilder;
 use crate::retry::RetryPolicy;
 
 /// Every [`PoolBuilder`] knob, each optional. See the [module docs](self).

@@ -144,9 +144,10 @@ pub use crate::cause::{
 pub use crate::config::PoolConfig;
 pub use crate::dial::{Address, DialError, Dialer, Keepalive};
 pub use crate::manager::{Broken, Manager};
+pub use crate::pool::builder::PoolBuilder;
 pub use crate::pool::{
-    BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
-    QueueMode, Stats, Status, WarmUpError,
+    BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, QueueMode, Stats,
+    Status, WarmUpError,
 };
 pub use crate::probe::SocketRef;
 #[allow(deprecated)] // kept so that code naming it gets the deprecation note, not an error

@@ -1235,6 +1235,7 @@ where
     match err {
         Error::Timeout(waited) => Error::Timeout(waited),
         Error::Closed => Error::Closed,
+        Error::Internal(what) => Error::Internal(what),
         Error::Connect { cause, source } => Error::Connect {
             cause,
             source: B::from(source),

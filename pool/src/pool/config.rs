@@ -271,7 +271,7 @@ pub enum BuildError {
         allowed: &'static str,
     },
     /// `TCP_USER_TIMEOUT` outside 1 ms ..= u32::MAX ms.
-    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); use None to disable it")]
+    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); set None to disable it")]
     UserTimeoutOutOfRange {
         /// The value given (or derived from keepalive).
         timeout: Duration,
@@ -288,4 +288,10 @@ pub enum BuildError {
     /// `build()` was called outside a tokio runtime; the reaper needs one.
     #[error("build() must be called from within a tokio runtime (the pool spawns its reaper)")]
     NoRuntime,
+    /// A defect in steadypool: deadpool, the queue under the pool, refused the
+    /// configuration the pool gave it. It refuses only deadpool timeouts without a
+    /// runtime, and the pool sets none (it bounds every wait with tokio's timer).
+    /// Please report it, with the message (deadpool's).
+    #[error("internal error: the pool's queue refused its configuration: {0}")]
+    Internal(String),
 }
