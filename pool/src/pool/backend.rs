@@ -20,7 +20,6 @@
 //! reported as what they would be, a defect ([`Refused::Internal`]), not as a closed
 //! pool.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,18 +137,20 @@ impl<M: Manager> Backend<M> {
         Ok(Backend { queue })
     }
 
+    #[inline]
     pub(crate) fn parts(&self) -> &Arc<Parts<M>> {
         &self.queue.manager().0
     }
 
     /// A checkout that does not queue. Pending only while the entry it took needs
     /// I/O (a ping, a hook, a connect).
+    ///
+    /// An `async fn`, so that deadpool's checkout future is built in its place when
+    /// first polled: a future built here and moved into an `async` block would be
+    /// copied whole on that poll (measured: about 110 instructions per checkout).
     #[inline]
-    pub(crate) fn try_checkout(
-        &self,
-    ) -> impl Future<Output = Result<Lease<M>, Refused<M::Error>>> + Send + '_ {
-        let attempt = self.queue.timeout_get(&NO_QUEUEING);
-        async move { lease(attempt.await) }
+    pub(crate) async fn try_checkout(&self) -> Result<Lease<M>, Refused<M::Error>> {
+        lease(self.queue.timeout_get(&NO_QUEUEING).await)
     }
 
     /// A checkout that waits in the queue for as long as it takes: the caller bounds it.

@@ -9,6 +9,19 @@
 //! In the background a reaper task (one per pool, gone with the pool) probes idle
 //! connections every `reaper_interval`, closes the dead and the expired, and keeps
 //! `min_idle` connections ready.
+//!
+//! The files, each importing only those listed before it (no import loop):
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `config`, `stats` | the validated settings; the books behind [`Pool::stats`] |
+//! | `state` | the `Core` every part shares (settings, size-cap count, connect gate, books), and how a connection's end is decided (`Verdict`, `Fate`, `Obituary`) |
+//! | `hooks` | the application's hooks and how a failed one is judged |
+//! | `slot` | one pooled connection and its close tally; the parts that open one and check one at checkout; the spare stock |
+//! | `backend` | the door to deadpool, the queue and semaphore underneath: checkout with and without queueing, return, status, resize, close, retain |
+//! | `reaper` | the background task over the idle connections |
+//! | this file | the [`Pool`] handle and the [`Connection`] it lends |
+//! | `builder` | [`PoolBuilder`](crate::PoolBuilder), which builds a pool and starts its reaper |
 
 mod backend;
 pub(crate) mod builder;

@@ -1,10 +1,10 @@
-//! One pooled connection, its close tally, and the deadpool manager that opens and
-//! checks it.
+//! One pooled connection, its close tally, and the parts that open and check it.
 //!
-//! deadpool owns the queue, the semaphore and the slot accounting; steadypool plugs in
-//! here. `create` takes a connection the reaper opened ahead of demand (the spare
-//! stock) or dials a new one through the pool's [`Dialer`](crate::Dialer) under the
-//! connect timeout; `recycle` is the checkout check, the free tests before the round
+//! The queue (deadpool, behind `backend`) owns the semaphore and the slot accounting;
+//! it calls the two steps here. [`Parts::create`] takes a connection the reaper
+//! opened ahead of demand (the spare stock) or dials a new one through the pool's
+//! [`Dialer`](crate::Dialer) under the connect timeout; [`Parts::checkout_check`] is
+//! the check of an idle connection at checkout, the free tests before the round
 //! trip:
 //!
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
@@ -13,7 +13,7 @@
 //! 3. [`Manager::broken`] (a flag read),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
-//! The first check that fails discards the connection with its cause, and deadpool
+//! The first check that fails discards the connection with its cause, and the queue
 //! moves on to the next idle one (or opens a new one).
 //!
 //! **Every connection is counted when it closes, exactly once.** A [`Slot`] carries a

@@ -145,6 +145,9 @@ impl Core {
 
     /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
     /// lower (see [`crate::diagnosis`]).
+    ///
+    /// Inlined: the checkout's checks, in another module, call it on every checkout.
+    #[inline]
     pub(crate) fn idle_limit(&self, now: CoarseInstant) -> Option<CoarseDuration> {
         self.diagnosis.evict_after(now, &self.recorder)
     }
