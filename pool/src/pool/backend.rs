@@ -20,6 +20,7 @@
 //! reported as what they would be, a defect ([`Refused::Internal`]), not as a closed
 //! pool.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +32,11 @@ use super::state::ConnectError;
 use crate::manager::Manager;
 
 /// deadpool's manager: the pool's parts, opening and checking entries.
-struct Adapter<M: Manager>(Arc<Parts<M>>);
+pub(crate) struct Adapter<M: Manager>(Arc<Parts<M>>);
 
 /// What the pool's `create` and `recycle` report to deadpool.
 #[derive(Debug)]
-enum Failure<E> {
+pub(crate) enum Failure<E> {
     /// A connect failed: the checkout gets this error.
     Connect(ConnectError<E>),
     /// An idle entry was not handed out: a placeholder, or a connection that failed
@@ -143,19 +144,21 @@ impl<M: Manager> Backend<M> {
     }
 
     /// A checkout that does not queue. Pending only while the entry it took needs
-    /// I/O (a ping, a hook, a connect).
+    /// I/O (a ping, a hook, a connect). Its outcome is [`settle`]d by the caller.
     ///
-    /// An `async fn`, so that deadpool's checkout future is built in its place when
-    /// first polled: a future built here and moved into an `async` block would be
-    /// copied whole on that poll (measured: about 110 instructions per checkout).
+    /// deadpool's own future, unwrapped, and settled after it finished: on the
+    /// checkout path a wrapping future costs about 40 instructions per checkout (its
+    /// own state, and the connection moved once more), and one that holds deadpool's
+    /// future built outside it copies that future whole on its first poll (about
+    /// 110 more). Measured with callgrind, see BENCHMARKS.md.
     #[inline]
-    pub(crate) async fn try_checkout(&self) -> Result<Lease<M>, Refused<M::Error>> {
-        lease(self.queue.timeout_get(&NO_QUEUEING).await)
+    pub(crate) fn try_checkout(&self) -> impl Future<Output = Attempt<M>> + Send + '_ {
+        self.queue.timeout_get(&NO_QUEUEING)
     }
 
     /// A checkout that waits in the queue for as long as it takes: the caller bounds it.
     pub(crate) async fn checkout(&self) -> Result<Lease<M>, Refused<M::Error>> {
-        lease(self.queue.get().await)
+        settle(self.queue.get().await)
     }
 
     pub(crate) fn occupancy(&self) -> Occupancy {
@@ -207,12 +210,15 @@ impl<M: Manager> Backend<M> {
     }
 }
 
+/// The raw outcome of [`Backend::try_checkout`], for [`settle`]: an entry not yet
+/// known to be a connection, or deadpool's error.
+pub(crate) type Attempt<M> =
+    Result<Object<Adapter<M>>, PoolError<Failure<<M as Manager>::Error>>>;
+
 /// The outcome of one of deadpool's checkouts, in the pool's terms.
 #[inline]
-fn lease<M: Manager>(
-    checkout: Result<Object<Adapter<M>>, PoolError<Failure<M::Error>>>,
-) -> Result<Lease<M>, Refused<M::Error>> {
-    match checkout {
+pub(crate) fn settle<M: Manager>(attempt: Attempt<M>) -> Result<Lease<M>, Refused<M::Error>> {
+    match attempt {
         Ok(object) => match *object {
             Entry::Live(_) => Ok(Lease(object)),
             // Dropping it (now) withdraws one surplus permit: see `slot`.

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::error::Elapsed;
 
-use self::backend::{Backend, Lease, Refused};
+use self::backend::{Attempt, Backend, Lease, Refused, settle};
 use self::config::Config;
 pub use self::config::{BuildError, QueueMode};
 use self::hooks::Hooks;
@@ -297,7 +297,7 @@ impl<M: Manager> Pool<M> {
         // passes the free checks and finish on this first poll; they are counted with
         // one relaxed add, and recorded in the wait histogram as 0 s by the reaper.
         let mut attempt = pin!(self.backend().try_checkout());
-        let first = match poll_once(attempt.as_mut()).await {
+        let first = match poll_once(attempt.as_mut()).await.map(settle) {
             Some(Ok(lease)) => {
                 self.core().books.immediate_checkout();
                 return Ok(Connection::new(lease));
@@ -320,13 +320,13 @@ impl<M: Manager> Pool<M> {
         attempt: Pin<&mut F>,
     ) -> Result<Connection<M>, Error<M::Error>>
     where
-        F: Future<Output = Checkout<M>>,
+        F: Future<Output = Attempt<M>>,
     {
         let started = Instant::now();
         // tokio's clock for the deadline (tests pause it), the precise one to report.
         let deadline = tokio::time::Instant::now() + self.core().config.wait_timeout;
         let mut result = match first {
-            First::Pending => tokio::time::timeout_at(deadline, attempt).await,
+            First::Pending => tokio::time::timeout_at(deadline, attempt).await.map(settle),
             First::Busy => self.queue(deadline).await,
             First::Failed(err) => return Err(self.failed(err)),
         };
@@ -366,7 +366,7 @@ impl<M: Manager> Pool<M> {
         let waiting = Waiting::new(&self.core().yielding);
         tokio::task::yield_now().await;
         let mut attempt = pin!(self.backend().try_checkout());
-        let polled = poll_once(attempt.as_mut()).await;
+        let polled = poll_once(attempt.as_mut()).await.map(settle);
         // From here the queue counts this checkout among its users.
         drop(waiting);
         match polled {
@@ -374,7 +374,7 @@ impl<M: Manager> Pool<M> {
                 tokio::time::timeout_at(deadline, self.backend().checkout()).await
             }
             Some(result) => Ok(result),
-            None => tokio::time::timeout_at(deadline, attempt).await,
+            None => tokio::time::timeout_at(deadline, attempt).await.map(settle),
         }
     }
 
