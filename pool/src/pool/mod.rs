@@ -216,7 +216,7 @@ impl<E: StdError + 'static> Error<E> {
 #[non_exhaustive]
 pub enum WarmUpError<E: StdError + 'static> {
     /// Every connect failed: the upstream is unreachable, refuses, or a hook
-    /// ([`PoolBuilder::after_connect`]) rejected every connection. The first failure.
+    /// ([`PoolBuilder::after_connect`](crate::PoolBuilder::after_connect)) rejected every connection. The first failure.
     #[error("warm-up opened no connection: {0}")]
     Unreachable(#[source] Error<E>),
     /// No connect finished within the warm-up's timeout (a black hole, a hung
@@ -471,7 +471,7 @@ impl<M: Manager> Pool<M> {
     /// Opens connections until `min_idle` (at least one) are idle, all at once
     /// through the connect gate (so at most `max_concurrent_connects` dial together),
     /// each as a checkout's connect would: within `connect_timeout`, with the
-    /// [`after_connect`](PoolBuilder::after_connect) hook, counted in the books. They
+    /// [`after_connect`](crate::PoolBuilder::after_connect) hook, counted in the books. They
     /// wait in the pool for the first checkouts. Returns how many it opened: zero when
     /// enough were idle already, or the size cap left no room. Connects still under
     /// way after `timeout` are abandoned. The reaper keeps `min_idle` from then on.
