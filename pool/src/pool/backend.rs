@@ -146,11 +146,9 @@ impl<M: Manager> Backend<M> {
     /// A checkout that does not queue. Pending only while the entry it took needs
     /// I/O (a ping, a hook, a connect). Its outcome is [`settle`]d by the caller.
     ///
-    /// deadpool's own future, unwrapped, and settled after it finished: on the
-    /// checkout path a wrapping future costs about 40 instructions per checkout (its
-    /// own state, and the connection moved once more), and one that holds deadpool's
-    /// future built outside it copies that future whole on its first poll (about
-    /// 110 more). Measured with callgrind, see BENCHMARKS.md.
+    /// deadpool's own future, built where the caller pins it. A future that holds
+    /// deadpool's, built outside it, copies it whole on its first poll (measured with
+    /// callgrind: 116 instructions per checkout, see BENCHMARKS.md).
     #[inline]
     pub(crate) fn try_checkout(&self) -> impl Future<Output = Attempt<M>> + Send + '_ {
         self.queue.timeout_get(&NO_QUEUEING)
@@ -217,7 +215,7 @@ pub(crate) type Attempt<M> = Result<Object<Adapter<M>>, PoolError<Failure<<M as 
 /// The outcome of one of deadpool's checkouts, in the pool's terms.
 ///
 /// Always inlined: on the checkout path a call costs more than the match (measured:
-/// 27 instructions per checkout when LLVM kept it out of line).
+/// 36 instructions more per checkout when LLVM kept it out of line).
 #[inline(always)]
 pub(crate) fn settle<M: Manager>(attempt: Attempt<M>) -> Result<Lease<M>, Refused<M::Error>> {
     match attempt {

@@ -298,7 +298,7 @@ impl<M: Manager> Pool<M> {
         // one relaxed add, and recorded in the wait histogram as 0 s by the reaper.
         let mut attempt = pin!(self.backend().try_checkout());
         // `settle` called here, not through `Option::map`: passed as a function it is
-        // not inlined (measured: 17 instructions per checkout).
+        // not inlined (measured: 10 instructions per checkout).
         let first = match poll_once(attempt.as_mut()).await {
             Some(attempt) => match settle(attempt) {
                 Ok(lease) => {

@@ -76,6 +76,10 @@ pub(crate) struct Slot<M: Manager> {
 
 /// What deadpool holds: a connection, or a stand-in that withdraws a surplus permit
 /// after the pool was resized down (see the module docs).
+///
+/// The slot is boxed so that what deadpool holds stays one pointer wide: deadpool
+/// moves it at each step of a checkout (out of its queue, through `recycle`, into the
+/// object it hands out) and back on return.
 pub(crate) enum Entry<M: Manager> {
     Live(Box<Slot<M>>),
     Placeholder,
