@@ -313,6 +313,14 @@ pub trait Classify {
     fn classify(&self) -> Disposition;
 }
 
+/// The error of a manager that cannot fail (a wrapped deadpool manager whose `Error`
+/// is `Infallible`, for one): there is nothing to classify.
+impl Classify for std::convert::Infallible {
+    fn classify(&self) -> Disposition {
+        match *self {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

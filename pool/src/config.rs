@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use crate::dial::{Dialer, Keepalive};
 use crate::manager::Manager;
-use crate::pool::{PoolBuilder, QueueMode};
+use crate::pool::QueueMode;
+use crate::pool::builder::PoolBuilder;
 use crate::retry::policy::RetryPolicy;
 
 /// Every [`PoolBuilder`] knob, each optional.

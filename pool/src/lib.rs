@@ -158,9 +158,10 @@ pub use crate::diagnosis::IdleLimit;
 pub use crate::dial::{Address, DialError, Dialer, Keepalive, SocketSettingError};
 pub use crate::manager::{Broken, Manager};
 pub use crate::observe::{Stats, human_duration};
+pub use crate::pool::builder::PoolBuilder;
 pub use crate::pool::{
-    BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
-    QueueMode, Status, WarmUpError,
+    BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, QueueMode, Status,
+    WarmUpError,
 };
 pub use crate::probe::{
     Layer, Liveness, RawSocket, SocketRef, TcpState, check as probe, tcp_state,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 
 use crate::cause::{Classify, ResetCause};
-use crate::dial::{DialError, Dialer};
+use crate::dial::Dialer;
 use crate::probe::SocketRef;
 
 /// Opens, probes and pings connections of one protocol.
@@ -60,9 +60,11 @@ pub trait Manager: Send + Sync + 'static {
     /// The error of connecting and of the application's operations.
     ///
     /// [`Classify`] tells the pool whether a failed operation broke the connection and
-    /// whether the request may have reached the server. `From<DialError>` lets
-    /// `connect` use `?` on the dialer.
-    type Error: Classify + StdError + From<DialError> + Send + Sync + 'static;
+    /// whether the request may have reached the server. The pool never makes one of
+    /// these itself: a manager whose `connect` dials with the [`Dialer`] converts the
+    /// [`DialError`](crate::DialError) (give your error a `From<DialError>` to use `?`; [`std::io::Error`]
+    /// has one), and a manager that opens its sockets another way needs none.
+    type Error: Classify + StdError + Send + Sync + 'static;
 
     /// Opens a new connection. Open the TCP socket with `dialer` so the pool's socket
     /// options (keepalive, user timeout, nodelay) and connect timeout apply, then do

@@ -111,6 +111,8 @@ pub enum CheckoutFailure {
     Timeout,
     /// The pool was closed.
     Closed,
+    /// A defect in steadypool (see [`Error::Internal`](crate::Error::Internal)).
+    Internal,
     /// A new connection was needed and could not be opened.
     ConnectFailed,
     /// A new connection was needed and was not ready within `connect_timeout`.
@@ -121,9 +123,10 @@ pub enum CheckoutFailure {
 
 impl CheckoutFailure {
     /// Every failure, in a fixed order.
-    pub const ALL: [CheckoutFailure; 5] = [
+    pub const ALL: [CheckoutFailure; 6] = [
         CheckoutFailure::Timeout,
         CheckoutFailure::Closed,
+        CheckoutFailure::Internal,
         CheckoutFailure::ConnectFailed,
         CheckoutFailure::ConnectTimeout,
         CheckoutFailure::CircuitOpen,
@@ -134,6 +137,7 @@ impl CheckoutFailure {
         match self {
             CheckoutFailure::Timeout => "timeout",
             CheckoutFailure::Closed => "closed",
+            CheckoutFailure::Internal => "internal",
             CheckoutFailure::ConnectFailed => "connect_failed",
             CheckoutFailure::ConnectTimeout => "connect_timeout",
             CheckoutFailure::CircuitOpen => "circuit_open",

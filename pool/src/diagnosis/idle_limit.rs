@@ -142,12 +142,16 @@ impl IdleLimit {
     /// let alb = IdleLimit { upper: Some(Duration::from_secs(60)), ..IdleLimit::default() };
     /// assert_eq!(alb.recommended_keepalive(), Some(Keepalive::default()));
     /// ```
-    pub fn recommended_keepalive(&self) -> Option<crate::Keepalive> {
+    pub fn recommended_keepalive(&self) -> Option<crate::dial::Keepalive> {
         let timeout = self.recommended_idle_timeout()?;
-        let defaults = crate::Keepalive::default();
+        let defaults = crate::dial::Keepalive::default();
         let idle = Duration::from_secs((timeout.as_secs() / 2).max(1)).min(defaults.idle);
         let interval = Duration::from_secs((idle.as_secs() / 3).max(1)).min(defaults.interval);
-        Some(crate::Keepalive::new(idle, interval, KEEPALIVE_PROBES))
+        Some(crate::dial::Keepalive::new(
+            idle,
+            interval,
+            KEEPALIVE_PROBES,
+        ))
     }
 }
 

@@ -16,9 +16,8 @@
 //! `&tokio_postgres::Client`). The wrapped manager's `detach` runs when a connection
 //! leaves the pool, as deadpool runs it. In an operation given to
 //! [`Pool::run`](crate::Pool::run),
-//! `?` turns the wrapped manager's error into this manager's [`DeadpoolError`]
-//! for [`std::io::Error`], `tokio_postgres::Error` (deadpool-postgres, feature
-//! `postgres`) and `redis::RedisError` (deadpool-redis, feature `redis`):
+//! `?` turns the wrapped manager's error into this manager's [`DeadpoolError`],
+//! whatever its type:
 //!
 //! ```ignore
 //! let count: i64 = pool
@@ -29,7 +28,7 @@
 //!     .await?;
 //! ```
 //!
-//! For any other error type, return your own error from the operation with
+//! To return an error of another type from the operation, use
 //! [`Pool::run_with_error`](crate::Pool::run_with_error).
 //!
 //! What the wrapped manager keeps doing: opening connections (its `create`) and
@@ -47,10 +46,25 @@
 //!   Keep `check_after` short, or use the native drivers
 //!   ([`postgres`](super::postgres), [`redis`](super::redis)), which have both.
 //!
-//! The wrapped manager's error type must implement [`Classify`], so the pool can tell
-//! a broken connection from a failed query: [`std::io::Error`] does, and so do
+//! The wrapped manager's error type should implement [`Classify`], so the pool can
+//! tell a broken connection from a failed query: [`std::io::Error`] does, and so do
 //! `tokio_postgres::Error` (feature `postgres`) and `redis::RedisError` (feature
-//! `redis`), the error types of deadpool-postgres and deadpool-redis.
+//! `redis`), the error types of deadpool-postgres and deadpool-redis, and
+//! `Infallible`. A manager whose error is `()` can be wrapped too; its failures say
+//! nothing, so the pool treats each as a broken connection (see [`DeadpoolError`]).
+//!
+//! **Why a wrapper, and only one.** The pool itself queues its connections in
+//! deadpool, but what it queues is not the wrapped manager's object: it is a slot
+//! holding that object with the pool's own bookkeeping (id, opening time, idle time,
+//! lifetime, the close tally that counts every connection once). The pool's internal
+//! deadpool manager creates and recycles those slots for every kind of connection,
+//! native or wrapped, so a wrapped deadpool manager cannot stand in for it: the types
+//! differ. What [`DeadpoolManager`] adapts is the protocol only (`create` is the
+//! connect, `recycle` the ping, `detach` the detach), the same four questions every
+//! [`Manager`] answers; the pool's queue never sees the wrapped manager. Handing the
+//! wrapped manager to the queue directly would mean either keeping the bookkeeping
+//! beside deadpool's objects (a second map, locked on every checkout) or giving up the
+//! probe, the limits and the counts, which are what the wrapper is for.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -89,7 +103,7 @@ use std::fmt;
 use deadpool::managed::{Metrics, RecycleError};
 
 use crate::cause::{Classify, Disposition, ResetCause, Sent};
-use crate::dial::{DialError, Dialer};
+use crate::dial::Dialer;
 use crate::manager::Manager;
 
 /// A deadpool manager, wrapped for a steadypool [`Pool`](crate::Pool). See the
@@ -122,7 +136,8 @@ impl<D> Manager for DeadpoolManager<D>
 where
     D: deadpool::managed::Manager + 'static,
     D::Type: 'static,
-    D::Error: Classify + StdError + Send + Sync + 'static,
+    D::Error: Send + Sync + 'static,
+    DeadpoolError<D::Error>: Classify + StdError,
 {
     type Connection = D::Type;
     type Error = DeadpoolError<D::Error>;
@@ -150,10 +165,15 @@ where
 
 /// Why a wrapped deadpool manager failed.
 ///
-/// `?` converts the backend errors of the deadpool family into it: [`std::io::Error`],
-/// `tokio_postgres::Error` (feature `postgres`) and `redis::RedisError` (feature
-/// `redis`). A conversion for every backend error type at once is not possible: for
-/// the backend error [`DialError`] it would be a second `From<DialError>`.
+/// `?` converts the wrapped manager's error into it, whatever its type.
+///
+/// The wrapped manager's error `E` can be any error that [classifies](Classify)
+/// ([`std::io::Error`], `tokio_postgres::Error` with feature `postgres`,
+/// `redis::RedisError` with feature `redis`, `Infallible`, your own with
+/// `#[derive(Classify)]`), or `()`: a manager that says nothing about its failures.
+/// A `()` failure is taken as a broken connection with an unknown cause (`other`),
+/// which a request may have reached: the pool discards the connection, and retries
+/// only what was declared idempotent.
 ///
 /// ```
 /// use std::io;
@@ -166,41 +186,39 @@ where
 /// }
 /// assert!(matches!(send(true), Err(DeadpoolError::Backend(_))));
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
-pub enum DeadpoolError<E: StdError + 'static> {
+pub enum DeadpoolError<E> {
     /// The wrapped manager's own error.
-    #[error(transparent)]
     Backend(E),
     /// The wrapped manager's `recycle` rejected the connection.
-    #[error("the connection failed its check: {0}")]
     Recycle(Cow<'static, str>),
-    /// Not produced by this manager, which does not dial; every manager's error
-    /// converts from a [`DialError`].
-    #[error(transparent)]
-    Dial(#[from] DialError),
 }
 
-// One impl per backend error type rather than a blanket `From<E>`, which would
-// overlap with `From<DialError>` (the one the `Manager` trait requires) for
-// `E = DialError`.
-impl From<std::io::Error> for DeadpoolError<std::io::Error> {
-    fn from(err: std::io::Error) -> Self {
+impl<E> From<E> for DeadpoolError<E> {
+    fn from(err: E) -> Self {
         DeadpoolError::Backend(err)
     }
 }
 
-#[cfg(feature = "postgres")]
-impl From<tokio_postgres::Error> for DeadpoolError<tokio_postgres::Error> {
-    fn from(err: tokio_postgres::Error) -> Self {
-        DeadpoolError::Backend(err)
+const RECYCLE_FAILED: &str = "the connection failed its check";
+
+impl<E: Classify + StdError + 'static> fmt::Display for DeadpoolError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadpoolError::Backend(e) => fmt::Display::fmt(e, f),
+            DeadpoolError::Recycle(message) => write!(f, "{RECYCLE_FAILED}: {message}"),
+        }
     }
 }
 
-#[cfg(feature = "redis")]
-impl From<redis::RedisError> for DeadpoolError<redis::RedisError> {
-    fn from(err: redis::RedisError) -> Self {
-        DeadpoolError::Backend(err)
+impl<E: Classify + StdError + 'static> StdError for DeadpoolError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            // Transparent: the wrapped error speaks for itself, with its own source.
+            DeadpoolError::Backend(e) => e.source(),
+            DeadpoolError::Recycle(_) => None,
+        }
     }
 }
 
@@ -208,11 +226,40 @@ impl<E: Classify + StdError + 'static> Classify for DeadpoolError<E> {
     fn classify(&self) -> Disposition {
         match self {
             DeadpoolError::Backend(e) => e.classify(),
-            DeadpoolError::Recycle(_) => Disposition::Broken {
-                cause: ResetCause::PingFailed,
-                sent: Sent::No,
+            DeadpoolError::Recycle(_) => RECYCLE_DISPOSITION,
+        }
+    }
+}
+
+/// A rejected `recycle`: the check failed before any request was sent.
+const RECYCLE_DISPOSITION: Disposition = Disposition::Broken {
+    cause: ResetCause::PingFailed,
+    sent: Sent::No,
+};
+
+impl fmt::Display for DeadpoolError<()> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadpoolError::Backend(()) => {
+                f.write_str("the wrapped deadpool manager failed (its error, `()`, says no more)")
+            }
+            DeadpoolError::Recycle(message) => write!(f, "{RECYCLE_FAILED}: {message}"),
+        }
+    }
+}
+
+impl StdError for DeadpoolError<()> {}
+
+impl Classify for DeadpoolError<()> {
+    fn classify(&self) -> Disposition {
+        match self {
+            // Nothing known: the safe reading, a broken connection the request may
+            // have reached.
+            DeadpoolError::Backend(()) => Disposition::Broken {
+                cause: ResetCause::Other,
+                sent: Sent::Maybe,
             },
-            DeadpoolError::Dial(e) => e.classify(),
+            DeadpoolError::Recycle(_) => RECYCLE_DISPOSITION,
         }
     }
 }
@@ -366,5 +413,100 @@ mod tests {
                 sent: Sent::Maybe
             }
         );
+    }
+
+    /// A deadpool manager that cannot fail: in-memory objects numbered from 1.
+    struct Numbered(AtomicUsize);
+
+    impl deadpool::managed::Manager for Numbered {
+        type Type = usize;
+        type Error = std::convert::Infallible;
+
+        async fn create(&self) -> Result<usize, Self::Error> {
+            Ok(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+        }
+
+        async fn recycle(&self, _: &mut usize, _: &Metrics) -> RecycleResult<Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manager_that_cannot_fail_is_pooled() {
+        let pool = Pool::builder(DeadpoolManager::new(Numbered(AtomicUsize::new(0))))
+            .max_size(2)
+            .build()
+            .unwrap();
+        let first = pool.get().await.unwrap();
+        assert_eq!(*first, 1);
+        drop(first);
+        let again = pool.get().await.unwrap();
+        assert_eq!(*again, 1, "the idle object is handed out again");
+        let result: Result<usize, crate::RunError<DeadpoolError<std::convert::Infallible>>> =
+            pool.run_idempotent(async |n: &mut usize| Ok(*n * 10)).await;
+        assert_eq!(result.unwrap(), 20, "a second object for the second user");
+        assert_eq!(pool.stats().opened, 2);
+    }
+
+    /// A deadpool manager whose error is `()`: the first create fails, and recycle
+    /// fails for objects numbered in `refuse`.
+    struct Mute {
+        created: AtomicUsize,
+        refuse: usize,
+    }
+
+    impl deadpool::managed::Manager for Mute {
+        type Type = usize;
+        type Error = ();
+
+        async fn create(&self) -> Result<usize, ()> {
+            match self.created.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(()),
+                n => Ok(n),
+            }
+        }
+
+        async fn recycle(&self, n: &mut usize, _: &Metrics) -> RecycleResult<()> {
+            if *n == self.refuse {
+                Err(RecycleError::Backend(()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manager_whose_error_is_unit_is_pooled_and_its_failures_count_as_broken() {
+        let manager = DeadpoolManager::new(Mute {
+            created: AtomicUsize::new(0),
+            refuse: 1,
+        });
+        let pool = Pool::builder(manager)
+            .max_size(1)
+            .check_after(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        match pool.get().await {
+            Err(crate::Error::Connect { cause, source }) => {
+                assert_eq!(cause, ResetCause::Other);
+                assert!(matches!(source, DeadpoolError::Backend(())));
+                assert!(source.to_string().contains("says no more"), "{source}");
+            }
+            other => panic!("expected a failed connect, got {other:?}"),
+        }
+        let first = pool.get().await.unwrap();
+        assert_eq!(*first, 1);
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The ping (the wrapped recycle) refuses object 1: a new one replaces it.
+        let second = pool.get().await.unwrap();
+        assert_eq!(*second, 2);
+        let stats = pool.stats();
+        assert_eq!(
+            stats.resets(ResetCause::PingFailed, crate::Phase::Checkout),
+            1,
+            "{stats:?}"
+        );
+        assert_eq!(stats.connect_failures, 1, "{stats:?}");
     }
 }

@@ -9,6 +9,21 @@ use crate::dial::{Dialer, Keepalive};
 use crate::manager::Manager;
 use crate::retry::policy::RetryPolicy;
 
+impl<M: Manager> Pool<M> {
+    /// Starts configuring a pool of `manager`'s connections. See [`PoolBuilder`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).max_size(8).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(manager: M) -> PoolBuilder<M> {
+        PoolBuilder::new(manager)
+    }
+}
+
 /// Configures and builds a [`Pool`].
 ///
 /// Defaults are chosen for a service behind a load balancer or NAT:
@@ -431,8 +446,10 @@ impl<M: Manager> PoolBuilder<M> {
             self.config.name = default_name(self.manager.target());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let pool = Pool::from_parts(self.manager, self.config, self.hooks);
-        reaper::spawn(&pool, &runtime);
+        let pool = Pool::from_parts(self.manager, self.config, self.hooks)?;
+        let reaper = reaper::spawn(pool.backend(), &runtime);
+        // Only here, once, on a pool nobody else has seen yet: the cell is empty.
+        let _ = pool.shared.reaper.set(reaper);
         Ok(pool)
     }
 }

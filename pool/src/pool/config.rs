@@ -233,6 +233,12 @@ pub enum BuildError {
     /// `build()` was called outside a tokio runtime; the reaper needs one.
     #[error("build() must be called from within a tokio runtime (the pool spawns its reaper)")]
     NoRuntime,
+    /// A defect in steadypool: deadpool, the queue under the pool, refused the
+    /// configuration the pool gave it. It refuses only deadpool timeouts without a
+    /// runtime, and the pool sets none (it bounds every wait with tokio's timer).
+    /// Please report it, with the message (deadpool's).
+    #[error("internal error: the pool's queue refused its configuration: {0}")]
+    Internal(String),
 }
 
 /// The dialer's refusals keep the variants `build()` has always returned for them.

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::slot::{Slot, Verdict};
+use super::state::{Core, Verdict};
 use crate::cause::{Classify, Disposition, Eviction, ResetCause};
-use crate::clock::CoarseInstant;
 use crate::manager::Manager;
 
 /// The future a hook returns: boxed, so that a closure can borrow the connection.
@@ -93,35 +92,19 @@ impl Hook {
     }
 }
 
-impl<M: Manager> Slot<M> {
-    /// What a hook or a `retain` predicate is told about this connection.
-    pub(crate) fn info(&self, now: CoarseInstant, idle: Duration) -> ConnectionInfo {
-        ConnectionInfo {
-            id: self.id,
-            peer: self.peer,
-            age: now.saturating_duration_since(self.created),
-            idle,
-        }
-    }
-}
-
-/// Runs `hook` on `slot`'s connection: the verdict on the connection, the failure
+/// Runs `hook` on a pooled connection: the verdict on the connection, the failure
 /// logged with the hook's error.
 pub(crate) async fn run<M: Manager>(
     hook: &WithInfo<M>,
     which: Hook,
-    slot: &mut Slot<M>,
-    idle: Duration,
+    conn: &mut M::Connection,
+    info: ConnectionInfo,
+    core: &Core,
 ) -> Verdict {
-    let info = slot.info(CoarseInstant::now(), idle);
-    let Err(err) = hook(&mut slot.conn, info).await else {
+    let Err(err) = hook(conn, info).await else {
         return Verdict::Keep;
     };
-    slot.tally
-        .parts
-        .core
-        .observer
-        .hook_failed(slot.id, which.as_str(), &err);
+    core.observer.hook_failed(info.id, which.as_str(), &err);
     match err.classify() {
         // The connection broke under the hook (reset, closed, timed out): trouble on
         // the path, counted as such.

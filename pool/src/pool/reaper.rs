@@ -15,25 +15,25 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deadpool::managed::WeakPool;
 use tokio::time::MissedTickBehavior;
 
-use super::slot::{Adapter, Entry, Obituary, Verdict};
-use super::{Inner, Pool};
+use super::backend::{Backend, WeakBackend};
+use super::state::{Obituary, Verdict};
 use crate::cause::Phase;
 use crate::clock::CoarseInstant;
 use crate::manager::Manager;
 use crate::observe::Occupancy;
 
-pub(super) fn spawn<M: Manager>(pool: &Pool<M>, runtime: &tokio::runtime::Handle) {
-    let weak = pool.inner().weak();
-    let interval = pool.core().config.reaper_interval;
-    let handle = runtime.spawn(run(weak, interval));
-    // Only `build()` spawns the reaper, once, on a pool nobody else has seen yet.
-    let _ = pool.shared.reaper.set(handle.abort_handle());
+/// Starts the reaper of the pool whose queue is `backend`: the handle aborts it.
+pub(super) fn spawn<M: Manager>(
+    backend: &Backend<M>,
+    runtime: &tokio::runtime::Handle,
+) -> tokio::task::AbortHandle {
+    let interval = backend.parts().core.config.reaper_interval;
+    runtime.spawn(run(backend.weak(), interval)).abort_handle()
 }
 
-async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Duration) {
+async fn run<M: Manager>(weak: WeakBackend<M>, interval: std::time::Duration) {
     // A random phase: pools built together (a fleet deployed at once, or many pools in
     // one process) would otherwise probe and refill in lock-step after an outage.
     let phase = interval.mul_f64(fastrand::f64());
@@ -46,7 +46,7 @@ async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Durati
             return;
         }
         // A task of its own, so that a panic ends this tick and not the reaper.
-        let parts = Arc::clone(&pool.manager().0);
+        let parts = Arc::clone(pool.parts());
         if let Err(err) = tokio::spawn(async move { tick(&pool).await }).await
             && err.is_panic()
         {
@@ -56,12 +56,12 @@ async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Durati
 }
 
 /// One pass: evict, refill, publish.
-pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
+pub(super) async fn tick<M: Manager>(pool: &Backend<M>) {
     evict(pool);
     refill(pool);
-    let parts = &pool.manager().0;
+    let parts = pool.parts();
     let core = &parts.core;
-    let status = pool.status();
+    let status = pool.occupancy();
     let occupancy = Occupancy {
         idle: status.available + parts.spare_count(),
         in_use: status.size.saturating_sub(status.available),
@@ -71,22 +71,19 @@ pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
     core.observer.tick(occupancy, core.gate.state(), &limit);
 }
 
-fn evict<M: Manager>(pool: &Inner<M>) {
-    let parts = &pool.manager().0;
+fn evict<M: Manager>(pool: &Backend<M>) {
+    let parts = pool.parts();
     let now = CoarseInstant::now();
     // `retain` runs under deadpool's slot lock: only the free checks happen there
     // (contained, so that a panic in the manager's code cannot poison the lock), and
     // the reporting, which may write logs, waits until the lock is released.
     let mut verdicts: HashMap<u64, (Verdict, Obituary)> = HashMap::new();
-    let removed = pool.retain(|entry, _| match entry {
-        Entry::Live(slot) => match parts.inspect_idle(slot, now) {
-            Verdict::Keep => true,
-            verdict => {
-                verdicts.insert(slot.id, (verdict, slot.obituary(now)));
-                false
-            }
-        },
-        Entry::Placeholder => false,
+    let removed = pool.retain(|slot| match parts.inspect_idle(slot, now) {
+        Verdict::Keep => true,
+        verdict => {
+            verdicts.insert(slot.id, (verdict, slot.obituary(now)));
+            false
+        }
     });
     let spare = parts.drain_spare(|slot| match parts.inspect_idle(slot, now) {
         Verdict::Keep => false,
@@ -95,11 +92,7 @@ fn evict<M: Manager>(pool: &Inner<M>) {
             true
         }
     });
-    let removed = removed.removed.into_iter().filter_map(|entry| match entry {
-        Entry::Live(slot) => Some(slot),
-        Entry::Placeholder => None,
-    });
-    for mut slot in removed.chain(spare) {
+    for mut slot in removed.into_iter().chain(spare) {
         if let Some((verdict, dead)) = verdicts.remove(&slot.id) {
             slot.condemn(verdict, Phase::Idle, &dead);
         }
@@ -112,10 +105,10 @@ fn evict<M: Manager>(pool: &Inner<M>) {
 /// where the next checkout that finds deadpool's queue empty takes it. Nothing is
 /// checked out to do this: a refill never holds an idle connection away from a user,
 /// however long its connects take.
-fn refill<M: Manager>(pool: &Inner<M>) {
-    let parts: &Arc<_> = &pool.manager().0;
+fn refill<M: Manager>(pool: &Backend<M>) {
+    let parts = pool.parts();
     let min_idle = parts.core.config.min_idle;
-    let status = pool.status();
+    let status = pool.occupancy();
     let ready = status.available + parts.spare_count() + parts.refilling();
     let room = parts
         .core
@@ -143,7 +136,7 @@ mod tests {
             .reaper_interval(Duration::from_millis(10))
             .build()
             .unwrap();
-        let weak = pool.inner().weak();
+        let weak = pool.backend().weak();
         drop(pool);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(weak.upgrade().is_none());

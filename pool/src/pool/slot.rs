@@ -1,10 +1,10 @@
-//! One pooled connection, its close tally, and the deadpool manager that opens and
-//! checks it.
+//! One pooled connection, its close tally, and the parts that open and check it.
 //!
-//! deadpool owns the queue, the semaphore and the slot accounting; steadypool plugs in
-//! here. `create` takes a connection the reaper opened ahead of demand (the spare
-//! stock) or dials a new one through the pool's [`Dialer`](crate::Dialer) under the
-//! connect timeout; `recycle` is the checkout check, the free tests before the round
+//! The queue (deadpool, behind `backend`) owns the semaphore and the slot accounting;
+//! it calls the two steps here. [`Parts::create`] takes a connection the reaper
+//! opened ahead of demand (the spare stock) or dials a new one through the pool's
+//! [`Dialer`](crate::Dialer) under the connect timeout; [`Parts::checkout_check`] is
+//! the check of an idle connection at checkout, the free tests before the round
 //! trip:
 //!
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
@@ -13,7 +13,7 @@
 //! 3. [`Manager::broken`] (a flag read),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
-//! The first check that fails discards the connection with its cause, and deadpool
+//! The first check that fails discards the connection with its cause, and the queue
 //! moves on to the next idle one (or opens a new one).
 //!
 //! **Every connection is counted when it closes, exactly once.** A [`Slot`] carries a
@@ -37,24 +37,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Metrics, RecycleError, RecycleResult};
-
-use super::config::Config;
-use super::hooks::{self, Hook, Hooks};
-use crate::breaker::{CircuitEvent, Gate, Refusal};
+use super::hooks::{self, ConnectionInfo, Hook, Hooks};
+use super::state::{ConnectError, Core, Fate, Obituary, Verdict};
+use crate::breaker::CircuitEvent;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::clock::{CoarseDuration, CoarseInstant};
-use crate::diagnosis::IdleLimitLearner;
-use crate::dial::Dialer;
 use crate::manager::Manager;
-pub(crate) use crate::observe::Obituary;
-use crate::observe::Observer;
 use crate::probe::{self, Liveness, SocketRef};
-use crate::retry::budget::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
 pub(crate) struct Slot<M: Manager> {
@@ -84,16 +77,13 @@ pub(crate) struct Slot<M: Manager> {
 
 /// What deadpool holds: a connection, or a stand-in that withdraws a surplus permit
 /// after the pool was resized down (see the module docs).
+///
+/// The slot is boxed so that what deadpool holds stays one pointer wide: deadpool
+/// moves it at each step of a checkout (out of its queue, through `recycle`, into the
+/// object it hands out) and back on return.
 pub(crate) enum Entry<M: Manager> {
     Live(Box<Slot<M>>),
     Placeholder,
-}
-
-/// How a connection's life ended, counted when its slot drops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fate {
-    Reset(ResetCause, Phase),
-    Evicted(Eviction),
 }
 
 /// Counts its connection's close exactly once, when dropped.
@@ -110,15 +100,17 @@ impl<M: Manager> Drop for Tally<M> {
     }
 }
 
-/// Why an idle or returning connection leaves the pool.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    Keep,
-    Evict(Eviction),
-    Reset(ResetCause, Option<String>),
-}
-
 impl<M: Manager> Slot<M> {
+    /// What a hook or a `retain` predicate is told about this connection.
+    pub(crate) fn info(&self, now: CoarseInstant, idle: Duration) -> ConnectionInfo {
+        ConnectionInfo {
+            id: self.id,
+            peer: self.peer,
+            age: now.saturating_duration_since(self.created),
+            idle,
+        }
+    }
+
     pub(crate) fn obituary(&self, now: CoarseInstant) -> Obituary {
         Obituary {
             id: self.id,
@@ -152,126 +144,68 @@ impl<M: Manager> Slot<M> {
     }
 }
 
-/// Everything the pool shares between checkouts, the reaper and returned connections.
-#[derive(Debug)]
-pub(crate) struct Core {
-    pub(crate) config: Config,
-    pub(crate) dialer: Dialer,
-    /// Where every event goes: the books, the metrics and the log.
-    pub(crate) observer: Observer,
-    pub(crate) learner: IdleLimitLearner,
-    pub(crate) gate: Gate,
-    pub(crate) retry: RetryState,
-    next_id: AtomicU64,
-    /// Connections open now (pooled, in use, or in the spare stock) plus connects
-    /// under way: the count the size cap is checked against.
-    open: AtomicUsize,
-    /// The size cap; `resize` changes it.
-    pub(crate) max_size: AtomicUsize,
-    /// Set by `close` and when the pool is dropped: connections dropped from then on
-    /// were closed with the pool.
-    closing: AtomicBool,
-    /// Checkouts between their first, non-queueing attempt and the queue: waiting,
-    /// though deadpool does not count them yet.
-    pub(crate) yielding: AtomicUsize,
+/// The future of [`Parts::create`].
+pub(crate) type Opening<'a, M> = Pin<
+    Box<dyn Future<Output = Result<Entry<M>, ConnectError<<M as Manager>::Error>>> + Send + 'a>,
+>;
+
+/// The manager, the core, the hooks and the spare stock: what every slot points back
+/// to.
+pub(crate) struct Parts<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) core: Core,
+    pub(crate) hooks: Hooks<M>,
+    /// Idle time after which a checkout needs I/O: `check_after` for the ping, or zero
+    /// with a before-checkout hook, which runs on every reused connection. One
+    /// comparison on the checkout path for both (measured: with a second test there
+    /// a checkout cost 1,202 instructions instead of 1,188; with one, 1,198).
+    round_trips_after: CoarseDuration,
+    /// Connections the reaper opened to keep `min_idle`, not yet taken by a checkout.
+    /// They are idle connections like those in deadpool's queue, which deadpool offers
+    /// no way to add to: a checkout that finds the queue empty takes one here before
+    /// dialing.
+    spare: Mutex<Vec<Box<Slot<M>>>>,
+    /// Connects the refill has under way.
+    refilling: AtomicUsize,
 }
 
-impl Core {
-    pub(crate) fn new(mut config: Config) -> Core {
-        let learner = IdleLimitLearner::new(
-            config.idle_timeout,
-            config.learn_idle_limit,
-            config.reaper_interval,
-        );
-        // The observer owns the name from here on: the one copy of it.
-        let name = std::mem::take(&mut config.name);
-        let observer = Observer::new(name, config.learn_idle_limit, &learner.current());
-        Core {
-            dialer: config.dialer(),
-            observer,
-            learner,
-            gate: Gate::new(config.gate()),
-            retry: RetryState::new(&config.retry),
-            next_id: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
-            max_size: AtomicUsize::new(config.max_size),
-            closing: AtomicBool::new(false),
-            yielding: AtomicUsize::new(0),
-            config,
-        }
-    }
-
-    /// Reserves room for one more connection under the size cap, for a connect.
-    pub(crate) fn reserve(&self) -> Option<Reservation<'_>> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        let reservation = Reservation {
-            open: &self.open,
-            kept: false,
+impl<M: Manager> Parts<M> {
+    pub(crate) fn new(manager: M, core: Core, hooks: Hooks<M>) -> Arc<Parts<M>> {
+        let round_trips_after = match hooks.before_checkout {
+            Some(_) => CoarseDuration::ZERO,
+            None => core.config.check_after,
         };
-        (before < self.max_size.load(Ordering::Acquire)).then_some(reservation)
-    }
-
-    /// Connections open now, in the pool's own count.
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn start_closing(&self) {
-        self.closing.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// The reason for a connection dropped without a decision of the pool's.
-    fn unplanned_fate(&self) -> Fate {
-        Fate::Evicted(if self.is_closing() {
-            Eviction::Closed
-        } else if self.open() > self.max_size.load(Ordering::Acquire) {
-            // deadpool sheds connections returned while the pool is above its size.
-            Eviction::Resize
-        } else {
-            Eviction::Cancelled
+        Arc::new(Parts {
+            manager,
+            core,
+            hooks,
+            round_trips_after,
+            spare: Mutex::new(Vec::new()),
+            refilling: AtomicUsize::new(0),
         })
     }
+}
 
-    /// Counts a connection's close.
-    fn closed(&self, fate: Fate) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        match fate {
-            Fate::Reset(cause, phase) => self.observer.closed_reset(cause, phase),
-            Fate::Evicted(reason) => self.observer.closed_evicted(reason),
-        }
-    }
+/// What a manager's `socket` or `broken` that panicked looks like to the pool: the
+/// connection is discarded (the pool cannot tell what state it is in), and the
+/// panic does not take the pool down with it.
+fn panicked() -> Verdict {
+    Verdict::Reset(
+        ResetCause::Other,
+        Some("the manager's socket() or broken() panicked".to_owned()),
+    )
+}
 
-    /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
-    /// lower (see [`IdleLimit`](crate::IdleLimit)).
-    pub(crate) fn idle_limit(&self, now: CoarseInstant) -> Option<CoarseDuration> {
-        self.learner.evict_after(now)
-    }
-
-    /// A connection that sat idle for `idle` before its checkout came back healthy.
-    pub(crate) fn record_reuse(&self, idle: Duration) {
-        if let Some(limit) = self.learner.reused(idle, CoarseInstant::now()) {
-            self.observer.idle_limit_changed(&limit);
-        }
-    }
-
+impl<M: Manager> Parts<M> {
     /// The checks that need no I/O beyond the probe: used by checkout and the reaper.
     ///
     /// Inlined: on the checkout path a call costs about as much as the checks.
     #[inline]
-    pub(crate) fn inspect<M: Manager>(
-        &self,
-        manager: &M,
-        slot: &Slot<M>,
-        now: CoarseInstant,
-    ) -> Verdict {
+    fn inspect(&self, slot: &Slot<M>, now: CoarseInstant) -> Verdict {
         // The probe first: a connection the path already closed is a reset (and
         // evidence about the path's idle limit) even when it is also past a limit of
         // ours. In the common case it costs an atomic load, no more than the limits.
-        if let Some(socket) = manager.socket(&slot.conn) {
+        if let Some(socket) = self.manager.socket(&slot.conn) {
             match probe::check(socket) {
                 Liveness::Alive => {}
                 Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed, None),
@@ -297,7 +231,7 @@ impl Core {
         }
         // Never before the limit: the idle time between two coarse readings can read
         // up to a kernel tick long.
-        if self.idle_limit(now).is_some_and(|limit| {
+        if self.core.idle_limit(now).is_some_and(|limit| {
             now.saturating_since(slot.idle_since) >= limit.saturating_add(CoarseDuration::MAX_LAG)
         }) {
             return Verdict::Evict(Eviction::IdleExpired);
@@ -305,129 +239,10 @@ impl Core {
         Verdict::Keep
     }
 
-    /// Records a connection that broke: learned from, and logged with a hint.
-    pub(crate) fn record_reset(
-        &self,
-        cause: ResetCause,
-        phase: Phase,
-        dead: &Obituary,
-        detail: Option<&str>,
-    ) {
-        let lesson = self.learner.reset(cause, dead.idle, CoarseInstant::now());
-        self.observer
-            .reset(cause, phase, dead, detail, &lesson, || {
-                self.learner.current()
-            });
-    }
-
-    /// Records a connection closed on purpose.
-    pub(crate) fn record_eviction(&self, reason: Eviction, gone: &Obituary) {
-        self.observer.evicted(reason, gone);
-    }
-}
-
-/// Room for one connection under the size cap, held while it is being opened. Given
-/// back when dropped (the connect failed, or its future was cancelled) unless
-/// [`Reservation::keep`] handed it to the new connection's [`Tally`].
-pub(crate) struct Reservation<'a> {
-    open: &'a AtomicUsize,
-    kept: bool,
-}
-
-impl Reservation<'_> {
-    pub(crate) fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// Why a connect failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError<E> {
-    #[error("{0}")]
-    Failed(ResetCause, #[source] E),
-    #[error("no connection within {0:?}")]
-    TimedOut(Duration),
-    /// Boxed: every checkout's result inside deadpool is as large as this error, and
-    /// is moved at each step there, while a refusal is rare (measured: 55 of ~1,235
-    /// instructions per checkout went to carrying it inline).
-    #[error("connect circuit open ({})", .0.cause)]
-    CircuitOpen(Box<Refusal>),
-    /// The pool was closed while the connect ran.
-    #[error("the pool was closed while connecting")]
-    PoolClosed,
-}
-
-/// The manager, the core, the hooks and the spare stock: what every slot points back
-/// to.
-pub(crate) struct Parts<M: Manager> {
-    pub(crate) manager: M,
-    pub(crate) core: Core,
-    pub(crate) hooks: Hooks<M>,
-    /// Idle time after which a checkout needs I/O: `check_after` for the ping, or zero
-    /// with a before-checkout hook, which runs on every reused connection. One
-    /// comparison on the checkout path for both (measured: with a second test there
-    /// a checkout cost 1,202 instructions instead of 1,188; with one, 1,198).
-    round_trips_after: CoarseDuration,
-    /// Connections the reaper opened to keep `min_idle`, not yet taken by a checkout.
-    /// They are idle connections like those in deadpool's queue, which deadpool offers
-    /// no way to add to: a checkout that finds the queue empty takes one here before
-    /// dialing.
-    spare: Mutex<Vec<Box<Slot<M>>>>,
-    /// Connects the refill has under way.
-    refilling: AtomicUsize,
-}
-
-/// The deadpool manager wrapping a steadypool [`Manager`].
-pub(crate) struct Adapter<M: Manager>(pub(crate) Arc<Parts<M>>);
-
-impl<M: Manager> std::ops::Deref for Adapter<M> {
-    type Target = Parts<M>;
-
-    fn deref(&self) -> &Parts<M> {
-        &self.0
-    }
-}
-
-impl<M: Manager> Adapter<M> {
-    pub(crate) fn new(manager: M, core: Core, hooks: Hooks<M>) -> Adapter<M> {
-        let round_trips_after = match hooks.before_checkout {
-            Some(_) => CoarseDuration::ZERO,
-            None => core.config.check_after,
-        };
-        Adapter(Arc::new(Parts {
-            manager,
-            core,
-            hooks,
-            round_trips_after,
-            spare: Mutex::new(Vec::new()),
-            refilling: AtomicUsize::new(0),
-        }))
-    }
-}
-
-/// What a manager's `socket` or `broken` that panicked looks like to the pool: the
-/// connection is discarded (the pool cannot tell what state it is in), and the
-/// panic does not take the pool down with it.
-fn panicked() -> Verdict {
-    Verdict::Reset(
-        ResetCause::Other,
-        Some("the manager's socket() or broken() panicked".to_owned()),
-    )
-}
-
-impl<M: Manager> Parts<M> {
     /// The checks without I/O, the manager's own among them.
     #[inline]
     fn local_checks(&self, slot: &Slot<M>, now: CoarseInstant) -> Verdict {
-        let verdict = self.core.inspect(&self.manager, slot, now);
+        let verdict = self.inspect(slot, now);
         if !matches!(verdict, Verdict::Keep) {
             return verdict;
         }
@@ -448,7 +263,7 @@ impl<M: Manager> Parts<M> {
     /// The whole checkout check: free tests, then a ping if the connection sat idle
     /// past `check_after`, then the before-checkout hook if there is one. A failed
     /// connection is condemned (phase `checkout`).
-    async fn checkout_check(&self, slot: &mut Slot<M>) -> bool {
+    pub(crate) async fn checkout_check(&self, slot: &mut Slot<M>) -> bool {
         let now = CoarseInstant::now();
         slot.reused_after = now.saturating_since(slot.idle_since);
         let mut verdict = self.local_checks(slot, now);
@@ -482,8 +297,9 @@ impl<M: Manager> Parts<M> {
             }
             match &self.hooks.before_checkout {
                 Some(hook) => {
-                    let idle = slot.reused_after.to_std();
-                    hooks::run(hook, Hook::BeforeCheckout, slot, idle).await
+                    let info = slot.info(CoarseInstant::now(), slot.reused_after.to_std());
+                    hooks::run::<M>(hook, Hook::BeforeCheckout, &mut slot.conn, info, &self.core)
+                        .await
                 }
                 None => Verdict::Keep,
             }
@@ -711,15 +527,16 @@ impl<M: Manager> Parts<M> {
     }
 }
 
-impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
-    type Type = Entry<M>;
-    type Error = ConnectError<M::Error>;
-
-    async fn create(&self) -> Result<Entry<M>, Self::Error> {
-        // Opening a connection takes a round trip or more, and its future is large
-        // (resolve, connect, the manager's handshake). It lives on the heap so that
-        // every checkout's future stays small: a checkout that finds an idle
-        // connection would otherwise copy kilobytes it never uses.
+impl<M: Manager> Parts<M> {
+    /// A connection for a checkout that found the queue empty: one from the spare
+    /// stock that passes the checkout check, else a new one; a placeholder when the
+    /// size cap has no room.
+    ///
+    /// Opening a connection takes a round trip or more, and its future is large
+    /// (resolve, connect, the manager's handshake). It lives on the heap so that
+    /// every checkout's future stays small: a checkout that finds an idle connection
+    /// would otherwise copy kilobytes it never uses.
+    pub(crate) fn create(self: &Arc<Self>) -> Opening<'_, M> {
         Box::pin(async {
             while let Some(mut slot) = self.take_spare() {
                 if self.checkout_check(&mut slot).await {
@@ -730,7 +547,7 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
             let Some(reservation) = self.core.reserve() else {
                 return Ok(Entry::Placeholder);
             };
-            let mut slot = self.0.gated_connect().await?;
+            let mut slot = self.gated_connect().await?;
             reservation.keep();
             // `close()` or `resize()` may have returned while this connect ran: its
             // promise holds from that moment, so the new connection does not outlive
@@ -748,29 +565,5 @@ impl<M: Manager> deadpool::managed::Manager for Adapter<M> {
             }
             Ok(Entry::Live(Box::new(slot)))
         })
-        .await
-    }
-
-    fn detach(&self, entry: &mut Entry<M>) {
-        // deadpool calls this for every object that leaves its pool: shed, taken,
-        // rejected at checkout, or removed by `retain`.
-        if let Entry::Live(slot) = entry {
-            self.manager.detach(&mut slot.conn);
-        }
-    }
-
-    async fn recycle(&self, entry: &mut Entry<M>, _: &Metrics) -> RecycleResult<Self::Error> {
-        let Entry::Live(slot) = entry else {
-            // A placeholder that went back to the queue: the pool had room again by
-            // then. Dropping it frees its permit; it was never a connection.
-            return Err(RecycleError::message("placeholder"));
-        };
-        if self.checkout_check(slot).await {
-            Ok(())
-        } else {
-            Err(RecycleError::message(
-                "connection failed the checkout check",
-            ))
-        }
     }
 }

@@ -439,6 +439,7 @@ impl<M: Manager> Pool<M> {
             ),
             Error::Timeout(waited) => (Failed::NoConnection, Error::Timeout(waited)),
             Error::Closed => (Failed::NoConnection, Error::Closed),
+            Error::Internal(what) => (Failed::NoConnection, Error::Internal(what)),
             Error::CircuitOpen {
                 cause,
                 last_error,

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
-use super::{HttpError, HttpManager};
+use super::connection::HttpManager;
+use super::error::HttpError;
 use crate::pool::Pool;
 use crate::retry::{Idempotency, RunError};
 

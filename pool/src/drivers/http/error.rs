@@ -26,7 +26,7 @@ pub enum HttpError {
     /// The TCP connection could not be opened.
     #[error(transparent)]
     Dial(#[from] DialError),
-    /// The origin given to [`HttpManager::new`](super::HttpManager::new) (or a
+    /// The origin given to [`HttpManager::new`](super::connection::HttpManager::new) (or a
     /// health path) cannot be used.
     #[error("http origin {origin:?}: {reason}")]
     Origin {
@@ -58,7 +58,7 @@ pub enum HttpError {
         idle: Duration,
     },
     /// The response body was longer than
-    /// [`HttpManager::max_response_body`](super::HttpManager::max_response_body); the
+    /// [`HttpManager::max_response_body`](super::connection::HttpManager::max_response_body); the
     /// rest was not read, and the connection is closed.
     #[error("the response body is longer than the limit of {limit} bytes")]
     BodyTooLarge {

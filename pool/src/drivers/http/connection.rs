@@ -1,0 +1,728 @@
+//! HTTP/1.1 connections on the pool's sockets: the manager that opens them and the
+//! connection that sends requests on them.
+
+use super::error::HttpError;
+use crate::cause::{Disposition, ResetCause, Sent};
+use crate::classify::classify_source_chain;
+use crate::dial::{Address, Dialer};
+use crate::drivers::watch::{Fate, Transport, Watched};
+use crate::manager::{Broken, Manager};
+use crate::probe::SocketRef;
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::fmt;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const DEFAULT_PORT: u16 = 80;
+/// The default of [`HttpManager::max_response_body`].
+const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
+/// The default of [`HttpManager::keep_alive_margin`].
+const DEFAULT_KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Opens HTTP/1.1 connections to one origin on the pool's sockets. See the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct HttpManager {
+    origin: String,
+    authority: Authority,
+    addr: Address,
+    host: HeaderValue,
+    health_path: Option<PathAndQuery>,
+    keep_alive_margin: Duration,
+    max_body: usize,
+}
+
+impl HttpManager {
+    /// A manager for `origin`: `http://host[:port]`, with no path (`/` is accepted).
+    ///
+    /// ```
+    /// use steadypool::drivers::http::{HttpError, HttpManager};
+    ///
+    /// let manager = HttpManager::new("http://api.internal:8080")?;
+    /// assert_eq!(manager.origin(), "http://api.internal:8080");
+    /// assert!(matches!(HttpManager::new("https://api.internal"), Err(HttpError::Origin { .. })));
+    /// assert!(matches!(HttpManager::new("http://api.internal/v1"), Err(HttpError::Origin { .. })));
+    /// # Ok::<(), HttpError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`HttpError::Origin`] when `origin` is not an `http://` URI with a host, or
+    /// has a path or query.
+    pub fn new(origin: &str) -> Result<HttpManager, HttpError> {
+        let refuse = |reason: &str| HttpError::Origin {
+            origin: origin.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = origin
+            .parse()
+            .map_err(|e| refuse(&format!("not a URI ({e})")))?;
+        match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => {}
+            Some(scheme) if *scheme == Scheme::HTTPS => {
+                return Err(refuse(
+                    "https:// is not supported by this driver yet; use http://, or terminate TLS in front of the service",
+                ));
+            }
+            _ => return Err(refuse("the scheme must be http://")),
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(refuse("no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(refuse("user information in the origin is not supported"));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(refuse(
+                "an origin has no path or query: give the path in each request",
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(DEFAULT_PORT);
+        let addr = Address::from(format!("{}:{port}", authority.host()));
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| refuse(&format!("the host is not a header value ({e})")))?;
+        Ok(HttpManager {
+            origin: format!("http://{authority}"),
+            authority,
+            addr,
+            host,
+            health_path: None,
+            keep_alive_margin: DEFAULT_KEEP_ALIVE_MARGIN,
+            max_body: DEFAULT_MAX_BODY,
+        })
+    }
+
+    /// A path the checkout ping requests with `GET` (when a connection sat idle
+    /// past the pool's `check_after`); any 2xx answer passes. Default: none, and no
+    /// ping. Prevents handing out a connection to a server that accepts
+    /// connections but no longer serves (a backend stuck behind a live proxy).
+    ///
+    /// ```
+    /// use steadypool::drivers::http::HttpManager;
+    /// let manager = HttpManager::new("http://127.0.0.1:3000")?.health_path("/healthz")?;
+    /// # Ok::<(), steadypool::drivers::http::HttpError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`HttpError::Origin`] when `path` is not an absolute path (`/...`).
+    pub fn health_path(mut self, path: &str) -> Result<HttpManager, HttpError> {
+        let parsed: PathAndQuery = path.parse().map_err(|e| HttpError::Origin {
+            origin: self.origin.clone(),
+            reason: format!("health path {path:?} is not a path ({e})"),
+        })?;
+        if !parsed.as_str().starts_with('/') {
+            return Err(HttpError::Origin {
+                origin: self.origin.clone(),
+                reason: format!("health path {path:?} must start with /"),
+            });
+        }
+        self.health_path = Some(parsed);
+        Ok(self)
+    }
+
+    /// How long before the server's announced Keep-Alive timeout a connection is
+    /// closed; at most a quarter of the timeout is used. Default 1 s. Prevents the
+    /// keep-alive race: the server closing a connection as a request goes out on
+    /// it (see the [module docs](self#keep-alive-the-limit-the-server-announces)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadypool::drivers::http::HttpManager;
+    /// let manager = HttpManager::new("http://127.0.0.1:3000")?
+    ///     .keep_alive_margin(Duration::from_millis(1500));
+    /// # Ok::<(), steadypool::drivers::http::HttpError>(())
+    /// ```
+    #[must_use]
+    pub fn keep_alive_margin(mut self, margin: Duration) -> HttpManager {
+        self.keep_alive_margin = margin;
+        self
+    }
+
+    /// The longest response body read, in bytes. Default 64 MiB. Prevents a huge
+    /// or endless response from exhausting memory; a longer one fails with
+    /// [`HttpError::BodyTooLarge`] and its connection is closed.
+    ///
+    /// ```
+    /// use steadypool::drivers::http::HttpManager;
+    /// let manager = HttpManager::new("http://127.0.0.1:3000")?.max_response_body(1 << 20);
+    /// # Ok::<(), steadypool::drivers::http::HttpError>(())
+    /// ```
+    #[must_use]
+    pub fn max_response_body(mut self, bytes: usize) -> HttpManager {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The origin, `http://host[:port]`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The request as it goes on the wire to this origin: the URI in origin form
+    /// (`/path?query`), a `Host` header, HTTP/1.1 unless it says HTTP/1.0.
+    pub(super) fn prepare(&self, parts: &mut http::request::Parts) -> Result<(), HttpError> {
+        if let Some(scheme) = parts.uri.scheme()
+            && *scheme != Scheme::HTTP
+        {
+            return Err(HttpError::Request(format!(
+                "{} is not an http:// URI (https:// is not supported by this driver yet)",
+                parts.uri
+            )));
+        }
+        if let Some(authority) = parts.uri.authority()
+            && !same_authority(authority, &self.authority)
+        {
+            return Err(HttpError::Request(format!(
+                "{} is not on this client's origin {}",
+                parts.uri, self.origin
+            )));
+        }
+        match parts.version {
+            Version::HTTP_11 | Version::HTTP_10 => {}
+            other => {
+                return Err(HttpError::Request(format!(
+                    "{other:?} is not supported: this driver speaks HTTP/1.1"
+                )));
+            }
+        }
+        if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(path);
+        }
+        if !parts.headers.contains_key(HOST) {
+            parts.headers.insert(HOST, self.host.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Whether two authorities name the same server: hosts compare without case, and
+/// a missing port is port 80.
+fn same_authority(a: &Authority, b: &Authority) -> bool {
+    a.host().eq_ignore_ascii_case(b.host())
+        && a.port_u16().unwrap_or(DEFAULT_PORT) == b.port_u16().unwrap_or(DEFAULT_PORT)
+}
+
+/// A pooled HTTP/1.1 connection to one origin.
+///
+/// [`HttpConnection::send`] sends one request and reads its whole response. hyper's
+/// connection task owns the socket and ends when the connection is dropped.
+pub struct HttpConnection {
+    sender: SendRequest<Full<Bytes>>,
+    socket: socket2::Socket,
+    driver: JoinHandle<()>,
+    fate: Fate,
+    /// The idle time after which this connection is closed before the server
+    /// closes it: its last announced Keep-Alive timeout, minus the margin.
+    close_after: Option<Duration>,
+    /// The last announced Keep-Alive timeout, in whole seconds, for the log.
+    announced: u64,
+    /// The server said it closes the connection after its last response.
+    closing: bool,
+    /// A request was sent whose response was not read to the end.
+    reply_pending: bool,
+    /// When the last response ended (or the connection opened).
+    idle_since: Instant,
+    responses: u64,
+    manager: HttpManager,
+}
+
+impl HttpConnection {
+    /// Sends `request` and reads its whole response (up to the manager's
+    /// [`max_response_body`](HttpManager::max_response_body)). An absolute URI must
+    /// name this connection's origin; a missing `Host` header is added.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::http::HttpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use bytes::Bytes;
+    /// let mut conn = pool.get().await?;
+    /// let response = conn.send(http::Request::get("/health").body(Bytes::new())?).await?;
+    /// assert!(response.status().is_success());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`HttpError::Request`] for a request this connection cannot send,
+    /// [`HttpError::Connection`] when the connection failed under it,
+    /// [`HttpError::BodyTooLarge`]. Any status is a response, not an error.
+    pub async fn send<B: Into<Bytes>>(
+        &mut self,
+        request: Request<B>,
+    ) -> Result<Response<Bytes>, HttpError> {
+        let (mut parts, body) = request.into_parts();
+        self.manager.prepare(&mut parts)?;
+        self.exchange(Request::from_parts(parts, Full::new(body.into())))
+            .await
+    }
+
+    /// Sends a prepared request and reads the whole response.
+    pub(super) async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, HttpError> {
+        let idle = self.idle_since.elapsed();
+        self.reply_pending = true;
+        if let Err(err) = self.sender.ready().await {
+            return Err(self.failed(err, Sent::No, idle));
+        }
+        let response = match self.sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut err) => {
+                let sent = if err.take_message().is_some() {
+                    Sent::No
+                } else {
+                    Sent::Maybe
+                };
+                return Err(self.failed(err.into_error(), sent, idle));
+            }
+        };
+        self.learn(response.version(), response.headers());
+        let (parts, mut body) = response.into_parts();
+        let mut first = Bytes::new();
+        let mut rest: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| self.failed(err, Sent::Maybe, idle))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if first.len() + rest.len() + data.len() > self.manager.max_body {
+                return Err(HttpError::BodyTooLarge {
+                    limit: self.manager.max_body,
+                });
+            }
+            if first.is_empty() && rest.is_empty() {
+                first = data;
+            } else {
+                if rest.is_empty() {
+                    rest.extend_from_slice(&first);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+        self.reply_pending = false;
+        self.responses += 1;
+        self.idle_since = Instant::now();
+        let body = if rest.is_empty() {
+            first
+        } else {
+            Bytes::from(rest)
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Remembers what a response's headers say about the connection's future.
+    fn learn(&mut self, version: Version, headers: &HeaderMap) {
+        let connection = headers.get(CONNECTION).and_then(|v| v.to_str().ok());
+        let says = |token: &str| {
+            connection.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        self.closing = says("close") || (version == Version::HTTP_10 && !says("keep-alive"));
+        if let Some(timeout) = headers
+            .get("keep-alive")
+            .and_then(|v| v.to_str().ok())
+            .and_then(keep_alive_timeout)
+        {
+            let announced = Duration::from_secs(timeout);
+            let margin = self.manager.keep_alive_margin.min(announced / 4);
+            self.close_after = Some(announced - margin);
+            self.announced = timeout;
+        }
+    }
+
+    /// The error for a failure of the connection under a request.
+    fn failed(&self, source: hyper::Error, sent: Sent, idle: Duration) -> HttpError {
+        let cause = self
+            .fate
+            .get()
+            .map(|broken| broken.cause)
+            .unwrap_or_else(|| cause_of(&source));
+        HttpError::Connection {
+            source,
+            cause,
+            sent,
+            reused: self.responses > 0,
+            idle,
+        }
+    }
+
+    /// How many responses this connection has served.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::http::HttpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// println!("served {} responses so far", conn.responses());
+    /// # Ok(()) }
+    /// ```
+    pub fn responses(&self) -> u64 {
+        self.responses
+    }
+
+    /// The Keep-Alive timeout the server last announced on this connection
+    /// (`Keep-Alive: timeout=5` is 5 s); the connection is closed when it has sat
+    /// idle that long less [`HttpManager::keep_alive_margin`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: steadypool::Pool<steadypool::drivers::http::HttpManager>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut conn = pool.get().await?;
+    /// conn.send(http::Request::get("/").body(bytes::Bytes::new())?).await?;
+    /// // Node.js, by default:
+    /// assert_eq!(conn.announced_keep_alive(), Some(Duration::from_secs(5)));
+    /// # Ok(()) }
+    /// ```
+    pub fn announced_keep_alive(&self) -> Option<Duration> {
+        self.close_after
+            .map(|_| Duration::from_secs(self.announced))
+    }
+
+    /// Why the connection must not serve another request, if it must not.
+    fn ended(&self) -> Option<Broken> {
+        if let Some(broken) = self.fate.get() {
+            return Some(broken.clone());
+        }
+        if self.reply_pending {
+            return Some(
+                Broken::new(ResetCause::Other)
+                    .with_detail("a response was not read to its end; its bytes may be in flight"),
+            );
+        }
+        if self.closing {
+            return Some(
+                Broken::new(ResetCause::PeerClosed)
+                    .with_detail("the server answered with Connection: close"),
+            );
+        }
+        if self.sender.is_closed() || self.driver.is_finished() {
+            return Some(
+                Broken::new(ResetCause::PeerClosed)
+                    .with_detail("the connection's task ended (the server closed it)"),
+            );
+        }
+        if let Some(limit) = self.close_after
+            && self.idle_since.elapsed() >= limit
+        {
+            return Some(Broken::new(ResetCause::PeerClosed).with_detail(format!(
+                "closed before the server's announced Keep-Alive: timeout={} would",
+                self.announced
+            )));
+        }
+        None
+    }
+}
+
+impl fmt::Debug for HttpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConnection")
+            .field("origin", &self.manager.origin)
+            .field("responses", &self.responses)
+            .field("close_after", &self.close_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `timeout` parameter of a `Keep-Alive` header (`timeout=5, max=100`), in
+/// seconds.
+fn keep_alive_timeout(value: &str) -> Option<u64> {
+    value.split(',').find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("timeout")
+            .then(|| value.trim().trim_matches('"').parse().ok())?
+    })
+}
+
+/// The cause of a hyper error when the socket itself showed none.
+fn cause_of(err: &hyper::Error) -> ResetCause {
+    if let Some(Disposition::Broken { cause, .. }) = classify_source_chain(err) {
+        return cause;
+    }
+    if err.is_parse() || err.is_parse_status() {
+        ResetCause::UnexpectedData
+    } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        ResetCause::PeerClosed
+    } else if err.is_timeout() {
+        ResetCause::UserTimeout
+    } else {
+        ResetCause::Other
+    }
+}
+
+impl Manager for HttpManager {
+    type Connection = HttpConnection;
+    type Error = HttpError;
+
+    async fn connect(&self, dialer: &Dialer) -> Result<HttpConnection, HttpError> {
+        let stream = dialer.connect(&self.addr).await?;
+        let socket = socket2::SockRef::from(&stream)
+            .try_clone()
+            .map_err(HttpError::Socket)?;
+        let fate = Fate::default();
+        let io = TokioIo::new(Watched::new(stream, Transport, fate.clone()));
+        let (sender, connection) =
+            http1::handshake(io)
+                .await
+                .map_err(|source| HttpError::Connection {
+                    cause: cause_of(&source),
+                    source,
+                    sent: Sent::No,
+                    reused: false,
+                    idle: Duration::ZERO,
+                })?;
+        let task_fate = fate.clone();
+        let driver = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "http connection ended");
+                task_fate.record(Broken::new(cause_of(&err)).with_detail(err.to_string()));
+            }
+        });
+        Ok(HttpConnection {
+            sender,
+            socket,
+            driver,
+            fate,
+            close_after: None,
+            announced: 0,
+            closing: false,
+            reply_pending: false,
+            idle_since: Instant::now(),
+            responses: 0,
+            manager: self.clone(),
+        })
+    }
+
+    fn socket<'a>(&self, conn: &'a HttpConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::Raw(crate::drivers::borrow_raw(&conn.socket)))
+    }
+
+    async fn ping(&self, conn: &mut HttpConnection) -> Result<(), HttpError> {
+        let Some(path) = &self.health_path else {
+            return Ok(());
+        };
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = Uri::from(path.clone());
+        request.headers_mut().insert(HOST, self.host.clone());
+        let response = conn.exchange(request).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(HttpError::Unavailable(Box::new(response)))
+        }
+    }
+
+    fn target(&self) -> Option<String> {
+        Some(self.origin.clone())
+    }
+
+    fn broken(&self, conn: &HttpConnection) -> Option<Broken> {
+        conn.ended()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cause::Classify;
+
+    #[test]
+    fn keep_alive_timeout_is_read_from_the_header_parameters() {
+        assert_eq!(keep_alive_timeout("timeout=5"), Some(5));
+        assert_eq!(keep_alive_timeout("timeout=5, max=100"), Some(5));
+        assert_eq!(keep_alive_timeout("max=100, Timeout = 60"), Some(60));
+        assert_eq!(keep_alive_timeout("timeout=\"7\""), Some(7));
+        assert_eq!(keep_alive_timeout("max=100"), None);
+        assert_eq!(keep_alive_timeout("timeout=soon"), None);
+        assert_eq!(keep_alive_timeout(""), None);
+    }
+
+    #[test]
+    fn origins_other_than_plain_http_hosts_are_refused_with_the_reason() {
+        for (origin, reason) in [
+            ("https://example.com", "https:// is not supported"),
+            ("ftp://example.com", "scheme must be http://"),
+            ("example.com", "scheme must be http://"),
+            ("http://example.com/api", "no path or query"),
+            ("http://user:pw@example.com", "user information"),
+            ("http://exa mple.com", "not a URI"),
+        ] {
+            match HttpManager::new(origin) {
+                Err(HttpError::Origin { reason: got, .. }) => {
+                    assert!(got.contains(reason), "{origin}: {got}");
+                }
+                other => panic!("{origin}: {other:?}"),
+            }
+        }
+        let manager = HttpManager::new("http://Example.com:8080/").unwrap();
+        assert_eq!(manager.origin(), "http://Example.com:8080");
+        assert_eq!(manager.host, "Example.com:8080");
+        let v6 = HttpManager::new("http://[::1]:8080").unwrap();
+        assert!(
+            matches!(v6.addr, Address::Socket(addr) if addr.port() == 8080 && addr.is_ipv6()),
+            "{:?}",
+            v6.addr
+        );
+        assert_eq!(v6.host, "[::1]:8080");
+    }
+
+    #[test]
+    fn requests_are_put_in_origin_form_with_a_host_and_other_origins_refused() {
+        let manager = HttpManager::new("http://api.local:8080").unwrap();
+        let prepared = |uri: &str| {
+            let (mut parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+            manager.prepare(&mut parts).map(|()| parts)
+        };
+        let parts = prepared("http://API.local:8080/a?b=1").unwrap();
+        assert_eq!(parts.uri, "/a?b=1");
+        assert_eq!(parts.headers[HOST], "api.local:8080");
+        assert_eq!(prepared("/x").unwrap().uri, "/x");
+        for uri in [
+            "http://other.local:8080/",
+            "http://api.local/",
+            "https://api.local:8080/",
+        ] {
+            assert!(matches!(prepared(uri), Err(HttpError::Request(_))), "{uri}");
+        }
+        let (mut parts, ()) = Request::get("/")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(matches!(
+            manager.prepare(&mut parts),
+            Err(HttpError::Request(_))
+        ));
+    }
+
+    #[test]
+    fn failures_classify_by_what_they_mean_for_connection_and_request() {
+        assert_eq!(
+            HttpError::Request("x".into()).classify(),
+            Disposition::Application
+        );
+        assert_eq!(
+            HttpError::BodyTooLarge { limit: 1 }.classify(),
+            Disposition::Application
+        );
+        let unavailable = Response::builder().status(503).body(Bytes::new()).unwrap();
+        assert_eq!(
+            HttpError::Unavailable(Box::new(unavailable)).classify(),
+            Disposition::Transient
+        );
+    }
+
+    /// A server that answers the first request on each connection and closes
+    /// (`reset`: resets) the connection when the second arrives, unanswered: the
+    /// keep-alive race, made deterministic. Returns its origin and its count of
+    /// requests received.
+    async fn closing_on_second_request(
+        reset: bool,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = false;
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let Ok(n @ 1..) = stream.read(&mut chunk).await else {
+                            return;
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            count.fetch_add(1, Ordering::SeqCst);
+                            if answered {
+                                if reset {
+                                    stream.set_zero_linger().unwrap();
+                                }
+                                return;
+                            }
+                            answered = true;
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (origin, received)
+    }
+
+    fn client_for(origin: &str) -> HttpClient {
+        let pool = crate::Pool::builder(HttpManager::new(origin).unwrap())
+            .max_size(1)
+            .retry_policy(
+                crate::RetryPolicy::default()
+                    .backoff(Duration::from_millis(1), Duration::from_millis(10)),
+            )
+            .build()
+            .unwrap();
+        HttpClient::new(pool)
+    }
+
+    fn request(method: http::Method) -> Request<Bytes> {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Bytes::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_race_retries_a_get_and_never_replays_a_post() {
+        use std::sync::atomic::Ordering;
+
+        for (reset, cause) in [
+            (false, ResetCause::PeerClosed),
+            (true, ResetCause::PeerReset),
+        ] {
+            let (origin, received) = closing_on_second_request(reset).await;
+            let client = client_for(&origin);
+
+            client.send(request(http::Method::GET)).await.unwrap();
+            let err = client.send(request(http::Method::POST)).await.unwrap_err();
+            match &err {
+                crate::RunError::MaybeExecuted {
+                    reason: crate::GiveUp::NotIdempotent,
+                    attempts: 1,
+                    cause: Some(got),
+                    source:
+                        Some(crate::AttemptError::Operation(HttpError::Connection {
+                            sent: Sent::Maybe,
+                            reused: true,
+                            ..
+                        })),
+                } => assert_eq!(*got, cause, "{err}"),
+                other => panic!("reset {reset}: {other:?}"),
+            }
+            assert_eq!(received.load(Ordering::SeqCst), 2, "the POST was replayed");
+
+            // A GET meets the same race on its reused connection, and is retried.
+            client.send(request(http::Method::GET)).await.unwrap();
+            let response = client.send(request(http::Method::GET)).await.unwrap();
+            assert_eq!(response.body(), "ok");
+            let stats = client.pool().stats();
+            assert_eq!(stats.resets(cause, crate::Phase::InUse), 2, "{stats:?}");
+        }
+    }
+}
