@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
 use steadypool::{
-    AttemptError, BuildError, CircuitState, Error, GiveUp, Idempotency, PolicyError, Pool,
-    ResetCause, RetryPolicy, RunError,
+    AttemptError, CircuitState, Error, GiveUp, Idempotency, Pool, ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
 use steadypool_tests::recorded::RecordedMetrics;
@@ -345,66 +344,4 @@ async fn a_closed_pool_fails_at_once() {
     assert_eq!(server.requests(), 0);
     assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
     assert_eq!(metrics.all_retries(), 0);
-}
-
-#[tokio::test]
-async fn bad_policies_and_gate_settings_are_refused_with_clear_errors() {
-    let build = |policy: RetryPolicy| {
-        Pool::builder(LedgerManager::new("127.0.0.1:9".parse().unwrap()))
-            .retry_policy(policy)
-            .build()
-            .map(drop)
-    };
-    let err = build(RetryPolicy::default().max_attempts(0)).unwrap_err();
-    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroAttempts));
-    assert!(err.to_string().contains("max_attempts"), "{err}");
-
-    let err = build(RetryPolicy::default().budget(0.0, 0)).unwrap_err();
-    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroBudget));
-    assert!(err.to_string().contains("max_attempts(1)"), "{err}");
-
-    let err = build(RetryPolicy::default().budget(-1.0, 10)).unwrap_err();
-    assert!(err.to_string().contains("budget ratio"), "{err}");
-
-    let err = build(RetryPolicy::default().deadline(Duration::from_secs(2))).unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::RetryPolicy(PolicyError::DeadlineBelowConnectTimeout {
-            deadline: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
-        })
-    );
-    assert!(err.to_string().contains("connect_timeout"), "{err}");
-
-    let manager = || LedgerManager::new("127.0.0.1:9".parse().unwrap());
-    let err = Pool::builder(manager())
-        .max_concurrent_connects(0)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroLimit {
-            knob: "max_concurrent_connects"
-        }
-    );
-    let err = Pool::builder(manager())
-        .circuit_open_after(0)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroLimit {
-            knob: "circuit_open_after"
-        }
-    );
-    let err = Pool::builder(manager())
-        .circuit_open_for(Duration::ZERO)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroDuration {
-            knob: "circuit_open_for"
-        }
-    );
 }
