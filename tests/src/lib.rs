@@ -10,6 +10,7 @@ use std::time::Duration;
 pub mod exec_server;
 pub mod flaky;
 pub mod host;
+pub mod ledger;
 pub mod line_manager;
 pub mod load;
 pub mod netns;

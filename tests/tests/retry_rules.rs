@@ -8,10 +8,27 @@ use std::time::Duration;
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
 use steadypool::{
-    AttemptError, CircuitState, Error, GiveUp, Idempotency, Pool, ResetCause, RetryPolicy, RunError,
+    AttemptError, CircuitState, Error, GiveUp, Idempotency, ResetCause, RetryPolicy, RunError,
 };
-use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::flaky::{self, Faults, LedgerError};
+use steadypool_tests::ledger::{Counted, ledger_pool};
+
+/// The server resets each connection as its second request arrives: a pooled
+/// connection goes stale in a way the checkout's probe cannot see.
+fn one_request_per_connection() -> Faults {
+    Faults {
+        requests_per_connection: Some(1),
+        ..Faults::default()
+    }
+}
+
+/// The server answers the first `n` requests BUSY without running them.
+fn busy_first(n: usize) -> Faults {
+    Faults {
+        busy_first: n,
+        ..Faults::default()
+    }
+}
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -26,15 +43,8 @@ fn policy() -> RetryPolicy {
 /// `GiveUp::Deadline`: success proves the retry did not sleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced_without_sleeping() {
-    let server = LedgerServer::start(Faults {
-        requests_per_connection: Some(1),
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .max_size(1)
+    let (server, pool, metrics) = ledger_pool(one_request_per_connection(), |b| {
+        b.max_size(1)
             .check_after(Duration::from_secs(3600))
             .connect_timeout(Duration::from_secs(1))
             .retry_policy(
@@ -42,9 +52,9 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
                     .max_attempts(3)
                     .deadline(Duration::from_secs(5))
                     .backoff(Duration::from_secs(60), Duration::from_secs(120)),
-            ),
-    )
-    .unwrap();
+            )
+    })
+    .await;
 
     let first = pool
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
@@ -63,10 +73,13 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.resets(), 1);
-    assert_eq!(metrics.retries(RetryOutcome::Succeeded), 1);
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 2);
-    assert_eq!(metrics.all_runs(), 2);
+    metrics.assert_counted(
+        "a stale connection replaced",
+        &Counted {
+            runs: &[(RunOutcome::Ok, 2)],
+            retries: &[(None, RetryOutcome::Succeeded, 1)],
+        },
+    );
 }
 
 /// The same stale connection under a non-idempotent operation: the request may have
@@ -74,19 +87,12 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
 /// effect, and names the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
-    let server = LedgerServer::start(Faults {
-        requests_per_connection: Some(1),
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .max_size(1)
+    let (server, pool, metrics) = ledger_pool(one_request_per_connection(), |b| {
+        b.max_size(1)
             .check_after(Duration::from_secs(3600))
-            .retry_policy(policy()),
-    )
-    .unwrap();
+            .retry_policy(policy())
+    })
+    .await;
     pool.run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap();
@@ -114,25 +120,18 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(2), 0);
     assert_eq!(server.requests(), 2, "no second attempt reached the server");
-    assert_eq!(metrics.retries_with_cause(*cause, RetryOutcome::NotSafe), 1);
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
-    assert_eq!(metrics.all_runs(), 2);
+    metrics.assert_counted(
+        "a stale connection under a non-idempotent run",
+        &Counted {
+            runs: &[(RunOutcome::MaybeExecuted, 1), (RunOutcome::Ok, 1)],
+            retries: &[(Some(*cause), RetryOutcome::NotSafe, 1)],
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_back_off_and_keep_the_connection() {
-    let server = LedgerServer::start(Faults {
-        busy_first: 2,
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (server, pool, _) = ledger_pool(busy_first(2), |b| b.retry_policy(policy())).await;
     // Not idempotent, yet retried: BUSY means the server did not run it.
     let runs = pool
         .run(async |conn| flaky::run(conn, 7).await)
@@ -145,16 +144,10 @@ async fn transient_errors_back_off_and_keep_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_stop_at_max_attempts() {
-    let server = LedgerServer::start(Faults {
-        busy_first: 100,
-        ..Faults::default()
+    let (server, pool, metrics) = ledger_pool(busy_first(100), |b| {
+        b.retry_policy(policy().max_attempts(3))
     })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy().max_attempts(3)),
-    )
-    .unwrap();
+    .await;
     let err = pool
         .run_idempotent(async |conn| flaky::run(conn, 7).await)
         .await
@@ -175,22 +168,19 @@ async fn transient_errors_stop_at_max_attempts() {
     assert!(!err.may_have_executed());
     assert_eq!(server.busy_sent(), 3);
     assert_eq!(server.runs(7), 0);
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::GaveUp),
-        1
+    metrics.assert_counted(
+        "BUSY until the attempts ran out",
+        &Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
+        },
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
-    )
-    .unwrap();
+    let (server, pool, metrics) =
+        ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let err = pool
         .run_idempotent(async |conn| flaky::fail(conn, 3).await)
         .await
@@ -208,9 +198,10 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
     assert_eq!(server.requests(), 1);
     let status = pool.status();
     assert_eq!((status.idle, status.in_use), (1, 0));
-    assert_eq!(metrics.runs(RunOutcome::OperationError), 1);
-    assert_eq!(metrics.all_runs(), 1);
-    assert_eq!(metrics.all_retries(), 0);
+    metrics.assert_counted(
+        "an application error",
+        &Counted::runs(&[(RunOutcome::OperationError, 1)]),
+    );
 }
 
 /// A panicking operation: the panic reaches the caller (here through the spawned
@@ -218,12 +209,8 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
 /// goes on working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consistent() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(2)
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (server, pool, _) =
+        ledger_pool(Faults::default(), |b| b.max_size(2).retry_policy(policy())).await;
     let panicking = pool.clone();
     let joined = tokio::spawn(async move {
         panicking
@@ -256,11 +243,8 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(policy()),
-    )
-    .unwrap();
+    let (_server, pool, metrics) =
+        ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let run = pool.run(async |conn| flaky::hang(conn, 1).await);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
@@ -270,8 +254,7 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let status = pool.status();
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
     // Its caller got no outcome, so there is none to count.
-    assert_eq!(metrics.all_runs(), 0);
-    assert_eq!(metrics.all_retries(), 0);
+    metrics.assert_counted("a dropped run", &Counted::default());
 }
 
 /// The deadline bounds the operation too: one that hangs is cut off, its connection
@@ -279,13 +262,11 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
 /// taken effect, idempotent or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_cuts_off_a_hanging_operation() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .connect_timeout(Duration::from_millis(300))
-            .retry_policy(policy().deadline(Duration::from_secs(1))),
-    )
-    .unwrap();
+    let (_server, pool, metrics) = ledger_pool(Faults::default(), |b| {
+        b.connect_timeout(Duration::from_millis(300))
+            .retry_policy(policy().deadline(Duration::from_secs(1)))
+    })
+    .await;
     let err = pool
         .run_with(Idempotency::Idempotent, async |conn| {
             flaky::hang(conn, 1).await
@@ -305,20 +286,17 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
         "{err:?}"
     );
     assert_eq!(pool.status().size, 0);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(
-        metrics.all_retries(),
-        0,
-        "no failure was weighed for a retry"
+    // No failure was weighed for a retry.
+    metrics.assert_counted(
+        "a hanging operation cut off",
+        &Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
     );
 }
 
 /// A closed pool is not retried, and nothing was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_pool_fails_at_once() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(Pool::builder(LedgerManager::new(server.addr()))).unwrap();
+    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| b).await;
     pool.close();
     let err = pool
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
@@ -342,6 +320,8 @@ async fn a_closed_pool_fails_at_once() {
     );
     assert_eq!(pool.status().circuit, CircuitState::Closed);
     assert_eq!(server.requests(), 0);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_retries(), 0);
+    metrics.assert_counted(
+        "a closed pool",
+        &Counted::runs(&[(RunOutcome::NotExecuted, 1)]),
+    );
 }

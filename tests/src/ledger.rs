@@ -1,0 +1,92 @@
+//! The set-up the retry and run tests share: a [`LedgerServer`] with its faults, a
+//! pool to it with its metrics recorded, and one assertion for what those metrics
+//! counted.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() {
+//! use steadypool::metrics::RunOutcome;
+//! use steadypool_tests::flaky::{self, Faults};
+//! use steadypool_tests::ledger::{Counted, ledger_pool};
+//!
+//! let (server, pool, metrics) = ledger_pool(Faults::default(), |b| b).await;
+//! pool.run(async |conn| flaky::run(conn, 1).await).await.unwrap();
+//! metrics.assert_counted("one run", &Counted::runs(&[(RunOutcome::Ok, 1)]));
+//! assert_eq!(server.requests(), 1);
+//! # }
+//! ```
+
+use steadypool::metrics::{RetryOutcome, RunOutcome};
+use steadypool::{Pool, PoolBuilder, ResetCause};
+
+use crate::flaky::{Faults, LedgerManager, LedgerServer};
+use crate::recorded::RecordedMetrics;
+
+/// Starts a ledger server with `faults` and builds a pool to it, adjusted by
+/// `configure`, with its metrics recorded.
+///
+/// # Panics
+/// When the server cannot start or the pool refuses its configuration: the test
+/// could not run.
+pub async fn ledger_pool(
+    faults: Faults,
+    configure: impl FnOnce(PoolBuilder<LedgerManager>) -> PoolBuilder<LedgerManager>,
+) -> (LedgerServer, Pool<LedgerManager>, RecordedMetrics) {
+    let server = match LedgerServer::start(faults).await {
+        Ok(server) => server,
+        Err(e) => panic!("the ledger server did not start: {e}"),
+    };
+    let builder = configure(Pool::builder(LedgerManager::new(server.addr())));
+    match RecordedMetrics::build(builder) {
+        Ok((pool, metrics)) => (server, pool, metrics),
+        Err(e) => panic!("the pool refused its configuration: {e}"),
+    }
+}
+
+/// Every `run` and every weighed retry a test expects its pool to have counted. What
+/// is not listed must not have been counted: the totals are checked too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counted<'a> {
+    /// `run` calls by what their caller got.
+    pub runs: &'a [(RunOutcome, u64)],
+    /// Failures weighed for a retry, by cause (`None`: whatever the cause) and by
+    /// what became of them.
+    pub retries: &'a [(Option<ResetCause>, RetryOutcome, u64)],
+}
+
+impl<'a> Counted<'a> {
+    /// Runs only: no failure was weighed for a retry.
+    pub fn runs(runs: &'a [(RunOutcome, u64)]) -> Counted<'a> {
+        Counted { runs, retries: &[] }
+    }
+}
+
+impl RecordedMetrics {
+    /// Checks that this pool counted exactly `expected`; a failure names `what` and
+    /// the series that differs.
+    ///
+    /// # Panics
+    /// When a count differs.
+    pub fn assert_counted(&self, what: &str, expected: &Counted<'_>) {
+        for &(outcome, n) in expected.runs {
+            assert_eq!(
+                self.runs(outcome),
+                n,
+                "{what}: runs with outcome {outcome:?}"
+            );
+        }
+        let runs: u64 = expected.runs.iter().map(|(_, n)| n).sum();
+        assert_eq!(self.all_runs(), runs, "{what}: runs in all");
+        for &(cause, outcome, n) in expected.retries {
+            let counted = match cause {
+                Some(cause) => self.retries_with_cause(cause, outcome),
+                None => self.retries(outcome),
+            };
+            assert_eq!(
+                counted, n,
+                "{what}: retries after {cause:?} that ended {outcome:?}"
+            );
+        }
+        let retries: u64 = expected.retries.iter().map(|(.., n)| n).sum();
+        assert_eq!(self.all_retries(), retries, "{what}: retries in all");
+    }
+}
