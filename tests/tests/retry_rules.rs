@@ -13,23 +13,6 @@ use steadypool::{
 use steadypool_tests::flaky::{self, Faults, LedgerError};
 use steadypool_tests::ledger::{Counted, ledger_pool};
 
-/// The server resets each connection as its second request arrives: a pooled
-/// connection goes stale in a way the checkout's probe cannot see.
-fn one_request_per_connection() -> Faults {
-    Faults {
-        requests_per_connection: Some(1),
-        ..Faults::default()
-    }
-}
-
-/// The server answers the first `n` requests BUSY without running them.
-fn busy_first(n: usize) -> Faults {
-    Faults {
-        busy_first: n,
-        ..Faults::default()
-    }
-}
-
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
         .max_attempts(4)
@@ -43,7 +26,7 @@ fn policy() -> RetryPolicy {
 /// `GiveUp::Deadline`: success proves the retry did not sleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced_without_sleeping() {
-    let (server, pool, metrics) = ledger_pool(one_request_per_connection(), |b| {
+    let (server, pool, metrics) = ledger_pool(Faults::requests_per_connection(1), |b| {
         b.max_size(1)
             .check_after(Duration::from_secs(3600))
             .connect_timeout(Duration::from_secs(1))
@@ -87,7 +70,7 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
 /// effect, and names the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
-    let (server, pool, metrics) = ledger_pool(one_request_per_connection(), |b| {
+    let (server, pool, metrics) = ledger_pool(Faults::requests_per_connection(1), |b| {
         b.max_size(1)
             .check_after(Duration::from_secs(3600))
             .retry_policy(policy())
@@ -131,7 +114,7 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_back_off_and_keep_the_connection() {
-    let (server, pool, _) = ledger_pool(busy_first(2), |b| b.retry_policy(policy())).await;
+    let (server, pool, _) = ledger_pool(Faults::busy_first(2), |b| b.retry_policy(policy())).await;
     // Not idempotent, yet retried: BUSY means the server did not run it.
     let runs = pool
         .run(async |conn| flaky::run(conn, 7).await)
@@ -144,7 +127,7 @@ async fn transient_errors_back_off_and_keep_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_stop_at_max_attempts() {
-    let (server, pool, metrics) = ledger_pool(busy_first(100), |b| {
+    let (server, pool, metrics) = ledger_pool(Faults::busy_first(100), |b| {
         b.retry_policy(policy().max_attempts(3))
     })
     .await;

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{AttemptError, Error, GiveUp, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool::{AttemptError, Error, GiveUp, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::eventually;
-use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer, ResetPoint};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::flaky::{self, Faults, LedgerError, ResetPoint};
+use steadypool_tests::ledger::{Counted, ledger_pool};
 use tokio::io::AsyncWriteExt;
 
 fn fast_backoff() -> RetryPolicy {
@@ -26,22 +26,14 @@ fn fast_backoff() -> RetryPolicy {
 /// have taken effect (it did, once), not merely that the run gave up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
-    let server = LedgerServer::start(Faults {
-        never_reply: true,
-        ..Faults::default()
+    let (server, pool, metrics) = ledger_pool(Faults::never_reply(), |b| {
+        b.connect_timeout(Duration::from_millis(500)).retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(1)),
+        )
     })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .connect_timeout(Duration::from_millis(500))
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(3)
-                    .deadline(Duration::from_secs(1)),
-            ),
-    )
-    .unwrap();
+    .await;
     let err = pool
         .run(async |conn| flaky::run(conn, 1).await)
         .await
@@ -67,8 +59,10 @@ async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
     assert_eq!(server.runs(1), 1, "ran once");
     assert_eq!(server.requests(), 1, "not replayed");
     assert_eq!(pool.status().size, 0, "the cut connection was discarded");
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    metrics.assert_counted(
+        "never answered",
+        &Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
+    );
 }
 
 /// An idempotent run whose first attempt broke after the server ran the request, and
@@ -76,21 +70,12 @@ async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
 /// but the first attempt may have taken effect, and did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_taken_effect() {
-    let server = Arc::new(
-        LedgerServer::start(Faults {
-            reset_probability: 1.0,
-            reset_point: Some(ResetPoint::During),
-            ..Faults::default()
-        })
-        .await
-        .unwrap(),
-    );
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .circuit_open_after(10)
-            .retry_policy(fast_backoff().max_attempts(2)),
-    )
-    .unwrap();
+    let (server, pool, metrics) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
+        b.circuit_open_after(10)
+            .retry_policy(fast_backoff().max_attempts(2))
+    })
+    .await;
+    let server = Arc::new(server);
     let err = pool
         .run_idempotent(async |conn| {
             let server = Arc::clone(&server);
@@ -116,29 +101,23 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
     );
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(1), 1);
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
-        1
+    metrics.assert_counted(
+        "a failed connect after an attempt that may have run",
+        &Counted {
+            runs: &[(RunOutcome::MaybeExecuted, 1)],
+            retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 1)],
+        },
     );
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
 }
 
 /// The same after an attempt that may have run, when the pool is closed before the
 /// next one: no connection, but not "not executed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_effect() {
-    let server = LedgerServer::start(Faults {
-        reset_probability: 1.0,
-        reset_point: Some(ResetPoint::During),
-        ..Faults::default()
+    let (server, pool, metrics) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
+        b.retry_policy(fast_backoff())
     })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(fast_backoff()),
-    )
-    .unwrap();
+    .await;
     let closing = pool.clone();
     let err = pool
         .run_idempotent(async |conn| {
@@ -163,22 +142,24 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
         "{err:?}"
     );
     assert_eq!(server.runs(1), 1);
-    assert_eq!(metrics.runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 1);
+    metrics.assert_counted(
+        "closed after an attempt that may have run",
+        &Counted {
+            runs: &[(RunOutcome::MaybeExecuted, 1)],
+            retries: &[(None, RetryOutcome::GaveUp, 1)],
+        },
+    );
 }
 
 /// Every connect refused: no attempt sent anything, so the run provably did not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let addr = server.addr();
+    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| {
+        b.circuit_open_after(10)
+            .retry_policy(fast_backoff().max_attempts(3))
+    })
+    .await;
     server.stop().await;
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(addr))
-            .circuit_open_after(10)
-            .retry_policy(fast_backoff().max_attempts(3)),
-    )
-    .unwrap();
     let err = pool
         .run(async |conn| flaky::run(conn, 1).await)
         .await
@@ -200,13 +181,13 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
         err.to_string().contains("did not reach the server"),
         "{err}"
     );
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
-        1
+    metrics.assert_counted(
+        "refused at every connect",
+        &Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 1)],
+        },
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(metrics.all_runs(), 1);
 }
 
 /// A non-idempotent run whose first attempt failed with an error the manager
@@ -214,11 +195,8 @@ async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
 /// sending side was already shut) is retried, and the retry succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_retries_an_error_that_says_nothing_was_sent() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(fast_backoff()),
-    )
-    .unwrap();
+    let (server, pool, metrics) =
+        ledger_pool(Faults::default(), |b| b.retry_policy(fast_backoff())).await;
     let attempts = AtomicUsize::new(0);
     let runs = pool
         .run(async |conn| {
@@ -242,9 +220,13 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
         retried_after(ResetCause::BrokenPipe) + retried_after(ResetCause::PeerReset),
         1
     );
-    assert_eq!(metrics.all_retries(), 1);
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
-    assert_eq!(metrics.all_runs(), 1);
+    metrics.assert_counted(
+        "a write on a shut socket",
+        &Counted {
+            runs: &[(RunOutcome::Ok, 1)],
+            retries: &[(None, RetryOutcome::Succeeded, 1)],
+        },
+    );
 }
 
 /// A transient refusal is retried after a real wait: the second attempt starts no
@@ -253,21 +235,15 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_error_waits_at_least_the_backoff_base() {
     let base = Duration::from_millis(300);
-    let server = LedgerServer::start(Faults {
-        busy_first: 1,
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(
+    let (server, pool, metrics) = ledger_pool(Faults::busy_first(1), |b| {
+        b.retry_policy(
             RetryPolicy::default()
                 .max_attempts(2)
                 .backoff(base, base * 4)
                 .jitter_seed(3),
-        ),
-    )
-    .unwrap();
+        )
+    })
+    .await;
     let starts = Mutex::new(Vec::new());
     let runs = pool
         .run(async |conn| {
@@ -288,11 +264,13 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
         "the retry came {waited:?} after the first try"
     );
     assert_eq!(server.busy_sent(), 1);
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::Succeeded),
-        1
+    metrics.assert_counted(
+        "a transient error",
+        &Counted {
+            runs: &[(RunOutcome::Ok, 1)],
+            retries: &[(Some(ResetCause::Other), RetryOutcome::Succeeded, 1)],
+        },
     );
-    assert_eq!(metrics.runs(RunOutcome::Ok), 1);
 }
 
 /// A wait that would end past the deadline is not started: the run ends at once with
@@ -300,20 +278,14 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
 /// did not run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_is_started_past_the_deadline() {
-    let server = LedgerServer::start(Faults {
-        busy_first: 1,
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr())).retry_policy(
+    let (server, pool, metrics) = ledger_pool(Faults::busy_first(1), |b| {
+        b.retry_policy(
             RetryPolicy::default()
                 .deadline(Duration::from_secs(10))
                 .backoff(Duration::from_secs(120), Duration::from_secs(240)),
-        ),
-    )
-    .unwrap();
+        )
+    })
+    .await;
     let err = tokio::time::timeout(
         Duration::from_secs(60),
         pool.run(async |conn| flaky::run(conn, 1).await),
@@ -335,11 +307,13 @@ async fn no_wait_is_started_past_the_deadline() {
     );
     assert_eq!(server.requests(), 1);
     assert_eq!(server.runs(1), 0);
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Other, RetryOutcome::GaveUp),
-        1
+    metrics.assert_counted(
+        "no wait past the deadline",
+        &Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
+        },
     );
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), 1);
 }
 
 /// An outage: the first callers' connects are refused, which opens the circuit; the
@@ -349,16 +323,13 @@ async fn no_wait_is_started_past_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_turned_away_by_the_open_circuit_are_counted() {
     const CALLERS: u64 = 6;
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let addr = server.addr();
-    server.stop().await;
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(addr))
-            .circuit_open_after(2)
+    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| {
+        b.circuit_open_after(2)
             .circuit_open_for(Duration::from_secs(60))
-            .retry_policy(RetryPolicy::default().max_attempts(1)),
-    )
-    .unwrap();
+            .retry_policy(RetryPolicy::default().max_attempts(1))
+    })
+    .await;
+    server.stop().await;
     let mut turned_away = 0;
     for id in 0..CALLERS {
         let err = pool
@@ -378,11 +349,11 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
         }
     }
     assert_eq!(turned_away, CALLERS - 2);
-    assert_eq!(
-        metrics.retries_with_cause(ResetCause::Refused, RetryOutcome::GaveUp),
-        2
+    metrics.assert_counted(
+        "callers turned away",
+        &Counted {
+            runs: &[(RunOutcome::NotExecuted, CALLERS)],
+            retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 2)],
+        },
     );
-    assert_eq!(metrics.all_retries(), 2);
-    assert_eq!(metrics.runs(RunOutcome::NotExecuted), CALLERS);
-    assert_eq!(metrics.all_runs(), CALLERS);
 }
