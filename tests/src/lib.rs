@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 pub mod exec_server;
+pub mod faults;
 pub mod flaky;
 pub mod host;
 pub mod ledger;
