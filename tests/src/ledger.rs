@@ -1,6 +1,6 @@
 //! The set-up the retry and run tests share: a [`LedgerServer`] with its faults, a
-//! pool to it with its metrics recorded, and one assertion for what those metrics
-//! counted.
+//! pool to it with its metrics recorded, one assertion for what those metrics
+//! counted, and one for how a run that gave up reports it.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
@@ -15,8 +15,10 @@
 //! # }
 //! ```
 
+use std::error::Error as StdError;
+
 use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{Pool, PoolBuilder, ResetCause};
+use steadypool::{AttemptError, GiveUp, Pool, PoolBuilder, ResetCause, RunError};
 
 use crate::flaky::{Faults, LedgerManager, LedgerServer};
 use crate::recorded::RecordedMetrics;
@@ -89,4 +91,50 @@ impl RecordedMetrics {
         let retries: u64 = expected.retries.iter().map(|(.., n)| n).sum();
         assert_eq!(self.all_retries(), retries, "{what}: retries in all");
     }
+}
+
+/// How a `run` that gave up must report it.
+#[derive(Debug, Clone, Copy)]
+pub struct GaveUpAs<E: StdError + 'static> {
+    /// Whether the request may have reached the server (`RunError::MaybeExecuted`) or
+    /// provably did not (`RunError::NotExecuted`).
+    pub may_have_executed: bool,
+    /// Why the run stopped.
+    pub reason: GiveUp,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure's cause.
+    pub cause: Option<ResetCause>,
+    /// Whether the last attempt's error is the expected one.
+    pub source: fn(Option<&AttemptError<E>>) -> bool,
+}
+
+/// Checks that `err` reports a run that gave up as `expected` says, its message
+/// included.
+///
+/// # Panics
+/// When it does not; the message shows the error.
+pub fn assert_gave_up<E: StdError + 'static>(err: &RunError<E>, expected: &GaveUpAs<E>) {
+    assert!(
+        !matches!(err, RunError::Operation(_)),
+        "expected a run that gave up, got the operation's own error: {err:?}"
+    );
+    assert_eq!(
+        err.may_have_executed(),
+        expected.may_have_executed,
+        "may it have executed? {err:?}"
+    );
+    assert_eq!(err.reason(), Some(expected.reason), "{err:?}");
+    assert_eq!(err.attempts(), Some(expected.attempts), "{err:?}");
+    assert_eq!(err.cause(), expected.cause, "{err:?}");
+    assert!(
+        (expected.source)(err.attempt_error()),
+        "another last attempt error: {err:?}"
+    );
+    let says = if expected.may_have_executed {
+        "may have taken effect"
+    } else {
+        "did not reach the server"
+    };
+    assert!(err.to_string().contains(says), "{err}");
 }

@@ -11,7 +11,7 @@ use steadypool::{
     AttemptError, CircuitState, Error, GiveUp, Idempotency, ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerError};
-use steadypool_tests::ledger::{Counted, ledger_pool};
+use steadypool_tests::ledger::{Counted, GaveUpAs, assert_gave_up, ledger_pool};
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -136,19 +136,16 @@ async fn transient_errors_stop_at_max_attempts() {
         .await
         .unwrap_err();
     // BUSY each time: the server ran none of them.
-    assert!(
-        matches!(
-            err,
-            RunError::NotExecuted {
-                reason: GiveUp::Attempts,
-                attempts: 3,
-                cause: None,
-                source: Some(AttemptError::Operation(LedgerError::Busy)),
-            }
-        ),
-        "{err:?}"
+    assert_gave_up(
+        &err,
+        &GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::Attempts,
+            attempts: 3,
+            cause: None,
+            source: |s| matches!(s, Some(AttemptError::Operation(LedgerError::Busy))),
+        },
     );
-    assert!(!err.may_have_executed());
     assert_eq!(server.busy_sent(), 3);
     assert_eq!(server.runs(7), 0);
     metrics.assert_counted(
@@ -256,17 +253,15 @@ async fn the_deadline_cuts_off_a_hanging_operation() {
         })
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::MaybeExecuted {
-                reason: GiveUp::Deadline,
-                attempts: 1,
-                cause: None,
-                source: None,
-            }
-        ),
-        "{err:?}"
+    assert_gave_up(
+        &err,
+        &GaveUpAs {
+            may_have_executed: true,
+            reason: GiveUp::Deadline,
+            attempts: 1,
+            cause: None,
+            source: |s| s.is_none(),
+        },
     );
     assert_eq!(pool.status().size, 0);
     // No failure was weighed for a retry.
@@ -285,21 +280,15 @@ async fn a_closed_pool_fails_at_once() {
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::NotExecuted {
-                reason: GiveUp::NoConnection,
-                attempts: 1,
-                cause: None,
-                source: Some(AttemptError::Checkout(Error::Closed)),
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("did not reach the server"),
-        "{err}"
+    assert_gave_up(
+        &err,
+        &GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::NoConnection,
+            attempts: 1,
+            cause: None,
+            source: |s| matches!(s, Some(AttemptError::Checkout(Error::Closed))),
+        },
     );
     assert_eq!(pool.status().circuit, CircuitState::Closed);
     assert_eq!(server.requests(), 0);
