@@ -220,6 +220,16 @@ pub struct EchoConn {
     broken: bool,
 }
 
+impl EchoConn {
+    /// One request; a failure marks the connection broken, for its pool to discard
+    /// when it comes back.
+    async fn echo(&mut self, id: u64) -> Result<(), String> {
+        let result = wire::echo(&mut self.stream, id).await;
+        self.broken = result.is_err();
+        result.map_err(|e| e.to_string())
+    }
+}
+
 /// bb8's manager for the echo protocol: `is_valid` pings.
 #[derive(Debug)]
 pub struct Bb8Echo {
@@ -473,10 +483,7 @@ impl AsyncEchoPool for bb8::Pool<Bb8Echo> {
     }
 
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
-        let mut conn = self.checkout().await?;
-        let result = wire::echo(&mut conn.stream, id).await;
-        conn.broken = result.is_err();
-        result.map_err(|e| e.to_string())
+        self.checkout().await?.echo(id).await
     }
 
     async fn open_connections(&self) -> usize {
@@ -493,10 +500,7 @@ impl AsyncEchoPool for mobc::Pool<MobcEcho> {
     }
 
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
-        let mut conn = self.checkout().await?;
-        let result = wire::echo(&mut conn.stream, id).await;
-        conn.broken = result.is_err();
-        result.map_err(|e| e.to_string())
+        self.checkout().await?.echo(id).await
     }
 
     async fn open_connections(&self) -> usize {
