@@ -270,7 +270,7 @@ async fn a_hung_server_fails_the_ping_and_the_connection_is_replaced() {
 
 #[tokio::test]
 async fn a_connection_marked_broken_is_closed_not_returned() {
-    let (server, pool, metrics) = recorded_line_pool().await;
+    let (_server, pool, metrics) = recorded_line_pool().await;
     let mut conn = pool.get().await.unwrap();
     let id = conn.id();
     conn.mark_broken(ResetCause::PeerReset);
