@@ -32,7 +32,7 @@
 
 use std::time::Duration;
 
-use steadypool::{Manager, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy};
+use steadypool::{Error, Manager, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy};
 
 use crate::load::{Load, Outcome};
 use crate::recorded::RecordedMetrics;
@@ -141,5 +141,30 @@ impl RecordedMetrics {
             self.reset_table()
         );
         accounted
+    }
+}
+
+/// Checks that a checkout failed as a refused connect.
+///
+/// # Panics
+/// When it succeeded or failed otherwise.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() {
+/// use steadypool::{Pool, drivers::tcp::TcpManager};
+///
+/// // Port 9 (discard) has no listener here.
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:9")).build().unwrap();
+/// steadypool_tests::faults::assert_refused(pool.get().await);
+/// # }
+/// ```
+pub fn assert_refused<T, E: std::error::Error>(result: Result<T, Error<E>>) {
+    match result {
+        Err(Error::Connect {
+            cause: ResetCause::Refused,
+            ..
+        }) => {}
+        Err(other) => panic!("expected a refused connect, got {other}"),
+        Ok(_) => panic!("expected a refused connect, got a connection"),
     }
 }

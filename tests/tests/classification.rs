@@ -19,8 +19,9 @@
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use steadypool::{Classify, Disposition, Error, Phase, Pool, PoolBuilder, ResetCause};
+use steadypool::{Classify, Disposition, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::eventually;
+use steadypool_tests::faults;
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::LineServer;
@@ -147,17 +148,7 @@ async fn connect_with_nothing_listening_is_refused_connect() {
     drop(gone);
     let (pool, metrics) = RecordedMetrics::build(Pool::builder(LineManager::new(addr))).unwrap();
 
-    let err = pool.get().await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(pool.get().await);
     recorded(&metrics, ResetCause::Refused, Phase::Connect, 1).await;
     assert_eq!(metrics.connects("refused"), 1);
     assert_eq!(metrics.connects("ok"), 0);

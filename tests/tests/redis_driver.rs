@@ -9,7 +9,8 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use steadypool::drivers::redis::RedisManager;
 use steadypool::probe::TcpState;
-use steadypool::{Classify, Disposition, Error, Manager, Phase, Pool, ResetCause};
+use steadypool::{Classify, Disposition, Manager, Phase, Pool, ResetCause};
+use steadypool_tests::faults;
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::{eventually, sockets};
@@ -161,17 +162,7 @@ async fn a_killed_server_is_refused_while_down_and_recovered_after() {
     );
     assert!(no_sockets_left(server.port()).await);
 
-    let err = pool.get().await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(pool.get().await);
     assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
 
     server.restart();

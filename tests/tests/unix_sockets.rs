@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Error, Manager, Pool, ResetCause};
+use steadypool::{Manager, Pool, ResetCause};
 use steadypool_tests::eventually;
+use steadypool_tests::faults;
 use steadypool_tests::postgres::PgServer;
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::redis::RedisServer;
@@ -33,17 +34,6 @@ async fn open_idle<M: Manager>(pool: &Pool<M>, n: usize) {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(pool.get().await.unwrap());
-    }
-}
-
-fn assert_refused<E: std::error::Error>(result: Result<impl Sized, Error<E>>) {
-    match result {
-        Err(Error::Connect {
-            cause: ResetCause::Refused,
-            ..
-        }) => {}
-        Err(other) => panic!("expected a refused connect, got {other}"),
-        Ok(_) => panic!("expected a refused connect, got a connection"),
     }
 }
 
@@ -108,7 +98,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
         socket.exists(),
         "a killed redis-server leaves its socket file"
     );
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
 
     server.restart();
     redis_ping(&pool).await;
@@ -124,7 +114,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
         "{:?}",
         pool.status()
     );
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
     assert!(metrics.connects(ResetCause::Refused.as_str()) >= 2);
 
     server.restart();
@@ -176,7 +166,7 @@ async fn postgres_over_a_unix_socket_survives_a_stop_and_a_restart() {
     );
     assert_eq!(metrics.all_resets(), 2);
     assert!(!socket.exists(), "PostgreSQL removes its socket file");
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
     assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
 
     server.restart();
