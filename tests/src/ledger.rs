@@ -57,7 +57,7 @@ pub struct Counted<'a> {
 
 impl<'a> Counted<'a> {
     /// Runs only: no failure was weighed for a retry.
-    pub fn runs(runs: &'a [(RunOutcome, u64)]) -> Counted<'a> {
+    pub const fn runs(runs: &'a [(RunOutcome, u64)]) -> Counted<'a> {
         Counted { runs, retries: &[] }
     }
 }

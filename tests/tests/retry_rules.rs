@@ -2,16 +2,15 @@
 //! connection is replaced at once, transient errors back off on the same connection,
 //! application errors come back untouched, and panics, cancellations and deadlines
 //! never leave a half-used connection in the pool. Each run counts once in
-//! `runs_total`, with what its caller got.
+//! `runs_total`, with what its caller got. The runs that give up (attempts, deadline,
+//! closed pool) are rows of the table in `run_outcomes.rs`.
 
 use std::time::Duration;
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{
-    AttemptError, CircuitState, Error, GiveUp, Idempotency, ResetCause, RetryPolicy, RunError,
-};
+use steadypool::{AttemptError, GiveUp, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerError};
-use steadypool_tests::ledger::{Counted, GaveUpAs, assert_gave_up, ledger_pool};
+use steadypool_tests::ledger::{Counted, ledger_pool};
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -126,38 +125,6 @@ async fn transient_errors_back_off_and_keep_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_errors_stop_at_max_attempts() {
-    let (server, pool, metrics) = ledger_pool(Faults::busy_first(100), |b| {
-        b.retry_policy(policy().max_attempts(3))
-    })
-    .await;
-    let err = pool
-        .run_idempotent(async |conn| flaky::run(conn, 7).await)
-        .await
-        .unwrap_err();
-    // BUSY each time: the server ran none of them.
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
-            may_have_executed: false,
-            reason: GiveUp::Attempts,
-            attempts: 3,
-            cause: None,
-            source: |s| matches!(s, Some(AttemptError::Operation(LedgerError::Busy))),
-        },
-    );
-    assert_eq!(server.busy_sent(), 3);
-    assert_eq!(server.runs(7), 0);
-    metrics.assert_counted(
-        "BUSY until the attempts ran out",
-        &Counted {
-            runs: &[(RunOutcome::NotExecuted, 1)],
-            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
-        },
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
     let (server, pool, metrics) =
         ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
@@ -235,65 +202,4 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
     // Its caller got no outcome, so there is none to count.
     metrics.assert_counted("a dropped run", &Counted::default());
-}
-
-/// The deadline bounds the operation too: one that hangs is cut off, its connection
-/// discarded, and reported as `GiveUp::Deadline`. Its request was sent: it may have
-/// taken effect, idempotent or not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_deadline_cuts_off_a_hanging_operation() {
-    let (_server, pool, metrics) = ledger_pool(Faults::default(), |b| {
-        b.connect_timeout(Duration::from_millis(300))
-            .retry_policy(policy().deadline(Duration::from_secs(1)))
-    })
-    .await;
-    let err = pool
-        .run_with(Idempotency::Idempotent, async |conn| {
-            flaky::hang(conn, 1).await
-        })
-        .await
-        .unwrap_err();
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
-            may_have_executed: true,
-            reason: GiveUp::Deadline,
-            attempts: 1,
-            cause: None,
-            source: |s| s.is_none(),
-        },
-    );
-    assert_eq!(pool.status().size, 0);
-    // No failure was weighed for a retry.
-    metrics.assert_counted(
-        "a hanging operation cut off",
-        &Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
-    );
-}
-
-/// A closed pool is not retried, and nothing was sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_pool_fails_at_once() {
-    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| b).await;
-    pool.close();
-    let err = pool
-        .run_idempotent(async |conn| flaky::run(conn, 1).await)
-        .await
-        .unwrap_err();
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
-            may_have_executed: false,
-            reason: GiveUp::NoConnection,
-            attempts: 1,
-            cause: None,
-            source: |s| matches!(s, Some(AttemptError::Checkout(Error::Closed))),
-        },
-    );
-    assert_eq!(pool.status().circuit, CircuitState::Closed);
-    assert_eq!(server.requests(), 0);
-    metrics.assert_counted(
-        "a closed pool",
-        &Counted::runs(&[(RunOutcome::NotExecuted, 1)]),
-    );
 }

@@ -4,61 +4,309 @@
 //! `RunError::MaybeExecuted`, whatever stopped it (the deadline, the attempts, a closed
 //! pool); only runs whose every attempt failed before sending are
 //! `RunError::NotExecuted`. Each run counts once in `steadypool_runs_total`, callers
-//! turned away by the open circuit included. Against real servers on loopback.
+//! turned away by the open circuit included. The single runs that give up are rows of
+//! one table. Against real servers on loopback.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{AttemptError, Error, GiveUp, ResetCause, RetryPolicy, RunError};
+use steadypool::{
+    AttemptError, CircuitState, Error, GiveUp, Idempotency, Pool, PoolBuilder, ResetCause,
+    RetryPolicy, RunError,
+};
 use steadypool_tests::eventually;
-use steadypool_tests::flaky::{self, Faults, LedgerError, ResetPoint};
+use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, ResetPoint};
 use steadypool_tests::ledger::{Counted, GaveUpAs, assert_gave_up, ledger_pool};
 use tokio::io::AsyncWriteExt;
+
+/// The retry rules' policy: four attempts in ten seconds, short backoff.
+fn policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(4)
+        .deadline(Duration::from_secs(10))
+        .backoff(Duration::from_millis(5), Duration::from_millis(50))
+}
 
 fn fast_backoff() -> RetryPolicy {
     RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(50))
 }
 
-/// A server that runs a request and never replies. The client cannot know whether it
-/// ran: when the deadline cuts the non-idempotent run, the error must say that it may
-/// have taken effect (it did, once), not merely that the run gave up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_ran_but_was_never_answered_may_have_taken_effect() {
-    let (server, pool, metrics) = ledger_pool(Faults::never_reply(), |b| {
-        b.connect_timeout(Duration::from_millis(500)).retry_policy(
-            RetryPolicy::default()
-                .max_attempts(3)
-                .deadline(Duration::from_secs(1)),
-        )
-    })
-    .await;
-    let err = pool
-        .run(async |conn| flaky::run(conn, 1).await)
-        .await
-        .unwrap_err();
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
+/// What a single run does.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// `RUN id`, not idempotent.
+    Run(u64),
+    /// `RUN id`, idempotent.
+    RunIdempotent(u64),
+    /// `HANG id`, idempotent: the server never answers it.
+    Hang(u64),
+}
+
+/// What happens before the run.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    Nothing,
+    ClosePool,
+    StopServer,
+}
+
+/// What the server saw of request `id` by the end.
+#[derive(Debug, Clone, Copy)]
+struct ServerSaw {
+    requests: usize,
+    runs: u32,
+    busy_sent: usize,
+}
+
+/// One run that gives up, and everything it must report.
+struct GivingUp {
+    name: &'static str,
+    faults: fn() -> Faults,
+    configure: fn(PoolBuilder<LedgerManager>) -> PoolBuilder<LedgerManager>,
+    before: Before,
+    op: Op,
+    expected: GaveUpAs<LedgerError>,
+    server: ServerSaw,
+    /// Connections left in the pool: a connection cut mid-request is discarded.
+    pool_size: usize,
+    counted: Counted<'static>,
+}
+
+const GIVING_UP: &[GivingUp] = &[
+    // BUSY each time: the server ran none of them.
+    GivingUp {
+        name: "transient errors stop at max_attempts",
+        faults: || Faults::busy_first(100),
+        configure: |b| b.retry_policy(policy().max_attempts(3)),
+        before: Before::Nothing,
+        op: Op::RunIdempotent(7),
+        expected: GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::Attempts,
+            attempts: 3,
+            cause: None,
+            source: |s| matches!(s, Some(AttemptError::Operation(LedgerError::Busy))),
+        },
+        server: ServerSaw {
+            requests: 3,
+            runs: 0,
+            busy_sent: 3,
+        },
+        pool_size: 1,
+        counted: Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
+        },
+    },
+    // The deadline bounds the operation too: one that hangs is cut off, its
+    // connection discarded. Its request was sent: it may have taken effect,
+    // idempotent or not. No failure was weighed for a retry.
+    GivingUp {
+        name: "the deadline cuts off a hanging operation",
+        faults: Faults::default,
+        configure: |b| {
+            b.connect_timeout(Duration::from_millis(300))
+                .retry_policy(policy().deadline(Duration::from_secs(1)))
+        },
+        before: Before::Nothing,
+        op: Op::Hang(1),
+        expected: GaveUpAs {
             may_have_executed: true,
             reason: GiveUp::Deadline,
             attempts: 1,
             cause: None,
             source: |s| s.is_none(),
         },
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || server.runs(1) >= 1).await,
-        "the server never ran the request"
-    );
-    assert_eq!(server.runs(1), 1, "ran once");
-    assert_eq!(server.requests(), 1, "not replayed");
-    assert_eq!(pool.status().size, 0, "the cut connection was discarded");
-    metrics.assert_counted(
-        "never answered",
-        &Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
-    );
+        server: ServerSaw {
+            requests: 1,
+            runs: 0,
+            busy_sent: 0,
+        },
+        pool_size: 0,
+        counted: Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
+    },
+    // A closed pool is not retried, and nothing was sent.
+    GivingUp {
+        name: "a closed pool fails at once",
+        faults: Faults::default,
+        configure: |b| b,
+        before: Before::ClosePool,
+        op: Op::RunIdempotent(1),
+        expected: GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::NoConnection,
+            attempts: 1,
+            cause: None,
+            source: |s| matches!(s, Some(AttemptError::Checkout(Error::Closed))),
+        },
+        server: ServerSaw {
+            requests: 0,
+            runs: 0,
+            busy_sent: 0,
+        },
+        pool_size: 0,
+        counted: Counted::runs(&[(RunOutcome::NotExecuted, 1)]),
+    },
+    // A server that runs a request and never replies. The client cannot know whether
+    // it ran: when the deadline cuts the non-idempotent run, the error must say that
+    // it may have taken effect (it did, once, and was not replayed), not merely that
+    // the run gave up.
+    GivingUp {
+        name: "a request that ran but was never answered may have taken effect",
+        faults: Faults::never_reply,
+        configure: |b| {
+            b.connect_timeout(Duration::from_millis(500)).retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(3)
+                    .deadline(Duration::from_secs(1)),
+            )
+        },
+        before: Before::Nothing,
+        op: Op::Run(1),
+        expected: GaveUpAs {
+            may_have_executed: true,
+            reason: GiveUp::Deadline,
+            attempts: 1,
+            cause: None,
+            source: |s| s.is_none(),
+        },
+        server: ServerSaw {
+            requests: 1,
+            runs: 1,
+            busy_sent: 0,
+        },
+        pool_size: 0,
+        counted: Counted::runs(&[(RunOutcome::MaybeExecuted, 1)]),
+    },
+    // Every connect refused: no attempt sent anything, so the run provably did not
+    // run.
+    GivingUp {
+        name: "a run refused at every connect did not reach the server",
+        faults: Faults::default,
+        configure: |b| {
+            b.circuit_open_after(10)
+                .retry_policy(fast_backoff().max_attempts(3))
+        },
+        before: Before::StopServer,
+        op: Op::Run(1),
+        expected: GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::Attempts,
+            attempts: 3,
+            cause: Some(ResetCause::Refused),
+            source: |s| matches!(s, Some(AttemptError::Checkout(Error::Connect { .. }))),
+        },
+        server: ServerSaw {
+            requests: 0,
+            runs: 0,
+            busy_sent: 0,
+        },
+        pool_size: 0,
+        counted: Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 1)],
+        },
+    },
+    // A wait that would end past the deadline is not started: the run ends at once
+    // with `GiveUp::Deadline`, long before the backoff could have ended (the run is
+    // given a minute; the backoff is two). BUSY means the server did not run it.
+    GivingUp {
+        name: "no wait is started past the deadline",
+        faults: || Faults::busy_first(1),
+        configure: |b| {
+            b.retry_policy(
+                RetryPolicy::default()
+                    .deadline(Duration::from_secs(10))
+                    .backoff(Duration::from_secs(120), Duration::from_secs(240)),
+            )
+        },
+        before: Before::Nothing,
+        op: Op::Run(1),
+        expected: GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::Deadline,
+            attempts: 1,
+            cause: None,
+            source: |s| matches!(s, Some(AttemptError::Operation(LedgerError::Busy))),
+        },
+        server: ServerSaw {
+            requests: 1,
+            runs: 0,
+            busy_sent: 1,
+        },
+        pool_size: 1,
+        counted: Counted {
+            runs: &[(RunOutcome::NotExecuted, 1)],
+            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
+        },
+    },
+];
+
+/// Longer than any row's deadline, far shorter than a backoff it must not sleep.
+const RUN_WITHIN: Duration = Duration::from_secs(60);
+
+async fn run_once(pool: &Pool<LedgerManager>, op: Op) -> Result<(), RunError<LedgerError>> {
+    match op {
+        Op::Run(id) => pool
+            .run(async |conn| flaky::run(conn, id).await)
+            .await
+            .map(drop),
+        Op::RunIdempotent(id) => pool
+            .run_idempotent(async |conn| flaky::run(conn, id).await)
+            .await
+            .map(drop),
+        Op::Hang(id) => {
+            pool.run_with(Idempotency::Idempotent, async |conn| {
+                flaky::hang(conn, id).await
+            })
+            .await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_single_run_gives_up_is_reported_and_counted() {
+    for row in GIVING_UP {
+        let name = row.name;
+        let (server, pool, metrics) = ledger_pool((row.faults)(), row.configure).await;
+        match row.before {
+            Before::Nothing => {}
+            Before::ClosePool => pool.close(),
+            Before::StopServer => server.stop().await,
+        }
+        let Ok(result) = tokio::time::timeout(RUN_WITHIN, run_once(&pool, row.op)).await else {
+            panic!("{name}: the run outlived {RUN_WITHIN:?}");
+        };
+        let Err(err) = result else {
+            panic!("{name}: the run succeeded");
+        };
+        eprintln!("{name}: {err}");
+        assert_gave_up(&err, &row.expected);
+        let id = match row.op {
+            Op::Run(id) | Op::RunIdempotent(id) | Op::Hang(id) => id,
+        };
+        // A request the server ran without answering may be counted just after the
+        // client gave up.
+        let saw = || {
+            (server.requests(), server.runs(id), server.busy_sent())
+                == (row.server.requests, row.server.runs, row.server.busy_sent)
+        };
+        assert!(
+            eventually(Duration::from_secs(5), saw).await,
+            "{name}: expected the server to see {:?}, it saw {} requests, ran {id} {} times, \
+             sent {} BUSY",
+            row.server,
+            server.requests(),
+            server.runs(id),
+            server.busy_sent()
+        );
+        let status = pool.status();
+        assert_eq!(status.size, row.pool_size, "{name}: {status:?}");
+        assert_eq!(status.circuit, CircuitState::Closed, "{name}");
+        metrics.assert_counted(name, &row.counted);
+    }
 }
 
 /// An idempotent run whose first attempt broke after the server ran the request, and
@@ -142,38 +390,6 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
     );
 }
 
-/// Every connect refused: no attempt sent anything, so the run provably did not run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_refused_at_every_connect_did_not_reach_the_server() {
-    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| {
-        b.circuit_open_after(10)
-            .retry_policy(fast_backoff().max_attempts(3))
-    })
-    .await;
-    server.stop().await;
-    let err = pool
-        .run(async |conn| flaky::run(conn, 1).await)
-        .await
-        .unwrap_err();
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
-            may_have_executed: false,
-            reason: GiveUp::Attempts,
-            attempts: 3,
-            cause: Some(ResetCause::Refused),
-            source: |s| matches!(s, Some(AttemptError::Checkout(Error::Connect { .. }))),
-        },
-    );
-    metrics.assert_counted(
-        "refused at every connect",
-        &Counted {
-            runs: &[(RunOutcome::NotExecuted, 1)],
-            retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 1)],
-        },
-    );
-}
-
 /// A non-idempotent run whose first attempt failed with an error the manager
 /// classifies as never sent (`Sent::No`: writing the request failed on a socket whose
 /// sending side was already shut) is retried, and the retry succeeds.
@@ -253,47 +469,6 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
         &Counted {
             runs: &[(RunOutcome::Ok, 1)],
             retries: &[(Some(ResetCause::Other), RetryOutcome::Succeeded, 1)],
-        },
-    );
-}
-
-/// A wait that would end past the deadline is not started: the run ends at once with
-/// `GiveUp::Deadline`, long before the backoff could have ended. BUSY means the server
-/// did not run it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_wait_is_started_past_the_deadline() {
-    let (server, pool, metrics) = ledger_pool(Faults::busy_first(1), |b| {
-        b.retry_policy(
-            RetryPolicy::default()
-                .deadline(Duration::from_secs(10))
-                .backoff(Duration::from_secs(120), Duration::from_secs(240)),
-        )
-    })
-    .await;
-    let err = tokio::time::timeout(
-        Duration::from_secs(60),
-        pool.run(async |conn| flaky::run(conn, 1).await),
-    )
-    .await
-    .expect("the run slept a backoff that could only end past its deadline")
-    .unwrap_err();
-    assert_gave_up(
-        &err,
-        &GaveUpAs {
-            may_have_executed: false,
-            reason: GiveUp::Deadline,
-            attempts: 1,
-            cause: None,
-            source: |s| matches!(s, Some(AttemptError::Operation(LedgerError::Busy))),
-        },
-    );
-    assert_eq!(server.requests(), 1);
-    assert_eq!(server.runs(1), 0);
-    metrics.assert_counted(
-        "no wait past the deadline",
-        &Counted {
-            runs: &[(RunOutcome::NotExecuted, 1)],
-            retries: &[(Some(ResetCause::Other), RetryOutcome::GaveUp, 1)],
         },
     );
 }
