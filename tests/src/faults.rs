@@ -168,3 +168,32 @@ pub fn assert_refused<T, E: std::error::Error>(result: Result<T, Error<E>>) {
         Ok(_) => panic!("expected a refused connect, got a connection"),
     }
 }
+
+/// Waits until `pool` dropped every connection to a server that went away, and checks
+/// that each of the `n` it held was counted as closed or reset by the peer, and
+/// nothing else was.
+///
+/// # Panics
+/// When connections stay in the pool for [`SLACK`], or the counts differ.
+pub async fn assert_emptied_by_the_peer<M: Manager>(
+    pool: &Pool<M>,
+    metrics: &RecordedMetrics,
+    n: u64,
+) {
+    assert!(
+        crate::eventually(SLACK, || pool.status().size == 0).await,
+        "connections to the departed server stayed in the pool: {:?}",
+        pool.status()
+    );
+    let closed = metrics.assert_resets_only(
+        "a departed server",
+        &[
+            Allowed::any_phase(ResetCause::PeerClosed),
+            Allowed::any_phase(ResetCause::PeerReset),
+        ],
+    );
+    assert_eq!(
+        closed, n,
+        "every connection counted as peer_closed or peer_reset"
+    );
+}

@@ -280,18 +280,7 @@ async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
     open_idle(&pool, 3).await;
 
     server.stop_immediate();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the crashed server stayed in the pool: {:?}",
-        pool.status()
-    );
-    let closed = metrics.resets_with_cause(ResetCause::PeerClosed)
-        + metrics.resets_with_cause(ResetCause::PeerReset);
-    assert_eq!(
-        closed, 3,
-        "every connection counted as peer_closed or peer_reset"
-    );
-    assert_eq!(metrics.all_resets(), 3);
+    faults::assert_emptied_by_the_peer(&pool, &metrics, 3).await;
     assert!(no_close_wait(server.port()).await);
 
     faults::assert_refused(pool.get().await);

@@ -151,15 +151,7 @@ async fn a_killed_server_is_refused_while_down_and_recovered_after() {
     open_idle(&pool, 2).await;
 
     server.kill();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the dead server stayed in the pool"
-    );
-    assert_eq!(
-        metrics.resets_with_cause(ResetCause::PeerClosed)
-            + metrics.resets_with_cause(ResetCause::PeerReset),
-        2
-    );
+    faults::assert_emptied_by_the_peer(&pool, &metrics, 2).await;
     assert!(no_sockets_left(server.port()).await);
 
     faults::assert_refused(pool.get().await);

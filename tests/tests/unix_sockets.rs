@@ -82,18 +82,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
 
     // A crash: the kernel closes every connection at once, the socket file stays.
     server.kill();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the dead server stayed in the pool: {:?}",
-        pool.status()
-    );
-    assert_eq!(
-        metrics.resets_with_cause(ResetCause::PeerClosed)
-            + metrics.resets_with_cause(ResetCause::PeerReset),
-        2,
-        "{:?}",
-        metrics.reset_table()
-    );
+    faults::assert_emptied_by_the_peer(&pool, &metrics, 2).await;
     assert!(
         socket.exists(),
         "a killed redis-server leaves its socket file"
