@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use steadypool::IdleLimit;
 use steadypool::Keepalive;
-use steadypool::diagnosis::IdleLimit;
 
 use crate::console::human;
 

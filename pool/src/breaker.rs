@@ -1,48 +1,4 @@
-//! The connect gate: how many connects may be in flight, and when to stop connecting.
-//!
-//! When an upstream goes down, every task that needs a connection would otherwise dial
-//! it, fail, and dial again: thousands of refused connects a second across a fleet, and
-//! a stampede of handshakes the moment it comes back. The gate puts two limits on a
-//! pool's connects:
-//!
-//! * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
-//!   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
-//! * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
-//!   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
-//!   calls that need a new connection fail at once with
-//!   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
-//!   cause, instead of dialing. Pooled connections that are still healthy keep being
-//!   handed out. After a random time between half and all of
-//!   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
-//!   *half-open*: the next checkout that needs a connection makes one trial connect
-//!   while the others still fail fast. A successful trial *closes* the circuit; a
-//!   failed one opens it again for another random period. The randomness keeps a
-//!   fleet of pools from probing a recovering upstream in lock-step.
-//!
-//! Any successful connect closes the circuit. The state is in
-//! [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
-//! gauge.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use steadypool::{drivers::tcp::TcpManager, CircuitState, Error, Pool};
-//!
-//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-//!     .max_concurrent_connects(2)
-//!     .circuit_open_after(3)
-//!     .circuit_open_for(Duration::from_secs(1))
-//!     .build()?;
-//! match pool.get().await {
-//!     Ok(conn) => drop(conn),
-//!     Err(Error::CircuitOpen { cause, retry_in, .. }) => {
-//!         eprintln!("upstream down ({cause}); next trial connect in {retry_in:?}");
-//!         assert_eq!(pool.status().circuit, CircuitState::Open);
-//!     }
-//!     Err(other) => return Err(other.into()),
-//! }
-//! # Ok(()) }
-//! ```
+//! The connect gate: a state machine that admits connects and returns how its circuit moved.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -52,9 +8,53 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::cause::ResetCause;
-use crate::metrics::Recorder;
 
-/// The state of a pool's connect circuit (see the [module docs](self)).
+/// The state of a pool's connect circuit. The pool's connect gate decides how many
+/// connects may be in flight, and when to stop connecting.
+///
+/// When an upstream goes down, every task that needs a connection would otherwise dial
+/// it, fail, and dial again: thousands of refused connects a second across a fleet, and
+/// a stampede of handshakes the moment it comes back. The gate puts two limits on a
+/// pool's connects:
+///
+/// * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
+///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
+/// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
+///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
+///   calls that need a new connection fail at once with
+///   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
+///   cause, instead of dialing. Pooled connections that are still healthy keep being
+///   handed out. After a random time between half and all of
+///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
+///   *half-open*: the next checkout that needs a connection makes one trial connect
+///   while the others still fail fast. A successful trial *closes* the circuit; a
+///   failed one opens it again for another random period. The randomness keeps a
+///   fleet of pools from probing a recovering upstream in lock-step.
+///
+/// Any successful connect closes the circuit. The state is in
+/// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
+/// gauge.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use steadypool::{drivers::tcp::TcpManager, CircuitState, Error, Pool};
+///
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+///     .max_concurrent_connects(2)
+///     .circuit_open_after(3)
+///     .circuit_open_for(Duration::from_secs(1))
+///     .build()?;
+/// match pool.get().await {
+///     Ok(conn) => drop(conn),
+///     Err(Error::CircuitOpen { cause, retry_in, .. }) => {
+///         eprintln!("upstream down ({cause}); next trial connect in {retry_in:?}");
+///         assert_eq!(pool.status().circuit, CircuitState::Open);
+///     }
+///     Err(other) => return Err(other.into()),
+/// }
+/// # Ok(()) }
+/// ```
 ///
 /// ```
 /// use steadypool::CircuitState;
@@ -96,6 +96,22 @@ impl fmt::Display for CircuitState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A move of the circuit, for the pool's observer to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CircuitEvent {
+    /// The open period ended: this connect is the trial.
+    HalfOpen,
+    /// A connect succeeded after `failures` consecutive failed ones.
+    Closed { failures: u32 },
+    /// `failures` consecutive connects failed, the last with `cause`: checkouts that
+    /// need a connection fail fast for `retry_in`.
+    Opened {
+        cause: ResetCause,
+        failures: u32,
+        retry_in: Duration,
+    },
 }
 
 /// Why the gate turned a connect away without dialing.
@@ -141,11 +157,10 @@ pub(crate) struct Gate {
     permits: Semaphore,
     state: Mutex<State>,
     config: GateConfig,
-    pool: String,
 }
 
 impl Gate {
-    pub(crate) fn new(config: GateConfig, pool: &str) -> Gate {
+    pub(crate) fn new(config: GateConfig) -> Gate {
         Gate {
             permits: Semaphore::new(config.max_concurrent_connects),
             state: Mutex::new(State {
@@ -155,7 +170,6 @@ impl Gate {
                 last_error: Arc::from(""),
             }),
             config,
-            pool: pool.to_owned(),
         }
     }
 
@@ -177,17 +191,17 @@ impl Gate {
         }
     }
 
-    /// Waits for the right to dial, or says why not to.
+    /// Waits for the right to dial, or says why not to. A ticket for the trial
+    /// connect that turned the circuit half-open says so ([`Ticket::is_trial`]).
     ///
     /// # Errors
     /// A [`Refusal`] while the circuit is open, or half-open with its trial in flight.
-    pub(crate) async fn enter<'g>(&'g self, recorder: &'g Recorder) -> Result<Ticket<'g>, Refusal> {
-        let trial = self.admit(recorder)?;
+    pub(crate) async fn enter(&self) -> Result<Ticket<'_>, Refusal> {
+        let trial = self.admit()?;
         let mut ticket = Ticket {
             gate: self,
             permit: None,
             trial,
-            recorder,
             settled: false,
         };
         // Dropping `ticket` while waiting here (a cancelled checkout) hands a trial
@@ -206,7 +220,7 @@ impl Gate {
     }
 
     /// Decides at arrival: go ahead (as a trial or not) or fail fast.
-    fn admit(&self, recorder: &Recorder) -> Result<bool, Refusal> {
+    fn admit(&self) -> Result<bool, Refusal> {
         let mut state = self.lock();
         match state.circuit {
             Circuit::Closed => Ok(false),
@@ -217,9 +231,6 @@ impl Gate {
                     return Err(refusal(&state, until - now));
                 }
                 state.circuit = Circuit::HalfOpen;
-                drop(state);
-                recorder.circuit_state(CircuitState::HalfOpen.gauge_value());
-                tracing::debug!(pool = %self.pool, "connect circuit half-open: trial connect");
                 Ok(true)
             }
         }
@@ -243,19 +254,11 @@ impl Gate {
         open_for / 2 + (open_for / 2).mul_f64(fastrand::f64())
     }
 
-    fn succeeded(&self, recorder: &Recorder) {
+    fn succeeded(&self) -> Option<CircuitEvent> {
         let mut state = self.lock();
         let was = std::mem::replace(&mut state.circuit, Circuit::Closed);
         let failures = std::mem::take(&mut state.failures);
-        drop(state);
-        if !matches!(was, Circuit::Closed) {
-            recorder.circuit_state(CircuitState::Closed.gauge_value());
-            tracing::info!(
-                pool = %self.pool,
-                failures,
-                "connect circuit closed: a connect succeeded",
-            );
-        }
+        (!matches!(was, Circuit::Closed)).then_some(CircuitEvent::Closed { failures })
     }
 
     fn failed(
@@ -263,8 +266,7 @@ impl Gate {
         cause: ResetCause,
         error: &dyn fmt::Display,
         trial: bool,
-        recorder: &Recorder,
-    ) {
+    ) -> Option<CircuitEvent> {
         let error = Arc::from(error.to_string());
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
@@ -276,35 +278,28 @@ impl Gate {
             Circuit::Open { .. } => false,
         };
         if !open {
-            return;
+            return None;
         }
-        let period = self.open_period();
+        let retry_in = self.open_period();
         state.circuit = Circuit::Open {
-            until: Instant::now() + period,
+            until: Instant::now() + retry_in,
         };
-        let failures = state.failures;
-        drop(state);
-        recorder.circuit_state(CircuitState::Open.gauge_value());
-        tracing::warn!(
-            pool = %self.pool,
-            cause = cause.as_str(),
-            failures,
-            retry_in_secs = period.as_secs_f64(),
-            "connect circuit open: the upstream keeps failing; checkouts that need a new \
-             connection fail fast until a trial connect succeeds",
-        );
+        Some(CircuitEvent::Opened {
+            cause,
+            failures: state.failures,
+            retry_in,
+        })
     }
 
     /// A trial that ended without an outcome (its checkout was dropped): let the next
-    /// checkout try at once.
-    fn abandoned(&self, recorder: &Recorder) {
+    /// checkout try at once. No event: the circuit reads half-open again at once
+    /// ([`Gate::state`]), as it did before this trial began.
+    fn abandoned(&self) {
         let mut state = self.lock();
         if matches!(state.circuit, Circuit::HalfOpen) {
             state.circuit = Circuit::Open {
                 until: Instant::now(),
             };
-            drop(state);
-            recorder.circuit_state(CircuitState::Open.gauge_value());
         }
     }
 }
@@ -319,24 +314,33 @@ fn refusal(state: &State, retry_in: Duration) -> Refusal {
 }
 
 /// The right to dial once. Report the outcome with [`Ticket::succeeded`] or
-/// [`Ticket::failed`]; dropping it unreported counts as neither.
+/// [`Ticket::failed`], which return the circuit's move, if it moved; dropping it
+/// unreported counts as neither.
 pub(crate) struct Ticket<'g> {
     gate: &'g Gate,
     permit: Option<SemaphorePermit<'g>>,
     trial: bool,
-    recorder: &'g Recorder,
     settled: bool,
 }
 
 impl Ticket<'_> {
-    pub(crate) fn succeeded(mut self) {
-        self.settled = true;
-        self.gate.succeeded(self.recorder);
+    /// Whether this connect is the trial that turned the circuit half-open.
+    pub(crate) fn is_trial(&self) -> bool {
+        self.trial
     }
 
-    pub(crate) fn failed(mut self, cause: ResetCause, error: &dyn fmt::Display) {
+    pub(crate) fn succeeded(mut self) -> Option<CircuitEvent> {
         self.settled = true;
-        self.gate.failed(cause, error, self.trial, self.recorder);
+        self.gate.succeeded()
+    }
+
+    pub(crate) fn failed(
+        mut self,
+        cause: ResetCause,
+        error: &dyn fmt::Display,
+    ) -> Option<CircuitEvent> {
+        self.settled = true;
+        self.gate.failed(cause, error, self.trial)
     }
 }
 
@@ -344,7 +348,7 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         drop(self.permit.take());
         if !self.settled && self.trial {
-            self.gate.abandoned(self.recorder);
+            self.gate.abandoned();
         }
     }
 }
@@ -353,31 +357,31 @@ impl Drop for Ticket<'_> {
 mod tests {
     use super::*;
 
-    fn gate(open_after: u32) -> (Gate, Recorder) {
+    fn gate(open_after: u32) -> Gate {
         let config = GateConfig {
             max_concurrent_connects: 2,
             open_after,
             open_for: Duration::from_secs(10),
         };
-        (Gate::new(config, "test"), Recorder::new("test"))
+        Gate::new(config)
     }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_and_fails_fast_naming_the_cause() {
-        let (gate, recorder) = gate(3);
+        let gate = gate(3);
         for _ in 0..2 {
-            gate.enter(&recorder)
+            gate.enter()
                 .await
                 .unwrap()
                 .failed(ResetCause::Refused, &"refused");
         }
         assert_eq!(gate.state(), CircuitState::Closed);
-        gate.enter(&recorder)
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::Refused, &"refused");
         assert_eq!(gate.state(), CircuitState::Open);
-        let refused = gate.enter(&recorder).await.err().unwrap();
+        let refused = gate.enter().await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);
         assert_eq!(refused.failures, 3);
         assert!(refused.retry_in >= Duration::from_secs(5));
@@ -385,14 +389,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn each_move_of_the_circuit_is_returned_once() {
+        let gate = gate(2);
+        let first = gate.enter().await.unwrap();
+        assert!(!first.is_trial());
+        assert_eq!(first.failed(ResetCause::Refused, &"refused"), None);
+        let opened = gate
+            .enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let Some(CircuitEvent::Opened {
+            cause,
+            failures,
+            retry_in,
+        }) = opened
+        else {
+            panic!("the second failure opens the circuit: {opened:?}");
+        };
+        assert_eq!((cause, failures), (ResetCause::Refused, 2));
+        assert!(retry_in >= Duration::from_secs(5) && retry_in <= Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = gate.enter().await.unwrap();
+        assert!(
+            trial.is_trial(),
+            "the connect after the open period is the trial"
+        );
+        assert_eq!(
+            trial.succeeded(),
+            Some(CircuitEvent::Closed { failures: 2 })
+        );
+        let again = gate.enter().await.unwrap();
+        assert!(!again.is_trial());
+        assert_eq!(again.succeeded(), None, "a closed circuit does not move");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_count() {
-        let (gate, recorder) = gate(2);
-        gate.enter(&recorder)
+        let gate = gate(2);
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::PeerReset, &"refused");
-        gate.enter(&recorder).await.unwrap().succeeded();
-        gate.enter(&recorder)
+        gate.enter().await.unwrap().succeeded();
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::PeerReset, &"refused");
@@ -401,37 +441,37 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn half_open_lets_one_trial_through_and_closes_on_success() {
-        let (gate, recorder) = gate(1);
-        gate.enter(&recorder)
+        let gate = gate(1);
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::Refused, &"refused");
         tokio::time::advance(Duration::from_secs(10)).await;
-        let trial = gate.enter(&recorder).await.unwrap();
+        let trial = gate.enter().await.unwrap();
         assert_eq!(gate.state(), CircuitState::HalfOpen);
-        let other = gate.enter(&recorder).await.err().unwrap();
+        let other = gate.enter().await.err().unwrap();
         assert_eq!(other.retry_in, Duration::ZERO);
         trial.succeeded();
         assert_eq!(gate.state(), CircuitState::Closed);
-        assert!(gate.enter(&recorder).await.is_ok());
+        assert!(gate.enter().await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_trial_reopens_for_a_jittered_period() {
-        let (gate, recorder) = gate(1);
-        gate.enter(&recorder)
+        let gate = gate(1);
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::Refused, &"refused");
         let mut periods = Vec::new();
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(10)).await;
-            gate.enter(&recorder)
+            gate.enter()
                 .await
                 .unwrap()
                 .failed(ResetCause::ConnectTimeout, &"refused");
             assert_eq!(gate.state(), CircuitState::Open);
-            periods.push(gate.enter(&recorder).await.err().unwrap().retry_in);
+            periods.push(gate.enter().await.err().unwrap().retry_in);
         }
         assert!(
             periods
@@ -448,23 +488,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_trial_lets_the_next_checkout_try() {
-        let (gate, recorder) = gate(1);
-        gate.enter(&recorder)
+        let gate = gate(1);
+        gate.enter()
             .await
             .unwrap()
             .failed(ResetCause::Refused, &"refused");
         tokio::time::advance(Duration::from_secs(10)).await;
-        drop(gate.enter(&recorder).await.unwrap());
+        drop(gate.enter().await.unwrap());
         assert_eq!(gate.state(), CircuitState::HalfOpen);
-        assert!(gate.enter(&recorder).await.is_ok());
+        assert!(gate.enter().await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn waiters_queued_behind_failures_do_not_dial_once_open() {
-        let (gate, recorder) = gate(2);
-        let first = gate.enter(&recorder).await.unwrap();
-        let second = gate.enter(&recorder).await.unwrap();
-        let mut third = Box::pin(gate.enter(&recorder));
+        let gate = gate(2);
+        let first = gate.enter().await.unwrap();
+        let second = gate.enter().await.unwrap();
+        let mut third = Box::pin(gate.enter());
         assert!(futures_poll(&mut third).is_none(), "only two permits");
         first.failed(ResetCause::Refused, &"refused");
         second.failed(ResetCause::Refused, &"refused");

@@ -7,7 +7,7 @@
 //!
 //! The [`Classify`] trait turns an operation's error into a [`Disposition`]: is the
 //! connection still good, and could the request have reached the server? The pool's
-//! retry rules (see [`crate::retry`]) are decided on that answer alone.
+//! retry rules (see [`RetryPolicy`](crate::RetryPolicy#retry-rules)) are decided on that answer alone.
 //!
 //! | cause | seen as | usual meaning |
 //! |---|---|---|
@@ -22,7 +22,6 @@
 //! | `ping_failed` | the manager's ping failed | application-level failure |
 //! | `other` | anything else | |
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 
@@ -314,64 +313,6 @@ pub trait Classify {
     fn classify(&self) -> Disposition;
 }
 
-impl Classify for io::Error {
-    fn classify(&self) -> Disposition {
-        if let Some(inner) = self.get_ref()
-            && let Some(found) = classify_source_chain(inner)
-        {
-            return found;
-        }
-        match self.kind() {
-            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Disposition::Transient,
-            io::ErrorKind::ConnectionRefused => Disposition::Broken {
-                cause: ResetCause::Refused,
-                sent: Sent::No,
-            },
-            _ => Disposition::Broken {
-                cause: ResetCause::of_io(self, Phase::InUse),
-                sent: Sent::Maybe,
-            },
-        }
-    }
-}
-
-/// Walks an error's `source()` chain and classifies the first [`io::Error`] (or
-/// [`DialError`](crate::DialError)) in it.
-///
-/// Drivers wrap the transport error that broke the connection inside their own
-/// error types; this finds it. A dial failure is classified as what it is, a failed
-/// connect (a dial timeout is `connect_timeout`, not the `user_timeout` its
-/// `ETIMEDOUT` would mean on an open connection). `None` when no I/O error is in the
-/// chain.
-///
-/// ```
-/// use std::io;
-/// use steadypool::{classify_source_chain, Disposition, ResetCause, Sent};
-///
-/// #[derive(Debug, thiserror::Error)]
-/// #[error("query failed")]
-/// struct QueryError(#[source] io::Error);
-///
-/// let err = QueryError(io::ErrorKind::BrokenPipe.into());
-/// assert_eq!(
-///     classify_source_chain(&err),
-///     Some(Disposition::Broken { cause: ResetCause::BrokenPipe, sent: Sent::Maybe })
-/// );
-/// ```
-pub fn classify_source_chain(err: &(dyn StdError + 'static)) -> Option<Disposition> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(dial) = e.downcast_ref::<crate::dial::DialError>() {
-            return Some(dial.classify());
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.classify());
-        }
-        current = e.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,48 +347,6 @@ mod tests {
         assert_eq!(
             ResetCause::of_io(&timed_out, Phase::InUse),
             ResetCause::UserTimeout
-        );
-    }
-
-    #[test]
-    fn refused_was_never_sent_and_interrupted_is_transient() {
-        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            refused.classify(),
-            Disposition::Broken {
-                cause: ResetCause::Refused,
-                sent: Sent::No
-            }
-        );
-        let interrupted = io::Error::from(io::ErrorKind::Interrupted);
-        assert_eq!(interrupted.classify(), Disposition::Transient);
-    }
-
-    #[test]
-    fn io_error_wrapping_another_io_error_is_classified_by_the_inner_one() {
-        let inner = io::Error::from(io::ErrorKind::ConnectionReset);
-        let outer = io::Error::other(inner);
-        assert_eq!(
-            outer.classify(),
-            Disposition::Broken {
-                cause: ResetCause::PeerReset,
-                sent: Sent::Maybe
-            }
-        );
-    }
-
-    #[test]
-    fn a_dial_timeout_wrapped_in_an_io_error_is_a_connect_timeout() {
-        let dial = crate::dial::DialError::Timeout {
-            addr: "127.0.0.1:1".into(),
-            after: std::time::Duration::from_millis(300),
-        };
-        assert_eq!(
-            io::Error::from(dial).classify(),
-            Disposition::Broken {
-                cause: ResetCause::ConnectTimeout,
-                sent: Sent::No
-            }
         );
     }
 

@@ -1,69 +1,69 @@
-//! Pool configuration from a file or the environment (feature `serde`).
-//!
-//! [`PoolConfig`] holds every [`PoolBuilder`] knob, each optional: a knob the
-//! configuration leaves out keeps the builder's value (its default, or what was set
-//! before). Durations are written the way people write them (`"45s"`, `"500ms"`,
-//! `"30min"`, `"1h 30min"`, as [`humantime`] parses them); the knobs that can be turned
-//! off (`idle_timeout`, `max_lifetime`, `user_timeout`) also take `"off"`. Unknown
-//! fields are rejected, so a misspelt knob is an error instead of a silently ignored
-//! line.
-//!
-//! Parsing only checks the form. The values are checked where those set in code are,
-//! by [`PoolBuilder::build`], with the same [`BuildError`](crate::BuildError).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use steadypool::{drivers::tcp::TcpManager, Pool, PoolConfig};
-//!
-//! // From TOML, JSON, YAML, environment variables (through a crate such as
-//! // `envy` or `config`): anything serde reads.
-//! let config: PoolConfig = serde_json::from_str(
-//!     r#"{
-//!         "max_size": 16,
-//!         "idle_timeout": "50s",
-//!         "max_lifetime": "off",
-//!         "keepalive": { "idle": "5s" },
-//!         "retry": { "max_attempts": 5, "backoff": { "base": "20ms", "cap": "1s" } }
-//!     }"#,
-//! )?;
-//! let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-//!     .name("upstream")
-//!     .config(&config)
-//!     .build()?;
-//! assert_eq!(pool.status().max_size, 16);
-//! # Ok(()) }
-//! ```
-//!
-//! The same in TOML, with the nested sections:
-//!
-//! ```toml
-//! max_size = 16
-//! idle_timeout = "50s"
-//! max_lifetime = "off"
-//!
-//! [keepalive]
-//! idle = "5s"
-//!
-//! [retry]
-//! max_attempts = 5
-//! backoff = { base = "20ms", cap = "1s" }
-//! ```
+//! The pool's configuration read with serde (feature `serde`).
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
 
-use crate::dial::Keepalive;
+use crate::dial::{Dialer, Keepalive};
 use crate::manager::Manager;
 use crate::pool::{PoolBuilder, QueueMode};
-use crate::retry::RetryPolicy;
+use crate::retry::policy::RetryPolicy;
 
-/// Every [`PoolBuilder`] knob, each optional. See the [module docs](self).
+/// Every [`PoolBuilder`] knob, each optional.
 ///
 /// A field that is `None` leaves the builder's value alone. For the knobs that can be
 /// turned off, `Some(None)` (written `"off"`) turns them off.
+///
+/// Pool configuration from a file or the environment (feature `serde`).
+///
+/// [`PoolConfig`] holds every [`PoolBuilder`] knob, each optional: a knob the
+/// configuration leaves out keeps the builder's value (its default, or what was set
+/// before). Durations are written the way people write them (`"45s"`, `"500ms"`,
+/// `"30min"`, `"1h 30min"`, as [`humantime`] parses them); the knobs that can be turned
+/// off (`idle_timeout`, `max_lifetime`, `user_timeout`) also take `"off"`. Unknown
+/// fields are rejected, so a misspelt knob is an error instead of a silently ignored
+/// line.
+///
+/// Parsing only checks the form. The values are checked where those set in code are,
+/// by [`PoolBuilder::build`], with the same [`BuildError`](crate::BuildError).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use steadypool::{drivers::tcp::TcpManager, Pool, PoolConfig};
+///
+/// // From TOML, JSON, YAML, environment variables (through a crate such as
+/// // `envy` or `config`): anything serde reads.
+/// let config: PoolConfig = serde_json::from_str(
+///     r#"{
+///         "max_size": 16,
+///         "idle_timeout": "50s",
+///         "max_lifetime": "off",
+///         "keepalive": { "idle": "5s" },
+///         "retry": { "max_attempts": 5, "backoff": { "base": "20ms", "cap": "1s" } }
+///     }"#,
+/// )?;
+/// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+///     .name("upstream")
+///     .config(&config)
+///     .build()?;
+/// assert_eq!(pool.status().max_size, 16);
+/// # Ok(()) }
+/// ```
+///
+/// The same in TOML, with the nested sections:
+///
+/// ```toml
+/// max_size = 16
+/// idle_timeout = "50s"
+/// max_lifetime = "off"
+///
+/// [keepalive]
+/// idle = "5s"
+///
+/// [retry]
+/// max_attempts = 5
+/// backoff = { base = "20ms", cap = "1s" }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -118,6 +118,44 @@ pub struct PoolConfig {
     pub circuit_open_for: Option<Duration>,
     /// [`PoolBuilder::retry_policy`]: the `[retry]` section.
     pub retry: Option<RetryConfig>,
+}
+
+impl PoolConfig {
+    /// The socket settings this configuration sets (`connect_timeout`,
+    /// `[keepalive]`, `user_timeout`, `nodelay`) applied to `dialer`; the others
+    /// keep `dialer`'s. For code that dials outside a pool with the same settings;
+    /// [`PoolBuilder::config`] applies them to the pool's dialer the same way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadypool::{Dialer, PoolConfig};
+    ///
+    /// let config: PoolConfig = toml::from_str(r#"
+    ///     connect_timeout = "2s"
+    ///     [keepalive]
+    ///     idle = "5s"
+    /// "#).unwrap();
+    /// let dialer = config.dialer(Dialer::new());
+    /// assert_eq!(dialer.timeout(), Duration::from_secs(2));
+    /// // The user timeout follows keepalive: 5 s + 3 x 3 s.
+    /// assert_eq!(dialer.tcp_user_timeout(), Some(Duration::from_secs(14)));
+    /// ```
+    pub fn dialer(&self, dialer: Dialer) -> Dialer {
+        let mut dialer = dialer;
+        if let Some(timeout) = self.connect_timeout {
+            dialer = dialer.connect_timeout(timeout);
+        }
+        if let Some(keepalive) = &self.keepalive {
+            dialer = dialer.keepalive(keepalive.keepalive());
+        }
+        if let Some(timeout) = self.user_timeout {
+            dialer = dialer.user_timeout(timeout);
+        }
+        if let Some(nodelay) = self.nodelay {
+            dialer = dialer.nodelay(nodelay);
+        }
+        dialer
+    }
 }
 
 /// The `[keepalive]` section: [`Keepalive`] timing, or `enabled = false` for none.
@@ -239,9 +277,6 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(timeout) = config.wait_timeout {
             builder = builder.wait_timeout(timeout);
         }
-        if let Some(timeout) = config.connect_timeout {
-            builder = builder.connect_timeout(timeout);
-        }
         if let Some(timeout) = config.ping_timeout {
             builder = builder.ping_timeout(timeout);
         }
@@ -257,15 +292,7 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(idle) = config.check_after {
             builder = builder.check_after(idle);
         }
-        if let Some(keepalive) = &config.keepalive {
-            builder = builder.keepalive(keepalive.keepalive());
-        }
-        if let Some(timeout) = config.user_timeout {
-            builder = builder.user_timeout(timeout);
-        }
-        if let Some(nodelay) = config.nodelay {
-            builder = builder.nodelay(nodelay);
-        }
+        builder = builder.map_dialer(|dialer| config.dialer(dialer));
         if let Some(mode) = config.queue_mode {
             builder = builder.queue_mode(mode);
         }
@@ -293,7 +320,10 @@ impl<M: Manager> PoolBuilder<M> {
 
 /// Durations in human form, for `deserialize_with`.
 mod human {
-    use super::*;
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
 
     /// What a duration field accepts; `off` also takes `"off"`.
     struct Human {

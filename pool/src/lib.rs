@@ -5,28 +5,28 @@
 //! connection a load balancer, NAT or firewall dropped; an upstream that crashed or
 //! ran out of connections; a middlebox that silently black-holes a flow.
 //!
-//! * **Every socket is tuned** ([`dial`]): TCP keepalive (10 s / 3 s / 3) and
+//! * **Every socket is tuned** ([`Dialer`]): TCP keepalive (10 s / 3 s / 3) and
 //!   `TCP_USER_TIMEOUT` find dead peers and black holes in seconds, not the kernel's
 //!   two hours; `TCP_NODELAY` is on; connects time out.
-//! * **Checkout never hands out a zombie** ([`probe`]): a connection the peer closed or
-//!   reset while it sat idle is discarded before you see it, at the cost of an atomic
-//!   load; connections idle past `check_after` are also pinged.
+//! * **Checkout never hands out a zombie** ([`probe()`]): a connection the peer closed
+//!   or reset while it sat idle is discarded before you see it, at the cost of an
+//!   atomic load; connections idle past `check_after` are also pinged.
 //! * **A reaper** closes dead and expired idle connections every second, and keeps
 //!   `min_idle` ready.
-//! * **Every discarded connection is labelled** ([`cause`], [`metrics`]) with a
+//! * **Every discarded connection is labelled** ([`metrics`], [`Pool::stats`]) with a
 //!   [`ResetCause`] and a [`Phase`], and the pool learns the path's idle limit
-//!   ([`diagnosis`]).
-//! * **Transparent reconnect that never replays** ([`retry`]): [`Pool::run_idempotent`]
-//!   retries an operation on a fresh connection when its connection broke;
-//!   [`Pool::run`] retries only when the request provably never left. Waits are
-//!   jittered, attempts and time bounded, and a per-pool retry budget keeps an outage
-//!   from multiplying the load. Every failure says in its type whether the request
-//!   may have taken effect ([`RunError::MaybeExecuted`]) or provably did not
-//!   ([`RunError::NotExecuted`]), and every call counts in
+//!   ([`IdleLimit`]).
+//! * **Transparent reconnect that never replays** ([`RetryPolicy`]):
+//!   [`Pool::run_idempotent`] retries an operation on a fresh connection when its
+//!   connection broke; [`Pool::run`] retries only when the request provably never
+//!   left. Waits are jittered, attempts and time bounded, and a per-pool retry budget
+//!   keeps an outage from multiplying the load. Every failure says in its type whether
+//!   the request may have taken effect ([`RunError::MaybeExecuted`]) or provably did
+//!   not ([`RunError::NotExecuted`]), and every call counts in
 //!   `steadypool_runs_total{outcome}`.
-//! * **A connect gate** ([`breaker`]): a few connects in flight at most, and a circuit
-//!   that makes checkouts fail fast while the upstream is down, instead of every
-//!   waiter dialing it.
+//! * **A connect gate** ([`CircuitState`]): a few connects in flight at most, and a
+//!   circuit that makes checkouts fail fast while the upstream is down, instead of
+//!   every waiter dialing it.
 //!
 //! Built on [`deadpool::managed`](https://docs.rs/deadpool): its queue and semaphore,
 //! plus everything it leaves to you.
@@ -87,7 +87,7 @@
 //! | `chaos` | no | [`chaos`]: [`ChaosProxy`](chaos::ChaosProxy), a fault-injecting TCP proxy for testing what your client does when connections reset, idle out or vanish |
 //! | `postgres` | no | [`drivers::postgres`]: PostgreSQL through `tokio-postgres`, on the pool's socket |
 //! | `redis` | no | [`drivers::redis`]: Redis through `redis`'s multiplexed connection, on the pool's socket |
-//! | `serde` | no | [`config`]: [`PoolConfig`], every builder knob read from a file or the environment, durations as `"45s"` |
+//! | `serde` | no | [`PoolConfig`]: every builder knob read from a file or the environment, durations as `"45s"` |
 //!
 //! Without any feature the crate still has the pool, the raw TCP driver
 //! ([`drivers::tcp`]), the deadpool adapter ([`drivers::deadpool`]), retries and
@@ -95,18 +95,26 @@
 //!
 //! ## Modules
 //!
-//! | module | what |
+//! Every type is at the crate root; only [`drivers`], [`chaos`] and the [`metrics`]
+//! catalog are public modules. Inside, each module has one job (`ARCHITECTURE.md` in
+//! the repository shows how a checkout and a `run` flow through them):
+//!
+//! | module | its job |
 //! |---|---|
-//! | [`dial`] | opening sockets with keepalive, `TCP_USER_TIMEOUT`, `TCP_NODELAY` and a connect timeout |
-//! | [`probe`] | the free liveness check run on every checkout |
-//! | [`cause`] | [`ResetCause`], [`Phase`], [`Disposition`]: why a connection died, and what an error means |
-//! | [`retry`] | [`Pool::run`], [`Pool::run_idempotent`], [`RetryPolicy`] and the retry rules |
-//! | [`breaker`] | the connect gate and circuit |
-//! | [`diagnosis`] | which production cause struck, the learned idle limit, and the hints in the logs |
+//! | `pool` | the [`Pool`], its builder, checkout, return, reaper and hooks |
+//! | `manager` | the [`Manager`] trait a protocol implements |
+//! | `dial` | opening sockets with every TCP setting applied ([`Dialer`]) |
+//! | `probe` | the free liveness check run on every checkout ([`probe()`]) |
+//! | `cause` | why a connection died and what an error means ([`ResetCause`], [`Phase`], [`Classify`]) |
+//! | `retry` | running an operation with safe retries ([`Pool::run`], [`RetryPolicy`]) |
+//! | `breaker` | the connect gate: admits connects and says how its circuit moved ([`CircuitState`]) |
+//! | `diagnosis` | learning the path's idle limit from lost and reused connections ([`IdleLimit`]) |
+//! | `observe` | the one module that reports: the books ([`Stats`]), the metrics and the `tracing` events with their hints |
+//! | `clock` | the coarse clock the checkout path reads |
+//! | `config` | the pool's configuration from a file or the environment ([`PoolConfig`], feature `serde`) |
 //! | [`metrics`] | every metric's name, labels and meaning |
 //! | [`drivers`] | ready-made managers |
 //! | [`chaos`] | the fault-injecting proxy (feature `chaos`) |
-//! | [`config`] | the pool's configuration from a file or the environment (feature `serde`) |
 //!
 //! The [README](https://github.com/steadypool/steadypool/blob/main/README.md) has the
 //! knobs and their defaults, how to read the metrics for each production cause, and
@@ -119,36 +127,42 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod breaker;
-pub mod cause;
+mod breaker;
+mod cause;
 #[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
 pub mod chaos;
+mod classify;
 mod clock;
 #[cfg(feature = "serde")]
-#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
-pub mod config;
-pub mod diagnosis;
-pub mod dial;
+mod config;
+mod diagnosis;
+mod dial;
 pub mod drivers;
 mod manager;
 pub mod metrics;
+mod observe;
 mod pool;
-pub mod probe;
-pub mod retry;
+mod probe;
+mod retry;
 
 pub use crate::breaker::CircuitState;
-pub use crate::cause::{
-    Classify, Disposition, Eviction, Phase, ResetCause, Sent, classify_source_chain,
-};
+pub use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
+pub use crate::classify::classify_source_chain;
 #[cfg(feature = "serde")]
-pub use crate::config::PoolConfig;
-pub use crate::dial::{Address, DialError, Dialer, Keepalive};
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use crate::config::{BackoffConfig, BudgetConfig, KeepaliveConfig, PoolConfig, RetryConfig};
+pub use crate::diagnosis::IdleLimit;
+pub use crate::dial::{Address, DialError, Dialer, Keepalive, SocketSettingError};
 pub use crate::manager::{Broken, Manager};
+pub use crate::observe::Stats;
 pub use crate::pool::{
     BuildError, Connection, ConnectionInfo, Error, Exchange, HookFuture, Pool, PoolBuilder,
-    QueueMode, Stats, Status, WarmUpError,
+    QueueMode, Status, WarmUpError,
 };
-pub use crate::probe::SocketRef;
+pub use crate::probe::{
+    Layer, Liveness, RawSocket, SocketRef, TcpState, check as probe, tcp_state,
+};
 #[allow(deprecated)] // kept so that code naming it gets the deprecation note, not an error
 pub use crate::retry::OperationFuture;
 pub use crate::retry::{AttemptError, GiveUp, Idempotency, PolicyError, RetryPolicy, RunError};

@@ -79,8 +79,13 @@ pub trait Manager: Send + Sync + 'static {
     /// Return [`SocketRef::Tokio`] for a stream nobody else reads while the
     /// connection is idle (free to probe), [`SocketRef::Buffered`] (`SocketRef::from`
     /// a `BufReader<TcpStream>`) for one read through a buffer, `SocketRef::Unix` for a
-    /// Unix-domain stream, or [`SocketRef::Raw`]
-    /// for a duplicate of a socket a driver's background task owns. `None` (the
+    /// Unix-domain stream, [`SocketRef::Layered`] for a stream under a protocol layer
+    /// that sends records of its own while idle (TLS: session tickets, KeyUpdate,
+    /// close_notify; the layer drains them, see [`Layer`](crate::probe::Layer)), or
+    /// [`SocketRef::Raw`] for a duplicate of a socket a driver's background task owns.
+    /// A TLS connection must not show the bare TCP stream under it: every ticket would
+    /// then read as `unexpected_data`. The `tls` feature's `TlsStream::socket_ref`
+    /// shows it right. `None` (the
     /// default) means the pool cannot see the socket: dead connections are then found
     /// by [`Manager::broken`], the ping, or the application's first error.
     fn socket<'a>(&self, conn: &'a Self::Connection) -> Option<SocketRef<'a>> {

@@ -27,7 +27,20 @@
 //! | some bytes (or some in the reader's buffer) | [`Liveness::UnexpectedData`] |
 //! | another error (`ETIMEDOUT` after keepalive gave up, ...) | [`Liveness::Error`] |
 //!
-//! The probe never consumes data. What it cannot see is a silent black hole: a
+//! * For a [`SocketRef::Layered`] stream (a protocol layer such as TLS between the
+//!   socket and the application) the socket is probed as a [`SocketRef::Tokio`] one,
+//!   free when nothing arrived. When bytes arrived, they may belong to the layer
+//!   itself (a TLS 1.3 session ticket, a KeyUpdate, an alert): the probe asks the
+//!   [`Layer`] to [`drain`](Layer::drain) them without blocking, and the layer's
+//!   answer decides (see [`Layer`]).
+//!
+//! When bytes are waiting on a TCP socket, the probe also reads the socket's TCP state
+//! (`TCP_INFO`, one more system call, only then): data followed by a FIN (a server's
+//! goodbye, then its close) leaves the socket in `CLOSE_WAIT` and is
+//! [`Liveness::PeerClosed`], which the pool learns the path's idle limit from, rather
+//! than [`Liveness::UnexpectedData`].
+//!
+//! Apart from a [`Layer`]'s drain, the probe never consumes data. What it cannot see is a silent black hole: a
 //! middlebox that dropped the flow without telling anyone. Keepalive (see
 //! [`crate::dial`]) turns that into an `ETIMEDOUT` the probe then sees, and the
 //! checkout ping covers connections idle longer than `check_after`.
@@ -54,12 +67,12 @@ use tokio::net::UnixStream;
 ///
 /// ```
 /// # async fn demo(stream: tokio::net::TcpStream) {
-/// use steadypool::probe::{self, Liveness, SocketRef};
+/// use steadypool::{Liveness, SocketRef, probe};
 /// use tokio::io::BufReader;
 ///
-/// assert!(matches!(probe::check(SocketRef::from(&stream)), Liveness::Alive));
+/// assert!(matches!(probe(SocketRef::from(&stream)), Liveness::Alive));
 /// let reader = BufReader::new(stream);
-/// assert!(matches!(probe::check(SocketRef::from(&reader)), Liveness::Alive));
+/// assert!(matches!(probe(SocketRef::from(&reader)), Liveness::Alive));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -84,8 +97,74 @@ pub enum SocketRef<'a> {
     Unix(&'a UnixStream),
     /// Any socket, e.g. a duplicate of one a driver's background task owns: probed
     /// with one non-blocking `peek`. The pool treats bytes found here as the owning
-    /// task's next message, not as [`Liveness::UnexpectedData`] worth a reconnect.
+    /// task's next message, not as [`Liveness::UnexpectedData`] worth a reconnect,
+    /// unless the peer closed behind them ([`Liveness::PeerClosed`]).
     Raw(RawSocket<'a>),
+    /// A tokio stream under a protocol layer that reads it (TLS): probed as
+    /// [`SocketRef::Tokio`], usually without a system call; bytes found on the socket
+    /// go to [`Layer::drain`], which tells its own records from the application's.
+    /// [`TlsStream::socket_ref`](crate::drivers::tls::TlsStream::socket_ref) builds
+    /// one (feature `tls`).
+    Layered {
+        /// The socket under the layer.
+        stream: &'a TcpStream,
+        /// The layer, asked to drain what arrived.
+        layer: &'a dyn Layer,
+    },
+}
+
+/// A protocol layer between a socket and the application, such as TLS, that sends
+/// records of its own on an idle connection.
+///
+/// A TLS 1.3 server sends session tickets after the handshake and may send a KeyUpdate
+/// at any time; it sends a close_notify alert before its FIN, and a fatal alert before
+/// it aborts. Those bytes wake the socket like an application's would, yet only the
+/// last two mean the connection is gone. The probe cannot tell them apart by peeking;
+/// the layer can, by reading them.
+///
+/// [`drain`](Layer::drain) is called only when bytes are waiting on an idle
+/// connection, through a shared reference (the pool's reaper holds idle connections
+/// that way): keep the layer's state behind a lock, taken with `try_lock` there and
+/// with `get_mut` on the application's path, where it costs nothing. Read without
+/// blocking (poll once with a no-op waker) and answer:
+///
+/// | the layer read | answer |
+/// |---|---|
+/// | only its own records (tickets, KeyUpdate), then nothing more (`Pending`) | [`Liveness::Alive`] |
+/// | a close_notify, or the end of the stream | [`Liveness::PeerClosed`] |
+/// | a fatal alert | [`Liveness::Error`] with kind `ConnectionAborted` (counted as `peer_reset`) and the alert in its message |
+/// | application bytes | [`Liveness::UnexpectedData`] (the connection is discarded, so they may be consumed) |
+/// | the lock is held | [`Liveness::Alive`] (someone else is reading: not idle) |
+///
+/// ```
+/// use steadypool::probe::{self, Layer, Liveness, SocketRef};
+/// use tokio::net::TcpStream;
+///
+/// /// A layer that never sends anything of its own: whatever arrives is the
+/// /// application's.
+/// struct Plain;
+///
+/// impl Layer for Plain {
+///     fn drain(&self) -> Liveness {
+///         Liveness::UnexpectedData
+///     }
+/// }
+///
+/// # async fn demo(stream: TcpStream) {
+/// let socket = SocketRef::Layered { stream: &stream, layer: &Plain };
+/// assert!(matches!(probe::check(socket), Liveness::Alive));
+/// # }
+/// ```
+pub trait Layer: Sync {
+    /// Reads, without blocking, what arrived for an idle connection, and says what it
+    /// was (see the table above).
+    fn drain(&self) -> Liveness;
+}
+
+impl std::fmt::Debug for dyn Layer + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layer")
+    }
 }
 
 /// A borrowed socket handle: a file descriptor on Unix.
@@ -123,7 +202,9 @@ impl<'a> SocketRef<'a> {
     /// The socket as `socket2` sees it (for reading options back, or `TCP_INFO`).
     pub fn sock_ref(&self) -> SockRef<'_> {
         match self {
-            SocketRef::Tokio(stream) | SocketRef::Buffered { stream, .. } => SockRef::from(*stream),
+            SocketRef::Tokio(stream)
+            | SocketRef::Buffered { stream, .. }
+            | SocketRef::Layered { stream, .. } => SockRef::from(*stream),
             #[cfg(unix)]
             SocketRef::Unix(stream) => SockRef::from(*stream),
             SocketRef::Raw(sock) => SockRef::from(sock),
@@ -154,11 +235,34 @@ pub enum Liveness {
 pub fn check(socket: SocketRef<'_>) -> Liveness {
     match socket {
         SocketRef::Tokio(stream) => check_tokio(stream),
-        SocketRef::Buffered { buffered: 1.., .. } => Liveness::UnexpectedData,
+        SocketRef::Buffered {
+            stream,
+            buffered: 1..,
+        } => behind_data(&SockRef::from(stream)),
         SocketRef::Buffered { stream, .. } => check_tokio(stream),
         #[cfg(unix)]
         SocketRef::Unix(stream) => check_tokio(stream),
         SocketRef::Raw(sock) => check_raw(&SockRef::from(&sock)),
+        SocketRef::Layered { stream, layer } => match peek_tokio(stream) {
+            None => Liveness::Alive,
+            // The layer reads to the end of what arrived: a FIN behind its records
+            // shows up there as the end of the stream, and an alert is told from a
+            // close_notify, which the socket's state alone cannot do.
+            Some(Ok(1..)) => layer.drain(),
+            Some(other) => from_peek(other),
+        },
+    }
+}
+
+/// Bytes are waiting: [`Liveness::PeerClosed`] when a FIN came behind them (the
+/// socket is in `CLOSE_WAIT`), else [`Liveness::UnexpectedData`]. Costs one
+/// `TCP_INFO` read, paid only when bytes are there; a socket without TCP state (Unix
+/// domain) answers `UnexpectedData`.
+#[cold]
+fn behind_data(sock: &SockRef<'_>) -> Liveness {
+    match tcp_info_state(sock) {
+        Ok(TCP_CLOSE_WAIT) => Liveness::PeerClosed,
+        _ => Liveness::UnexpectedData,
     }
 }
 
@@ -194,6 +298,16 @@ impl Readiness for UnixStream {
 
 #[inline]
 fn check_tokio<S: Readiness>(stream: &S) -> Liveness {
+    match peek_tokio(stream) {
+        None => Liveness::Alive,
+        Some(Ok(1..)) => behind_data(&stream.sock_ref()),
+        Some(other) => from_peek(other),
+    }
+}
+
+/// Peeks one byte when tokio recorded read readiness; `None` when it recorded none.
+#[inline]
+fn peek_tokio<S: Readiness>(stream: &S) -> Option<io::Result<usize>> {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     // `try_io` looks at the readiness tokio recorded (an atomic load) and returns
     // `WouldBlock` without calling the closure when nothing was recorded; when
@@ -214,9 +328,9 @@ fn check_tokio<S: Readiness>(stream: &S) -> Liveness {
     // out-of-line drop that would be a tenth of what steadypool adds to a checkout.
     if !peeked {
         std::mem::forget(result);
-        return Liveness::Alive;
+        return None;
     }
-    from_peek(result)
+    Some(result)
 }
 
 fn check_raw(sock: &SockRef<'_>) -> Liveness {
@@ -234,6 +348,7 @@ fn check_raw(sock: &SockRef<'_>) -> Liveness {
         // stream. The state still tells them apart: a FIN leaves CLOSE_WAIT, an RST
         // leaves CLOSED.
         Ok(0) if tcp_info_state(sock).is_ok_and(|state| state == TCP_CLOSED) => Liveness::PeerReset,
+        Ok(1..) => behind_data(sock),
         other => from_peek(other),
     }
 }
@@ -275,7 +390,7 @@ pub enum TcpState {
 ///
 /// ```
 /// # async fn demo(stream: tokio::net::TcpStream) -> std::io::Result<()> {
-/// use steadypool::probe::{tcp_state, SocketRef, TcpState};
+/// use steadypool::{SocketRef, TcpState, tcp_state};
 /// assert_eq!(tcp_state(SocketRef::Tokio(&stream))?, TcpState::Established);
 /// # Ok(()) }
 /// ```
@@ -446,6 +561,93 @@ mod tests {
             check(SocketRef::Tokio(&client)),
             Liveness::UnexpectedData
         ));
+    }
+
+    #[tokio::test]
+    async fn data_followed_by_a_fin_is_peer_closed_on_every_path() {
+        let (client, mut server) = pair().await;
+        server.write_all(b"goodbye\n").await.unwrap();
+        drop(server);
+        settle().await;
+        assert!(matches!(
+            check(SocketRef::Tokio(&client)),
+            Liveness::PeerClosed
+        ));
+        assert!(matches!(
+            check(SocketRef::Raw(client.as_fd())),
+            Liveness::PeerClosed
+        ));
+        let reader = BufReader::new(client);
+        assert!(matches!(
+            check(SocketRef::from(&reader)),
+            Liveness::PeerClosed
+        ));
+    }
+
+    /// A layer that counts its drains and answers what it was told to.
+    struct Counting {
+        drains: std::sync::atomic::AtomicUsize,
+        answer: fn() -> Liveness,
+    }
+
+    impl Layer for Counting {
+        fn drain(&self) -> Liveness {
+            self.drains
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (self.answer)()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_drains_only_when_bytes_arrived_and_has_the_last_word() {
+        let (client, mut server) = pair().await;
+        let layer = Counting {
+            drains: 0.into(),
+            answer: || Liveness::Alive,
+        };
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &layer,
+        };
+        assert!(matches!(check(socket), Liveness::Alive));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A record the layer consumes (this one does not read: the bytes stay, and
+        // each probe asks again).
+        server.write_all(b"ticket").await.unwrap();
+        settle().await;
+        assert!(matches!(check(socket), Liveness::Alive));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Behind the bytes, a FIN: still the layer's to judge (an alert before it
+        // is a reset, a close_notify a close).
+        drop(server);
+        settle().await;
+        let closing = Counting {
+            drains: 0.into(),
+            answer: || Liveness::PeerClosed,
+        };
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &closing,
+        };
+        assert!(matches!(check(socket), Liveness::PeerClosed));
+        assert_eq!(closing.drains.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_layered_socket_with_nothing_before_its_fin_is_peer_closed_without_a_drain() {
+        let (client, server) = pair().await;
+        let layer = Counting {
+            drains: 0.into(),
+            answer: || Liveness::Alive,
+        };
+        drop(server);
+        settle().await;
+        let socket = SocketRef::Layered {
+            stream: &client,
+            layer: &layer,
+        };
+        assert!(matches!(check(socket), Liveness::PeerClosed));
+        assert_eq!(layer.drains.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -9,13 +9,12 @@
 //! use steadypool_tests::faults::{self, Allowed};
 //! use steadypool_tests::line_manager::{LineManager, request};
 //! use steadypool_tests::load::Load;
-//! use steadypool_tests::recorded::RecordedMetrics;
 //! use steadypool_tests::servers::LineServer;
 //!
 //! let server = LineServer::start().await.unwrap();
 //! let builder = faults::watched(LineManager::new(server.addr()), "example", 4)
 //!     .retry_policy(faults::ride_out_an_outage());
-//! let (pool, metrics) = RecordedMetrics::build(builder).unwrap();
+//! let pool = builder.build().unwrap();
 //! let load = {
 //!     let pool = pool.clone();
 //!     Load::start(4, move |_, _| {
@@ -24,18 +23,18 @@
 //!     })
 //! };
 //! assert!(load.until_succeeded(100, faults::SLACK).await);
-//! faults::stop_without_failures(load, &metrics, "example").await;
-//! metrics.assert_resets_only("example", &[Allowed::any_phase(ResetCause::PeerReset)]);
+//! faults::stop_without_failures(load, &pool, "example").await;
+//! faults::assert_resets_only(&pool.stats(), "example", &[Allowed::any_phase(ResetCause::PeerReset)]);
 //! faults::assert_settled(&pool, server.addr().port()).await;
 //! # }
 //! ```
 
 use std::time::Duration;
 
-use steadypool::{Error, Manager, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy};
+use steadypool::{Error, Manager, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy, Stats};
 
 use crate::load::{Load, Outcome};
-use crate::recorded::RecordedMetrics;
+use crate::recorded::Books;
 use crate::sockets;
 
 /// How often the reaper of a [`watched`] pool runs.
@@ -70,14 +69,14 @@ pub fn ride_out_an_outage() -> RetryPolicy {
         .budget(1.0, 1_000)
 }
 
-/// Stops `load`, prints what the pool went through under the title `what`, and
-/// checks that no request failed.
+/// Stops `load`, prints what `pool` went through under the title `what`, and checks
+/// that no request failed.
 ///
 /// # Panics
 /// When a request failed (the message lists the first errors).
-pub async fn stop_without_failures(load: Load, metrics: &RecordedMetrics, what: &str) -> Outcome {
+pub async fn stop_without_failures<M: Manager>(load: Load, pool: &Pool<M>, what: &str) -> Outcome {
     let outcome = load.stop().await;
-    metrics.report(what);
+    pool.stats().report(what);
     eprintln!(
         "{what}: {} requests succeeded, {} failed",
         outcome.succeeded, outcome.failed
@@ -118,30 +117,28 @@ impl Allowed {
         }
     }
 
-    fn counted(self, metrics: &RecordedMetrics) -> u64 {
+    fn counted(self, stats: &Stats) -> u64 {
         match self.phase {
-            Some(phase) => metrics.resets(self.cause, phase),
-            None => metrics.resets_with_cause(self.cause),
+            Some(phase) => stats.resets(self.cause, phase),
+            None => stats.resets_with_cause(self.cause),
         }
     }
 }
 
-impl RecordedMetrics {
-    /// Checks that every reset this pool counted is one of `allowed`, and returns how
-    /// many there were.
-    ///
-    /// # Panics
-    /// When a reset has another cause or phase (the message shows every one counted).
-    pub fn assert_resets_only(&self, what: &str, allowed: &[Allowed]) -> u64 {
-        let accounted: u64 = allowed.iter().map(|a| a.counted(self)).sum();
-        assert_eq!(
-            self.all_resets(),
-            accounted,
-            "{what}: a reset other than {allowed:?}: {:?}",
-            self.reset_table()
-        );
-        accounted
-    }
+/// Checks that every reset a pool's books (`stats`, from `Pool::stats`) counted is
+/// one of `allowed`, and returns how many there were.
+///
+/// # Panics
+/// When a reset has another cause or phase (the message shows every one counted).
+pub fn assert_resets_only(stats: &Stats, what: &str, allowed: &[Allowed]) -> u64 {
+    let accounted: u64 = allowed.iter().map(|a| a.counted(stats)).sum();
+    assert_eq!(
+        stats.all_resets(),
+        accounted,
+        "{what}: a reset other than {allowed:?}: {:?}",
+        stats.reset_table()
+    );
+    accounted
 }
 
 /// Checks that a checkout failed as a refused connect.
@@ -175,17 +172,14 @@ pub fn assert_refused<T, E: std::error::Error>(result: Result<T, Error<E>>) {
 ///
 /// # Panics
 /// When connections stay in the pool for [`SLACK`], or the counts differ.
-pub async fn assert_emptied_by_the_peer<M: Manager>(
-    pool: &Pool<M>,
-    metrics: &RecordedMetrics,
-    n: u64,
-) {
+pub async fn assert_emptied_by_the_peer<M: Manager>(pool: &Pool<M>, n: u64) {
     assert!(
         crate::eventually(SLACK, || pool.status().size == 0).await,
         "connections to the departed server stayed in the pool: {:?}",
         pool.status()
     );
-    let closed = metrics.assert_resets_only(
+    let closed = assert_resets_only(
+        &pool.stats(),
         "a departed server",
         &[
             Allowed::any_phase(ResetCause::PeerClosed),

@@ -1,30 +1,31 @@
 //! The set-up the retry and run tests share: a [`LedgerServer`] with its faults, a
-//! pool to it with its metrics recorded, one assertion for what those metrics
-//! counted, and one for how a run that gave up reports it.
+//! pool to it (its metrics recorded for the tests that check the metrics), one
+//! assertion for what the pool's books (`Pool::stats`) counted, and one for how a run
+//! that gave up reports it.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
 //! use steadypool::metrics::RunOutcome;
 //! use steadypool_tests::flaky::{self, Faults};
-//! use steadypool_tests::ledger::{Counted, ledger_pool};
+//! use steadypool_tests::ledger::{self, Counted, ledger_pool};
 //!
-//! let (server, pool, metrics) = ledger_pool(Faults::default(), |b| b).await;
+//! let (server, pool) = ledger_pool(Faults::default(), |b| b).await;
 //! pool.run(async |conn| flaky::run(conn, 1).await).await.unwrap();
-//! metrics.assert_counted("one run", &Counted::runs(&[(RunOutcome::Ok, 1)]));
+//! ledger::assert_counted(&pool.stats(), "one run", &Counted::runs(&[(RunOutcome::Ok, 1)]));
 //! assert_eq!(server.requests(), 1);
 //! # }
 //! ```
 
 use std::error::Error as StdError;
 
-use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{AttemptError, GiveUp, Pool, PoolBuilder, ResetCause, RunError};
+use steadypool::metrics::{RETRIES, RUNS, RetryOutcome, RunOutcome};
+use steadypool::{AttemptError, GiveUp, Pool, PoolBuilder, ResetCause, RunError, Stats};
 
 use crate::flaky::{Faults, LedgerManager, LedgerServer};
-use crate::recorded::RecordedMetrics;
+use crate::recorded::{Books, RecordedMetrics};
 
 /// Starts a ledger server with `faults` and builds a pool to it, adjusted by
-/// `configure`, with its metrics recorded.
+/// `configure`. Its counts are read from `Pool::stats`.
 ///
 /// # Panics
 /// When the server cannot start or the pool refuses its configuration: the test
@@ -32,15 +33,36 @@ use crate::recorded::RecordedMetrics;
 pub async fn ledger_pool(
     faults: Faults,
     configure: impl FnOnce(PoolBuilder<LedgerManager>) -> PoolBuilder<LedgerManager>,
+) -> (LedgerServer, Pool<LedgerManager>) {
+    let server = start(faults).await;
+    let builder = configure(Pool::builder(LedgerManager::new(server.addr())));
+    match builder.build() {
+        Ok(pool) => (server, pool),
+        Err(e) => panic!("the pool refused its configuration: {e}"),
+    }
+}
+
+/// As [`ledger_pool`], with the pool's metrics recorded, for a test that checks the
+/// metrics themselves.
+///
+/// # Panics
+/// As [`ledger_pool`].
+pub async fn ledger_pool_recorded(
+    faults: Faults,
+    configure: impl FnOnce(PoolBuilder<LedgerManager>) -> PoolBuilder<LedgerManager>,
 ) -> (LedgerServer, Pool<LedgerManager>, RecordedMetrics) {
-    let server = match LedgerServer::start(faults).await {
-        Ok(server) => server,
-        Err(e) => panic!("the ledger server did not start: {e}"),
-    };
+    let server = start(faults).await;
     let builder = configure(Pool::builder(LedgerManager::new(server.addr())));
     match RecordedMetrics::build(builder) {
         Ok((pool, metrics)) => (server, pool, metrics),
         Err(e) => panic!("the pool refused its configuration: {e}"),
+    }
+}
+
+async fn start(faults: Faults) -> LedgerServer {
+    match LedgerServer::start(faults).await {
+        Ok(server) => server,
+        Err(e) => panic!("the ledger server did not start: {e}"),
     }
 }
 
@@ -62,35 +84,73 @@ impl<'a> Counted<'a> {
     }
 }
 
-impl RecordedMetrics {
-    /// Checks that this pool counted exactly `expected`; a failure names `what` and
-    /// the series that differs.
-    ///
-    /// # Panics
-    /// When a count differs.
-    pub fn assert_counted(&self, what: &str, expected: &Counted<'_>) {
-        for &(outcome, n) in expected.runs {
-            assert_eq!(
-                self.runs(outcome),
-                n,
-                "{what}: runs with outcome {outcome:?}"
-            );
-        }
-        let runs: u64 = expected.runs.iter().map(|(_, n)| n).sum();
-        assert_eq!(self.all_runs(), runs, "{what}: runs in all");
-        for &(cause, outcome, n) in expected.retries {
-            let counted = match cause {
-                Some(cause) => self.retries_with_cause(cause, outcome),
-                None => self.retries(outcome),
-            };
-            assert_eq!(
-                counted, n,
-                "{what}: retries after {cause:?} that ended {outcome:?}"
-            );
-        }
-        let retries: u64 = expected.retries.iter().map(|(.., n)| n).sum();
-        assert_eq!(self.all_retries(), retries, "{what}: retries in all");
+/// Checks that a pool's books (`stats`, from `Pool::stats`) counted exactly
+/// `expected`; a failure names `what` and the count that differs.
+///
+/// # Panics
+/// When a count differs.
+pub fn assert_counted(stats: &Stats, what: &str, expected: &Counted<'_>) {
+    for &(outcome, n) in expected.runs {
+        assert_eq!(
+            stats.runs(outcome),
+            n,
+            "{what}: runs with outcome {outcome:?}"
+        );
     }
+    let runs: u64 = expected.runs.iter().map(|(_, n)| n).sum();
+    assert_eq!(stats.all_runs(), runs, "{what}: runs in all");
+    for &(cause, outcome, n) in expected.retries {
+        let counted = match cause {
+            Some(cause) => stats.retries_by_cause(cause, outcome),
+            None => stats.retries(outcome),
+        };
+        assert_eq!(
+            counted, n,
+            "{what}: retries after {cause:?} that ended {outcome:?}"
+        );
+    }
+    let retries: u64 = expected.retries.iter().map(|(.., n)| n).sum();
+    assert_eq!(stats.all_retries(), retries, "{what}: retries in all");
+}
+
+/// Checks that the pool's metrics count the same runs and retries as `expected`
+/// (what [`assert_counted`] checks in its books), totals included.
+///
+/// # Panics
+/// When a counter differs.
+pub fn assert_metrics_counted(metrics: &RecordedMetrics, what: &str, expected: &Counted<'_>) {
+    for &(outcome, n) in expected.runs {
+        assert_eq!(
+            metrics.counter(RUNS, &[("outcome", outcome.as_str())]),
+            n,
+            "{what}: the metrics' runs with outcome {outcome:?}"
+        );
+    }
+    let runs: u64 = expected.runs.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        metrics.counter(RUNS, &[]),
+        runs,
+        "{what}: the metrics' runs in all"
+    );
+    for &(cause, outcome, n) in expected.retries {
+        let counted = match cause {
+            Some(cause) => metrics.counter(
+                RETRIES,
+                &[("cause", cause.as_str()), ("outcome", outcome.as_str())],
+            ),
+            None => metrics.counter(RETRIES, &[("outcome", outcome.as_str())]),
+        };
+        assert_eq!(
+            counted, n,
+            "{what}: the metrics' retries after {cause:?} that ended {outcome:?}"
+        );
+    }
+    let retries: u64 = expected.retries.iter().map(|(.., n)| n).sum();
+    assert_eq!(
+        metrics.counter(RETRIES, &[]),
+        retries,
+        "{what}: the metrics' retries in all"
+    );
 }
 
 /// How a `run` that gave up must report it.

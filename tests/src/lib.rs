@@ -20,6 +20,7 @@ pub mod recorded;
 pub mod redis;
 pub mod servers;
 pub mod sockets;
+pub mod tls;
 pub mod unreliable;
 
 /// Checks `condition` every 10 ms until it holds or `within` passes; returns whether

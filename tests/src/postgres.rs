@@ -32,6 +32,7 @@ use std::process::{Command, Output};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::host;
+use crate::tls::TestCa;
 
 /// Where Debian installs the server programs, one directory per major version.
 const DEBIAN_LIB: &str = "/usr/lib/postgresql";
@@ -44,6 +45,7 @@ const START_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct PgServerBuilder {
     max_connections: u32,
+    tls: Option<TestCa>,
 }
 
 impl PgServerBuilder {
@@ -51,6 +53,13 @@ impl PgServerBuilder {
     /// superusers: the test's own admin connections count against it too.
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max;
+        self
+    }
+
+    /// Turns TLS on (`ssl = on`) with a server certificate from `ca`, for
+    /// `localhost` and `127.0.0.1`. Clients may still connect without TLS.
+    pub fn tls(mut self, ca: &TestCa) -> Self {
+        self.tls = Some(ca.clone());
         self
     }
 
@@ -89,8 +98,12 @@ impl PgServerBuilder {
             gid,
             port: 0,
             max_connections: self.max_connections,
+            tls: self.tls.is_some(),
         };
         server.init();
+        if let Some(ca) = &self.tls {
+            server.write_tls_files(ca);
+        }
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = match host::free_port() {
@@ -115,6 +128,7 @@ pub struct PgServer {
     gid: u32,
     port: u16,
     max_connections: u32,
+    tls: bool,
 }
 
 impl PgServer {
@@ -130,6 +144,7 @@ impl PgServer {
     pub fn builder() -> PgServerBuilder {
         PgServerBuilder {
             max_connections: 50,
+            tls: None,
         }
     }
 
@@ -256,14 +271,37 @@ impl PgServer {
         expect_success("initdb", output);
     }
 
+    /// Writes the certificate and key where the server reads them, owned by the
+    /// postgres user: the server refuses a key others can read.
+    fn write_tls_files(&self, ca: &TestCa) {
+        let files = match ca.write_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => panic!("cannot write the TLS files for PostgreSQL: {e}"),
+        };
+        for file in [&files.ca, &files.cert, &files.key] {
+            if let Err(e) = std::os::unix::fs::chown(file, Some(self.uid), Some(self.gid)) {
+                panic!("cannot hand {} to the postgres user: {e}", file.display());
+            }
+        }
+    }
+
     fn try_start(&self) -> Result<(), String> {
+        let tls = if self.tls {
+            format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+                self.dir.display()
+            )
+        } else {
+            String::new()
+        };
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c shared_buffers=16MB -c max_connections={} \
-             -c superuser_reserved_connections=0",
+             -c superuser_reserved_connections=0{}",
             self.port,
             self.dir.display(),
-            self.max_connections
+            self.max_connections,
+            tls
         );
         let output = self
             .as_postgres("pg_ctl")

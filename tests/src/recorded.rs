@@ -1,4 +1,6 @@
-//! The metrics one pool recorded, for assertions.
+//! The metrics one pool recorded, for tests that check the metrics themselves; and
+//! [`Books`], the counts tests read from `Pool::stats()` (no label is parsed back
+//! into a cause).
 //!
 //! A pool binds its metric handles when it is built, so [`RecordedMetrics::build`]
 //! builds it with a fresh [`DebuggingRecorder`] installed for that moment only: every
@@ -12,13 +14,16 @@
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadypool::metrics::RESETS;
 //! use steadypool::{drivers::tcp::TcpManager, Phase, Pool, ResetCause};
-//! use steadypool_tests::recorded::RecordedMetrics;
+//! use steadypool_tests::recorded::{Books, RecordedMetrics};
 //!
 //! let (pool, metrics) = RecordedMetrics::build(Pool::builder(TcpManager::new("127.0.0.1:7000")))?;
 //! // ... a connection breaks ...
-//! assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
-//! # drop(pool); Ok(()) }
+//! assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout), 1);
+//! assert_eq!(pool.stats().all_resets(), 1);
+//! assert_eq!(metrics.counter(RESETS, &[("cause", "peer_closed"), ("phase", "checkout")]), 1);
+//! # Ok(()) }
 //! ```
 
 use std::collections::HashMap;
@@ -27,8 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::registry::{AtomicStorage, Registry};
-use steadypool::metrics::{CONNECTS, EVICTIONS, RESETS, RETRIES, RUNS, RetryOutcome, RunOutcome};
-use steadypool::{BuildError, Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
+use steadypool::metrics::{RetryOutcome, RunOutcome};
+use steadypool::{BuildError, Manager, Phase, Pool, PoolBuilder, ResetCause, Stats};
 
 /// A counter series: its name and its labels, sorted.
 type Series = (String, Vec<(String, String)>);
@@ -144,62 +149,38 @@ impl RecordedMetrics {
             .map(|(_, n)| n)
             .sum()
     }
+}
 
-    /// Connections that broke with `cause` in `phase`.
-    pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
-        self.counter(
-            RESETS,
-            &[("cause", cause.as_str()), ("phase", phase.as_str())],
-        )
-    }
-
-    /// Connections that broke with `cause`, in any phase.
-    pub fn resets_with_cause(&self, cause: ResetCause) -> u64 {
-        self.counter(RESETS, &[("cause", cause.as_str())])
-    }
-
-    /// Every connection that broke, whatever the cause.
-    pub fn all_resets(&self) -> u64 {
-        self.counter(RESETS, &[])
-    }
-
-    /// Connections closed on purpose for `reason`.
-    pub fn evictions(&self, reason: Eviction) -> u64 {
-        self.counter(EVICTIONS, &[("reason", reason.as_str())])
-    }
-
-    /// Operations that hit a broken connection and ended with `outcome`, whatever the
-    /// cause.
-    pub fn retries(&self, outcome: RetryOutcome) -> u64 {
-        self.counter(RETRIES, &[("outcome", outcome.as_str())])
-    }
-
-    /// Operations that hit a failure with `cause` and ended with `outcome`.
-    pub fn retries_with_cause(&self, cause: ResetCause, outcome: RetryOutcome) -> u64 {
-        self.counter(
-            RETRIES,
-            &[("cause", cause.as_str()), ("outcome", outcome.as_str())],
-        )
-    }
-
-    /// Operations that hit a failure, whatever became of them.
-    pub fn all_retries(&self) -> u64 {
-        self.counter(RETRIES, &[])
-    }
-
-    /// `run` calls that returned `outcome` to their caller.
-    pub fn runs(&self, outcome: RunOutcome) -> u64 {
-        self.counter(RUNS, &[("outcome", outcome.as_str())])
-    }
-
+/// Sums and tables over a pool's [`Stats`], for assertions and a fault test's log.
+pub trait Books {
+    /// Every connection that broke, and every connect that failed, whatever the cause.
+    fn all_resets(&self) -> u64;
+    /// Connections that broke with `cause` (and connects that failed with it), in any
+    /// phase.
+    fn resets_with_cause(&self, cause: ResetCause) -> u64;
+    /// Every cause and phase with resets counted, and how many.
+    fn reset_table(&self) -> Vec<(ResetCause, Phase, u64)>;
+    /// Operations that hit a broken connection, whatever became of them.
+    fn all_retries(&self) -> u64;
     /// `run` calls that returned, whatever they returned.
-    pub fn all_runs(&self) -> u64 {
-        self.counter(RUNS, &[])
+    fn all_runs(&self) -> u64;
+    /// Prints what the pool went through, for the log of a fault test.
+    fn report(&self, test: &str);
+}
+
+impl Books for Stats {
+    fn all_resets(&self) -> u64 {
+        self.reset_table().iter().map(|(.., n)| n).sum()
     }
 
-    /// Every cause and phase with resets counted, and how many: for failure messages
-    /// and a test's report.
-    pub fn reset_table(&self) -> Vec<(ResetCause, Phase, u64)> {
+    fn resets_with_cause(&self, cause: ResetCause) -> u64 {
+        Phase::ALL
+            .iter()
+            .map(|phase| self.resets(cause, *phase))
+            .sum()
+    }
+
+    fn reset_table(&self) -> Vec<(ResetCause, Phase, u64)> {
         ResetCause::ALL
             .iter()
             .flat_map(|cause| Phase::ALL.iter().map(move |phase| (*cause, *phase)))
@@ -208,13 +189,15 @@ impl RecordedMetrics {
             .collect()
     }
 
-    /// Connect attempts with `outcome` (`"ok"` or a cause's label).
-    pub fn connects(&self, outcome: &str) -> u64 {
-        self.counter(CONNECTS, &[("outcome", outcome)])
+    fn all_retries(&self) -> u64 {
+        RetryOutcome::ALL.iter().map(|o| self.retries(*o)).sum()
     }
 
-    /// Prints what the pool went through, for the log of a fault test.
-    pub fn report(&self, test: &str) {
+    fn all_runs(&self) -> u64 {
+        RunOutcome::ALL.iter().map(|o| self.runs(*o)).sum()
+    }
+
+    fn report(&self, test: &str) {
         eprintln!(
             "{test}: resets {:?}; retried operations: {} succeeded, {} gave up, {} budget \
              spent, {} not safe; runs: {} ok, {} operation errors, {} may have taken \
@@ -228,8 +211,8 @@ impl RecordedMetrics {
             self.runs(RunOutcome::OperationError),
             self.runs(RunOutcome::MaybeExecuted),
             self.runs(RunOutcome::NotExecuted),
-            self.connects("ok"),
-            self.connects(ResetCause::Refused.as_str()),
+            self.opened,
+            self.resets(ResetCause::Refused, Phase::Connect),
         );
     }
 }

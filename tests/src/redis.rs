@@ -30,6 +30,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::host;
+use crate::tls::{TestCa, TlsFiles};
 
 /// How long Redis may take to start or stop.
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -42,6 +43,9 @@ pub struct RedisServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// The TLS port and the certificate files, for a server started with
+    /// [`RedisServer::start_tls`].
+    tls: Option<(u16, TlsFiles)>,
     child: Mutex<Option<Child>>,
 }
 
@@ -52,6 +56,20 @@ impl RedisServer {
     /// # Panics
     /// Under CI instead of skipping, and whenever an installed Redis fails to start.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with(None)
+    }
+
+    /// As [`RedisServer::start`], also listening for TLS (`--tls-port`) with a
+    /// certificate from `ca`; clients need no certificate of their own. Debian's
+    /// `redis-server` is built with TLS.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_tls(ca: &TestCa) -> Option<RedisServer> {
+        RedisServer::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Option<RedisServer> {
         let Some(bin) = host::program("redis-server") else {
             host::skip("redis-server not found: install package redis-server");
             return None;
@@ -60,10 +78,15 @@ impl RedisServer {
             Ok(dir) => dir,
             Err(e) => panic!("cannot create a scratch directory for Redis: {e}"),
         };
+        let tls = ca.map(|ca| match ca.write_files(&dir) {
+            Ok(files) => (0, files),
+            Err(e) => panic!("cannot write the TLS files for Redis: {e}"),
+        });
         let mut server = RedisServer {
             bin,
             dir,
             port: 0,
+            tls,
             child: Mutex::new(None),
         };
         let mut last = String::new();
@@ -72,6 +95,12 @@ impl RedisServer {
                 Ok(port) => port,
                 Err(e) => panic!("no free port for Redis: {e}"),
             };
+            if let Some((port, _)) = &mut server.tls {
+                *port = match host::free_port() {
+                    Ok(port) => port,
+                    Err(e) => panic!("no free port for Redis's TLS: {e}"),
+                };
+            }
             match server.try_start() {
                 Ok(()) => return Some(server),
                 Err(log) => last = log,
@@ -93,6 +122,18 @@ impl RedisServer {
     /// Its URL, database 0.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its TLS URL (`rediss://`), database 0, for a server started with
+    /// [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// For a server without TLS.
+    pub fn tls_url(&self) -> String {
+        match &self.tls {
+            Some((port, _)) => format!("rediss://127.0.0.1:{port}/0"),
+            None => panic!("this Redis was started without TLS"),
+        }
     }
 
     /// Its Unix-domain socket (`--unixsocket`). Redis removes it on a clean shutdown
@@ -180,7 +221,18 @@ impl RedisServer {
     fn try_start(&self) -> Result<(), String> {
         self.kill();
         let _ = fs::remove_file(self.pidfile());
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some((port, files)) = &self.tls {
+            command
+                .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--unixsocket")

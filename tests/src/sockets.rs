@@ -6,7 +6,7 @@
 //! holds are those whose inode appears among `/proc/self/fd`.
 //!
 //! ```no_run
-//! use steadypool::probe::TcpState;
+//! use steadypool::TcpState;
 //! use steadypool_tests::sockets;
 //!
 //! let lingering = sockets::to_port(6379)?
@@ -22,7 +22,7 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use steadypool::probe::TcpState;
+use steadypool::TcpState;
 
 /// One TCP socket this process holds, as the kernel lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

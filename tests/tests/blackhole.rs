@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
-use steadypool::dial::Keepalive;
-use steadypool::probe::TcpState;
-use steadypool::{Classify, Disposition, Phase, Pool, ResetCause, Sent};
+use steadypool::{
+    Classify, Dialer, Disposition, Keepalive, Phase, Pool, ResetCause, Sent, TcpState,
+};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::netns;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::{eventually, sockets};
 use tokio::time::Instant;
@@ -27,17 +27,16 @@ const REAPER_TICK: Duration = Duration::from_secs(1);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(8);
 
-fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
-    RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .name(name)
-            .keepalive(Some(KEEPALIVE))
-            .reaper_interval(REAPER_TICK)
-            .idle_timeout(None)
-            .check_after(HOUR)
-            .learn_idle_limit(false),
-    )
-    .unwrap()
+fn pool_for(server: &LineServer, name: &str) -> Pool<LineManager> {
+    Pool::builder(LineManager::new(server.addr()))
+        .name(name)
+        .keepalive(Some(KEEPALIVE))
+        .reaper_interval(REAPER_TICK)
+        .idle_timeout(None)
+        .check_after(HOUR)
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
 }
 
 /// Opens `n` connections at once, each answering a request, and lets them go idle.
@@ -68,7 +67,7 @@ fn keepalive_evicts_every_black_holed_idle_connection() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "black-hole-idle");
+        let pool = pool_for(&server, "black-hole-idle");
         open_idle(&pool, 4).await;
 
         ns.black_hole(port);
@@ -78,8 +77,12 @@ fn keepalive_evicts_every_black_holed_idle_connection() {
         let took = started.elapsed();
         eprintln!("black-holed idle connections evicted after {took:?} (bound {bound:?})");
         assert!(evicted, "still pooled after {took:?}: {:?}", pool.status());
-        assert_eq!(metrics.resets(ResetCause::KeepaliveTimeout, Phase::Idle), 4);
-        assert_eq!(metrics.all_resets(), 4);
+        assert_eq!(
+            pool.stats()
+                .resets(ResetCause::KeepaliveTimeout, Phase::Idle),
+            4
+        );
+        assert_eq!(pool.stats().all_resets(), 4);
         no_sockets_left(port).await;
     });
 }
@@ -95,15 +98,14 @@ fn a_request_in_flight_into_a_black_hole_fails_at_the_user_timeout() {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
         let user_timeout = Duration::from_secs(2);
-        let (pool, metrics) = RecordedMetrics::build(
-            Pool::builder(LineManager::new(server.addr()))
-                .name("black-hole-busy")
-                .keepalive(Some(KEEPALIVE))
-                .user_timeout(Some(user_timeout))
-                .reaper_interval(REAPER_TICK)
-                .check_after(HOUR),
-        )
-        .unwrap();
+        let pool = Pool::builder(LineManager::new(server.addr()))
+            .name("black-hole-busy")
+            .keepalive(Some(KEEPALIVE))
+            .user_timeout(Some(user_timeout))
+            .reaper_interval(REAPER_TICK)
+            .check_after(HOUR)
+            .build()
+            .unwrap();
         let mut conn = pool.get().await.unwrap();
         assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
 
@@ -129,7 +131,10 @@ fn a_request_in_flight_into_a_black_hole_fails_at_the_user_timeout() {
         );
         conn.mark_broken(ResetCause::UserTimeout);
         drop(conn);
-        assert_eq!(metrics.resets(ResetCause::UserTimeout, Phase::InUse), 1);
+        assert_eq!(
+            pool.stats().resets(ResetCause::UserTimeout, Phase::InUse),
+            1
+        );
         no_sockets_left(port).await;
     });
 }
@@ -142,7 +147,7 @@ fn a_firewall_reset_is_peer_reset_idle_and_in_use() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "reject-reset");
+        let pool = pool_for(&server, "reject-reset");
         open_idle(&pool, 4).await;
         let mut busy = pool.get().await.unwrap();
 
@@ -162,8 +167,8 @@ fn a_firewall_reset_is_peer_reset_idle_and_in_use() {
             "{:?}",
             pool.status()
         );
-        assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::InUse), 1);
-        assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Idle), 3);
+        assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::InUse), 1);
+        assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::Idle), 3);
         no_sockets_left(port).await;
     });
 }
@@ -176,7 +181,7 @@ fn killed_established_connections_are_peer_reset() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "ss-kill");
+        let pool = pool_for(&server, "ss-kill");
         open_idle(&pool, 4).await;
         let mut busy = pool.get().await.unwrap();
 
@@ -186,7 +191,7 @@ fn killed_established_connections_are_peer_reset() {
             "{:?}",
             pool.status()
         );
-        assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Idle), 3);
+        assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::Idle), 3);
         let err = request(&mut busy, "PING").await.unwrap_err();
         let Disposition::Broken { cause, .. } = err.classify() else {
             panic!("a reset connection is broken: {err}");
@@ -202,5 +207,51 @@ fn killed_established_connections_are_peer_reset() {
 
         let mut fresh = pool.get().await.unwrap();
         assert_eq!(request(&mut fresh, "PING").await.unwrap(), "PONG");
+    });
+}
+
+/// A free local port: nothing listens there, and a black hole on it makes a connect
+/// hang instead of being refused.
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[test]
+fn a_black_holed_first_address_leaves_time_for_the_next() {
+    let Some(ns) = netns::isolate("a_black_holed_first_address_leaves_time_for_the_next") else {
+        return;
+    };
+    netns::runtime().block_on(async {
+        let server = LineServer::start().await.unwrap();
+        let (hole, other_hole) = (free_port(), free_port());
+        ns.black_hole(hole.port());
+        ns.black_hole(other_hole.port());
+        let connect_timeout = Duration::from_secs(4);
+        let dialer = Dialer::new().connect_timeout(connect_timeout);
+
+        let started = Instant::now();
+        let stream = dialer
+            .connect_any(&[hole, server.addr()])
+            .await
+            .expect("the second address answers within its share of connect_timeout");
+        let took = started.elapsed();
+        eprintln!("connected to the second address after {took:?}");
+        assert_eq!(stream.peer_addr().unwrap(), server.addr());
+        // The first address got its half, and spent it all: its SYNs vanished.
+        assert!(took >= connect_timeout / 2, "{took:?}");
+
+        let started = Instant::now();
+        let err = dialer
+            .connect_any(&[hole, other_hole])
+            .await
+            .expect_err("no address answers");
+        let took = started.elapsed();
+        assert_eq!(err.cause(), ResetCause::ConnectTimeout, "{err}");
+        assert!(
+            err.to_string().contains(&other_hole.port().to_string()),
+            "{err}"
+        );
+        assert!(took < connect_timeout + SLACK, "{took:?}");
     });
 }

@@ -5,11 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
 use steadypool::{
-    AttemptError, CircuitState, Error, GiveUp, Pool, ResetCause, RetryPolicy, RunError,
+    AttemptError, CircuitState, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
+use steadypool_tests::recorded::RecordedMetrics;
 
 const BASE: Duration = Duration::from_millis(40);
 /// Long enough that the checks made while the circuit is open finish inside even its
@@ -184,11 +186,12 @@ async fn a_failed_trial_reopens_the_circuit() {
     let addr = server.addr();
     server.stop().await;
     let manager = LedgerManager::new(addr);
-    let pool = Pool::builder(manager.clone())
-        .circuit_open_after(2)
-        .circuit_open_for(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(manager.clone())
+            .circuit_open_after(2)
+            .circuit_open_for(Duration::from_secs(2)),
+    )
+    .unwrap();
     for _ in 0..2 {
         assert!(matches!(pool.get().await, Err(Error::Connect { .. })));
     }
@@ -202,4 +205,31 @@ async fn a_failed_trial_reopens_the_circuit() {
         pool.get().await,
         Err(Error::CircuitOpen { failures: 3, .. })
     ));
+    // The books count each failed connect by cause, each checkout failure by kind, and
+    // the connect the gate turned away; the metrics say the same.
+    let stats = pool.stats();
+    assert_eq!(stats.connect_failures, 3, "{stats:?}");
+    assert_eq!(stats.resets(ResetCause::Refused, Phase::Connect), 3);
+    assert_eq!(stats.gate_rejections, 1);
+    assert_eq!(stats.checkout_errors, 4);
+    for (failure, n) in [
+        (CheckoutFailure::ConnectFailed, 3),
+        (CheckoutFailure::CircuitOpen, 1),
+        (CheckoutFailure::Timeout, 0),
+    ] {
+        assert_eq!(stats.checkout_failures(failure), n, "{failure:?}");
+        assert_eq!(
+            metrics.counter(CHECKOUT_ERRORS, &[("error", failure.as_str())]),
+            n,
+            "{failure:?}"
+        );
+    }
+    assert_eq!(
+        metrics.counter(RESETS, &[("cause", "refused"), ("phase", "connect")]),
+        3
+    );
+    assert_eq!(
+        metrics.counter(CONNECTS, &[("outcome", "refused")]),
+        stats.connect_failures
+    );
 }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
+use steadypool::TcpState;
 use steadypool::chaos::{ChaosProxy, ChaosStats, Faults, IdleClose};
-use steadypool::probe::TcpState;
 use steadypool::{Classify, Disposition, Phase, Pool, ResetCause};
 use steadypool_tests::faults;
 use steadypool_tests::line_manager::{LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::{eventually, sockets};
 
@@ -24,7 +24,6 @@ struct Setup {
     _server: LineServer,
     proxy: ChaosProxy,
     pool: Pool<LineManager>,
-    metrics: RecordedMetrics,
 }
 
 /// A line server behind a proxy with `faults`, and a pool to the proxy that pings
@@ -37,19 +36,17 @@ async fn setup(name: &str, faults: Faults) -> Setup {
         .start()
         .await
         .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(proxy.local_addr()))
-            .name(name)
-            .reaper_interval(TICK)
-            .check_after(HOUR)
-            .learn_idle_limit(false),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(proxy.local_addr()))
+        .name(name)
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
     Setup {
         _server: server,
         proxy,
         pool,
-        metrics,
     }
 }
 
@@ -93,7 +90,7 @@ async fn an_idle_close_with_fin_is_found_while_idle_as_peer_closed() {
     let stats = wait_for_stats(&s.proxy, |st| st.idle_fin == 3).await;
     assert!(eventually(SLACK, || s.pool.status().size == 0).await);
     assert_eq!(
-        s.metrics.resets(ResetCause::PeerClosed, Phase::Idle),
+        s.pool.stats().resets(ResetCause::PeerClosed, Phase::Idle),
         stats.idle_fin
     );
     assert!(no_close_wait(s.proxy.local_addr().port()).await);
@@ -113,7 +110,7 @@ async fn an_idle_close_with_rst_is_found_while_idle_as_peer_reset() {
     let stats = wait_for_stats(&s.proxy, |st| st.idle_rst == 3).await;
     assert!(eventually(SLACK, || s.pool.status().size == 0).await);
     assert_eq!(
-        s.metrics.resets(ResetCause::PeerReset, Phase::Idle),
+        s.pool.stats().resets(ResetCause::PeerReset, Phase::Idle),
         stats.idle_rst
     );
     assert!(no_close_wait(s.proxy.local_addr().port()).await);
@@ -127,7 +124,7 @@ async fn a_crash_resets_every_pooled_connection_and_the_pool_counts_each() {
     open_idle(&s.pool, 4).await;
     assert_eq!(s.proxy.crash().await, 4);
     assert!(eventually(SLACK, || s.pool.status().size == 0).await);
-    assert_eq!(s.metrics.resets(ResetCause::PeerReset, Phase::Idle), 4);
+    assert_eq!(s.pool.stats().resets(ResetCause::PeerReset, Phase::Idle), 4);
     assert_eq!(s.proxy.stats().crash_resets, 4);
     assert!(no_close_wait(s.proxy.local_addr().port()).await);
 }
@@ -137,7 +134,10 @@ async fn a_refusing_upstream_fails_checkout_as_refused_until_it_listens_again() 
     let s = setup("refuse", Faults::none()).await;
     s.proxy.set_refuse(true).unwrap();
     faults::assert_refused(s.pool.get().await);
-    assert_eq!(s.metrics.connects(ResetCause::Refused.as_str()), 1);
+    assert_eq!(
+        s.pool.stats().resets(ResetCause::Refused, Phase::Connect),
+        1
+    );
     s.proxy.set_refuse(false).unwrap();
     let mut conn = s.pool.get().await.unwrap();
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
@@ -148,21 +148,23 @@ async fn a_hung_path_fails_the_checkout_ping_and_the_connection_is_replaced() {
     let server = LineServer::start().await.unwrap();
     let proxy = ChaosProxy::start(server.addr()).await.unwrap();
     let manager = LineManager::new(proxy.local_addr());
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(manager)
-            .name("hung")
-            .reaper_interval(TICK)
-            .check_after(Duration::from_millis(100))
-            .ping_timeout(Duration::from_millis(300)),
-    )
-    .unwrap();
+    let pool = Pool::builder(manager)
+        .name("hung")
+        .reaper_interval(TICK)
+        .check_after(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     open_idle(&pool, 1).await;
     proxy.set_black_hole(true);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The idle connection's ping goes unanswered; a new connection takes its place.
     let conn = pool.get().await.unwrap();
-    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+        1
+    );
     assert_eq!(pool.manager().connects(), 2);
     drop(conn);
     proxy.set_black_hole(false);
@@ -199,10 +201,10 @@ async fn resets_the_application_sees_add_up_to_the_resets_injected() {
     // The proxy counts a reset just after sending it.
     wait_for_stats(&s.proxy, |st| st.reset_random == failed).await;
     assert_eq!(
-        s.metrics.resets(ResetCause::PeerReset, Phase::InUse),
+        s.pool.stats().resets(ResetCause::PeerReset, Phase::InUse),
         failed
     );
-    assert_eq!(s.metrics.all_resets(), failed);
+    assert_eq!(s.pool.stats().all_resets(), failed);
     assert!(no_close_wait(s.proxy.local_addr().port()).await);
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use steadypool::TcpState;
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::probe::TcpState;
 use steadypool::{Eviction, Manager, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::line_manager::{LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::{eventually, sockets};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,12 +29,13 @@ fn checkout_only<M: Manager>(manager: M) -> PoolBuilder<M> {
         .check_after(HOUR)
 }
 
-/// A line server and a checkout-only pool to it, its metrics recorded.
-async fn recorded_line_pool() -> (LineServer, Pool<LineManager>, RecordedMetrics) {
+/// A line server and a checkout-only pool to it.
+async fn line_pool() -> (LineServer, Pool<LineManager>) {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(LineManager::new(server.addr()))).unwrap();
-    (server, pool, metrics)
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
+    (server, pool)
 }
 
 /// Waits until the kernel shows `count` of this process's sockets to `port` in `state`,
@@ -123,7 +124,7 @@ async fn strike(server: &LineServer, strike: Strike) {
 async fn a_fault_on_an_idle_connection_is_discarded_with_its_cause() {
     for fault in FAULTS {
         let row = fault.name;
-        let (server, pool, metrics) = recorded_line_pool().await;
+        let (server, pool) = line_pool().await;
         let first = open_idle(&pool, &server, 1).await;
 
         strike(&server, fault.strike).await;
@@ -136,12 +137,12 @@ async fn a_fault_on_an_idle_connection_is_discarded_with_its_cause() {
         // Had a stray line stayed, this reply would be the notice.
         assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG", "{row}");
         assert_eq!(
-            metrics.resets(fault.cause, Phase::Checkout),
+            pool.stats().resets(fault.cause, Phase::Checkout),
             1,
             "{row}: {:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
-        assert_eq!(metrics.all_resets(), 1, "{row}");
+        assert_eq!(pool.stats().all_resets(), 1, "{row}");
         assert_eq!(server.accepts(), 2, "{row}");
         drop(conn);
         assert_eq!(
@@ -155,8 +156,9 @@ async fn a_fault_on_an_idle_connection_is_discarded_with_its_cause() {
 #[tokio::test]
 async fn every_dead_idle_connection_is_skipped_then_a_fresh_one_is_opened() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) =
-        RecordedMetrics::build(checkout_only(TcpManager::new(server.addr()))).unwrap();
+    let pool = checkout_only(TcpManager::new(server.addr()))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 3).await;
     assert_eq!(pool.status().idle, 3);
 
@@ -173,7 +175,10 @@ async fn every_dead_idle_connection_is_skipped_then_a_fresh_one_is_opened() {
         .await
         .unwrap();
     assert_eq!(reply, "PONG\n");
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 3);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
+        3
+    );
     assert_eq!(server.accepts(), 4);
     let status = pool.status();
     assert_eq!((status.size, status.in_use, status.idle), (1, 1, 0));
@@ -198,18 +203,21 @@ async fn a_returned_connection_is_reused_without_a_ping() {
 #[tokio::test]
 async fn a_connection_idle_past_idle_timeout_is_closed_at_checkout() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        checkout_only(LineManager::new(server.addr()))
-            .idle_timeout(Some(Duration::from_millis(200))),
-    )
-    .unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), first[0]);
-    assert_eq!(metrics.evictions(Eviction::IdleExpired), 1);
-    assert_eq!(metrics.all_resets(), 0, "an idle expiry is not a reset");
+    assert_eq!(pool.stats().evictions(Eviction::IdleExpired), 1);
+    assert_eq!(
+        pool.stats().all_resets(),
+        0,
+        "an idle expiry is not a reset"
+    );
     let closed = eventually(PATIENCE, || {
         server.ended().iter().any(|e| e.how == Ending::ClientClosed)
     })
@@ -251,33 +259,35 @@ async fn only_a_connection_idle_past_check_after_is_pinged() {
 #[tokio::test]
 async fn a_hung_server_fails_the_ping_and_the_connection_is_replaced() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(HOUR)
-            .check_after(Duration::from_millis(100))
-            .ping_timeout(Duration::from_millis(200)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(HOUR)
+        .check_after(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let first = open_idle(&pool, &server, 1).await;
     assert_eq!(server.freeze_all().await, 1);
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let mut conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), first[0]);
-    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+        1
+    );
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
 }
 
 #[tokio::test]
 async fn a_connection_marked_broken_is_closed_not_returned() {
-    let (_server, pool, metrics) = recorded_line_pool().await;
+    let (_server, pool) = line_pool().await;
     let mut conn = pool.get().await.unwrap();
     let id = conn.id();
     conn.mark_broken(ResetCause::PeerReset);
     drop(conn);
 
     assert_eq!(pool.status().size, 0);
-    assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::InUse), 1);
+    assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::InUse), 1);
     let conn = pool.get().await.unwrap();
     assert_ne!(conn.id(), id);
 }
@@ -306,7 +316,7 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
     // runs on an empty budget. A probe that took Pending for "nothing arrived" would
     // then hand out the dead connection.
     for spent in 120..=128 {
-        let (server, pool, metrics) = recorded_line_pool().await;
+        let (server, pool) = line_pool().await;
         let first = open_idle(&pool, &server, 1).await;
         strike(&server, Strike::Close).await;
 
@@ -319,7 +329,10 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
             !first.contains(&conn.id()),
             "the closed connection came back after {spent} units of budget"
         );
-        assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Checkout), 1);
+        assert_eq!(
+            pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
+            1
+        );
     }
 }
 

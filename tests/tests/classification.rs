@@ -1,5 +1,5 @@
 //! The classification matrix: each fault injected for real on loopback, and the
-//! label the pool recorded for it, read back from the metrics recorder.
+//! cause and phase the pool counted for it, read from `Pool::stats`.
 //!
 //! | fault | cause / phase |
 //! |---|---|
@@ -19,11 +19,11 @@
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use steadypool::{Classify, Disposition, Phase, Pool, PoolBuilder, ResetCause};
+use steadypool::{Classify, Disposition, Manager, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
 use steadypool_tests::line_manager::{LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use tokio::task::JoinSet;
 
@@ -53,18 +53,18 @@ async fn one_idle(pool: &Pool<LineManager>, server: &LineServer) {
     assert!(eventually(PATIENCE, || server.live() == 1).await);
 }
 
-/// Waits until `metrics` shows `n` resets with `cause` in `phase`, then checks that
-/// nothing else was recorded.
-async fn recorded(metrics: &RecordedMetrics, cause: ResetCause, phase: Phase, n: u64) {
-    let seen = eventually(PATIENCE, || metrics.resets(cause, phase) >= n).await;
+/// Waits until the pool's stats show `n` resets with `cause` in `phase`, then checks
+/// that nothing else was counted.
+async fn recorded<M: Manager>(pool: &Pool<M>, cause: ResetCause, phase: Phase, n: u64) {
+    let seen = eventually(PATIENCE, || pool.stats().resets(cause, phase) >= n).await;
     assert!(
         seen,
         "expected {n} x {cause}/{phase}, recorded {}",
-        metrics.resets(cause, phase)
+        pool.stats().resets(cause, phase)
     );
-    assert_eq!(metrics.resets(cause, phase), n);
+    assert_eq!(pool.stats().resets(cause, phase), n);
     assert_eq!(
-        metrics.all_resets(),
+        pool.stats().all_resets(),
         n,
         "another label was recorded as well"
     );
@@ -73,28 +73,28 @@ async fn recorded(metrics: &RecordedMetrics, cause: ResetCause, phase: Phase, n:
 #[tokio::test]
 async fn fin_on_an_idle_connection_is_peer_closed_idle() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    let pool = reaped(&server).build().unwrap();
     one_idle(&pool, &server).await;
 
     assert_eq!(server.close_all().await, 1);
-    recorded(&metrics, ResetCause::PeerClosed, Phase::Idle, 1).await;
+    recorded(&pool, ResetCause::PeerClosed, Phase::Idle, 1).await;
     assert_eq!(pool.status().size, 0);
 }
 
 #[tokio::test]
 async fn rst_on_an_idle_connection_is_peer_reset_idle() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    let pool = reaped(&server).build().unwrap();
     one_idle(&pool, &server).await;
 
     assert_eq!(server.reset_all().await, 1);
-    recorded(&metrics, ResetCause::PeerReset, Phase::Idle, 1).await;
+    recorded(&pool, ResetCause::PeerReset, Phase::Idle, 1).await;
 }
 
 #[tokio::test]
 async fn rst_on_an_idle_connection_found_at_checkout_is_peer_reset_checkout() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(checked_out(&server)).unwrap();
+    let pool = checked_out(&server).build().unwrap();
     one_idle(&pool, &server).await;
 
     assert_eq!(server.reset_all().await, 1);
@@ -102,13 +102,13 @@ async fn rst_on_an_idle_connection_found_at_checkout_is_peer_reset_checkout() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut conn = pool.get().await.unwrap();
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    recorded(&metrics, ResetCause::PeerReset, Phase::Checkout, 1).await;
+    recorded(&pool, ResetCause::PeerReset, Phase::Checkout, 1).await;
 }
 
 #[tokio::test]
 async fn server_crash_with_requests_in_flight_is_peer_reset_in_use() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(checked_out(&server).max_size(3)).unwrap();
+    let pool = checked_out(&server).max_size(3).build().unwrap();
     let mut conns = Vec::new();
     for _ in 0..3 {
         conns.push(pool.get().await.unwrap());
@@ -137,7 +137,7 @@ async fn server_crash_with_requests_in_flight_is_peer_reset_in_use() {
         let err = outcome.unwrap().unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     }
-    recorded(&metrics, ResetCause::PeerReset, Phase::InUse, 3).await;
+    recorded(&pool, ResetCause::PeerReset, Phase::InUse, 3).await;
     assert_eq!(pool.status().size, 0);
 }
 
@@ -146,12 +146,12 @@ async fn connect_with_nothing_listening_is_refused_connect() {
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = gone.local_addr().unwrap();
     drop(gone);
-    let (pool, metrics) = RecordedMetrics::build(Pool::builder(LineManager::new(addr))).unwrap();
+    let pool = Pool::builder(LineManager::new(addr)).build().unwrap();
 
     faults::assert_refused(pool.get().await);
-    recorded(&metrics, ResetCause::Refused, Phase::Connect, 1).await;
-    assert_eq!(metrics.connects("refused"), 1);
-    assert_eq!(metrics.connects("ok"), 0);
+    recorded(&pool, ResetCause::Refused, Phase::Connect, 1).await;
+    assert_eq!(pool.stats().resets(ResetCause::Refused, Phase::Connect), 1);
+    assert_eq!(pool.stats().opened, 0);
 }
 
 /// A listener that never accepts, with an accept queue of one, already taken: the
@@ -177,37 +177,40 @@ fn listener_with_a_full_queue() -> (Socket, std::net::TcpStream, std::net::Socke
 #[tokio::test]
 async fn connect_to_a_listener_that_never_accepts_is_connect_timeout() {
     let (_listener, _queued, addr) = listener_with_a_full_queue();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(addr)).connect_timeout(Duration::from_millis(300)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(addr))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
 
     let err = pool.get().await.unwrap_err();
     assert_eq!(err.cause(), Some(ResetCause::ConnectTimeout), "{err}");
-    recorded(&metrics, ResetCause::ConnectTimeout, Phase::Connect, 1).await;
-    assert_eq!(metrics.connects("connect_timeout"), 1);
+    recorded(&pool, ResetCause::ConnectTimeout, Phase::Connect, 1).await;
+    assert_eq!(
+        pool.stats()
+            .resets(ResetCause::ConnectTimeout, Phase::Connect),
+        1
+    );
 }
 
 #[tokio::test]
 async fn bytes_on_an_idle_connection_are_unexpected_data_idle() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(reaped(&server)).unwrap();
+    let pool = reaped(&server).build().unwrap();
     one_idle(&pool, &server).await;
 
     assert_eq!(server.send_all(b"NOTICE going away\n").await, 1);
-    recorded(&metrics, ResetCause::UnexpectedData, Phase::Idle, 1).await;
+    recorded(&pool, ResetCause::UnexpectedData, Phase::Idle, 1).await;
 }
 
 #[tokio::test]
 async fn a_ping_the_server_never_answers_is_ping_failed_checkout() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(HOUR)
-            .check_after(Duration::from_millis(50))
-            .ping_timeout(Duration::from_millis(200)),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(HOUR)
+        .check_after(Duration::from_millis(50))
+        .ping_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     one_idle(&pool, &server).await;
 
     assert_eq!(server.freeze_all().await, 1);
@@ -217,5 +220,5 @@ async fn a_ping_the_server_never_answers_is_ping_failed_checkout() {
     let mut conn = pool.get().await.unwrap();
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
     assert_eq!(pool.manager().pings(), 1);
-    recorded(&metrics, ResetCause::PingFailed, Phase::Checkout, 1).await;
+    recorded(&pool, ResetCause::PingFailed, Phase::Checkout, 1).await;
 }

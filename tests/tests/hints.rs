@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use steadypool::{Classify, Disposition, Phase, Pool, ResetCause};
 use steadypool_tests::line_manager::{LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::LineServer;
 use tracing_test::traced_test;
 
@@ -88,13 +87,14 @@ async fn refused_connects_say_upstream_down_and_repeats_are_held_back() {
     drop(gone);
     // The connect circuit would stop the connects after a few; here every one of
     // them must reach the kernel.
-    let (pool, metrics) =
-        RecordedMetrics::build(Pool::builder(LineManager::new(addr)).circuit_open_after(100))
-            .unwrap();
+    let pool = Pool::builder(LineManager::new(addr))
+        .circuit_open_after(100)
+        .build()
+        .unwrap();
     for _ in 0..5 {
         assert!(pool.get().await.is_err());
     }
-    assert_eq!(metrics.resets(ResetCause::Refused, Phase::Connect), 5);
+    assert_eq!(pool.stats().resets(ResetCause::Refused, Phase::Connect), 5);
 
     logs_assert(|lines| {
         let warnings: Vec<&&str> = lines

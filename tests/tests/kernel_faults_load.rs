@@ -16,20 +16,19 @@ use steadypool_tests::faults::{self, Allowed, SLACK};
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::load::Load;
 use steadypool_tests::netns;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 
-fn pool_for(server: &LineServer, name: &str) -> (Pool<LineManager>, RecordedMetrics) {
-    RecordedMetrics::build(
-        faults::watched(LineManager::new(server.addr()), name, 8)
-            .connect_timeout(Duration::from_secs(2))
-            // While the firewall resets every packet, connects fail too; the open
-            // circuit would fail requests fast on purpose, and this test asks for none
-            // to fail, so it stays closed.
-            .circuit_open_after(u32::MAX)
-            .retry_policy(faults::ride_out_an_outage()),
-    )
-    .unwrap()
+fn pool_for(server: &LineServer, name: &str) -> Pool<LineManager> {
+    faults::watched(LineManager::new(server.addr()), name, 8)
+        .connect_timeout(Duration::from_secs(2))
+        // While the firewall resets every packet, connects fail too; the open
+        // circuit would fail requests fast on purpose, and this test asks for none
+        // to fail, so it stays closed.
+        .circuit_open_after(u32::MAX)
+        .retry_policy(faults::ride_out_an_outage())
+        .build()
+        .unwrap()
 }
 
 /// A `SET` to a fixed value: safe to run twice.
@@ -67,7 +66,7 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "ss-kill-load");
+        let pool = pool_for(&server, "ss-kill-load");
         let load = start_load(&pool);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         ns.kill_server_sockets(port);
@@ -91,27 +90,28 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
                 pool.status()
             );
         }
-        let in_use_before = metrics.resets(ResetCause::PeerReset, Phase::InUse);
-        let struck = || metrics.resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
+        let in_use_before = pool.stats().resets(ResetCause::PeerReset, Phase::InUse);
+        let struck = || pool.stats().resets(ResetCause::PeerReset, Phase::InUse) - in_use_before;
         ns.kill_server_sockets(port);
         eventually(SLACK, || struck() >= max_size as u64).await;
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
         let struck_in_flight = struck();
         ns.kill_server_sockets(port);
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-        faults::stop_without_failures(load, &metrics, "ss -K mid-load").await;
+        faults::stop_without_failures(load, &pool, "ss -K mid-load").await;
         eprintln!(
             "ss -K mid-load: the kill on a stalled server struck {struck_in_flight} requests \
              in flight"
         );
         assert!(
-            metrics.resets_with_cause(ResetCause::PeerReset) >= 1,
+            pool.stats().resets_with_cause(ResetCause::PeerReset) >= 1,
             "{:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
         // A killed socket is an RST: read as a reset, or, once that was reported, as
         // a broken pipe by a write or end of stream by a read.
-        metrics.assert_resets_only(
+        faults::assert_resets_only(
+            &pool.stats(),
             "ss -K mid-load",
             &[
                 Allowed::any_phase(ResetCause::PeerReset),
@@ -123,8 +123,8 @@ fn killed_sockets_mid_load_are_peer_reset_and_retried() {
             struck_in_flight, max_size as u64,
             "every request waiting on the stalled server met the reset"
         );
-        assert!(metrics.retries(RetryOutcome::Succeeded) >= max_size as u64);
-        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert!(pool.stats().retries(RetryOutcome::Succeeded) >= max_size as u64);
+        assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
         faults::assert_settled(&pool, port).await;
     });
 }
@@ -137,27 +137,28 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
     netns::runtime().block_on(async {
         let server = LineServer::start().await.unwrap();
         let port = server.addr().port();
-        let (pool, metrics) = pool_for(&server, "reject-load");
+        let pool = pool_for(&server, "reject-load");
         let load = start_load(&pool);
         for _ in 0..2 {
             assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-            let failed_before = metrics.all_resets();
+            let failed_before = pool.stats().all_resets();
             ns.reject_with_reset(port);
             // Long enough for requests in flight and new connects to meet the rule.
-            let struck = eventually(SLACK, || metrics.all_resets() > failed_before).await;
+            let struck = eventually(SLACK, || pool.stats().all_resets() > failed_before).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             ns.clear_rules();
             assert!(struck, "no request met the reset");
         }
         assert!(load.until_succeeded(200, SLACK).await, "the load stalled");
-        faults::stop_without_failures(load, &metrics, "REJECT tcp-reset mid-load").await;
+        faults::stop_without_failures(load, &pool, "REJECT tcp-reset mid-load").await;
         assert!(
-            metrics.resets(ResetCause::PeerReset, Phase::InUse) >= 1,
+            pool.stats().resets(ResetCause::PeerReset, Phase::InUse) >= 1,
             "{:?}",
-            metrics.reset_table()
+            pool.stats().reset_table()
         );
         // A SYN answered with a reset is a refused connect.
-        metrics.assert_resets_only(
+        faults::assert_resets_only(
+            &pool.stats(),
             "REJECT tcp-reset mid-load",
             &[
                 Allowed::any_phase(ResetCause::PeerReset),
@@ -165,8 +166,8 @@ fn a_firewall_reset_mid_load_is_peer_reset_and_retried() {
                 Allowed::in_phase(ResetCause::Refused, Phase::Connect),
             ],
         );
-        assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
-        assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+        assert!(pool.stats().retries(RetryOutcome::Succeeded) >= 1);
+        assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
         faults::assert_settled(&pool, port).await;
     });
 }

@@ -91,7 +91,7 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
-use steadypool::probe::TcpState;
+use steadypool::TcpState;
 use steadypool::{Error, Eviction, Phase, Pool, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::eventually;
 use steadypool_tests::exec_server::{

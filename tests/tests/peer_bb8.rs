@@ -30,7 +30,7 @@ use steadypool::metrics::CHECKOUT_WAIT;
 use steadypool::{Connection, Error, Eviction, Phase, Pool, PoolBuilder, QueueMode, ResetCause};
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
 use tokio::sync::oneshot;
@@ -155,7 +155,7 @@ fn test_is_send_sync() {
 async fn test_drop_on_broken() {
     let (_server, manager) = server_and_manager().await;
     manager.report_broken(usize::MAX);
-    let (pool, metrics) = RecordedMetrics::build(builder(&manager)).unwrap();
+    let pool = builder(&manager).build().unwrap();
 
     drop(pool.get().await.unwrap());
 
@@ -165,7 +165,12 @@ async fn test_drop_on_broken() {
         "a connection the manager reports broken was kept when returned: {:?}",
         pool.status()
     );
-    assert_eq!(metrics.all_resets(), 1, "{:?}", metrics.reset_table());
+    assert_eq!(
+        pool.stats().all_resets(),
+        1,
+        "{:?}",
+        pool.stats().reset_table()
+    );
 }
 
 // bb8 retries the failing connect until `connection_timeout` and then reports
@@ -277,14 +282,13 @@ async fn test_timeout_caller() {
 #[tokio::test]
 async fn test_now_invalid() {
     let (_server, manager) = server_and_manager().await;
-    let (pool, metrics) = RecordedMetrics::build(
-        builder(&manager)
-            .max_size(2)
-            .min_idle(2)
-            .reaper_interval(TICK)
-            .check_after(Duration::ZERO),
-    )
-    .unwrap();
+    let pool = builder(&manager)
+        .max_size(2)
+        .min_idle(2)
+        .reaper_interval(TICK)
+        .check_after(Duration::ZERO)
+        .build()
+        .unwrap();
     assert!(eventually(PATIENCE, || pool.status().idle == 2).await);
 
     let mut first = hold(&pool);
@@ -302,10 +306,10 @@ async fn test_now_invalid() {
     assert!(r.is_err());
     // Both pooled connections were found invalid.
     assert_eq!(
-        metrics.resets(ResetCause::PingFailed, Phase::Checkout),
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
         2,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
 }
 
@@ -319,15 +323,14 @@ async fn test_idle_timeout() {
     let (_server, manager) = server_and_manager().await;
     fail_after(&manager, 5);
     let idle_timeout = Duration::from_millis(500);
-    let (pool, metrics) = RecordedMetrics::build(
-        builder(&manager)
-            .idle_timeout(Some(idle_timeout))
-            .reaper_interval(TICK)
-            .check_after(HOUR)
-            .max_size(5)
-            .min_idle(5),
-    )
-    .unwrap();
+    let pool = builder(&manager)
+        .idle_timeout(Some(idle_timeout))
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .max_size(5)
+        .min_idle(5)
+        .build()
+        .unwrap();
     assert!(eventually(PATIENCE, || pool.status().idle == 5).await);
 
     let mut holder = hold(&pool);
@@ -345,7 +348,7 @@ async fn test_idle_timeout() {
         "the returned connection was not closed after idling: {} closed",
         manager.closed()
     );
-    assert_eq!(metrics.evictions(Eviction::IdleExpired), 5);
+    assert_eq!(pool.stats().evictions(Eviction::IdleExpired), 5);
 }
 
 #[tokio::test]
@@ -353,16 +356,15 @@ async fn test_max_lifetime() {
     let (_server, manager) = server_and_manager().await;
     fail_after(&manager, 5);
     let lifetime = Duration::from_millis(500);
-    let (pool, metrics) = RecordedMetrics::build(
-        builder(&manager)
-            .max_lifetime(Some(lifetime))
-            .max_lifetime_jitter(Duration::from_millis(1))
-            .idle_timeout(None)
-            .reaper_interval(TICK)
-            .max_size(5)
-            .min_idle(5),
-    )
-    .unwrap();
+    let pool = builder(&manager)
+        .max_lifetime(Some(lifetime))
+        .max_lifetime_jitter(Duration::from_millis(1))
+        .idle_timeout(None)
+        .reaper_interval(TICK)
+        .max_size(5)
+        .min_idle(5)
+        .build()
+        .unwrap();
     assert!(eventually(PATIENCE, || pool.status().idle == 5).await);
 
     let mut holder = hold(&pool);
@@ -380,21 +382,20 @@ async fn test_max_lifetime() {
         "the expired returned connection was not closed: {} closed",
         manager.closed()
     );
-    assert_eq!(metrics.evictions(Eviction::MaxLifetime), 5);
+    assert_eq!(pool.stats().evictions(Eviction::MaxLifetime), 5);
 }
 
 #[tokio::test]
 async fn test_max_lifetime_reap_on_drop() {
     let (_server, manager) = server_and_manager().await;
     let lifetime = Duration::from_millis(500);
-    let (pool, metrics) = RecordedMetrics::build(
-        builder(&manager)
-            .max_lifetime(Some(lifetime))
-            .max_lifetime_jitter(Duration::from_millis(1))
-            .idle_timeout(None)
-            .reaper_interval(Duration::from_secs(999)),
-    )
-    .unwrap();
+    let pool = builder(&manager)
+        .max_lifetime(Some(lifetime))
+        .max_lifetime_jitter(Duration::from_millis(1))
+        .idle_timeout(None)
+        .reaper_interval(Duration::from_secs(999))
+        .build()
+        .unwrap();
 
     let conn = pool.get().await.unwrap();
     assert!(eventually(lifetime + PATIENCE, || conn.age() > lifetime).await);
@@ -407,7 +408,7 @@ async fn test_max_lifetime_reap_on_drop() {
         "a connection past max_lifetime went back to the pool: {:?}",
         pool.status()
     );
-    assert_eq!(metrics.evictions(Eviction::MaxLifetime), 1);
+    assert_eq!(pool.stats().evictions(Eviction::MaxLifetime), 1);
 }
 
 #[tokio::test]
@@ -661,14 +662,13 @@ async fn test_state_get_contention() {
 #[tokio::test]
 async fn test_statistics_connections_created() {
     let (_server, manager) = server_and_manager().await;
-    let (pool, metrics) =
-        RecordedMetrics::build(builder(&manager).max_size(1).min_idle(1)).unwrap();
+    let pool = builder(&manager).max_size(1).min_idle(1).build().unwrap();
     let task = {
         let pool = pool.clone();
         tokio::spawn(async move { drop(pool.get().await.unwrap()) })
     };
     task.await.unwrap();
-    assert_eq!(metrics.connects("ok"), 1);
+    assert_eq!(pool.stats().opened, 1);
 }
 
 #[tokio::test]

@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use steadypool::{Connection, Error, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::eventually;
-use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
 use tokio::task::JoinHandle;
@@ -503,21 +502,23 @@ async fn rt_tokio_1_ping_never_answers() {
     manager.script_connects(1, Behaviour::Succeed);
     manager.set_connects(Behaviour::Hang);
     manager.set_pings(Behaviour::Hang);
-    let (pool, metrics) = RecordedMetrics::build(
-        builder(&manager)
-            .max_size(16)
-            .check_after(Duration::ZERO)
-            .ping_timeout(Duration::from_millis(10))
-            .wait_timeout(Duration::from_secs(1)),
-    )
-    .unwrap();
+    let pool = builder(&manager)
+        .max_size(16)
+        .check_after(Duration::ZERO)
+        .ping_timeout(Duration::from_millis(10))
+        .wait_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     drop(pool.get().await.unwrap());
 
     // Nothing below needs a socket to make progress.
     tokio::time::pause();
     let err = pool.get().await.unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err}");
-    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+        1
+    );
 }
 
 // ---- managed_unreliable_manager.rs ----
@@ -544,8 +545,11 @@ async fn unreliable_create() {
 async fn unreliable_recycle() {
     let (_server, manager) = server_and_manager().await;
     manager.set_pings(Behaviour::Fail);
-    let (pool, metrics) =
-        RecordedMetrics::build(builder(&manager).max_size(16).check_after(Duration::ZERO)).unwrap();
+    let pool = builder(&manager)
+        .max_size(16)
+        .check_after(Duration::ZERO)
+        .build()
+        .unwrap();
     {
         let _a = pool.get().await.unwrap();
         let _b = pool.get().await.unwrap();
@@ -560,7 +564,10 @@ async fn unreliable_recycle() {
         assert_eq!(occupancy(&pool).0, 1);
         assert_eq!(occupancy(&pool).1, 0);
         assert_eq!(manager.closed(), 2);
-        assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 2);
+        assert_eq!(
+            pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+            2
+        );
     }
     assert_eq!(occupancy(&pool).0, 1);
     assert_eq!(occupancy(&pool).1, 1);

@@ -14,7 +14,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::metrics::CHECKOUT_ERRORS;
+use steadypool::metrics::{CHECKOUT_ERRORS, EVICTIONS};
 use steadypool::{
     Address, Broken, Dialer, Error, Eviction, Manager, Phase, Pool, ResetCause, RetryPolicy,
     SocketRef,
@@ -207,9 +207,17 @@ async fn connections_dropped_by_deadlines_cancellations_and_detach_are_all_count
     assert_eq!(pool.status().size, 0);
     assert_eq!(stats.opened, pool.status().size as u64 + stats.closed());
     // The metrics say the same.
-    assert_eq!(metrics.evictions(Eviction::Deadline), 4);
-    assert_eq!(metrics.evictions(Eviction::Cancelled), 3);
-    assert_eq!(metrics.evictions(Eviction::Detached), 1);
+    for (reason, n) in [
+        (Eviction::Deadline, 4),
+        (Eviction::Cancelled, 3),
+        (Eviction::Detached, 1),
+    ] {
+        assert_eq!(
+            metrics.counter(EVICTIONS, &[("reason", reason.as_str())]),
+            n,
+            "{reason:?}"
+        );
+    }
 }
 
 #[tokio::test]

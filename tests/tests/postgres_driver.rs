@@ -10,13 +10,13 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
+use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
-use steadypool::probe::TcpState;
 use steadypool::{Broken, Classify, Disposition, Error, Manager, Phase, Pool, ResetCause, Sent};
 use steadypool_tests::faults;
 use steadypool_tests::postgres::{Hogs, PgServer};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::{eventually, sockets};
 use tokio_postgres::NoTls;
 
@@ -24,14 +24,13 @@ const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(15);
 
-fn pool_for(server: &PgServer, name: &str) -> (Pool<PgManager>, RecordedMetrics) {
-    RecordedMetrics::build(
-        Pool::builder(PgManager::new(server.config()).unwrap())
-            .name(name)
-            .reaper_interval(TICK)
-            .learn_idle_limit(false),
-    )
-    .unwrap()
+fn pool_for(server: &PgServer, name: &str) -> Pool<PgManager> {
+    Pool::builder(PgManager::new(server.config()).unwrap())
+        .name(name)
+        .reaper_interval(TICK)
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
 }
 
 /// The server process id behind a pooled connection.
@@ -103,7 +102,7 @@ async fn backends_terminated_while_idle_never_reach_the_application() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "terminate-idle");
+    let pool = pool_for(&server, "terminate-idle");
     let pids = open_idle(&pool, 3).await;
 
     let admin = server.connect().await;
@@ -119,7 +118,7 @@ async fn backends_terminated_while_idle_never_reach_the_application() {
         "terminated connections stayed in the pool: {:?}",
         pool.status()
     );
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 3);
     assert!(no_close_wait(server.port()).await);
 
     let conn = pool.get().await.unwrap();
@@ -132,7 +131,7 @@ async fn a_backend_terminated_mid_query_is_broken_with_its_cause() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "terminate-busy");
+    let pool = pool_for(&server, "terminate-busy");
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
 
@@ -160,7 +159,7 @@ async fn a_backend_terminated_mid_query_is_broken_with_its_cause() {
     );
     conn.mark_broken(ResetCause::PeerClosed);
     drop(conn);
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::InUse), 1);
+    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::InUse), 1);
     assert!(no_close_wait(server.port()).await);
     let fresh = pool.get().await.unwrap();
     assert_ne!(backend_pid(&fresh).await, pid);
@@ -177,16 +176,15 @@ async fn a_backend_killed_mid_query_is_not_handed_out_again_even_at_once() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(PgManager::new(server.config()).unwrap())
-            .name("killed-then-reused")
-            // The next checkout has that connection or a new one: nothing else to pick.
-            .max_size(1)
-            // Only the checkout may find the dead connection, not a reaper tick.
-            .reaper_interval(Duration::from_secs(3600))
-            .learn_idle_limit(false),
-    )
-    .unwrap();
+    let pool = Pool::builder(PgManager::new(server.config()).unwrap())
+        .name("killed-then-reused")
+        // The next checkout has that connection or a new one: nothing else to pick.
+        .max_size(1)
+        // Only the checkout may find the dead connection, not a reaper tick.
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
     let admin = server.connect().await;
     let mut failures = Vec::new();
     for run in 0..RUNS {
@@ -222,16 +220,16 @@ async fn a_backend_killed_mid_query_is_not_handed_out_again_even_at_once() {
         failures.is_empty(),
         "{} of {RUNS} runs handed the dead connection out again: {failures:#?}; resets {:?}",
         failures.len(),
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    let counted = metrics.resets(ResetCause::PeerClosed, Phase::Checkout)
-        + metrics.resets(ResetCause::PeerClosed, Phase::InUse);
-    assert_eq!(counted, RUNS as u64, "{:?}", metrics.reset_table());
+    let counted = pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout)
+        + pool.stats().resets(ResetCause::PeerClosed, Phase::InUse);
+    assert_eq!(counted, RUNS as u64, "{:?}", pool.stats().reset_table());
     assert_eq!(
-        metrics.all_resets(),
+        pool.stats().all_resets(),
         RUNS as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
 }
 
@@ -242,7 +240,7 @@ async fn broken_names_the_sqlstate_and_the_servers_message() {
         return;
     };
     let manager = PgManager::new(server.config()).unwrap();
-    let (pool, _metrics) = pool_for(&server, "broken-detail");
+    let pool = pool_for(&server, "broken-detail");
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
     let conn = conn.detach();
@@ -276,15 +274,15 @@ async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "crash");
+    let pool = pool_for(&server, "crash");
     open_idle(&pool, 3).await;
 
     server.stop_immediate();
-    faults::assert_emptied_by_the_peer(&pool, &metrics, 3).await;
+    faults::assert_emptied_by_the_peer(&pool, 3).await;
     assert!(no_close_wait(server.port()).await);
 
     faults::assert_refused(pool.get().await);
-    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();
     let conn = pool.get().await.unwrap();
@@ -297,7 +295,7 @@ async fn too_many_connections_is_a_refusal_that_says_so_and_passes() {
     let Some(server) = PgServer::builder().max_connections(4).start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "too-many");
+    let pool = pool_for(&server, "too-many");
     let mut hogs = Hogs::fill(&server).await;
     assert_eq!(hogs.len(), 4);
 
@@ -317,7 +315,7 @@ async fn too_many_connections_is_a_refusal_that_says_so_and_passes() {
             sent: Sent::No
         }
     );
-    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     hogs.release();
     let deadline = tokio::time::Instant::now() + SLACK;
@@ -340,7 +338,7 @@ async fn query_errors_are_application_errors_and_keep_the_connection() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "query-errors");
+    let pool = pool_for(&server, "query-errors");
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
     for bad in ["SELECT 1/0", "SELECT * FROM no_such_table", "SELEKT 1"] {
@@ -350,7 +348,7 @@ async fn query_errors_are_application_errors_and_keep_the_connection() {
     drop(conn);
     let again = pool.get().await.unwrap();
     assert_eq!(backend_pid(&again).await, pid, "the same connection");
-    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(pool.stats().all_resets(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,12 +363,11 @@ async fn a_wrapped_deadpool_postgres_manager_gets_dead_connections_replaced() {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(DeadpoolManager::new(wrapped))
-            .name("deadpool-postgres")
-            .check_after(Duration::from_millis(1)),
-    )
-    .unwrap();
+    let pool = Pool::builder(DeadpoolManager::new(wrapped))
+        .name("deadpool-postgres")
+        .check_after(Duration::from_millis(1))
+        .build()
+        .unwrap();
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
     drop(conn);
@@ -407,7 +404,10 @@ async fn a_wrapped_deadpool_postgres_manager_gets_dead_connections_replaced() {
         }
         break;
     }
-    assert_eq!(metrics.resets(ResetCause::PingFailed, Phase::Checkout), 1);
+    assert_eq!(
+        pool.stats().resets(ResetCause::PingFailed, Phase::Checkout),
+        1
+    );
 }
 
 /// A query given as text prepares a statement and closes it after returning; the
@@ -419,7 +419,7 @@ async fn late_replies_on_a_healthy_connection_do_not_discard_it() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "pg-late-replies");
+    let pool = pool_for(&server, "pg-late-replies");
     let mut workers = Vec::new();
     for worker in 0..8_i32 {
         let pool = pool.clone();
@@ -437,10 +437,15 @@ async fn late_replies_on_a_healthy_connection_do_not_discard_it() {
     for worker in workers {
         worker.await.unwrap();
     }
-    assert_eq!(metrics.all_resets(), 0, "{:?}", metrics.reset_table());
+    assert_eq!(
+        pool.stats().all_resets(),
+        0,
+        "{:?}",
+        pool.stats().reset_table()
+    );
     assert!(
-        metrics.connects("ok") <= 10,
+        pool.stats().opened <= 10,
         "a fault-free load reconnected: {} connects",
-        metrics.connects("ok")
+        pool.stats().opened
     );
 }

@@ -18,7 +18,7 @@ use steadypool::{
 use steadypool_tests::faults::{self, Allowed, SLACK};
 use steadypool_tests::load::{Load, error_chain};
 use steadypool_tests::postgres::{Hogs, PgServer};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::{eventually, host};
 use tokio_postgres::types::Type;
 
@@ -77,16 +77,15 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let (pool, metrics) = RecordedMetrics::build(
-        faults::watched(manager(&server), "pg-crash-load", 8)
-            .connect_timeout(Duration::from_secs(2))
-            // The open circuit fails checkouts fast while the server is down, on
-            // purpose; this test asks for no failure across a restart, so the circuit
-            // stays closed here (the max_connections test below covers it).
-            .circuit_open_after(u32::MAX)
-            .retry_policy(faults::ride_out_an_outage()),
-    )
-    .unwrap();
+    let pool = faults::watched(manager(&server), "pg-crash-load", 8)
+        .connect_timeout(Duration::from_secs(2))
+        // The open circuit fails checkouts fast while the server is down, on
+        // purpose; this test asks for no failure across a restart, so the circuit
+        // stays closed here (the max_connections test below covers it).
+        .circuit_open_after(u32::MAX)
+        .retry_policy(faults::ride_out_an_outage())
+        .build()
+        .unwrap();
     let load = {
         let pool = pool.clone();
         Load::start(16, move |_, n| {
@@ -98,37 +97,42 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     let open_at_crash = pool.status().size as u64;
 
     tokio::task::block_in_place(|| server.stop_immediate());
-    let refused_seen =
-        eventually(SLACK, || metrics.connects(ResetCause::Refused.as_str()) > 0).await;
+    let refused_seen = eventually(SLACK, || {
+        pool.stats().resets(ResetCause::Refused, Phase::Connect) > 0
+    })
+    .await;
     tokio::task::block_in_place(|| server.restart());
     assert!(
         load.until_succeeded(200, SLACK).await,
         "the load did not resume after the restart: {:?}",
         pool.status()
     );
-    faults::stop_without_failures(load, &metrics, "crash mid-load").await;
+    faults::stop_without_failures(load, &pool, "crash mid-load").await;
     eprintln!("crash mid-load: {open_at_crash} connections open at the crash");
     assert!(
         refused_seen,
         "no connect was refused while the server was down"
     );
-    assert!(metrics.resets(ResetCause::Refused, Phase::Connect) >= 1);
-    let lost = metrics.resets_with_cause(ResetCause::PeerClosed)
-        + metrics.resets_with_cause(ResetCause::PeerReset);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
+    let lost = pool.stats().resets_with_cause(ResetCause::PeerClosed)
+        + pool.stats().resets_with_cause(ResetCause::PeerReset);
     // An idle session gets the server's last notice ("terminating connection due to
     // immediate shutdown command") just before the close. A checkout that probes in
     // that instant, before the driver's task has read the notice, sees bytes on an
     // idle connection: unexpected_data (see the driver's docs). At most one per
     // connection open at the crash, found before use.
-    let noticed = metrics.resets(ResetCause::UnexpectedData, Phase::Checkout)
-        + metrics.resets(ResetCause::UnexpectedData, Phase::Idle);
-    assert!(noticed <= open_at_crash, "{:?}", metrics.reset_table());
+    let noticed = pool
+        .stats()
+        .resets(ResetCause::UnexpectedData, Phase::Checkout)
+        + pool.stats().resets(ResetCause::UnexpectedData, Phase::Idle);
+    assert!(noticed <= open_at_crash, "{:?}", pool.stats().reset_table());
     assert!(
         lost + noticed >= open_at_crash,
         "{lost} connections counted lost, {open_at_crash} were open: {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    metrics.assert_resets_only(
+    faults::assert_resets_only(
+        &pool.stats(),
         "crash mid-load",
         &[
             Allowed::any_phase(ResetCause::PeerClosed),
@@ -138,9 +142,9 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
             Allowed::in_phase(ResetCause::UnexpectedData, Phase::Idle),
         ],
     );
-    assert!(metrics.retries(RetryOutcome::Succeeded) >= 1);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
-    assert_eq!(metrics.retries(RetryOutcome::BudgetSpent), 0);
+    assert!(pool.stats().retries(RetryOutcome::Succeeded) >= 1);
+    assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
+    assert_eq!(pool.stats().retries(RetryOutcome::BudgetSpent), 0);
     faults::assert_settled(&pool, server.port()).await;
 }
 
@@ -179,11 +183,10 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
     const POOLED: usize = 8;
     const BUSY: usize = 3;
     const IDLE: usize = POOLED - BUSY;
-    let (pool, metrics) = RecordedMetrics::build(
-        faults::watched(manager(&server), "pg-terminate", POOLED)
-            .retry_policy(faults::ride_out_an_outage()),
-    )
-    .unwrap();
+    let pool = faults::watched(manager(&server), "pg-terminate", POOLED)
+        .retry_policy(faults::ride_out_an_outage())
+        .build()
+        .unwrap();
     let mut warm = Vec::new();
     for _ in 0..POOLED {
         let conn = pool.get().await.unwrap();
@@ -251,21 +254,22 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
     // or a checkout that probes before the driver's task has read that message sees
     // bytes on an idle connection and reports unexpected_data instead of peer_closed
     // (see the driver's docs); on a busy machine that is common.
-    let found_idle =
-        |cause| metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout);
+    let found_idle = |cause| {
+        pool.stats().resets(cause, Phase::Idle) + pool.stats().resets(cause, Phase::Checkout)
+    };
     let misread = found_idle(ResetCause::UnexpectedData);
     eprintln!("terminated idle: {misread} of {IDLE} found as unexpected_data, not peer_closed");
     assert_eq!(
         found_idle(ResetCause::PeerClosed) + misread,
         IDLE as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     assert_eq!(
-        metrics.all_resets(),
+        pool.stats().all_resets(),
         IDLE as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
 
     // Then the busy ones, mid-query: each query is retried on a live connection.
@@ -282,21 +286,21 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
         );
         assert_eq!(attempts, 2, "retried once");
     }
-    metrics.report("terminate idle, then busy");
+    pool.stats().report("terminate idle, then busy");
 
-    assert_eq!(metrics.retries(RetryOutcome::Succeeded), BUSY as u64);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+    assert_eq!(pool.stats().retries(RetryOutcome::Succeeded), BUSY as u64);
+    assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
     assert_eq!(
-        metrics.resets(ResetCause::PeerClosed, Phase::InUse),
+        pool.stats().resets(ResetCause::PeerClosed, Phase::InUse),
         BUSY as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     assert_eq!(
-        metrics.all_resets(),
+        pool.stats().all_resets(),
         POOLED as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     faults::assert_settled(&pool, server.port()).await;
 }
@@ -317,20 +321,19 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
     let Some(server) = PgServer::builder().max_connections(MAX_CONNECTIONS).start() else {
         return;
     };
-    let (pool, metrics) = RecordedMetrics::build(
-        faults::watched(manager(&server), "pg-too-many", 4)
-            .connect_timeout(Duration::from_secs(2))
-            .max_concurrent_connects(CONCURRENT_CONNECTS)
-            .circuit_open_after(OPEN_AFTER)
-            .circuit_open_for(OPEN_FOR)
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(3)
-                    .deadline(Duration::from_secs(5))
-                    .backoff(Duration::from_millis(50), Duration::from_millis(400)),
-            ),
-    )
-    .unwrap();
+    let pool = faults::watched(manager(&server), "pg-too-many", 4)
+        .connect_timeout(Duration::from_secs(2))
+        .max_concurrent_connects(CONCURRENT_CONNECTS)
+        .circuit_open_after(OPEN_AFTER)
+        .circuit_open_for(OPEN_FOR)
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(5))
+                .backoff(Duration::from_millis(50), Duration::from_millis(400)),
+        )
+        .build()
+        .unwrap();
     let mut hogs = Hogs::fill(&server).await;
     assert_eq!(hogs.len(), MAX_CONNECTIONS as usize);
 
@@ -383,7 +386,7 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let hogged_for = started.elapsed();
-    let dials = metrics.connects("ok") + metrics.connects(ResetCause::Refused.as_str());
+    let dials = pool.stats().opened + pool.stats().resets(ResetCause::Refused, Phase::Connect);
     let requests = load.failed();
     let first_errors = load.succeeded();
 
@@ -398,7 +401,7 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
     assert!(load.until_succeeded(50, SLACK).await);
     let failed_after_recovery = load.failed() - failed_when_recovered;
     let outcome = load.stop().await;
-    metrics.report("max_connections taken");
+    pool.stats().report("max_connections taken");
     // At most: the failures that open the circuit, the connects already in flight
     // then, and one trial per open period (at least half of OPEN_FOR); twice that.
     let periods = hogged_for.as_secs_f64() / (OPEN_FOR.as_secs_f64() / 2.0);
@@ -428,9 +431,9 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
         "{dials} connect attempts in {hogged_for:?}: the pool did not back off"
     );
     assert!(
-        metrics.resets(ResetCause::Refused, Phase::Connect) >= u64::from(OPEN_AFTER),
+        pool.stats().resets(ResetCause::Refused, Phase::Connect) >= u64::from(OPEN_AFTER),
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     assert_eq!(failed_after_recovery, 0, "{:#?}", outcome.errors);
     assert!(

@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use steadypool::metrics::{CIRCUIT_STATE, CONNECTIONS, IDLE_EVICT_AFTER, WAITERS};
+use steadypool::metrics::{
+    CIRCUIT_STATE, CONNECTIONS, CONNECTS, EVICTIONS, IDLE_EVICT_AFTER, RESETS, WAITERS,
+};
 use steadypool::{
     AttemptError, CircuitState, Dialer, Error, Eviction, GiveUp, Manager, Pool, PoolBuilder,
     RetryPolicy, RunError, SocketRef,
 };
 use steadypool_tests::eventually;
 use steadypool_tests::line_manager::{LineConnection, LineManager, request};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::{Books, RecordedMetrics};
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -74,18 +76,22 @@ fn assert_books<M: Manager>(
     assert_eq!(stats.closed(), n, "{case}: other closes counted: {stats:?}");
     for each in Eviction::ALL {
         assert_eq!(
-            metrics.evictions(each),
+            metrics.counter(EVICTIONS, &[("reason", each.as_str())]),
             stats.evictions(each),
             "{case}: the metrics and stats disagree on {each:?}"
         );
     }
     assert_eq!(
-        metrics.all_resets(),
+        metrics.counter(RESETS, &[]),
         0,
         "{case}: {:?}",
-        metrics.reset_table()
+        stats.reset_table()
     );
-    assert_eq!(metrics.connects("ok"), stats.opened, "{case}");
+    assert_eq!(
+        metrics.counter(CONNECTS, &[("outcome", "ok")]),
+        stats.opened,
+        "{case}"
+    );
 }
 
 /// The paths on which a connection leaves the pool without breaking.
@@ -277,14 +283,13 @@ fn alive_tasks() -> usize {
 async fn close_fails_waiters_closes_busy_connections_on_return_and_stops_the_reaper() {
     let server = LineServer::start().await.unwrap();
     let baseline = alive_tasks();
-    let (pool, metrics) = RecordedMetrics::build(
-        quiet(&server)
-            .max_size(2)
-            // close() leaves the reaper to notice at its next tick.
-            .reaper_interval(Duration::from_millis(50))
-            .wait_timeout(Duration::from_secs(30)),
-    )
-    .unwrap();
+    let pool = quiet(&server)
+        .max_size(2)
+        // close() leaves the reaper to notice at its next tick.
+        .reaper_interval(Duration::from_millis(50))
+        .wait_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     assert_eq!(alive_tasks(), baseline + 1, "no reaper task to watch");
 
     let held = hold(&pool, 2).await;
@@ -304,12 +309,12 @@ async fn close_fails_waiters_closes_busy_connections_on_return_and_stops_the_rea
     }
     // Busy connections stay open until returned...
     assert_eq!(server.live(), 2);
-    assert_eq!(metrics.evictions(Eviction::Closed), 0);
+    assert_eq!(pool.stats().evictions(Eviction::Closed), 0);
     drop(held);
     // ... and then close, counted as closed with the pool.
     assert!(eventually(PATIENCE, || server.ended().len() == 2).await);
     assert!(server.ended().iter().all(|e| e.how == Ending::ClientClosed));
-    assert_eq!(metrics.evictions(Eviction::Closed), 2);
+    assert_eq!(pool.stats().evictions(Eviction::Closed), 2);
     assert_eq!(pool.stats().closed(), 2);
     assert_eq!(pool.status().size, 0);
     // The server's two handlers are gone; so must be the reaper, while the pool
@@ -338,9 +343,9 @@ async fn dropping_the_pool_closes_idle_connections_counted_and_stops_the_reaper(
     assert!(server.ended().iter().all(|e| e.how == Ending::ClientClosed));
     // The stats went with the pool; the metrics show every connection opened was
     // counted closed with it.
-    assert_eq!(metrics.connects("ok"), 2);
-    assert_eq!(metrics.evictions(Eviction::Closed), 2);
-    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(metrics.counter(CONNECTS, &[("outcome", "ok")]), 2);
+    assert_eq!(metrics.counter(EVICTIONS, &[("reason", "closed")]), 2);
+    assert_eq!(metrics.counter(RESETS, &[]), 0);
     let stopped = eventually(PATIENCE, || alive_tasks() == baseline).await;
     assert!(
         stopped,

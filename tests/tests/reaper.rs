@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use steadypool::probe::TcpState;
+use steadypool::TcpState;
 use steadypool::{Dialer, Eviction, Manager, Phase, Pool, ResetCause, SocketRef};
 use steadypool_tests::line_manager::{LineConnection, LineManager};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::{eventually, sockets};
 use tokio::io::BufReader;
@@ -35,12 +35,11 @@ async fn open_idle<M: Manager>(pool: &Pool<M>, server: &LineServer, n: usize) {
 async fn no_socket_stays_in_close_wait_longer_than_a_reaper_tick() {
     let server = LineServer::start().await.unwrap();
     let port = server.addr().port();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(TICK)
-            .check_after(HOUR),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
     open_idle(&pool, &server, 4).await;
     assert_eq!(
         sockets::count_in_state(port, TcpState::Established).unwrap(),
@@ -60,25 +59,24 @@ async fn no_socket_stays_in_close_wait_longer_than_a_reaper_tick() {
         closed_at.elapsed(),
         sockets::to_port(port).unwrap()
     );
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 4);
+    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 4);
     assert_eq!(pool.status().size, 0);
 }
 
 #[tokio::test]
 async fn reset_idle_connections_are_closed_by_the_reaper() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .reaper_interval(TICK)
-            .check_after(HOUR),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
     open_idle(&pool, &server, 2).await;
 
     assert_eq!(server.reset_all().await, 2);
     let gone = eventually(TICK + SLACK, || pool.status().size == 0).await;
     assert!(gone, "reset connections stayed in the pool");
-    assert_eq!(metrics.resets(ResetCause::PeerReset, Phase::Idle), 2);
+    assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::Idle), 2);
 }
 
 /// A line connection that notes, on the precise clock, when the pool closed it.
@@ -130,17 +128,16 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     let server = LineServer::start().await.unwrap();
     let idle_timeout = Duration::from_millis(300);
     let closed = Arc::new(Mutex::new(HashMap::new()));
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(TimedManager {
-            addr: server.addr(),
-            opened: AtomicUsize::new(0),
-            closed: Arc::clone(&closed),
-        })
-        .max_size(CONNECTIONS)
-        .reaper_interval(Duration::from_millis(5))
-        .idle_timeout(Some(idle_timeout))
-        .check_after(HOUR),
-    )
+    let pool = Pool::builder(TimedManager {
+        addr: server.addr(),
+        opened: AtomicUsize::new(0),
+        closed: Arc::clone(&closed),
+    })
+    .max_size(CONNECTIONS)
+    .reaper_interval(Duration::from_millis(5))
+    .idle_timeout(Some(idle_timeout))
+    .check_after(HOUR)
+    .build()
     .unwrap();
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -172,8 +169,11 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     }
     assert!(eventually(SLACK, || server.ended().len() == CONNECTIONS).await);
     assert!(server.ended().iter().all(|e| e.how == Ending::ClientClosed));
-    assert_eq!(metrics.evictions(Eviction::IdleExpired), CONNECTIONS as u64);
-    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(
+        pool.stats().evictions(Eviction::IdleExpired),
+        CONNECTIONS as u64
+    );
+    assert_eq!(pool.stats().all_resets(), 0);
     assert_eq!(pool.status().size, 0);
 }
 
@@ -184,16 +184,15 @@ async fn lifetimes_are_jittered_within_max_lifetime_minus_jitter_and_max_lifetim
     let lifetime = Duration::from_millis(1500);
     let jitter = Duration::from_millis(1000);
     let tick = Duration::from_millis(20);
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .max_size(CONNECTIONS)
-            .reaper_interval(tick)
-            .idle_timeout(None)
-            .max_lifetime(Some(lifetime))
-            .max_lifetime_jitter(jitter)
-            .check_after(HOUR),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .max_size(CONNECTIONS)
+        .reaper_interval(tick)
+        .idle_timeout(None)
+        .max_lifetime(Some(lifetime))
+        .max_lifetime_jitter(jitter)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
     open_idle(&pool, &server, CONNECTIONS).await;
 
     let all_retired = eventually(lifetime + SLACK, || server.ended().len() == CONNECTIONS).await;
@@ -219,22 +218,24 @@ async fn lifetimes_are_jittered_within_max_lifetime_minus_jitter_and_max_lifetim
         spread > Duration::from_millis(50),
         "lifetimes not jittered: {lived:?}"
     );
-    assert_eq!(metrics.evictions(Eviction::MaxLifetime), CONNECTIONS as u64);
-    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(
+        pool.stats().evictions(Eviction::MaxLifetime),
+        CONNECTIONS as u64
+    );
+    assert_eq!(pool.stats().all_resets(), 0);
 }
 
 #[tokio::test]
 async fn min_idle_is_filled_and_refilled_after_the_peer_closes_everything() {
     let server = LineServer::start().await.unwrap();
     let port = server.addr().port();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .max_size(5)
-            .min_idle(3)
-            .reaper_interval(TICK)
-            .check_after(HOUR),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .max_size(5)
+        .min_idle(3)
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
 
     let filled = eventually(TICK + SLACK, || {
         let s = pool.status();
@@ -256,7 +257,7 @@ async fn min_idle_is_filled_and_refilled_after_the_peer_closes_everything() {
         pool.status(),
         server.accepts()
     );
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 3);
     assert_eq!(
         sockets::count_in_state(port, TcpState::CloseWait).unwrap(),
         0
@@ -294,18 +295,17 @@ async fn min_idle_refill_leaves_room_for_checkouts_and_respects_max_size() {
 #[tokio::test]
 async fn closing_the_pool_closes_idle_connections_and_stops_the_reaper() {
     let server = LineServer::start().await.unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager::new(server.addr()))
-            .min_idle(2)
-            .reaper_interval(Duration::from_millis(20))
-            .check_after(HOUR),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager::new(server.addr()))
+        .min_idle(2)
+        .reaper_interval(Duration::from_millis(20))
+        .check_after(HOUR)
+        .build()
+        .unwrap();
     assert!(eventually(SLACK, || server.live() == 2).await);
 
     pool.close();
     assert!(eventually(SLACK, || server.live() == 0).await);
-    assert_eq!(metrics.evictions(Eviction::Closed), 2);
+    assert_eq!(pool.stats().evictions(Eviction::Closed), 2);
     // A running reaper would refill min_idle.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.accepts(), 2);

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
+use steadypool::TcpState;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::probe::TcpState;
 use steadypool::{Classify, Disposition, Manager, Phase, Pool, ResetCause};
 use steadypool_tests::faults;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::{eventually, sockets};
 
@@ -19,14 +19,13 @@ const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(10);
 
-fn pool_for(server: &RedisServer, name: &str) -> (Pool<RedisManager>, RecordedMetrics) {
-    RecordedMetrics::build(
-        Pool::builder(RedisManager::new(server.url()).unwrap())
-            .name(name)
-            .reaper_interval(TICK)
-            .learn_idle_limit(false),
-    )
-    .unwrap()
+fn pool_for(server: &RedisServer, name: &str) -> Pool<RedisManager> {
+    Pool::builder(RedisManager::new(server.url()).unwrap())
+        .name(name)
+        .reaper_interval(TICK)
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
 }
 
 /// Opens `n` connections at once and returns their Redis client ids; they go back to
@@ -86,7 +85,7 @@ async fn connections_killed_while_idle_never_reach_the_application() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "client-kill");
+    let pool = pool_for(&server, "client-kill");
     let before = open_idle(&pool, 3).await;
 
     let mut admin = server.connect().await;
@@ -102,7 +101,7 @@ async fn connections_killed_while_idle_never_reach_the_application() {
         "killed connections stayed in the pool: {:?}",
         pool.status()
     );
-    assert_eq!(metrics.resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 3);
     drop(admin);
     assert!(no_sockets_left(server.port()).await);
 
@@ -117,22 +116,22 @@ async fn server_idle_timeout_closes_are_caught_idle_or_at_checkout() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "server-timeout");
+    let pool = pool_for(&server, "server-timeout");
     let mut admin = server.connect().await;
     admin_command(&mut admin, &["CONFIG", "SET", "timeout", "1"]).await;
     drop(admin);
     let before = open_idle(&pool, 3).await;
 
-    let closed = |metrics: &RecordedMetrics| {
-        metrics.resets(ResetCause::PeerClosed, Phase::Idle)
-            + metrics.resets(ResetCause::PeerClosed, Phase::Checkout)
+    let closed = || {
+        pool.stats().resets(ResetCause::PeerClosed, Phase::Idle)
+            + pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout)
     };
     assert!(
-        eventually(SLACK, || closed(&metrics) == 3).await,
+        eventually(SLACK, || closed() == 3).await,
         "the server's idle closes were not all counted: {} of 3",
-        closed(&metrics)
+        closed()
     );
-    assert_eq!(metrics.all_resets(), 3, "only peer_closed resets");
+    assert_eq!(pool.stats().all_resets(), 3, "only peer_closed resets");
     assert!(no_sockets_left(server.port()).await);
 
     for _ in 0..3 {
@@ -147,15 +146,15 @@ async fn a_killed_server_is_refused_while_down_and_recovered_after() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "crash");
+    let pool = pool_for(&server, "crash");
     open_idle(&pool, 2).await;
 
     server.kill();
-    faults::assert_emptied_by_the_peer(&pool, &metrics, 2).await;
+    faults::assert_emptied_by_the_peer(&pool, 2).await;
     assert!(no_sockets_left(server.port()).await);
 
     faults::assert_refused(pool.get().await);
-    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();
     let mut conn = pool.get().await.unwrap();
@@ -168,7 +167,7 @@ async fn command_errors_are_application_errors_and_keep_the_connection() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "app-errors");
+    let pool = pool_for(&server, "app-errors");
     let mut conn = pool.get().await.unwrap();
     let id = client_id(&mut *conn).await;
 
@@ -203,7 +202,7 @@ async fn command_errors_are_application_errors_and_keep_the_connection() {
 
     let mut again = pool.get().await.unwrap();
     assert_eq!(client_id(&mut *again).await, id, "the same connection");
-    assert_eq!(metrics.all_resets(), 0);
+    assert_eq!(pool.stats().all_resets(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,12 +214,11 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
     let manager = RedisManager::new(server.url())
         .unwrap()
         .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(manager)
-            .name("mid-command")
-            .reaper_interval(TICK),
-    )
-    .unwrap();
+    let pool = Pool::builder(manager)
+        .name("mid-command")
+        .reaper_interval(TICK)
+        .build()
+        .unwrap();
     let mut conn = pool.get().await.unwrap();
     let id = client_id(&mut *conn).await;
 
@@ -269,7 +267,7 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
     conn.mark_broken(cause);
     drop(conn);
     drop(admin);
-    assert_eq!(metrics.resets(cause, Phase::InUse), 1);
+    assert_eq!(pool.stats().resets(cause, Phase::InUse), 1);
     assert!(no_sockets_left(server.port()).await);
 }
 
@@ -286,14 +284,13 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
     let manager = RedisManager::new(server.url())
         .unwrap()
         .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(manager)
-            .name("killed-then-reused")
-            .max_size(1)
-            .reaper_interval(Duration::from_secs(3600))
-            .learn_idle_limit(false),
-    )
-    .unwrap();
+    let pool = Pool::builder(manager)
+        .name("killed-then-reused")
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
     let mut admin = server.connect().await;
     let mut failures = Vec::new();
     for run in 0..RUNS {
@@ -344,15 +341,15 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
     let counted: u64 = [Phase::InUse, Phase::Checkout]
         .into_iter()
         .map(|phase| {
-            metrics.resets(ResetCause::PeerClosed, phase)
-                + metrics.resets(ResetCause::PeerReset, phase)
+            pool.stats().resets(ResetCause::PeerClosed, phase)
+                + pool.stats().resets(ResetCause::PeerReset, phase)
         })
         .sum();
-    assert_eq!(counted, RUNS as u64, "{:?}", metrics.reset_table());
+    assert_eq!(counted, RUNS as u64, "{:?}", pool.stats().reset_table());
     assert_eq!(
-        metrics.all_resets(),
+        pool.stats().all_resets(),
         RUNS as u64,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
 }

@@ -11,31 +11,27 @@ use std::time::{Duration, Instant};
 use redis::AsyncConnectionConfig;
 use steadypool::drivers::redis::{RedisDriverError, RedisManager};
 use steadypool::metrics::RetryOutcome;
-use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError};
+use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError, Stats};
 use steadypool_tests::faults::{self, Allowed, SLACK};
 use steadypool_tests::load::Load;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
 
-fn pool_for(
-    server: &RedisServer,
-    name: &str,
-    size: usize,
-) -> (Pool<RedisManager>, RecordedMetrics) {
+fn pool_for(server: &RedisServer, name: &str, size: usize) -> Pool<RedisManager> {
     // A reply slower than redis's default 500 ms is no fault of the server's here,
     // only of a loaded test machine.
     let manager = RedisManager::new(server.url()).unwrap().connection_config(
         AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
     );
-    RecordedMetrics::build(
-        faults::watched(manager, name, size).retry_policy(
+    faults::watched(manager, name, size)
+        .retry_policy(
             RetryPolicy::default()
                 .max_attempts(10)
                 .deadline(Duration::from_secs(20))
                 .backoff(Duration::from_millis(10), Duration::from_millis(200)),
-        ),
-    )
-    .unwrap()
+        )
+        .build()
+        .unwrap()
 }
 
 /// Sets key `n % 64` to `n`'s value, then reads it back; both are safe to run twice.
@@ -60,8 +56,8 @@ async fn set_and_get(pool: &Pool<RedisManager>, n: u64) -> Result<(), RunError<R
 }
 
 /// Resets counted for `cause` while idle or at checkout: found before any command.
-fn found_unused(metrics: &RecordedMetrics, cause: ResetCause) -> u64 {
-    metrics.resets(cause, Phase::Idle) + metrics.resets(cause, Phase::Checkout)
+fn found_unused(stats: &Stats, cause: ResetCause) -> u64 {
+    stats.resets(cause, Phase::Idle) + stats.resets(cause, Phase::Checkout)
 }
 
 /// A close found before any command.
@@ -75,7 +71,7 @@ async fn client_kill_mid_load_reaches_no_command() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (pool, metrics) = pool_for(&server, "redis-kill", 8);
+    let pool = pool_for(&server, "redis-kill", 8);
     let load = {
         let pool = pool.clone();
         Load::start(12, move |worker, n| {
@@ -103,19 +99,20 @@ async fn client_kill_mid_load_reaches_no_command() {
         killed += n as u64;
     }
     assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
-    faults::stop_without_failures(load, &metrics, "CLIENT KILL mid-load").await;
+    faults::stop_without_failures(load, &pool, "CLIENT KILL mid-load").await;
     eprintln!("CLIENT KILL mid-load: {killed} connections killed");
     assert!(killed > 0);
     drop(admin);
     // A killed connection is found by the reaper, at checkout, or by the command on it.
     assert!(
-        steadypool_tests::eventually(SLACK, || metrics.all_resets() == killed).await,
+        steadypool_tests::eventually(SLACK, || pool.stats().all_resets() == killed).await,
         "{killed} killed, counted {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     // Every reset is a close found before use, or a close or reset that struck a
     // command in flight (the server killed a connection a command was on).
-    metrics.assert_resets_only(
+    faults::assert_resets_only(
+        &pool.stats(),
         "CLIENT KILL mid-load",
         &[
             FOUND_UNUSED[0],
@@ -125,8 +122,8 @@ async fn client_kill_mid_load_reaches_no_command() {
             Allowed::in_phase(ResetCause::BrokenPipe, Phase::InUse),
         ],
     );
-    assert!(found_unused(&metrics, ResetCause::PeerClosed) >= 1);
-    assert_eq!(metrics.retries(RetryOutcome::GaveUp), 0);
+    assert!(found_unused(&pool.stats(), ResetCause::PeerClosed) >= 1);
+    assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
     faults::assert_settled(&pool, server.port()).await;
 }
 
@@ -144,7 +141,7 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
         .await
         .unwrap();
     drop(admin);
-    let (pool, metrics) = pool_for(&server, "redis-timeout", 4);
+    let pool = pool_for(&server, "redis-timeout", 4);
     // Cycles of one second of commands and three of silence, each worker a little out
     // of step with the others: every cycle the server closes the connections that
     // went quiet, and the next commands must not notice.
@@ -168,15 +165,19 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
     };
     let cycles = 3;
     tokio::time::sleep(Duration::from_millis((CYCLE_MS * cycles) as u64 + 500)).await;
-    faults::stop_without_failures(load, &metrics, "server idle timeout").await;
+    faults::stop_without_failures(load, &pool, "server idle timeout").await;
     assert!(
-        found_unused(&metrics, ResetCause::PeerClosed) >= cycles as u64,
+        found_unused(&pool.stats(), ResetCause::PeerClosed) >= cycles as u64,
         "the server's idle closes were not all seen: {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    metrics.assert_resets_only("only closes found idle or at checkout", &FOUND_UNUSED);
+    faults::assert_resets_only(
+        &pool.stats(),
+        "only closes found idle or at checkout",
+        &FOUND_UNUSED,
+    );
     assert_eq!(
-        metrics.retries(RetryOutcome::Succeeded),
+        pool.stats().retries(RetryOutcome::Succeeded),
         0,
         "nothing to retry"
     );

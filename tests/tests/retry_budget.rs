@@ -7,7 +7,7 @@ use std::time::Duration;
 use steadypool::metrics::{RETRIES, RUNS};
 use steadypool::{GiveUp, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer, ResetPoint};
-use steadypool_tests::ledger::ledger_pool;
+use steadypool_tests::ledger::ledger_pool_recorded;
 
 const REQUESTS: usize = 200;
 const RATIO: f64 = 0.2;
@@ -28,7 +28,7 @@ fn allowed_retries() -> usize {
 /// every attempt fails. Each attempt is one request line at the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_budget_when_every_request_is_reset() {
-    let (server, pool, metrics) = ledger_pool(Faults::reset_at(ResetPoint::Before), |b| {
+    let (server, pool, metrics) = ledger_pool_recorded(Faults::reset_at(ResetPoint::Before), |b| {
         b.name("budget").retry_policy(policy())
     })
     .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use steadypool::metrics::{RetryOutcome, RunOutcome};
 use steadypool::{AttemptError, GiveUp, ResetCause, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerError};
-use steadypool_tests::ledger::{Counted, ledger_pool};
+use steadypool_tests::ledger::{self, Counted, ledger_pool};
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -25,7 +25,7 @@ fn policy() -> RetryPolicy {
 /// `GiveUp::Deadline`: success proves the retry did not sleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced_without_sleeping() {
-    let (server, pool, metrics) = ledger_pool(Faults::requests_per_connection(1), |b| {
+    let (server, pool) = ledger_pool(Faults::requests_per_connection(1), |b| {
         b.max_size(1)
             .check_after(Duration::from_secs(3600))
             .connect_timeout(Duration::from_secs(1))
@@ -55,7 +55,8 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.resets(), 1);
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "a stale connection replaced",
         &Counted {
             runs: &[(RunOutcome::Ok, 2)],
@@ -69,7 +70,7 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
 /// effect, and names the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
-    let (server, pool, metrics) = ledger_pool(Faults::requests_per_connection(1), |b| {
+    let (server, pool) = ledger_pool(Faults::requests_per_connection(1), |b| {
         b.max_size(1)
             .check_after(Duration::from_secs(3600))
             .retry_policy(policy())
@@ -102,7 +103,8 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(2), 0);
     assert_eq!(server.requests(), 2, "no second attempt reached the server");
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "a stale connection under a non-idempotent run",
         &Counted {
             runs: &[(RunOutcome::MaybeExecuted, 1), (RunOutcome::Ok, 1)],
@@ -113,7 +115,7 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_back_off_and_keep_the_connection() {
-    let (server, pool, _) = ledger_pool(Faults::busy_first(2), |b| b.retry_policy(policy())).await;
+    let (server, pool) = ledger_pool(Faults::busy_first(2), |b| b.retry_policy(policy())).await;
     // Not idempotent, yet retried: BUSY means the server did not run it.
     let runs = pool
         .run(async |conn| flaky::run(conn, 7).await)
@@ -126,8 +128,7 @@ async fn transient_errors_back_off_and_keep_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
-    let (server, pool, metrics) =
-        ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
+    let (server, pool) = ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let err = pool
         .run_idempotent(async |conn| flaky::fail(conn, 3).await)
         .await
@@ -145,7 +146,8 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
     assert_eq!(server.requests(), 1);
     let status = pool.status();
     assert_eq!((status.idle, status.in_use), (1, 0));
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "an application error",
         &Counted::runs(&[(RunOutcome::OperationError, 1)]),
     );
@@ -156,7 +158,7 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
 /// goes on working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consistent() {
-    let (server, pool, _) =
+    let (server, pool) =
         ledger_pool(Faults::default(), |b| b.max_size(2).retry_policy(policy())).await;
     let panicking = pool.clone();
     let joined = tokio::spawn(async move {
@@ -190,8 +192,7 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
-    let (_server, pool, metrics) =
-        ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
+    let (_server, pool) = ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let run = pool.run(async |conn| flaky::hang(conn, 1).await);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
@@ -201,5 +202,5 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let status = pool.status();
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
     // Its caller got no outcome, so there is none to count.
-    metrics.assert_counted("a dropped run", &Counted::default());
+    ledger::assert_counted(&pool.stats(), "a dropped run", &Counted::default());
 }

@@ -18,7 +18,9 @@ use steadypool::{
 };
 use steadypool_tests::eventually;
 use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, ResetPoint};
-use steadypool_tests::ledger::{Counted, GaveUpAs, assert_gave_up, ledger_pool};
+use steadypool_tests::ledger::{
+    self, Counted, GaveUpAs, assert_gave_up, ledger_pool, ledger_pool_recorded,
+};
 use tokio::io::AsyncWriteExt;
 
 /// The retry rules' policy: four attempts in ten seconds, short backoff.
@@ -270,7 +272,7 @@ async fn run_once(pool: &Pool<LedgerManager>, op: Op) -> Result<(), RunError<Led
 async fn every_way_a_single_run_gives_up_is_reported_and_counted() {
     for row in GIVING_UP {
         let name = row.name;
-        let (server, pool, metrics) = ledger_pool((row.faults)(), row.configure).await;
+        let (server, pool, metrics) = ledger_pool_recorded((row.faults)(), row.configure).await;
         match row.before {
             Before::Nothing => {}
             Before::ClosePool => pool.close(),
@@ -305,7 +307,9 @@ async fn every_way_a_single_run_gives_up_is_reported_and_counted() {
         let status = pool.status();
         assert_eq!(status.size, row.pool_size, "{name}: {status:?}");
         assert_eq!(status.circuit, CircuitState::Closed, "{name}");
-        metrics.assert_counted(name, &row.counted);
+        ledger::assert_counted(&pool.stats(), name, &row.counted);
+        // The metrics count the same runs and retries.
+        ledger::assert_metrics_counted(&metrics, name, &row.counted);
     }
 }
 
@@ -314,7 +318,7 @@ async fn every_way_a_single_run_gives_up_is_reported_and_counted() {
 /// but the first attempt may have taken effect, and did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_taken_effect() {
-    let (server, pool, metrics) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
+    let (server, pool) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
         b.circuit_open_after(10)
             .retry_policy(fast_backoff().max_attempts(2))
     })
@@ -342,7 +346,8 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
         },
     );
     assert_eq!(server.runs(1), 1);
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "a failed connect after an attempt that may have run",
         &Counted {
             runs: &[(RunOutcome::MaybeExecuted, 1)],
@@ -355,7 +360,7 @@ async fn a_failed_connect_after_an_attempt_that_may_have_run_still_may_have_take
 /// next one: no connection, but not "not executed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_effect() {
-    let (server, pool, metrics) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
+    let (server, pool) = ledger_pool(Faults::reset_at(ResetPoint::During), |b| {
         b.retry_policy(fast_backoff())
     })
     .await;
@@ -381,7 +386,8 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
         },
     );
     assert_eq!(server.runs(1), 1);
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "closed after an attempt that may have run",
         &Counted {
             runs: &[(RunOutcome::MaybeExecuted, 1)],
@@ -395,8 +401,7 @@ async fn a_pool_closed_after_an_attempt_that_may_have_run_still_may_have_taken_e
 /// sending side was already shut) is retried, and the retry succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_retries_an_error_that_says_nothing_was_sent() {
-    let (server, pool, metrics) =
-        ledger_pool(Faults::default(), |b| b.retry_policy(fast_backoff())).await;
+    let (server, pool) = ledger_pool(Faults::default(), |b| b.retry_policy(fast_backoff())).await;
     let attempts = AtomicUsize::new(0);
     let runs = pool
         .run(async |conn| {
@@ -415,12 +420,16 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
     assert_eq!(server.accepted(), 2, "the broken connection was replaced");
     // The write fails on the socket shut for sending (EPIPE), or on the server's RST
     // when its answer to the shutdown came first.
-    let retried_after = |cause| metrics.retries_with_cause(cause, RetryOutcome::Succeeded);
+    let retried_after = |cause| {
+        pool.stats()
+            .retries_by_cause(cause, RetryOutcome::Succeeded)
+    };
     assert_eq!(
         retried_after(ResetCause::BrokenPipe) + retried_after(ResetCause::PeerReset),
         1
     );
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "a write on a shut socket",
         &Counted {
             runs: &[(RunOutcome::Ok, 1)],
@@ -435,7 +444,7 @@ async fn run_retries_an_error_that_says_nothing_was_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_error_waits_at_least_the_backoff_base() {
     let base = Duration::from_millis(300);
-    let (server, pool, metrics) = ledger_pool(Faults::busy_first(1), |b| {
+    let (server, pool) = ledger_pool(Faults::busy_first(1), |b| {
         b.retry_policy(
             RetryPolicy::default()
                 .max_attempts(2)
@@ -464,7 +473,8 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
         "the retry came {waited:?} after the first try"
     );
     assert_eq!(server.busy_sent(), 1);
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "a transient error",
         &Counted {
             runs: &[(RunOutcome::Ok, 1)],
@@ -480,7 +490,7 @@ async fn a_transient_error_waits_at_least_the_backoff_base() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_turned_away_by_the_open_circuit_are_counted() {
     const CALLERS: u64 = 6;
-    let (server, pool, metrics) = ledger_pool(Faults::default(), |b| {
+    let (server, pool) = ledger_pool(Faults::default(), |b| {
         b.circuit_open_after(2)
             .circuit_open_for(Duration::from_secs(60))
             .retry_policy(RetryPolicy::default().max_attempts(1))
@@ -506,11 +516,105 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
         }
     }
     assert_eq!(turned_away, CALLERS - 2);
-    metrics.assert_counted(
+    ledger::assert_counted(
+        &pool.stats(),
         "callers turned away",
         &Counted {
             runs: &[(RunOutcome::NotExecuted, CALLERS)],
             retries: &[(Some(ResetCause::Refused), RetryOutcome::GaveUp, 2)],
         },
     );
+}
+
+/// A listener that never accepts, its smallest accept queue filled: the kernel drops
+/// further SYNs to it, as a black hole would. Keep both values alive.
+async fn full_backlog() -> (socket2::Socket, Vec<tokio::net::TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(200), connect).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(e)) => panic!("filling the backlog: {e}"),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+    (socket, fillers)
+}
+
+/// Where a connect stalls: in the dial, which times out on the dialer's own, shorter
+/// timer, or in a handshake that waits for a greeting the server never sends, which
+/// the pool's timer around the whole connect cuts.
+enum Stall {
+    Dial,
+    Handshake,
+}
+
+struct StallingManager(std::net::SocketAddr, Stall);
+
+impl steadypool::Manager for StallingManager {
+    type Connection = tokio::net::TcpStream;
+    type Error = std::io::Error;
+
+    async fn connect(&self, dialer: &steadypool::Dialer) -> std::io::Result<Self::Connection> {
+        use tokio::io::AsyncReadExt;
+        match self.1 {
+            Stall::Dial => {
+                let impatient = dialer.clone().connect_timeout(dialer.timeout() / 4);
+                Ok(impatient.connect(&self.0.into()).await?)
+            }
+            Stall::Handshake => {
+                let mut stream = dialer.connect(&self.0.into()).await?;
+                stream.read_exact(&mut [0u8; 1]).await?;
+                Ok(stream)
+            }
+        }
+    }
+}
+
+/// A connect that timed out reaches the caller in one shape, whichever timer
+/// noticed: the dialer's (a black-holed SYN) or the pool's (a handshake that hangs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_timed_out_has_one_shape_whichever_timer_fired() {
+    let (backlog, _fillers) = full_backlog().await;
+    let black_hole = backlog.local_addr().unwrap().as_socket().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect_timeout = Duration::from_millis(400);
+    for manager in [
+        StallingManager(black_hole, Stall::Dial),
+        StallingManager(silent.local_addr().unwrap(), Stall::Handshake),
+    ] {
+        let pool = Pool::builder(manager)
+            .connect_timeout(connect_timeout)
+            .retry_policy(fast_backoff().max_attempts(1))
+            .build()
+            .unwrap();
+        let err = pool
+            .run(async |conn| conn.write_all(b"x").await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+        assert!(
+            matches!(
+                err,
+                RunError::NotExecuted {
+                    cause: Some(ResetCause::ConnectTimeout),
+                    source: Some(AttemptError::Checkout(Error::ConnectTimeout(after))),
+                    ..
+                } if after == connect_timeout
+            ),
+            "{err:?}"
+        );
+    }
 }

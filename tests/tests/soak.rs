@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use steadypool::TcpState;
 use steadypool::chaos::{self, ChaosProxy, IdleClose};
 use steadypool::metrics::RetryOutcome;
-use steadypool::probe::TcpState;
 use steadypool::{CircuitState, GiveUp, Idempotency, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::load::error_chain;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::{eventually, sockets};
 use tokio::sync::watch;
 
@@ -128,22 +128,21 @@ async fn ten_thousand_requests_through_idle_closes_resets_and_crashes() {
             .unwrap(),
     );
     let port = proxy.local_addr().port();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(proxy.local_addr()))
-            .name("soak")
-            .max_size(32)
-            .reaper_interval(TICK)
-            .retry_policy(
-                RetryPolicy::default()
-                    .max_attempts(10)
-                    .deadline(Duration::from_secs(30))
-                    .backoff(Duration::from_millis(5), Duration::from_millis(200))
-                    // A crash resets up to 32 requests at once: room for them even
-                    // early on, when few requests have filled the budget.
-                    .budget(0.5, 50),
-            ),
-    )
-    .unwrap();
+    let pool = Pool::builder(LedgerManager::new(proxy.local_addr()))
+        .name("soak")
+        .max_size(32)
+        .reaper_interval(TICK)
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(10)
+                .deadline(Duration::from_secs(30))
+                .backoff(Duration::from_millis(5), Duration::from_millis(200))
+                // A crash resets up to 32 requests at once: room for them even
+                // early on, when few requests have filled the budget.
+                .budget(0.5, 50),
+        )
+        .build()
+        .unwrap();
 
     let tally = Arc::new(Tally::default());
     let (lull, quiet) = watch::channel(false);
@@ -243,11 +242,11 @@ async fn ten_thousand_requests_through_idle_closes_resets_and_crashes() {
         stats.idle_rst,
         stats.reset_random,
         stats.accepted,
-        metrics.reset_table(),
-        metrics.retries(RetryOutcome::Succeeded),
-        metrics.retries(RetryOutcome::GaveUp),
-        metrics.retries(RetryOutcome::BudgetSpent),
-        metrics.retries(RetryOutcome::NotSafe),
+        pool.stats().reset_table(),
+        pool.stats().retries(RetryOutcome::Succeeded),
+        pool.stats().retries(RetryOutcome::GaveUp),
+        pool.stats().retries(RetryOutcome::BudgetSpent),
+        pool.stats().retries(RetryOutcome::NotSafe),
         tally.not_safe.load(Ordering::SeqCst),
         failures.len(),
         mib(peaks[0]),

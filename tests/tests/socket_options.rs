@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::{Keepalive, Manager, Pool};
+use steadypool::{BuildError, Dialer, Keepalive, Manager, Pool};
 use steadypool_tests::line_manager::LineManager;
 use steadypool_tests::servers::LineServer;
 
@@ -119,4 +119,56 @@ async fn every_connection_gets_the_options_not_just_the_first() {
         assert!(got.keepalive);
         assert_eq!(got.user_timeout, Some(Duration::from_millis(2500)));
     }
+}
+
+#[tokio::test]
+async fn a_dialer_built_by_hand_sets_every_socket_and_is_checked_by_build() {
+    let server = LineServer::start().await.unwrap();
+    let dialer = Dialer::new()
+        .keepalive(Some(Keepalive::new(
+            Duration::from_secs(4),
+            Duration::from_secs(2),
+            5,
+        )))
+        .nodelay(false);
+    let pool = Pool::builder(TcpManager::new(server.addr()))
+        .user_timeout(Some(Duration::from_secs(1)))
+        // Replaces every socket setting made before it ...
+        .dialer(dialer.clone())
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    let got = read_back(SockRef::from(&*conn));
+    assert_eq!(got.idle, Duration::from_secs(4));
+    assert_eq!(got.count, 5);
+    // ... so the user timeout follows this keepalive: 4 + 2 x 5 s.
+    assert_eq!(got.user_timeout, Some(Duration::from_secs(14)));
+    assert!(!got.nodelay);
+
+    // A knob set after it changes that dialer.
+    let pool = Pool::builder(TcpManager::new(server.addr()))
+        .dialer(dialer.clone())
+        .nodelay(true)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    let got = read_back(SockRef::from(&*conn));
+    assert_eq!(got.idle, Duration::from_secs(4));
+    assert!(got.nodelay);
+
+    let no_probes = Keepalive::new(Duration::from_secs(4), Duration::from_secs(2), 0);
+    let err = Pool::builder(TcpManager::new(server.addr()))
+        .dialer(dialer.keepalive(Some(no_probes)))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::KeepaliveOutOfRange {
+                knob: "keepalive count",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

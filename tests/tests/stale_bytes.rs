@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use steadypool::{Address, Dialer, Manager, Pool, ResetCause, SocketRef};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -75,12 +75,11 @@ async fn echo(conn: &mut BufReader<TcpStream>, n: u64) -> io::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_bytes_in_the_read_buffer_never_answer_the_next_request() {
     let addr = start_stuttering_server().await;
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LineManager(addr.into()))
-            .name("stale-bytes")
-            .max_size(WORKERS as usize),
-    )
-    .unwrap();
+    let pool = Pool::builder(LineManager(addr.into()))
+        .name("stale-bytes")
+        .max_size(WORKERS as usize)
+        .build()
+        .unwrap();
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
         let pool = pool.clone();
@@ -106,15 +105,20 @@ async fn stale_bytes_in_the_read_buffer_never_answer_the_next_request() {
         "{} of {REQUESTS} requests read another request's answer, e.g. {:?}; resets {:?}",
         wrong.len(),
         &wrong[..wrong.len().min(5)],
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
     // Every connection was left with a stale line after each request; only those
     // still idle in the pool at the end have not been checked since.
-    let stale = metrics.resets_with_cause(ResetCause::UnexpectedData);
+    let stale = pool.stats().resets_with_cause(ResetCause::UnexpectedData);
     assert!(
         stale >= REQUESTS - WORKERS,
         "{stale} connections discarded as unexpected_data: {:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    assert_eq!(metrics.all_resets(), stale, "{:?}", metrics.reset_table());
+    assert_eq!(
+        pool.stats().all_resets(),
+        stale,
+        "{:?}",
+        pool.stats().reset_table()
+    );
 }

@@ -8,25 +8,24 @@ use std::time::Duration;
 
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Manager, Pool, ResetCause};
+use steadypool::{Manager, Phase, Pool, ResetCause};
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
 use steadypool_tests::postgres::PgServer;
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
 
 const TICK: Duration = Duration::from_millis(200);
 /// Generous room for timing on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(15);
 
-fn build<M: Manager>(manager: M, name: &str) -> (Pool<M>, RecordedMetrics) {
-    RecordedMetrics::build(
-        Pool::builder(manager)
-            .name(name)
-            .reaper_interval(TICK)
-            .learn_idle_limit(false),
-    )
-    .unwrap()
+fn build<M: Manager>(manager: M, name: &str) -> Pool<M> {
+    Pool::builder(manager)
+        .name(name)
+        .reaper_interval(TICK)
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
 }
 
 /// Checks `n` connections out at once, so that `n` are open; they go back idle.
@@ -50,7 +49,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
     };
     let manager = RedisManager::new(server.unix_url()).unwrap();
     assert_eq!(manager.unix_socket(), Some(server.unix_socket().as_path()));
-    let (pool, metrics) = build(manager, "redis-unix");
+    let pool = build(manager, "redis-unix");
 
     let mut conn = pool.get().await.unwrap();
     let _: () = redis::cmd("SET")
@@ -82,7 +81,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
 
     // A crash: the kernel closes every connection at once, the socket file stays.
     server.kill();
-    faults::assert_emptied_by_the_peer(&pool, &metrics, 2).await;
+    faults::assert_emptied_by_the_peer(&pool, 2).await;
     assert!(
         socket.exists(),
         "a killed redis-server leaves its socket file"
@@ -104,7 +103,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
         pool.status()
     );
     faults::assert_refused(pool.get().await);
-    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 2);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 2);
 
     server.restart();
     redis_ping(&pool).await;
@@ -123,7 +122,7 @@ async fn postgres_over_a_unix_socket_survives_a_stop_and_a_restart() {
         manager.target(),
         Some(format!("postgres://{}", socket.display()))
     );
-    let (pool, metrics) = build(manager, "postgres-unix");
+    let pool = build(manager, "postgres-unix");
 
     let conn = pool.get().await.unwrap();
     // A Unix-socket session has no client address.
@@ -148,15 +147,15 @@ async fn postgres_over_a_unix_socket_survives_a_stop_and_a_restart() {
         pool.status()
     );
     assert_eq!(
-        metrics.resets_with_cause(ResetCause::PeerClosed),
+        pool.stats().resets_with_cause(ResetCause::PeerClosed),
         2,
         "{:?}",
-        metrics.reset_table()
+        pool.stats().reset_table()
     );
-    assert_eq!(metrics.all_resets(), 2);
+    assert_eq!(pool.stats().all_resets(), 2);
     assert!(!socket.exists(), "PostgreSQL removes its socket file");
     faults::assert_refused(pool.get().await);
-    assert!(metrics.connects(ResetCause::Refused.as_str()) >= 1);
+    assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();
     let conn = pool.get().await.unwrap();

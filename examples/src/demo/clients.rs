@@ -13,7 +13,7 @@ use std::time::Duration;
 use deadpool::managed::{Object, PoolError};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use steadypool::diagnosis::IdleLimit;
+use steadypool::IdleLimit;
 use steadypool::drivers::redis::{RedisConnection, RedisDriverError, RedisManager};
 use steadypool::{
     AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError,

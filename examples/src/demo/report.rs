@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, Snapshot};
 use serde::Serialize;
+use steadypool::IdleLimit;
 use steadypool::chaos::ChaosStats;
-use steadypool::diagnosis::IdleLimit;
 use steadypool::{Eviction, Phase, ResetCause};
 
 use super::clients::Protocol;

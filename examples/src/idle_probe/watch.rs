@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::TcpKeepalive;
-use steadypool::probe::{self, Liveness, SocketRef, TcpState};
 use steadypool::{Classify, Dialer, Disposition, Manager, ResetCause, Sent};
+use steadypool::{Liveness, SocketRef, TcpState, probe, tcp_state};
 use tokio::time::Instant;
 
 use crate::recommend::ClosedBy;
@@ -121,7 +121,7 @@ impl<M: Manager> Watcher<M> {
     /// Whether the path closed the connection, and how, without touching it.
     fn closed(&self, conn: &M::Connection) -> Option<ClosedBy> {
         let socket = self.manager.socket(conn)?;
-        match probe::check(socket) {
+        match probe(socket) {
             Liveness::Alive => None,
             Liveness::UnexpectedData => {
                 let drain = self.drain?;
@@ -206,7 +206,7 @@ impl<M: Manager> Watcher<M> {
 }
 
 fn closed_by(socket: SocketRef<'_>) -> Option<ClosedBy> {
-    match probe::check(socket) {
+    match probe(socket) {
         Liveness::Alive | Liveness::UnexpectedData => None,
         other => from_liveness(other, socket),
     }
@@ -219,7 +219,7 @@ fn from_liveness(liveness: Liveness, socket: SocketRef<'_>) -> Option<ClosedBy> 
         // A driver that reads the socket may have taken the reset's error already;
         // the kernel still knows: a reset connection is closed, a FIN leaves it in
         // CLOSE_WAIT.
-        Liveness::PeerClosed => match probe::tcp_state(socket) {
+        Liveness::PeerClosed => match tcp_state(socket) {
             Ok(TcpState::Closed) => Some(ClosedBy::Rst),
             _ => Some(ClosedBy::Fin),
         },

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::ChaosError;
+use super::error::ChaosError;
 
 /// How the proxy closes a connection it ends on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 use std::net::TcpStream;
 
-use super::ChaosError;
+use super::error::ChaosError;
 
 /// Pending connections the listener holds.
 const BACKLOG: i32 = 1024;

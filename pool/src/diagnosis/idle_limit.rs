@@ -1,43 +1,4 @@
-//! The learned idle limit: how long a connection may sit idle on this path before
-//! something on it (a load balancer, a NAT gateway, a firewall, the server's own
-//! keepalive timeout) closes it.
-//!
-//! Nobody tells the client that limit, but every reset is a measurement of it:
-//!
-//! * a connection found closed or reset (FIN, RST, `EPIPE`) after sitting idle for
-//!   `d` bounds the limit **from above**: the limit is at most `d`;
-//! * a connection reused after sitting idle for `d` that came back healthy bounds it
-//!   **from below**: the limit is above `d`.
-//!
-//! The learner keeps the shortest such upper bound and the longest such lower bound.
-//! Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
-//! connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
-//! later than the configured `idle_timeout`. The lower bound is proven harmless, and the
-//! 5 % margin keeps timer jitter on either side from crossing it; 75 % of the upper
-//! bound covers the time the pool needs to notice a close (up to a reaper interval).
-//! Every further reset narrows the interval, so resets stop after a few.
-//!
-//! What is not an idle limit must not teach one:
-//!
-//! * A close found less than [`MIN_EVIDENCE_IDLE`] after the connection's last use is
-//!   no idle-limit evidence. One alone is background noise (a proxy shedding one
-//!   request, a server's per-connection limit) and teaches nothing. A burst of them
-//!   ([`CRASH_BURST`] within [`CRASH_BURST_SPAN`]) says the upstream failed (crash,
-//!   restart), and so does a refused connect. Such an upstream failure also voids any
-//!   upper bound learned shortly before it and shortly after it
-//!   ([`UPSTREAM_FAILURE_WINDOW`]): when a server crashes, every idle connection dies
-//!   with it, whatever its idle time. Counting every lone close as a failure would
-//!   keep a path with a steady trickle of resets from ever learning its limit.
-//! * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
-//!   bound drops it; a reset at or below the lower bound drops that.
-//! * Evidence older than [`FORGET_AFTER`] is forgotten, so a path that changed (a
-//!   new load balancer, a raised timeout) is learned again. A lower bound stays fresh
-//!   while connections keep being reused close to it.
-//!
-//! A crash with no request in flight and no refused connect afterwards (the server
-//! restarted at once) cannot be told from an idle limit; it may teach a limit that
-//! is too low. That costs extra connects (planned evictions), never resets, and is
-//! forgotten after [`FORGET_AFTER`].
+//! The idle-limit learner: every lost and every reused connection is a measurement.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +6,6 @@ use std::time::Duration;
 
 use crate::cause::ResetCause;
 use crate::clock::{CoarseDuration, CoarseInstant};
-use crate::metrics::Recorder;
 
 /// Closes found sooner than this after a connection's last use are upstream failures,
 /// not idle-limit evidence: middlebox idle timers run for seconds to hours.
@@ -74,12 +34,51 @@ const REFRESH_SHARE: f64 = 0.9;
 /// "None" in the atomics below.
 const NEVER: u64 = u64::MAX;
 
-/// What the pool knows about the path's idle limit, as returned by
+/// What the pool knows about the path's idle limit (how long a connection may sit
+/// idle on this path before something on it, a load balancer, a NAT gateway, a
+/// firewall or the server's own keepalive timeout, closes it), as returned by
 /// [`Pool::idle_limit`](crate::Pool::idle_limit).
+///
+/// Nobody tells the client that limit, but every reset is a measurement of it:
+///
+/// * a connection found closed or reset (FIN, RST, `EPIPE`) after sitting idle for
+///   `d` bounds the limit **from above**: the limit is at most `d`;
+/// * a connection reused after sitting idle for `d` that came back healthy bounds it
+///   **from below**: the limit is above `d`.
+///
+/// The pool keeps the shortest such upper bound and the longest such lower bound.
+/// Once an upper bound is known (and `learn_idle_limit` is on) the pool closes idle
+/// connections after `max(95 % of the lower bound, 75 % of the upper bound)`, and never
+/// later than the configured `idle_timeout`. The lower bound is proven harmless, and the
+/// 5 % margin keeps timer jitter on either side from crossing it; 75 % of the upper
+/// bound covers the time the pool needs to notice a close (up to a reaper interval).
+/// Every further reset narrows the interval, so resets stop after a few.
+///
+/// What is not an idle limit must not teach one:
+///
+/// * A close found less than a second (`MIN_EVIDENCE_IDLE`) after the connection's last use is
+///   no idle-limit evidence. One alone is background noise (a proxy shedding one
+///   request, a server's per-connection limit) and teaches nothing. A burst of them
+///   (4 within 20 ms) says the upstream failed (crash,
+///   restart), and so does a refused connect. Such an upstream failure also voids any
+///   upper bound learned shortly before it and shortly after it
+///   (within a second plus a reaper interval): when a server crashes, every idle connection dies
+///   with it, whatever its idle time. Counting every lone close as a failure would
+///   keep a path with a steady trickle of resets from ever learning its limit.
+/// * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
+///   bound drops it; a reset at or below the lower bound drops that.
+/// * Evidence older than 10 minutes is forgotten, so a path that changed (a
+///   new load balancer, a raised timeout) is learned again. A lower bound stays fresh
+///   while connections keep being reused close to it.
+///
+/// A crash with no request in flight and no refused connect afterwards (the server
+/// restarted at once) cannot be told from an idle limit; it may teach a limit that
+/// is too low. That costs extra connects (planned evictions), never resets, and is
+/// forgotten after 10 minutes.
 ///
 /// ```
 /// use std::time::Duration;
-/// use steadypool::diagnosis::IdleLimit;
+/// use steadypool::IdleLimit;
 ///
 /// let limit = IdleLimit {
 ///     lower: Some(Duration::from_secs(45)),
@@ -120,6 +119,14 @@ impl IdleLimit {
     }
 }
 
+/// What a reset taught: what it says about the path, and the limit now when it
+/// changed (for the observer to publish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lesson {
+    pub(crate) reading: Reading,
+    pub(crate) changed: Option<IdleLimit>,
+}
+
 /// What a reset says about the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reading {
@@ -146,6 +153,9 @@ struct Evidence {
     /// The current run of closes on connections busy a moment ago: when it began and
     /// how many it holds.
     busy_closes: Option<(CoarseInstant, u32)>,
+    /// The limit as last computed: what [`IdleLimitLearner::current`] returns, and
+    /// what a change is measured against.
+    limit: IdleLimit,
 }
 
 /// One pool's learner. Every checkout reads the limit in force; only evidence takes
@@ -181,7 +191,13 @@ impl IdleLimitLearner {
         reaper_interval: Duration,
     ) -> IdleLimitLearner {
         IdleLimitLearner {
-            evidence: Mutex::new(Evidence::default()),
+            evidence: Mutex::new(Evidence {
+                limit: IdleLimit {
+                    evict_after: idle_timeout,
+                    ..IdleLimit::default()
+                },
+                ..Evidence::default()
+            }),
             evict_after: AtomicU64::new(idle_timeout.map_or(NEVER, ticks)),
             news_from: AtomicU64::new(0),
             expires: AtomicU64::new(NEVER),
@@ -196,13 +212,9 @@ impl IdleLimitLearner {
     /// Inlined into every checkout: two atomic loads and a comparison, with the rare
     /// refresh kept out of line.
     #[inline]
-    pub(crate) fn evict_after(
-        &self,
-        now: CoarseInstant,
-        recorder: &Recorder,
-    ) -> Option<CoarseDuration> {
+    pub(crate) fn evict_after(&self, now: CoarseInstant) -> Option<CoarseDuration> {
         if now.ticks() >= self.expires.load(Ordering::Relaxed) {
-            self.forget_expired(now, recorder);
+            self.forget_expired(now);
         }
         match self.evict_after.load(Ordering::Relaxed) {
             NEVER => None,
@@ -210,27 +222,42 @@ impl IdleLimitLearner {
         }
     }
 
-    /// Drops evidence that has expired, and republishes the limit.
+    /// Drops evidence that has expired. The checkout that finds it expired does not
+    /// publish the change: the reaper's next tick does (see [`Self::snapshot`]).
     #[cold]
     #[inline(never)]
-    fn forget_expired(&self, now: CoarseInstant, recorder: &Recorder) {
-        self.update(now, recorder, |_| ());
+    fn forget_expired(&self, now: CoarseInstant) {
+        self.update(now, |_| ());
     }
 
     /// The interval and the limit in force, forgetting expired evidence first.
-    pub(crate) fn snapshot(&self, now: CoarseInstant, recorder: &Recorder) -> IdleLimit {
-        self.update(now, recorder, |_| ())
+    pub(crate) fn snapshot(&self, now: CoarseInstant) -> IdleLimit {
+        self.update(now, |_| ()).0
     }
 
-    /// A connection reused after sitting idle for `idle` came back healthy.
-    pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant, recorder: &Recorder) {
+    /// The limit as last computed, without forgetting anything: a plain read.
+    pub(crate) fn current(&self) -> IdleLimit {
+        self.lock().limit
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Evidence> {
+        // Every change is computed first and stored in whole fields: a panic cannot
+        // leave the evidence half-written, so a poisoned lock is still usable.
+        self.evidence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection reused after sitting idle for `idle` came back healthy. Returns
+    /// the limit when that changed it.
+    pub(crate) fn reused(&self, idle: Duration, now: CoarseInstant) -> Option<IdleLimit> {
         if idle < MIN_EVIDENCE_IDLE
             || (ticks(idle) < self.news_from.load(Ordering::Relaxed)
                 && now.ticks() < self.expires.load(Ordering::Relaxed))
         {
-            return;
+            return None;
         }
-        self.update(now, recorder, |evidence| {
+        self.update(now, |evidence| {
             if evidence.upper.is_some_and(|upper| idle >= upper.value) {
                 evidence.upper = None;
             }
@@ -247,40 +274,34 @@ impl IdleLimitLearner {
                     })
                 }
             }
-        });
+        })
+        .1
     }
 
     /// A connection broke with `cause` after sitting idle for `idle` (for one broken
     /// in use: idle before that checkout). Returns what that says about the path.
-    pub(crate) fn reset(
-        &self,
-        cause: ResetCause,
-        idle: Duration,
-        now: CoarseInstant,
-        recorder: &Recorder,
-    ) -> Reading {
+    pub(crate) fn reset(&self, cause: ResetCause, idle: Duration, now: CoarseInstant) -> Lesson {
         let closed_by_peer = matches!(
             cause,
             ResetCause::PeerClosed | ResetCause::PeerReset | ResetCause::BrokenPipe
         );
+        let learned = |reading, changed| Lesson { reading, changed };
         if cause == ResetCause::Refused {
-            self.upstream_failed(now, recorder);
-            return Reading::UpstreamFailure;
+            return learned(Reading::UpstreamFailure, self.upstream_failed(now));
         }
         if closed_by_peer && idle < MIN_EVIDENCE_IDLE {
             return if self.busy_close_is_a_crash(now) {
-                self.upstream_failed(now, recorder);
-                Reading::UpstreamFailure
+                learned(Reading::UpstreamFailure, self.upstream_failed(now))
             } else {
-                Reading::Unrelated
+                learned(Reading::Unrelated, None)
             };
         }
         if !closed_by_peer {
-            return Reading::Unrelated;
+            return learned(Reading::Unrelated, None);
         }
         let mut reading = Reading::AfterIdle;
         let window = self.failure_window;
-        self.update(now, recorder, |evidence| {
+        let (_, changed) = self.update(now, |evidence| {
             if evidence
                 .upstream_failed_at
                 .is_some_and(|at| now.saturating_duration_since(at) < window)
@@ -298,16 +319,13 @@ impl IdleLimitLearner {
                 });
             }
         });
-        reading
+        learned(reading, changed)
     }
 
     /// Counts a close on a connection busy a moment ago; true once the run of such
     /// closes is long enough to be a crash.
     fn busy_close_is_a_crash(&self, now: CoarseInstant) -> bool {
-        let mut evidence = self
-            .evidence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut evidence = self.lock();
         let run = match evidence.busy_closes {
             Some((began, count)) if now.saturating_duration_since(began) <= CRASH_BURST_SPAN => {
                 (began, count + 1)
@@ -318,9 +336,9 @@ impl IdleLimitLearner {
         run.1 >= CRASH_BURST
     }
 
-    fn upstream_failed(&self, now: CoarseInstant, recorder: &Recorder) {
+    fn upstream_failed(&self, now: CoarseInstant) -> Option<IdleLimit> {
         let window = self.failure_window;
-        self.update(now, recorder, |evidence| {
+        self.update(now, |evidence| {
             evidence.upstream_failed_at = Some(now);
             if evidence
                 .upper
@@ -328,21 +346,18 @@ impl IdleLimitLearner {
             {
                 evidence.upper = None;
             }
-        });
+        })
+        .1
     }
 
-    /// Applies `change` under the lock after forgetting expired evidence, then
-    /// republishes the limit (inside the lock, so gauges never go back in time).
+    /// Applies `change` under the lock after forgetting expired evidence. Returns the
+    /// limit, and the limit again when it changed.
     fn update(
         &self,
         now: CoarseInstant,
-        recorder: &Recorder,
         change: impl FnOnce(&mut Evidence),
-    ) -> IdleLimit {
-        let mut evidence = self
-            .evidence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ) -> (IdleLimit, Option<IdleLimit>) {
+        let mut evidence = self.lock();
         let fresh = |bound: &Option<Bound>| {
             bound.filter(|b| now.saturating_duration_since(b.seen) < FORGET_AFTER)
         };
@@ -381,8 +396,9 @@ impl IdleLimitLearner {
             .store(limit.evict_after.map_or(NEVER, ticks), Ordering::Relaxed);
         self.news_from.store(news_from, Ordering::Relaxed);
         self.expires.store(expires, Ordering::Relaxed);
-        recorder.idle_limit(&limit);
-        limit
+        let changed = (evidence.limit != limit).then_some(limit);
+        evidence.limit = limit;
+        (limit, changed)
     }
 }
 
@@ -392,11 +408,8 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn learner(idle_timeout: Option<Duration>, enforce: bool) -> (IdleLimitLearner, Recorder) {
-        (
-            IdleLimitLearner::new(idle_timeout, enforce, S),
-            Recorder::new("idle-limit-unit"),
-        )
+    fn learner(idle_timeout: Option<Duration>, enforce: bool) -> IdleLimitLearner {
+        IdleLimitLearner::new(idle_timeout, enforce, S)
     }
 
     fn ms(n: u64) -> Duration {
@@ -410,158 +423,160 @@ mod tests {
 
     #[test]
     fn idle_timeout_rules_until_a_close_after_idle_is_seen() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        assert_eq!(l.evict_after(t, &r), Some((45 * S).into()));
+        assert_eq!(l.evict_after(t), Some((45 * S).into()));
         // Reuses within a second of the last use say nothing about a middlebox.
-        l.reused(ms(500), t, &r);
-        assert_eq!(l.snapshot(t, &r).lower, None);
-        l.reused(40 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some((45 * S).into()));
-        assert_eq!(l.snapshot(t, &r).lower, Some(40 * S));
+        l.reused(ms(500), t);
+        assert_eq!(l.snapshot(t).lower, None);
+        l.reused(40 * S, t);
+        assert_eq!(l.evict_after(t), Some((45 * S).into()));
+        assert_eq!(l.snapshot(t).lower, Some(40 * S));
     }
 
     #[test]
     fn a_reset_after_idle_bounds_the_limit_and_evictions_follow() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        l.reused(ms(1900), t, &r);
+        l.reused(ms(1900), t);
         assert_eq!(
-            l.reset(ResetCause::PeerClosed, ms(2100), t, &r),
+            l.reset(ResetCause::PeerClosed, ms(2100), t).reading,
             Reading::AfterIdle
         );
-        let limit = l.snapshot(t, &r);
+        let limit = l.snapshot(t);
         assert_eq!(limit.lower, Some(ms(1900)));
         assert_eq!(limit.upper, Some(ms(2100)));
         assert!(limit.contains(2 * S));
         // max(95 % of 1.9 s, 75 % of 2.1 s) = 1.805 s
         assert!(about(limit.evict_after, ms(1805)), "{limit:?}");
         // a shorter reset narrows it
-        l.reset(ResetCause::PeerReset, ms(2020), t, &r);
-        assert_eq!(l.snapshot(t, &r).upper, Some(ms(2020)));
+        l.reset(ResetCause::PeerReset, ms(2020), t);
+        assert_eq!(l.snapshot(t).upper, Some(ms(2020)));
         // a longer one does not widen it
-        l.reset(ResetCause::PeerReset, 3 * S, t, &r);
-        assert_eq!(l.snapshot(t, &r).upper, Some(ms(2020)));
+        l.reset(ResetCause::PeerReset, 3 * S, t);
+        assert_eq!(l.snapshot(t).upper, Some(ms(2020)));
     }
 
     #[test]
     fn learned_eviction_never_exceeds_idle_timeout() {
-        let (l, r) = learner(Some(10 * S), true);
+        let l = learner(Some(10 * S), true);
         let t = CoarseInstant::now();
-        l.reused(50 * S, t, &r);
-        l.reset(ResetCause::PeerReset, 61 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some((10 * S).into()));
+        l.reused(50 * S, t);
+        l.reset(ResetCause::PeerReset, 61 * S, t);
+        assert_eq!(l.evict_after(t), Some((10 * S).into()));
     }
 
     #[test]
     fn switched_off_it_measures_but_does_not_evict() {
-        let (l, r) = learner(Some(45 * S), false);
+        let l = learner(Some(45 * S), false);
         let t = CoarseInstant::now();
-        l.reset(ResetCause::PeerClosed, 2 * S, t, &r);
-        let limit = l.snapshot(t, &r);
+        l.reset(ResetCause::PeerClosed, 2 * S, t);
+        let limit = l.snapshot(t);
         assert_eq!(limit.upper, Some(2 * S));
         assert_eq!(limit.evict_after, Some(45 * S));
     }
 
     #[test]
     fn without_idle_timeout_the_learned_limit_alone_applies() {
-        let (l, r) = learner(None, true);
+        let l = learner(None, true);
         let t = CoarseInstant::now();
-        assert_eq!(l.evict_after(t, &r), None);
-        l.reset(ResetCause::PeerClosed, 4 * S, t, &r);
-        assert_eq!(l.evict_after(t, &r), Some((3 * S).into()));
+        assert_eq!(l.evict_after(t), None);
+        l.reset(ResetCause::PeerClosed, 4 * S, t);
+        assert_eq!(l.evict_after(t), Some((3 * S).into()));
     }
 
     #[test]
     fn newest_evidence_wins_over_contradicting_evidence() {
-        let (l, r) = learner(None, false);
+        let l = learner(None, false);
         let t = CoarseInstant::now();
-        l.reused(30 * S, t, &r);
+        l.reused(30 * S, t);
         // the path's limit dropped below what was fine before
-        l.reset(ResetCause::PeerReset, 20 * S, t + S, &r);
-        let limit = l.snapshot(t + S, &r);
+        l.reset(ResetCause::PeerReset, 20 * S, t + S);
+        let limit = l.snapshot(t + S);
         assert_eq!((limit.lower, limit.upper), (None, Some(20 * S)));
         // and went up again
-        l.reused(25 * S, t + 2 * S, &r);
-        let limit = l.snapshot(t + 2 * S, &r);
+        l.reused(25 * S, t + 2 * S);
+        let limit = l.snapshot(t + 2 * S);
         assert_eq!((limit.lower, limit.upper), (Some(25 * S), None));
     }
 
     #[test]
     fn a_lone_busy_close_teaches_nothing_and_voids_nothing() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
+        l.reset(ResetCause::PeerClosed, 3 * S, t);
         assert_eq!(
-            l.reset(ResetCause::PeerReset, ms(3), t + ms(100), &r),
+            l.reset(ResetCause::PeerReset, ms(3), t + ms(100)).reading,
             Reading::Unrelated
         );
         assert_eq!(
-            l.reset(ResetCause::PeerReset, ms(5), t + ms(200), &r),
+            l.reset(ResetCause::PeerReset, ms(5), t + ms(200)).reading,
             Reading::Unrelated
         );
-        assert_eq!(l.snapshot(t + S, &r).upper, Some(3 * S));
+        assert_eq!(l.snapshot(t + S).upper, Some(3 * S));
     }
 
     #[test]
     fn busy_close_bursts_and_refusals_are_upstream_failures_not_evidence() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
         for i in 0..CRASH_BURST - 1 {
             assert_eq!(
-                l.reset(ResetCause::PeerReset, ms(3), t + ms(u64::from(i)), &r),
+                l.reset(ResetCause::PeerReset, ms(3), t + ms(u64::from(i)))
+                    .reading,
                 Reading::Unrelated
             );
         }
         assert_eq!(
-            l.reset(ResetCause::PeerReset, ms(3), t + ms(5), &r),
+            l.reset(ResetCause::PeerReset, ms(3), t + ms(5)).reading,
             Reading::UpstreamFailure
         );
         // an idle connection killed by the same crash, found by the reaper
         assert_eq!(
-            l.reset(ResetCause::PeerClosed, 7 * S, t + S, &r),
+            l.reset(ResetCause::PeerClosed, 7 * S, t + S).reading,
             Reading::UpstreamFailure
         );
-        assert_eq!(l.snapshot(t + S, &r).upper, None);
+        assert_eq!(l.snapshot(t + S).upper, None);
         // long after the failure, the same close is evidence again
         assert_eq!(
-            l.reset(ResetCause::PeerClosed, 7 * S, t + 60 * S, &r),
+            l.reset(ResetCause::PeerClosed, 7 * S, t + 60 * S).reading,
             Reading::AfterIdle
         );
         assert_eq!(
-            l.reset(ResetCause::KeepaliveTimeout, 30 * S, t + 60 * S, &r),
+            l.reset(ResetCause::KeepaliveTimeout, 30 * S, t + 60 * S)
+                .reading,
             Reading::Unrelated
         );
     }
 
     #[test]
     fn a_failure_voids_the_bound_learned_just_before_it() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        l.reset(ResetCause::PeerClosed, 3 * S, t, &r);
-        assert_eq!(l.snapshot(t, &r).upper, Some(3 * S));
+        l.reset(ResetCause::PeerClosed, 3 * S, t);
+        assert_eq!(l.snapshot(t).upper, Some(3 * S));
         assert_eq!(
-            l.reset(ResetCause::Refused, Duration::ZERO, t + S, &r),
+            l.reset(ResetCause::Refused, Duration::ZERO, t + S).reading,
             Reading::UpstreamFailure
         );
-        assert_eq!(l.evict_after(t + S, &r), Some((45 * S).into()));
+        assert_eq!(l.evict_after(t + S), Some((45 * S).into()));
     }
 
     #[test]
     fn old_evidence_is_forgotten_unless_refreshed() {
-        let (l, r) = learner(Some(45 * S), true);
+        let l = learner(Some(45 * S), true);
         let t = CoarseInstant::now();
-        l.reused(ms(1900), t, &r);
-        l.reset(ResetCause::PeerClosed, ms(2100), t, &r);
+        l.reused(ms(1900), t);
+        l.reset(ResetCause::PeerClosed, ms(2100), t);
         // reuses near the lower bound keep it fresh; the upper bound ages out
         let later = t + (FORGET_AFTER - S);
-        l.reused(ms(1750), later, &r);
+        l.reused(ms(1750), later);
         let after = t + FORGET_AFTER + S;
-        let limit = l.snapshot(after, &r);
+        let limit = l.snapshot(after);
         assert_eq!(limit.lower, Some(ms(1900)));
         assert_eq!(limit.upper, None);
         assert_eq!(limit.evict_after, Some(45 * S));
-        let gone = l.snapshot(later + FORGET_AFTER, &r);
+        let gone = l.snapshot(later + FORGET_AFTER);
         assert_eq!(
             gone,
             IdleLimit {
@@ -570,6 +585,40 @@ mod tests {
                 evict_after: Some(45 * S)
             }
         );
+    }
+
+    #[test]
+    fn a_change_of_the_limit_is_returned_and_the_current_limit_read_without_it() {
+        let l = learner(Some(45 * S), true);
+        let t = CoarseInstant::now();
+        let configured = IdleLimit {
+            lower: None,
+            upper: None,
+            evict_after: Some(45 * S),
+        };
+        assert_eq!(l.current(), configured);
+        let lower = l.reused(40 * S, t);
+        assert_eq!(lower.map(|limit| limit.lower), Some(Some(40 * S)));
+        // The same evidence again changes nothing.
+        assert_eq!(l.reused(40 * S, t), None);
+        let lesson = l.reset(ResetCause::PeerClosed, 60 * S, t);
+        assert_eq!(lesson.reading, Reading::AfterIdle);
+        let changed = lesson
+            .changed
+            .expect("a first upper bound changes the limit");
+        assert_eq!(changed.upper, Some(60 * S));
+        assert_eq!(l.current(), changed);
+        // A timeout says nothing about the idle limit.
+        let timeout = l.reset(ResetCause::KeepaliveTimeout, 60 * S, t);
+        assert_eq!(
+            (timeout.reading, timeout.changed),
+            (Reading::Unrelated, None)
+        );
+        // Expired evidence stays in the current limit until something forgets it.
+        let later = t + FORGET_AFTER + S;
+        assert_eq!(l.current(), changed);
+        assert_eq!(l.snapshot(later), configured);
+        assert_eq!(l.current(), configured);
     }
 
     #[test]

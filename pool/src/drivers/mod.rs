@@ -5,6 +5,7 @@
 //! | [`tcp`] | a raw [`tokio::net::TcpStream`] with the pool's socket options | free (tokio readiness) | none | always |
 //! | [`postgres`] | a `tokio_postgres::Client` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | empty query | `postgres` |
 //! | [`redis`] | a `redis::aio::MultiplexedConnection` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | `PING` | `redis` |
+//! | [`tls`] | a [`tls::TlsStream`] (rustls) on the pool's socket; [`tls::PgTls`] for `postgres`, `RedisManager::with_tls` for `redis` | free (tokio readiness); rustls reads what arrived | none | `tls` |
 //! | [`deadpool`] | whatever an existing `deadpool::managed::Manager` makes | none (the socket is out of reach) | the manager's `recycle` | always |
 
 pub mod deadpool;
@@ -15,6 +16,9 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 pub mod tcp;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod watch;
 

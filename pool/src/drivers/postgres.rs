@@ -101,7 +101,7 @@
 //! libpq names it, through [`Dialer::connect_unix`] within the pool's
 //! `connect_timeout`. Such a session is never encrypted, whatever `sslmode` says, as
 //! with libpq: TLS is for the network, and there is none. Nor do keepalive and
-//! `TCP_USER_TIMEOUT` apply (see [`dial`](crate::dial#unix-domain-sockets)): a
+//! `TCP_USER_TIMEOUT` apply (see [`Dialer::connect_unix`](crate::Dialer::connect_unix)): a
 //! backend that exits closes its end at once, and the probe or the watch above finds
 //! it; a missing socket file (the server is down: it removes the file as it stops)
 //! counts as `refused` at connect. Unix and TCP hosts can be mixed in one list.
@@ -117,12 +117,26 @@
 //!
 //! [`PgManager::with_tls`] takes any tokio-postgres TLS connector ([`MakeTlsConnect`]);
 //! the TLS handshake runs over the pool's socket, and the probe still watches the TCP
-//! connection underneath. With the `tokio-postgres-rustls` crate (not a dependency of
-//! steadypool, and not exercised by its tests, which have no TLS server):
+//! connection underneath. With the `tls` feature, steadypool brings one over rustls
+//! (ring provider, no OpenSSL): [`PgTls`](crate::drivers::tls::PgTls), which verifies
+//! the server's certificate for the host name as its rustls config says (libpq's
+//! `verify-full`); `sslmode=require` makes the session TLS or nothing:
 //!
-//! ```ignore
-//! let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config);
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use steadypool::drivers::postgres::PgManager;
+//! use steadypool::drivers::tls::{rustls, PgTls};
+//!
+//! # let roots = rustls::RootCertStore::empty();
+//! let config = rustls::ClientConfig::builder()
+//!     .with_root_certificates(roots)
+//!     .with_no_client_auth();
+//! let tls = PgTls::new(Arc::new(config));
 //! let manager = PgManager::with_tls("host=db.internal user=app sslmode=require".parse()?, tls)?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "tls"))] fn main() {}
 //! ```
 
 use std::any::TypeId;
@@ -144,7 +158,8 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
-use crate::cause::{Classify, Disposition, ResetCause, Sent, classify_source_chain};
+use crate::cause::{Classify, Disposition, ResetCause, Sent};
+use crate::classify::classify_source_chain;
 use crate::dial::{Address, DialError, Dialer};
 use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;

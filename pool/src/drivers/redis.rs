@@ -33,7 +33,7 @@
 //! `?db=2` for a database) connect to a server's `unixsocket`, through
 //! [`Dialer::connect_unix`] within the pool's `connect_timeout`. The socket gets no
 //! keepalive and no `TCP_USER_TIMEOUT` (they are TCP's; see
-//! [`dial`](crate::dial#unix-domain-sockets)), and needs none: a server that exits
+//! [`Dialer::connect_unix`](crate::Dialer::connect_unix)), and needs none: a server that exits
 //! closes its end at once, and the probe (the same `peek` on a duplicated descriptor)
 //! or the driver's watch finds it as `peer_closed`. A missing socket file (the server
 //! is down, and removed it on the way) and a stale one nobody listens on both count
@@ -81,6 +81,13 @@ use crate::probe::SocketRef;
 #[derive(Debug, Clone)]
 enum Endpoint {
     Tcp(Address),
+    /// TLS over TCP, verified for the server name.
+    #[cfg(feature = "tls")]
+    Tls(
+        Address,
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
     #[cfg(unix)]
     Unix(PathBuf),
 }
@@ -109,8 +116,8 @@ impl RedisManager {
     ///
     /// # Errors
     /// [`RedisDriverError::Redis`] for a URL redis cannot parse;
-    /// [`RedisDriverError::Config`] for `rediss://` (TLS), which this manager does not
-    /// open.
+    /// `rediss://` (TLS) is refused (by redis's parser, built without its own TLS):
+    /// use [`RedisManager::with_tls`] (feature `tls`).
     pub fn new(info: impl IntoConnectionInfo) -> Result<Self, RedisDriverError> {
         let info = info.into_connection_info()?;
         let endpoint = match info.addr() {
@@ -119,7 +126,7 @@ impl RedisManager {
             ConnectionAddr::Unix(path) => Endpoint::Unix(path.clone()),
             ConnectionAddr::TcpTls { .. } => {
                 return Err(RedisDriverError::Config(
-                    "TLS (rediss://) is not supported by this manager: use redis's own client behind a custom Manager"
+                    "TLS (rediss://) needs a rustls client config: RedisManager::with_tls, feature `tls`"
                         .to_owned(),
                 ));
             }
@@ -137,6 +144,61 @@ impl RedisManager {
         })
     }
 
+    /// A manager for a `rediss://host:port/db` URL (or `redis://`: TLS either way), its
+    /// TLS sessions verified as `config` says for the URL's host (features `tls` and
+    /// `redis`). The TLS session runs inside the connection's driver task, which reads
+    /// session tickets and KeyUpdates as they come; the probe watches the TCP socket
+    /// under it as for `redis://`, and a close_notify or a FIN behind any record is
+    /// `peer_closed`. The URL's `#insecure` is not honoured: verification is the
+    /// config's to relax.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use steadypool::drivers::redis::RedisManager;
+    /// use steadypool::drivers::tls::rustls;
+    /// use steadypool::Manager;
+    ///
+    /// let config = rustls::ClientConfig::builder()
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let manager = RedisManager::with_tls("rediss://cache.internal:6380/0", Arc::new(config)).unwrap();
+    /// assert_eq!(manager.target().as_deref(), Some("rediss://cache.internal:6380"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`RedisDriverError::Redis`] for a URL redis cannot parse,
+    /// [`RedisDriverError::Config`] for a Unix-domain socket, [`RedisDriverError::Tls`] for a host that is no valid TLS server name.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn with_tls(
+        url: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, RedisDriverError> {
+        // redis parses `rediss://` only with a TLS stack of its own; the session here
+        // is steadypool's, so the URL is read as the plain one it otherwise is.
+        let plain = match url.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => url.to_owned(),
+        };
+        let info = plain.as_str().into_connection_info()?;
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                (host.as_str(), *port)
+            }
+            _ => {
+                return Err(RedisDriverError::Config(
+                    "TLS needs a TCP address: use rediss://host:port".to_owned(),
+                ));
+            }
+        };
+        let server_name = super::tls::parse_server_name(host)?;
+        Ok(RedisManager {
+            endpoint: Endpoint::Tls(Address::from((host, port)), config, server_name),
+            info: info.redis_settings().clone(),
+            config: AsyncConnectionConfig::new(),
+        })
+    }
+
     /// The settings each multiplexed connection gets (response timeout, push sender,
     /// ...). Default: [`AsyncConnectionConfig::new`]. Its connection timeout is not
     /// used: the pool's `connect_timeout` bounds the connect.
@@ -149,6 +211,8 @@ impl RedisManager {
     pub fn address(&self) -> Option<&Address> {
         match &self.endpoint {
             Endpoint::Tcp(addr) => Some(addr),
+            #[cfg(feature = "tls")]
+            Endpoint::Tls(addr, ..) => Some(addr),
             #[cfg(unix)]
             Endpoint::Unix(_) => None,
         }
@@ -158,6 +222,8 @@ impl RedisManager {
     pub fn unix_socket(&self) -> Option<&Path> {
         match &self.endpoint {
             Endpoint::Tcp(_) => None,
+            #[cfg(feature = "tls")]
+            Endpoint::Tls(..) => None,
             #[cfg(unix)]
             Endpoint::Unix(path) => Some(path),
         }
@@ -257,6 +323,16 @@ impl Manager for RedisManager {
                 let socket = socket2::SockRef::from(&stream).try_clone();
                 self.start(stream, socket).await
             }
+            #[cfg(feature = "tls")]
+            Endpoint::Tls(addr, config, server_name) => {
+                let stream = dialer.connect(addr).await?;
+                let socket = socket2::SockRef::from(&stream).try_clone();
+                let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(server_name.clone(), stream)
+                    .await
+                    .map_err(RedisDriverError::Handshake)?;
+                self.start(stream, socket).await
+            }
             #[cfg(unix)]
             Endpoint::Unix(path) => {
                 let stream = dialer.connect_unix(path).await?;
@@ -280,6 +356,8 @@ impl Manager for RedisManager {
     fn target(&self) -> Option<String> {
         Some(match &self.endpoint {
             Endpoint::Tcp(addr) => format!("redis://{addr}"),
+            #[cfg(feature = "tls")]
+            Endpoint::Tls(addr, ..) => format!("rediss://{addr}"),
             #[cfg(unix)]
             Endpoint::Unix(path) => format!("redis+unix://{}", path.display()),
         })
@@ -330,6 +408,15 @@ pub enum RedisDriverError {
     /// The socket could not be duplicated for probing (out of descriptors?).
     #[error("could not duplicate the socket for probing: {0}")]
     Socket(#[source] io::Error),
+    /// A TLS setting was refused.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    /// The TLS handshake failed: the server's certificate did not verify, no common
+    /// protocol version, or the connection broke during it.
+    #[cfg(feature = "tls")]
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] io::Error),
 }
 
 impl Classify for RedisDriverError {
@@ -342,6 +429,14 @@ impl Classify for RedisDriverError {
                 sent: Sent::No,
             },
             RedisDriverError::Config(_) => Disposition::Application,
+            #[cfg(feature = "tls")]
+            RedisDriverError::Tls(_) => Disposition::Application,
+            // The handshake sends no command: nothing reached Redis.
+            #[cfg(feature = "tls")]
+            RedisDriverError::Handshake(e) => Disposition::Broken {
+                cause: ResetCause::of_io(e, crate::cause::Phase::Connect),
+                sent: Sent::No,
+            },
         }
     }
 }
@@ -453,6 +548,28 @@ mod tests {
                 .classify()
                 .is_broken()
         );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn with_tls_takes_tcp_urls_and_refuses_unix_sockets() {
+        use crate::drivers::tls::rustls;
+        let config = Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        for url in ["rediss://127.0.0.1:6380/2", "redis://127.0.0.1:6380/2"] {
+            let manager = RedisManager::with_tls(url, Arc::clone(&config)).unwrap();
+            assert_eq!(
+                manager.address().map(ToString::to_string).as_deref(),
+                Some("127.0.0.1:6380")
+            );
+            assert_eq!(manager.info.db(), 2, "{url}");
+            assert_eq!(manager.target().as_deref(), Some("rediss://127.0.0.1:6380"));
+        }
+        let unix = RedisManager::with_tls("unix:///tmp/redis.sock", config);
+        assert!(matches!(unix, Err(RedisDriverError::Config(_))), "{unix:?}");
     }
 
     #[test]

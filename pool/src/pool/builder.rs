@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use super::config::{BuildError, Config, QueueMode, UserTimeout};
+use super::config::{BuildError, Config, QueueMode};
 use super::hooks::{ConnectionInfo, HookFuture, Hooks};
 use super::{Pool, reaper};
-use crate::dial::Keepalive;
+use crate::dial::{Dialer, Keepalive};
 use crate::manager::Manager;
-use crate::retry::RetryPolicy;
+use crate::retry::policy::RetryPolicy;
 
 /// Configures and builds a [`Pool`].
 ///
@@ -18,7 +18,7 @@ use crate::retry::RetryPolicy;
 /// | [`max_size`](Self::max_size) | 10 | overloading the upstream's connection limit |
 /// | [`min_idle`](Self::min_idle) | 0 | connect latency on a burst after a quiet spell |
 /// | [`wait_timeout`](Self::wait_timeout) | 30 s | a request hanging forever on an exhausted pool |
-/// | [`connect_timeout`](Self::connect_timeout) | 5 s | a SYN into a black hole hanging ~127 s |
+/// | [`connect_timeout`](Self::connect_timeout) | 5 s, shared among the resolved addresses | a SYN into a black hole hanging ~127 s; a black-holed first address leaving no time for the next |
 /// | [`ping_timeout`](Self::ping_timeout) | 2 s | a checkout ping into a black hole hanging |
 /// | [`idle_timeout`](Self::idle_timeout) | 45 s | reusing a connection a middlebox already dropped |
 /// | [`max_lifetime`](Self::max_lifetime) | 30 min | pinning to one backend forever; stale DNS |
@@ -27,6 +27,7 @@ use crate::retry::RetryPolicy;
 /// | [`keepalive`](Self::keepalive) | 10 s / 3 s / 3 | dead peers found after 2 h 11 min (kernel default) |
 /// | [`user_timeout`](Self::user_timeout) | keepalive detection time (19 s) | a request into a black hole waiting ~15 min |
 /// | [`nodelay`](Self::nodelay) | on | Nagle delaying small requests by up to 40 ms |
+/// | [`dialer`](Self::dialer) | [`Dialer::new`] | the four socket settings above, set at once from a dialer built elsewhere |
 /// | [`queue_mode`](Self::queue_mode) | FIFO | connections idling out while the pool is busy |
 /// | [`reaper_interval`](Self::reaper_interval) | 1 s | dead sockets lingering in `CLOSE_WAIT` |
 /// | [`learn_idle_limit`](Self::learn_idle_limit) | on | repeated resets from an idle limit below `idle_timeout` |
@@ -133,10 +134,11 @@ impl<M: Manager> PoolBuilder<M> {
     }
 
     /// The longest a new connection may take: resolving, TCP connect and the manager's
-    /// handshake. Default 5 s. Without it a SYN into a black hole waits ~127 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connect_timeout = timeout;
-        self
+    /// handshake. Default 5 s. Without it a SYN into a black hole waits ~127 s. The
+    /// dial shares it among a name's resolved addresses, so a black-holed first one
+    /// leaves time for the next. Sets [`Dialer::connect_timeout`] on the pool's dialer.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.map_dialer(|dialer| dialer.connect_timeout(timeout))
     }
 
     /// The longest a checkout ping may take before the connection counts as dead
@@ -183,23 +185,54 @@ impl<M: Manager> PoolBuilder<M> {
     /// Default 10 s idle, 3 s interval, 3 probes: a dead peer or a black-holed flow is
     /// found 19 s after the last traffic instead of 2 h 11 min, and the probes keep NAT
     /// entries alive. Idle and interval are whole seconds, 1 to 32767; count 1 to 127.
-    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.config.keepalive = keepalive;
-        self
+    /// Sets [`Dialer::keepalive`] on the pool's dialer.
+    pub fn keepalive(self, keepalive: Option<Keepalive>) -> Self {
+        self.map_dialer(|dialer| dialer.keepalive(keepalive))
     }
 
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the
     /// connection fails with `ETIMEDOUT`. `None` leaves the kernel's (~15 min).
     /// Default: the keepalive detection time (`idle + interval x count`, 19 s), since
-    /// Linux also applies it to keepalive and the two must agree.
-    pub fn user_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.user_timeout = UserTimeout::Set(timeout);
-        self
+    /// Linux also applies it to keepalive and the two must agree. Sets
+    /// [`Dialer::user_timeout`] on the pool's dialer.
+    pub fn user_timeout(self, timeout: Option<Duration>) -> Self {
+        self.map_dialer(|dialer| dialer.user_timeout(timeout))
     }
 
     /// `TCP_NODELAY`. Default on: requests leave at once.
-    pub fn nodelay(mut self, nodelay: bool) -> Self {
-        self.config.nodelay = nodelay;
+    pub fn nodelay(self, nodelay: bool) -> Self {
+        self.map_dialer(|dialer| dialer.nodelay(nodelay))
+    }
+
+    /// Every socket setting at once: the connect timeout, keepalive, the user
+    /// timeout and nodelay, from a [`Dialer`] you built (or share with code that
+    /// dials outside the pool). Default [`Dialer::new`]. Replaces what
+    /// [`connect_timeout`](Self::connect_timeout), [`keepalive`](Self::keepalive),
+    /// [`user_timeout`](Self::user_timeout) and [`nodelay`](Self::nodelay) set before
+    /// it; those called after it change this dialer. `build()` checks it
+    /// ([`Dialer::validate`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Dialer, Keepalive, Pool};
+    ///
+    /// let dialer = Dialer::new()
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .keepalive(Some(Keepalive::new(Duration::from_secs(5), Duration::from_secs(1), 3)));
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:6379"))
+    ///     .dialer(dialer)
+    ///     .build()?;
+    /// # drop(pool); Ok(()) }
+    /// ```
+    pub fn dialer(mut self, dialer: Dialer) -> Self {
+        self.config.dialer = dialer;
+        self
+    }
+
+    /// Changes the pool's dialer: the one place the socket knobs are kept.
+    pub(crate) fn map_dialer(mut self, change: impl FnOnce(Dialer) -> Dialer) -> Self {
+        self.config.dialer = change(self.config.dialer);
         self
     }
 
@@ -225,7 +258,7 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How many connects may be in flight at once (see [`crate::breaker`]). Default 2.
+    /// How many connects may be in flight at once (see [`CircuitState`](crate::CircuitState)). Default 2.
     /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
     /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
     /// storm of connections and handshakes at the same moment.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::breaker::GateConfig;
 use crate::clock::CoarseDuration;
-use crate::dial::{Dialer, Keepalive};
-use crate::retry::{PolicyError, RetryPolicy};
+use crate::dial::{Dialer, SocketSettingError};
+use crate::retry::policy::{PolicyError, RetryPolicy};
 
 /// Which idle connection a checkout takes.
 ///
@@ -29,11 +29,6 @@ pub enum QueueMode {
     Lifo,
 }
 
-/// The largest `TCP_KEEPCNT` Linux accepts.
-const MAX_KEEPALIVE_COUNT: u32 = 127;
-/// The largest `TCP_KEEPIDLE` / `TCP_KEEPINTVL` Linux accepts, in seconds.
-const MAX_KEEPALIVE_SECS: u64 = 32_767;
-
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     /// The name set, or (from `build()` on) one derived from the manager.
@@ -41,16 +36,14 @@ pub(crate) struct Config {
     pub(crate) max_size: usize,
     pub(crate) min_idle: usize,
     pub(crate) wait_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
+    /// Every socket setting, `connect_timeout` included, with its default and checks.
+    pub(crate) dialer: Dialer,
     pub(crate) ping_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) max_lifetime_jitter: Option<Duration>,
     /// In the clock's format: every checkout compares an idle time with it.
     pub(crate) check_after: CoarseDuration,
-    pub(crate) keepalive: Option<Keepalive>,
-    pub(crate) user_timeout: UserTimeout,
-    pub(crate) nodelay: bool,
     pub(crate) queue_mode: QueueMode,
     pub(crate) reaper_interval: Duration,
     pub(crate) learn_idle_limit: bool,
@@ -60,12 +53,6 @@ pub(crate) struct Config {
     pub(crate) retry: RetryPolicy,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum UserTimeout {
-    FollowKeepalive,
-    Set(Option<Duration>),
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -73,15 +60,12 @@ impl Default for Config {
             max_size: 10,
             min_idle: 0,
             wait_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
+            dialer: Dialer::new(),
             ping_timeout: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(45)),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             max_lifetime_jitter: None,
             check_after: CoarseDuration::from_std(Duration::from_millis(500)),
-            keepalive: Some(Keepalive::default()),
-            user_timeout: UserTimeout::FollowKeepalive,
-            nodelay: true,
             queue_mode: QueueMode::Fifo,
             reaper_interval: Duration::from_secs(1),
             learn_idle_limit: true,
@@ -94,11 +78,9 @@ impl Default for Config {
 }
 
 impl Config {
-    pub(crate) fn user_timeout(&self) -> Option<Duration> {
-        match self.user_timeout {
-            UserTimeout::Set(timeout) => timeout,
-            UserTimeout::FollowKeepalive => self.keepalive.map(|ka| ka.detection_time()),
-        }
+    /// The longest a new connection may take, handshake and hook included.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.dialer.timeout()
     }
 
     /// How much earlier than `max_lifetime` a connection may be retired.
@@ -119,11 +101,7 @@ impl Config {
     }
 
     pub(crate) fn dialer(&self) -> Dialer {
-        Dialer::new()
-            .connect_timeout(self.connect_timeout)
-            .keepalive(self.keepalive)
-            .user_timeout(self.user_timeout())
-            .nodelay(self.nodelay)
+        self.dialer.clone()
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
@@ -138,7 +116,6 @@ impl Config {
         }
         for (knob, value) in [
             ("wait_timeout", self.wait_timeout),
-            ("connect_timeout", self.connect_timeout),
             ("ping_timeout", self.ping_timeout),
             ("reaper_interval", self.reaper_interval),
             ("circuit_open_for", self.circuit_open_for),
@@ -147,6 +124,7 @@ impl Config {
                 return Err(BuildError::ZeroDuration { knob });
             }
         }
+        self.dialer.validate()?;
         for (knob, value) in [
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
@@ -165,34 +143,6 @@ impl Config {
         {
             return Err(BuildError::JitterAboveMaxLifetime { jitter, lifetime });
         }
-        if let Some(ka) = self.keepalive {
-            for (knob, value) in [
-                ("keepalive idle", ka.idle),
-                ("keepalive interval", ka.interval),
-            ] {
-                if value.as_secs() == 0 {
-                    return Err(BuildError::KeepaliveOutOfRange {
-                        knob,
-                        value: format!("{value:?}"),
-                        allowed: "1 s to 32767 s, in whole seconds",
-                    });
-                }
-                if value.as_secs() > MAX_KEEPALIVE_SECS {
-                    return Err(BuildError::KeepaliveOutOfRange {
-                        knob,
-                        value: format!("{value:?}"),
-                        allowed: "1 s to 32767 s, in whole seconds",
-                    });
-                }
-            }
-            if ka.count == 0 || ka.count > MAX_KEEPALIVE_COUNT {
-                return Err(BuildError::KeepaliveOutOfRange {
-                    knob: "keepalive count",
-                    value: ka.count.to_string(),
-                    allowed: "1 to 127 probes",
-                });
-            }
-        }
         if self.max_concurrent_connects == 0 {
             return Err(BuildError::ZeroLimit {
                 knob: "max_concurrent_connects",
@@ -203,12 +153,7 @@ impl Config {
                 knob: "circuit_open_after",
             });
         }
-        self.retry.validate_for(self.connect_timeout)?;
-        if let Some(timeout) = self.user_timeout()
-            && (timeout.is_zero() || timeout.as_millis() > u128::from(u32::MAX))
-        {
-            return Err(BuildError::UserTimeoutOutOfRange { timeout });
-        }
+        self.retry.validate_for(self.connect_timeout())?;
         Ok(())
     }
 }
@@ -271,7 +216,7 @@ pub enum BuildError {
         allowed: &'static str,
     },
     /// `TCP_USER_TIMEOUT` outside 1 ms ..= u32::MAX ms.
-    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); use None to disable it")]
+    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); None leaves the kernel's")]
     UserTimeoutOutOfRange {
         /// The value given (or derived from keepalive).
         timeout: Duration,
@@ -288,4 +233,27 @@ pub enum BuildError {
     /// `build()` was called outside a tokio runtime; the reaper needs one.
     #[error("build() must be called from within a tokio runtime (the pool spawns its reaper)")]
     NoRuntime,
+}
+
+/// The dialer's refusals keep the variants `build()` has always returned for them.
+impl From<SocketSettingError> for BuildError {
+    fn from(err: SocketSettingError) -> Self {
+        match err {
+            SocketSettingError::ZeroConnectTimeout => BuildError::ZeroDuration {
+                knob: "connect_timeout",
+            },
+            SocketSettingError::KeepaliveOutOfRange {
+                knob,
+                value,
+                allowed,
+            } => BuildError::KeepaliveOutOfRange {
+                knob,
+                value,
+                allowed,
+            },
+            SocketSettingError::UserTimeoutOutOfRange { timeout } => {
+                BuildError::UserTimeoutOutOfRange { timeout }
+            }
+        }
+    }
 }

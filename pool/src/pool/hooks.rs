@@ -117,13 +117,11 @@ pub(crate) async fn run<M: Manager>(
     let Err(err) = hook(&mut slot.conn, info).await else {
         return Verdict::Keep;
     };
-    tracing::warn!(
-        pool = %slot.tally.parts.core.config.name,
-        conn = slot.id,
-        hook = which.as_str(),
-        error = %err,
-        "a hook failed: the connection is closed",
-    );
+    slot.tally
+        .parts
+        .core
+        .observer
+        .hook_failed(slot.id, which.as_str(), &err);
     match err.classify() {
         // The connection broke under the hook (reset, closed, timed out): trouble on
         // the path, counted as such.

@@ -15,7 +15,6 @@ mod config;
 mod hooks;
 mod reaper;
 mod slot;
-mod stats;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -39,13 +38,13 @@ pub use self::hooks::{ConnectionInfo, HookFuture};
 use self::slot::Verdict;
 pub(crate) use self::slot::{Adapter, ConnectError, Core, Obituary};
 use self::slot::{Entry, Fate, Parts, Slot};
-pub use self::stats::Stats;
 use crate::breaker::CircuitState;
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
 use crate::clock::CoarseInstant;
 use crate::diagnosis::{self, IdleLimit};
 use crate::manager::Manager;
 use crate::metrics::CheckoutFailure;
+use crate::observe::Stats;
 
 type Inner<M> = deadpool::managed::Pool<Adapter<M>>;
 
@@ -100,7 +99,7 @@ impl<M: Manager> Clone for Pool<M> {
 impl<M: Manager> fmt::Debug for Pool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("name", &self.core().config.name)
+            .field("name", &self.core().observer.name())
             .field("status", &self.status())
             .finish()
     }
@@ -119,7 +118,7 @@ pub struct Status {
     pub in_use: usize,
     /// Tasks waiting for a connection.
     pub waiting: usize,
-    /// The connect circuit (see [`crate::breaker`]).
+    /// The connect circuit (see [`CircuitState`](crate::CircuitState)).
     pub circuit: CircuitState,
 }
 
@@ -149,7 +148,7 @@ pub enum Error<E: StdError + 'static> {
     #[error("could not connect (connect_timeout): no connection within {0:?}")]
     ConnectTimeout(Duration),
     /// A new connection was needed, but the connect circuit is open: recent connects
-    /// all failed, so the pool did not dial (see [`crate::breaker`]).
+    /// all failed, so the pool did not dial (see [`CircuitState`](crate::CircuitState)).
     #[error(
         "not connecting: the connect circuit is open after {failures} failed connects \
          (last: {cause}: {last_error}); next trial connect in {retry_in:?}"
@@ -303,7 +302,7 @@ impl<M: Manager> Pool<M> {
         let mut attempt = pin!(self.inner().timeout_get(&NO_QUEUEING));
         let first = match poll_once(attempt.as_mut()).await {
             Some(Ok(object)) if is_live(&object) => {
-                self.core().books.immediate_checkout();
+                self.core().observer.immediate_checkout();
                 return Ok(Connection::new(object));
             }
             // A placeholder (see `slot`): dropping it withdrew a surplus permit.
@@ -338,8 +337,7 @@ impl<M: Manager> Pool<M> {
             match result {
                 Ok(Ok(object)) if is_live(&object) => {
                     let core = self.core();
-                    core.recorder.checkout(started.elapsed());
-                    core.books.waited_checkout();
+                    core.observer.waited_checkout(started.elapsed());
                     return Ok(Connection::new(object));
                 }
                 // A placeholder: the pool is above its size after a resize, and
@@ -391,8 +389,7 @@ impl<M: Manager> Pool<M> {
                 Error::Closed
             }
         };
-        core.books.checkout_error();
-        core.recorder.checkout_failed(match &error {
+        core.observer.checkout_failed(match &error {
             Error::Timeout(_) => CheckoutFailure::Timeout,
             Error::Closed => CheckoutFailure::Closed,
             Error::Connect { .. } => CheckoutFailure::ConnectFailed,
@@ -419,7 +416,7 @@ impl<M: Manager> Pool<M> {
     /// What the pool has done since it was built: connections opened and closed, by
     /// cause and reason, and checkouts. See [`Stats`].
     pub fn stats(&self) -> Stats {
-        self.core().books.snapshot()
+        self.core().observer.stats()
     }
 
     /// Changes `max_size`. From the moment it returns, at most `max_size` connections
@@ -462,7 +459,7 @@ impl<M: Manager> Pool<M> {
             slot.evict_quietly(Eviction::Resize);
         }
         self.inner().resize(max_size);
-        tracing::debug!(pool = %parts.core.config.name, max_size, "pool resized");
+        parts.core.observer.resized(max_size);
     }
 
     /// Opens connections ahead of demand and reports whether the upstream can be
@@ -600,7 +597,7 @@ impl<M: Manager> Pool<M> {
             slot.evict_quietly(Eviction::Rejected);
             closed += 1;
         }
-        tracing::debug!(pool = %parts.core.config.name, closed, "retain closed idle connections");
+        parts.core.observer.retained(closed);
         if let Some(panic) = panicked {
             std::panic::resume_unwind(panic);
         }
@@ -624,7 +621,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// What the pool has learned about the path's idle limit, and the idle time after
-    /// which it closes connections now (see [`crate::diagnosis`]).
+    /// which it closes connections now (see [`IdleLimit`](crate::IdleLimit)).
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -638,9 +635,7 @@ impl<M: Manager> Pool<M> {
     /// # Ok(()) }
     /// ```
     pub fn idle_limit(&self) -> IdleLimit {
-        let core = self.core();
-        core.diagnosis
-            .idle_limit(CoarseInstant::now(), &core.recorder)
+        self.core().learner.current()
     }
 }
 
@@ -808,6 +803,7 @@ impl<M: Manager> Connection<M> {
     /// connection whose operation did not finish.
     pub(crate) fn discard(mut self, reason: Eviction) {
         let mut slot = self.take_slot();
+        slot.tally.parts.core.observer.unfinished(slot.id);
         slot.evict_quietly(reason);
     }
 

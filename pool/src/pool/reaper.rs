@@ -23,6 +23,7 @@ use super::{Inner, Pool};
 use crate::cause::Phase;
 use crate::clock::CoarseInstant;
 use crate::manager::Manager;
+use crate::observe::Occupancy;
 
 pub(super) fn spawn<M: Manager>(pool: &Pool<M>, runtime: &tokio::runtime::Handle) {
     let weak = pool.inner().weak();
@@ -45,14 +46,11 @@ async fn run<M: Manager>(weak: WeakPool<Adapter<M>>, interval: std::time::Durati
             return;
         }
         // A task of its own, so that a panic ends this tick and not the reaper.
-        let name = pool.manager().core.config.name.clone();
+        let parts = Arc::clone(&pool.manager().0);
         if let Err(err) = tokio::spawn(async move { tick(&pool).await }).await
             && err.is_panic()
         {
-            tracing::error!(
-                pool = %name,
-                "a reaper tick panicked; the next tick runs as usual",
-            );
+            parts.core.observer.reaper_panicked();
         }
     }
 }
@@ -63,17 +61,14 @@ pub(super) async fn tick<M: Manager>(pool: &Inner<M>) {
     refill(pool);
     let parts = &pool.manager().0;
     let core = &parts.core;
-    core.recorder.follow_global_recorder();
-    core.recorder
-        .immediate_checkouts(core.books.take_immediate());
-    core.recorder.circuit_state(core.gate.state().gauge_value());
     let status = pool.status();
-    let spare = parts.spare_count();
-    core.recorder.occupancy(
-        status.available + spare,
-        status.size.saturating_sub(status.available),
-        status.waiting + core.yielding.load(std::sync::atomic::Ordering::Acquire),
-    );
+    let occupancy = Occupancy {
+        idle: status.available + parts.spare_count(),
+        in_use: status.size.saturating_sub(status.available),
+        waiters: status.waiting + core.yielding.load(std::sync::atomic::Ordering::Acquire),
+    };
+    let limit = core.learner.snapshot(CoarseInstant::now());
+    core.observer.tick(occupancy, core.gate.state(), &limit);
 }
 
 fn evict<M: Manager>(pool: &Inner<M>) {

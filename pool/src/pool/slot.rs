@@ -45,16 +45,16 @@ use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use super::config::Config;
 use super::hooks::{self, Hook, Hooks};
-use super::stats::Books;
-use crate::breaker::{Gate, Refusal};
+use crate::breaker::{CircuitEvent, Gate, Refusal};
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::clock::{CoarseDuration, CoarseInstant};
-use crate::diagnosis::Diagnosis;
+use crate::diagnosis::IdleLimitLearner;
 use crate::dial::Dialer;
 use crate::manager::Manager;
-use crate::metrics::Recorder;
+pub(crate) use crate::observe::Obituary;
+use crate::observe::Observer;
 use crate::probe::{self, Liveness, SocketRef};
-use crate::retry::RetryState;
+use crate::retry::budget::RetryState;
 
 /// A pooled connection with the bookkeeping the pool needs.
 pub(crate) struct Slot<M: Manager> {
@@ -118,15 +118,6 @@ pub(crate) enum Verdict {
     Reset(ResetCause, Option<String>),
 }
 
-/// What a discarded connection looked like, for the trace event.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Obituary {
-    pub(crate) id: u64,
-    pub(crate) peer: Option<SocketAddr>,
-    pub(crate) age: Duration,
-    pub(crate) idle: Duration,
-}
-
 impl<M: Manager> Slot<M> {
     pub(crate) fn obituary(&self, now: CoarseInstant) -> Obituary {
         Obituary {
@@ -166,11 +157,11 @@ impl<M: Manager> Slot<M> {
 pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) dialer: Dialer,
-    pub(crate) recorder: Recorder,
-    pub(crate) diagnosis: Diagnosis,
+    /// Where every event goes: the books, the metrics and the log.
+    pub(crate) observer: Observer,
+    pub(crate) learner: IdleLimitLearner,
     pub(crate) gate: Gate,
     pub(crate) retry: RetryState,
-    pub(crate) books: Books,
     next_id: AtomicU64,
     /// Connections open now (pooled, in use, or in the spare stock) plus connects
     /// under way: the count the size cap is checked against.
@@ -186,21 +177,21 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(config: Config) -> Core {
-        let recorder = Recorder::new(&config.name);
-        let diagnosis = Diagnosis::new(
+    pub(crate) fn new(mut config: Config) -> Core {
+        let learner = IdleLimitLearner::new(
             config.idle_timeout,
             config.learn_idle_limit,
             config.reaper_interval,
         );
-        diagnosis.idle_limit(CoarseInstant::now(), &recorder);
+        // The observer owns the name from here on: the one copy of it.
+        let name = std::mem::take(&mut config.name);
+        let observer = Observer::new(name, config.learn_idle_limit, &learner.current());
         Core {
             dialer: config.dialer(),
-            recorder,
-            diagnosis,
-            gate: Gate::new(config.gate(), &config.name),
+            observer,
+            learner,
+            gate: Gate::new(config.gate()),
             retry: RetryState::new(&config.retry),
-            books: Books::default(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             max_size: AtomicUsize::new(config.max_size),
@@ -249,27 +240,22 @@ impl Core {
     fn closed(&self, fate: Fate) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         match fate {
-            Fate::Reset(cause, phase) => {
-                self.recorder.reset(cause, phase);
-                self.books.reset(cause, phase);
-            }
-            Fate::Evicted(reason) => {
-                self.recorder.eviction(reason, 1);
-                self.books.evicted(reason);
-            }
+            Fate::Reset(cause, phase) => self.observer.closed_reset(cause, phase),
+            Fate::Evicted(reason) => self.observer.closed_evicted(reason),
         }
     }
 
     /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
-    /// lower (see [`crate::diagnosis`]).
+    /// lower (see [`IdleLimit`](crate::IdleLimit)).
     pub(crate) fn idle_limit(&self, now: CoarseInstant) -> Option<CoarseDuration> {
-        self.diagnosis.evict_after(now, &self.recorder)
+        self.learner.evict_after(now)
     }
 
     /// A connection that sat idle for `idle` before its checkout came back healthy.
     pub(crate) fn record_reuse(&self, idle: Duration) {
-        self.diagnosis
-            .reused(idle, CoarseInstant::now(), &self.recorder);
+        if let Some(limit) = self.learner.reused(idle, CoarseInstant::now()) {
+            self.observer.idle_limit_changed(&limit);
+        }
     }
 
     /// The checks that need no I/O beyond the probe: used by checkout and the reaper.
@@ -293,14 +279,16 @@ impl Core {
                 // A raw socket is a duplicate of one a driver's task reads: bytes
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
-                // desync. The task reads them, and a close behind them shows up as end
-                // of stream or through `Manager::broken`.
+                // desync. The task reads them; a close behind them the probe reports
+                // as `PeerClosed` (from the TCP state), or `Manager::broken` does.
                 Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
                 Liveness::UnexpectedData => {
                     return Verdict::Reset(ResetCause::UnexpectedData, None);
                 }
                 Liveness::Error(err) => {
-                    return Verdict::Reset(ResetCause::of_io(&err, Phase::Idle), None);
+                    // The message names what a layer saw (a TLS alert, for one).
+                    let cause = ResetCause::of_io(&err, Phase::Idle);
+                    return Verdict::Reset(cause, Some(err.to_string()));
                 }
             }
         }
@@ -325,26 +313,16 @@ impl Core {
         dead: &Obituary,
         detail: Option<&str>,
     ) {
-        self.diagnosis.reset(
-            &self.config.name,
-            &self.recorder,
-            cause,
-            phase,
-            dead,
-            detail,
-        );
+        let lesson = self.learner.reset(cause, dead.idle, CoarseInstant::now());
+        self.observer
+            .reset(cause, phase, dead, detail, &lesson, || {
+                self.learner.current()
+            });
     }
 
     /// Records a connection closed on purpose.
     pub(crate) fn record_eviction(&self, reason: Eviction, gone: &Obituary) {
-        tracing::debug!(
-            pool = %self.config.name,
-            conn = gone.id,
-            reason = reason.as_str(),
-            idle_secs = crate::diagnosis::secs(gone.idle),
-            age_secs = crate::diagnosis::secs(gone.age),
-            "connection closed",
-        );
+        self.observer.evicted(reason, gone);
     }
 }
 
@@ -629,20 +607,28 @@ impl<M: Manager> Parts<M> {
 
     /// A new connection, through the connect gate. The caller has reserved room.
     async fn gated_connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
-        let ticket = self
-            .core
-            .gate
-            .enter(&self.core.recorder)
-            .await
-            .map_err(|refusal| ConnectError::CircuitOpen(Box::new(refusal)))?;
+        let observer = &self.core.observer;
+        let ticket = self.core.gate.enter().await.map_err(|refusal| {
+            observer.gate_rejected();
+            ConnectError::CircuitOpen(Box::new(refusal))
+        })?;
+        if ticket.is_trial() {
+            observer.circuit(CircuitEvent::HalfOpen);
+        }
         let result = self.connect().await;
-        match &result {
+        let moved = match &result {
             Ok(_) => ticket.succeeded(),
             Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
             Err(timed_out @ ConnectError::TimedOut(_)) => {
-                ticket.failed(ResetCause::ConnectTimeout, timed_out);
+                ticket.failed(ResetCause::ConnectTimeout, timed_out)
             }
-            Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => drop(ticket),
+            Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => {
+                drop(ticket);
+                None
+            }
+        };
+        if let Some(event) = moved {
+            observer.circuit(event);
         }
         result
     }
@@ -660,7 +646,7 @@ impl<M: Manager> Parts<M> {
     async fn connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
         let core = &self.core;
         let started = Instant::now();
-        let timeout = core.config.connect_timeout;
+        let timeout = core.config.connect_timeout();
         let result = match tokio::time::timeout(timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {
@@ -675,8 +661,7 @@ impl<M: Manager> Parts<M> {
         let took = started.elapsed();
         match result {
             Ok(conn) => {
-                core.recorder.connect(Ok(()), took);
-                core.books.opened();
+                core.observer.connected(took);
                 let now = CoarseInstant::now();
                 let peer = self
                     .manager
@@ -711,14 +696,15 @@ impl<M: Manager> Parts<M> {
                     ConnectError::CircuitOpen(refusal) => refusal.cause,
                     ConnectError::PoolClosed => ResetCause::Other,
                 };
-                core.recorder.connect(Err(cause), took);
-                core.books.connect_failed();
                 let shown: &dyn std::fmt::Display = match &err {
                     ConnectError::Failed(_, source) => source,
                     other => other,
                 };
-                core.diagnosis
-                    .connect_failed(&core.config.name, &core.recorder, cause, shown);
+                let lesson = core
+                    .learner
+                    .reset(cause, Duration::ZERO, CoarseInstant::now());
+                core.observer
+                    .connect_failed(cause, took, shown, &lesson, || core.learner.current());
                 Err(err)
             }
         }

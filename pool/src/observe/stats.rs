@@ -1,14 +1,18 @@
-//! The pool's books: connections opened and closed, by cause and reason, and
-//! checkouts, kept in process with atomic counters. [`Pool::stats`](crate::Pool::stats)
-//! reads them; no metrics exporter is needed.
+//! The pool's books: connections opened and closed, by cause and reason, checkouts,
+//! retries and runs, kept in process with atomic counters.
+//! [`Pool::stats`](crate::Pool::stats) reads them; no metrics exporter is needed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cause::{Eviction, Phase, ResetCause};
+use crate::metrics::{CheckoutFailure, RetryOutcome, RunOutcome};
 
 const CAUSES: usize = ResetCause::ALL.len();
 const PHASES: usize = Phase::ALL.len();
 const REASONS: usize = Eviction::ALL.len();
+const RETRY_OUTCOMES: usize = RetryOutcome::ALL.len();
+const RUN_OUTCOMES: usize = RunOutcome::ALL.len();
+const FAILURES: usize = CheckoutFailure::ALL.len();
 
 /// The live counters.
 #[derive(Debug, Default)]
@@ -22,7 +26,10 @@ pub(crate) struct Books {
     immediate_unrecorded: AtomicU64,
     immediate_recorded: AtomicU64,
     waited: AtomicU64,
-    checkout_errors: AtomicU64,
+    checkout_errors: [AtomicU64; FAILURES],
+    retries: [[AtomicU64; RETRY_OUTCOMES]; CAUSES],
+    runs: [AtomicU64; RUN_OUTCOMES],
+    gate_rejections: AtomicU64,
 }
 
 fn index<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -34,8 +41,9 @@ impl Books {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self, cause: ResetCause) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.reset(cause, Phase::Connect);
     }
 
     pub(crate) fn reset(&self, cause: ResetCause, phase: Phase) {
@@ -65,8 +73,22 @@ impl Books {
         self.waited.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn checkout_error(&self) {
-        self.checkout_errors.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn checkout_error(&self, failure: CheckoutFailure) {
+        self.checkout_errors[index(&CheckoutFailure::ALL, &failure)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retry(&self, cause: ResetCause, outcome: RetryOutcome) {
+        self.retries[index(&ResetCause::ALL, &cause)][index(&RetryOutcome::ALL, &outcome)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn run(&self, outcome: RunOutcome) {
+        self.runs[index(&RunOutcome::ALL, &outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gate_rejection(&self) {
+        self.gate_rejections.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -78,12 +100,19 @@ impl Books {
             evictions: self.evictions.each_ref().map(load),
             checkouts_immediate: load(&self.immediate_recorded) + load(&self.immediate_unrecorded),
             checkouts_waited: load(&self.waited),
-            checkout_errors: load(&self.checkout_errors),
+            checkout_errors: self.checkout_errors.iter().map(load).sum(),
+            checkout_failures: self.checkout_errors.each_ref().map(load),
+            retries: self.retries.each_ref().map(|row| row.each_ref().map(load)),
+            runs: self.runs.each_ref().map(load),
+            gate_rejections: load(&self.gate_rejections),
         }
     }
 }
 
-/// What a pool has done since it was built: a snapshot of its counters.
+/// What a pool has done since it was built: a snapshot of its counters, the same
+/// counts the [metrics](crate::metrics) carry, read in process (each counter is one
+/// relaxed atomic add where it happens, so a snapshot taken while the pool works may
+/// be a moment behind on some of them).
 ///
 /// The books always balance: every connection opened is open now, or was counted
 /// closed exactly once, as a reset (outside the connect phase) or an eviction,
@@ -93,6 +122,7 @@ impl Books {
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use steadypool::metrics::{RetryOutcome, RunOutcome};
 /// use steadypool::{drivers::tcp::TcpManager, Eviction, Phase, Pool, ResetCause};
 ///
 /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
@@ -105,6 +135,8 @@ impl Books {
 ///     stats.resets(ResetCause::PeerClosed, Phase::Idle)
 /// );
 /// println!("closed idle on purpose: {}", stats.evictions(Eviction::IdleExpired));
+/// println!("runs that may have taken effect: {}", stats.runs(RunOutcome::MaybeExecuted));
+/// println!("retried and recovered: {}", stats.retries(RetryOutcome::Succeeded));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +144,8 @@ impl Books {
 pub struct Stats {
     /// Connections opened.
     pub opened: u64,
-    /// Connects that failed (also counted as resets in phase `connect` by the
-    /// metrics; not connections, so not in [`Stats::closed`]).
+    /// Connects that failed (also counted by cause as resets in phase `connect`;
+    /// not connections, so not in [`Stats::closed`]).
     pub connect_failures: u64,
     resets: [[u64; PHASES]; CAUSES],
     evictions: [u64; REASONS],
@@ -123,12 +155,20 @@ pub struct Stats {
     /// needed) and got a connection.
     pub checkouts_waited: u64,
     /// Checkouts that failed: timed out, the pool closed, a connect failed, or the
-    /// connect circuit was open.
+    /// connect circuit was open ([`Stats::checkout_failures`] tells them apart).
     pub checkout_errors: u64,
+    checkout_failures: [u64; FAILURES],
+    retries: [[u64; RETRY_OUTCOMES]; CAUSES],
+    runs: [u64; RUN_OUTCOMES],
+    /// Connects the connect gate turned away without dialing, because its circuit
+    /// was open (or half-open with its trial connect in flight): for checkouts and
+    /// for the reaper's refills alike.
+    pub gate_rejections: u64,
 }
 
 impl Stats {
-    /// Connections that broke with `cause` in `phase`, and were closed.
+    /// Connections that broke with `cause` in `phase`, and were closed; in phase
+    /// `connect`, connects that failed with `cause`.
     pub fn resets(&self, cause: ResetCause, phase: Phase) -> u64 {
         self.resets[index(&ResetCause::ALL, &cause)][index(&Phase::ALL, &phase)]
     }
@@ -136,6 +176,29 @@ impl Stats {
     /// Connections closed on purpose for `reason`.
     pub fn evictions(&self, reason: Eviction) -> u64 {
         self.evictions[index(&Eviction::ALL, &reason)]
+    }
+
+    /// Checkouts that failed with `failure`.
+    pub fn checkout_failures(&self, failure: CheckoutFailure) -> u64 {
+        self.checkout_failures[index(&CheckoutFailure::ALL, &failure)]
+    }
+
+    /// Operations that hit a connection broken with `cause`, and ended in `outcome`
+    /// (counted once per run, with the cause of the last broken connection).
+    pub fn retries_by_cause(&self, cause: ResetCause, outcome: RetryOutcome) -> u64 {
+        self.retries[index(&ResetCause::ALL, &cause)][index(&RetryOutcome::ALL, &outcome)]
+    }
+
+    /// Operations that hit a broken connection and ended in `outcome`, whatever broke
+    /// the connection.
+    pub fn retries(&self, outcome: RetryOutcome) -> u64 {
+        let at = index(&RetryOutcome::ALL, &outcome);
+        self.retries.iter().map(|row| row[at]).sum()
+    }
+
+    /// `run` calls (and their siblings) that returned `outcome` to their caller.
+    pub fn runs(&self, outcome: RunOutcome) -> u64 {
+        self.runs[index(&RunOutcome::ALL, &outcome)]
     }
 
     /// Every connection closed: resets in every phase but `connect`, and evictions.

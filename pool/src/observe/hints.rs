@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use super::idle_limit::{IdleLimit, MIN_EVIDENCE_IDLE, Reading};
 use crate::cause::{Phase, ResetCause};
+use crate::diagnosis::{IdleLimit, MIN_EVIDENCE_IDLE, Reading};
 
 /// A duration the way an operator reads it: "61 s", "2.4 s", "350 ms".
 pub(crate) fn human(d: Duration) -> String {
