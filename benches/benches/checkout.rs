@@ -68,11 +68,7 @@ async fn holding_server() -> SocketAddr {
 }
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+    steadypool_benches::runtime().expect("a tokio runtime")
 }
 
 /// Opens `size` connections and returns them, so that all sit idle.

@@ -19,11 +19,7 @@ use steadypool_benches::pools::Kind;
 use tokio::runtime::Runtime;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+    steadypool_benches::runtime().expect("a tokio runtime")
 }
 
 fn peers_checkout(c: &mut Criterion) {

@@ -2,7 +2,6 @@
 //! connections; `tasks` tasks (OS threads for r2d2) check one out and return it at
 //! once, in a loop. The figure is wall time per checkout.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::error::BenchError;
-use crate::pools::{AnyPool, Bb8Echo, DeadpoolEcho, Kind, MobcEcho, PoolSpec, SteadyEcho};
+use crate::pools::{AnyPool, AsyncEchoPool, Kind, PoolSpec};
 use crate::report::Record;
 
 /// Pool sizes measured.
@@ -50,65 +49,32 @@ pub async fn run(
     let tasks = tasks.max(1);
     let per_task = iters.div_ceil(tasks as u64).max(1);
     let done = per_task * tasks as u64;
-    let took = match pool {
-        AnyPool::R2d2(r2d2) => {
-            let r2d2 = r2d2.clone();
-            tokio::task::spawn_blocking(move || run_threads(&r2d2, tasks, per_task))
-                .await
-                .map_err(|e| BenchError::Setup(e.to_string()))?
-        }
-        AnyPool::Steady(pool) => run_tasks(pool, tasks, per_task).await,
-        AnyPool::Deadpool(pool) => run_tasks(pool, tasks, per_task).await,
-        AnyPool::Bb8(pool) => run_tasks(pool, tasks, per_task).await,
-        AnyPool::Mobc(pool) => run_tasks(pool, tasks, per_task).await,
-    }
-    .map_err(|message| BenchError::Checkout {
-        pool: kind.label(),
-        message,
-    })?;
+    let took = pool
+        .time_checkouts(tasks, per_task)
+        .await
+        .map_err(|message| BenchError::Checkout {
+            pool: kind.label(),
+            message,
+        })?;
     // Scaled to exactly `iters` checkouts.
     Ok(took.mul_f64(iters as f64 / done as f64))
 }
 
-/// One pool type's checkout, so that each measured loop awaits that pool's own
-/// future (a shared enum future would be as large as the largest pool's, and copying
-/// it would be timed for every pool).
-trait Checkout: Clone + Send + Sync + 'static {
-    fn get_and_drop(&self) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-impl Checkout for steadypool::Pool<SteadyEcho> {
-    async fn get_and_drop(&self) -> Result<(), String> {
-        self.get().await.map(drop).map_err(|e| e.to_string())
-    }
-}
-
-impl Checkout for deadpool::managed::Pool<DeadpoolEcho> {
-    async fn get_and_drop(&self) -> Result<(), String> {
-        self.get().await.map(drop).map_err(|e| e.to_string())
-    }
-}
-
-impl Checkout for bb8::Pool<Bb8Echo> {
-    async fn get_and_drop(&self) -> Result<(), String> {
-        self.get().await.map(drop).map_err(|e| e.to_string())
-    }
-}
-
-impl Checkout for mobc::Pool<MobcEcho> {
-    async fn get_and_drop(&self) -> Result<(), String> {
-        self.get().await.map(drop).map_err(|e| e.to_string())
-    }
-}
-
-async fn run_tasks<P: Checkout>(pool: &P, tasks: usize, per_task: u64) -> Result<Duration, String> {
+/// `per_task` checkouts in each of `tasks` tasks. Each measured loop awaits that
+/// pool type's own future (a shared enum future would be as large as the largest
+/// pool's, and copying it would be timed for every pool).
+pub(crate) async fn run_tasks<P: AsyncEchoPool>(
+    pool: &P,
+    tasks: usize,
+    per_task: u64,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..tasks {
         let pool = pool.clone();
         set.spawn(async move {
             for _ in 0..per_task {
-                pool.get_and_drop().await?;
+                AsyncEchoPool::get_and_drop(&pool).await?;
             }
             Ok::<(), String>(())
         });
@@ -121,7 +87,7 @@ async fn run_tasks<P: Checkout>(pool: &P, tasks: usize, per_task: u64) -> Result
 
 /// r2d2 is a blocking pool: its users are threads. They start together behind a
 /// barrier, so thread creation is not timed.
-fn run_threads(
+pub(crate) fn run_threads(
     pool: &r2d2::Pool<crate::pools::R2d2Echo>,
     threads: usize,
     per_thread: u64,

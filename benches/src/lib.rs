@@ -20,3 +20,20 @@ pub mod storm;
 pub mod wire;
 
 pub use crate::error::BenchError;
+
+/// The runtime every benchmark runs on: multi-threaded, two workers (the machines it
+/// is published from have two cores), I/O and timers on.
+///
+/// # Errors
+/// When the runtime cannot start.
+///
+/// ```
+/// let runtime = steadypool_benches::runtime().unwrap();
+/// runtime.block_on(async {});
+/// ```
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -20,8 +20,10 @@
 //! `has_broken`; steadypool's [`Pool::run_idempotent`](steadypool::Pool::run_idempotent)
 //! does it (and the retry) itself.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -218,6 +220,16 @@ pub struct EchoConn {
     broken: bool,
 }
 
+impl EchoConn {
+    /// One request; a failure marks the connection broken, for its pool to discard
+    /// when it comes back.
+    async fn echo(&mut self, id: u64) -> Result<(), String> {
+        let result = wire::echo(&mut self.stream, id).await;
+        self.broken = result.is_err();
+        result.map_err(|e| e.to_string())
+    }
+}
+
 /// bb8's manager for the echo protocol: `is_valid` pings.
 #[derive(Debug)]
 pub struct Bb8Echo {
@@ -311,31 +323,264 @@ impl r2d2::ManageConnection for R2d2Echo {
     }
 }
 
+/// A boxed future, as the one dispatch over pool types returns it.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a scenario asks of a pool, whatever its crate: each pool type answers the way
+/// its own users would. Only [`AnyPool`] calls it, through one trait object; the
+/// timed loops inside run on each pool's own future.
+pub trait EchoPool: Send + Sync {
+    /// The pool's crate.
+    fn crate_name(&self) -> &'static str;
+    /// One checkout, returned at once.
+    fn get_and_drop(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// One request, the way the pool's users make one.
+    fn request(&self, id: u64) -> BoxFuture<'_, Result<(), String>>;
+    /// One request on a checked-out connection, discarded if it failed; no retry.
+    fn request_on_checkout(&self, id: u64) -> BoxFuture<'_, Result<(), String>>;
+    /// Connections the pool holds now, idle and in use.
+    fn open_connections(&self) -> BoxFuture<'_, usize>;
+    /// Checks `n` connections out together, then returns them all.
+    fn fill(&self, n: usize) -> BoxFuture<'_, Result<(), String>>;
+    /// Runs `per_task` checkouts in each of `tasks` tasks (threads, for a blocking
+    /// pool) and returns the time they took.
+    fn time_checkouts(
+        &self,
+        tasks: usize,
+        per_task: u64,
+    ) -> BoxFuture<'_, Result<Duration, String>>;
+}
+
+/// An async pool, by what sets it apart from the others: how it checks a connection
+/// out, how a request on it is made and a broken one discarded, how it counts its
+/// connections. The rest of [`EchoPool`] follows from these, once for all of them.
+pub trait AsyncEchoPool: Clone + Send + Sync + 'static {
+    /// A checked-out connection.
+    type Conn<'a>: Send
+    where
+        Self: 'a;
+    /// The pool's crate.
+    const CRATE: &'static str;
+
+    /// One checkout.
+    fn checkout(&self) -> impl Future<Output = Result<Self::Conn<'_>, String>> + Send;
+
+    /// One request on a checked-out connection, discarded if it failed.
+    fn request_on_checkout(&self, id: u64) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Connections the pool holds now, idle and in use.
+    fn open_connections(&self) -> impl Future<Output = usize> + Send;
+
+    /// One request, the way the pool's users make one: on a checkout, unless the pool
+    /// offers more.
+    fn request(&self, id: u64) -> impl Future<Output = Result<(), String>> + Send {
+        AsyncEchoPool::request_on_checkout(self, id)
+    }
+
+    /// One checkout, returned at once: the operation the checkout scenario times.
+    fn get_and_drop(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async move { self.checkout().await.map(drop) }
+    }
+}
+
+impl<P: AsyncEchoPool> EchoPool for P {
+    fn crate_name(&self) -> &'static str {
+        P::CRATE
+    }
+
+    fn get_and_drop(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(AsyncEchoPool::get_and_drop(self))
+    }
+
+    fn request(&self, id: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(AsyncEchoPool::request(self, id))
+    }
+
+    fn request_on_checkout(&self, id: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(AsyncEchoPool::request_on_checkout(self, id))
+    }
+
+    fn open_connections(&self) -> BoxFuture<'_, usize> {
+        Box::pin(AsyncEchoPool::open_connections(self))
+    }
+
+    fn fill(&self, n: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.checkout().await?);
+            }
+            Ok(())
+        })
+    }
+
+    fn time_checkouts(
+        &self,
+        tasks: usize,
+        per_task: u64,
+    ) -> BoxFuture<'_, Result<Duration, String>> {
+        Box::pin(crate::checkout::run_tasks(self, tasks, per_task))
+    }
+}
+
+impl AsyncEchoPool for steadypool::Pool<SteadyEcho> {
+    type Conn<'a> = steadypool::Connection<SteadyEcho>;
+    const CRATE: &'static str = "steadypool";
+
+    async fn checkout(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+
+    async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
+        let mut conn = self.checkout().await?;
+        let result = wire::echo(&mut *conn, id).await;
+        if let Err(err) = &result {
+            conn.mark_broken(steadypool::ResetCause::of_io(err, steadypool::Phase::InUse));
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn open_connections(&self) -> usize {
+        self.status().size
+    }
+
+    /// Through `run_idempotent`: reconnect and retry included.
+    async fn request(&self, id: u64) -> Result<(), String> {
+        self.run_idempotent(async move |conn| wire::echo(conn, id).await)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl AsyncEchoPool for deadpool::managed::Pool<DeadpoolEcho> {
+    type Conn<'a> = Object<DeadpoolEcho>;
+    const CRATE: &'static str = "deadpool";
+
+    async fn checkout(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+
+    async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
+        let mut conn = self.checkout().await?;
+        let result = wire::echo(&mut *conn, id).await;
+        if result.is_err() {
+            drop(Object::take(conn));
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn open_connections(&self) -> usize {
+        self.status().size
+    }
+}
+
+impl AsyncEchoPool for bb8::Pool<Bb8Echo> {
+    type Conn<'a> = bb8::PooledConnection<'a, Bb8Echo>;
+    const CRATE: &'static str = "bb8";
+
+    async fn checkout(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+
+    async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
+        self.checkout().await?.echo(id).await
+    }
+
+    async fn open_connections(&self) -> usize {
+        self.state().connections as usize
+    }
+}
+
+impl AsyncEchoPool for mobc::Pool<MobcEcho> {
+    type Conn<'a> = mobc::Connection<MobcEcho>;
+    const CRATE: &'static str = "mobc";
+
+    async fn checkout(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+
+    async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
+        self.checkout().await?.echo(id).await
+    }
+
+    async fn open_connections(&self) -> usize {
+        usize::try_from(self.state().await.connections).unwrap_or(usize::MAX)
+    }
+}
+
+/// r2d2 is a blocking pool: what may wait runs on a blocking thread, as its users'
+/// code would run on threads of their own.
+impl EchoPool for r2d2::Pool<R2d2Echo> {
+    fn crate_name(&self) -> &'static str {
+        "r2d2"
+    }
+
+    fn get_and_drop(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.get().map(drop).map_err(|e| e.to_string()) })
+    }
+
+    fn request(&self, id: u64) -> BoxFuture<'_, Result<(), String>> {
+        self.request_on_checkout(id)
+    }
+
+    fn request_on_checkout(&self, id: u64) -> BoxFuture<'_, Result<(), String>> {
+        let pool = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get().map_err(|e| e.to_string())?;
+                let result = wire::echo_blocking(&mut conn.stream, id);
+                conn.broken = result.is_err();
+                result.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn open_connections(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async move { self.state().connections as usize })
+    }
+
+    fn fill(&self, n: usize) -> BoxFuture<'_, Result<(), String>> {
+        let pool = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut held = Vec::with_capacity(n);
+                for _ in 0..n {
+                    held.push(pool.get().map_err(|e| e.to_string())?);
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn time_checkouts(
+        &self,
+        tasks: usize,
+        per_task: u64,
+    ) -> BoxFuture<'_, Result<Duration, String>> {
+        let pool = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                crate::checkout::run_threads(&pool, tasks, per_task)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
 /// A built pool of any [`Kind`]. Cheap to clone: clones share the pool.
 #[derive(Clone)]
-pub enum AnyPool {
-    /// steadypool.
-    Steady(steadypool::Pool<SteadyEcho>),
-    /// deadpool.
-    Deadpool(deadpool::managed::Pool<DeadpoolEcho>),
-    /// bb8.
-    Bb8(bb8::Pool<Bb8Echo>),
-    /// mobc.
-    Mobc(mobc::Pool<MobcEcho>),
-    /// r2d2.
-    R2d2(r2d2::Pool<R2d2Echo>),
-}
+pub struct AnyPool(Arc<dyn EchoPool>);
 
 impl std::fmt::Debug for AnyPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            AnyPool::Steady(_) => "steadypool",
-            AnyPool::Deadpool(_) => "deadpool",
-            AnyPool::Bb8(_) => "bb8",
-            AnyPool::Mobc(_) => "mobc",
-            AnyPool::R2d2(_) => "r2d2",
-        };
-        f.debug_tuple("AnyPool").field(&name).finish()
+        f.debug_tuple("AnyPool")
+            .field(&self.0.crate_name())
+            .finish()
     }
 }
 
@@ -411,7 +656,7 @@ impl PoolSpec {
                 })
                 .name(kind.label())
                 .max_size(self.size);
-                AnyPool::Steady(
+                AnyPool::new(
                     (self.steady)(builder)
                         .build()
                         .map_err(|e| refused(e.to_string()))?,
@@ -424,20 +669,20 @@ impl PoolSpec {
                     Recycle::Nothing
                 };
                 let manager = DeadpoolEcho { addr, recycle, log };
-                AnyPool::Deadpool(
+                AnyPool::new(
                     deadpool::managed::Pool::builder(manager)
                         .max_size(self.size)
                         .build()
                         .map_err(|e| refused(e.to_string()))?,
                 )
             }
-            Kind::Bb8Ping | Kind::Bb8NoCheck => AnyPool::Bb8(
+            Kind::Bb8Ping | Kind::Bb8NoCheck => AnyPool::new(
                 bb8::Pool::builder()
                     .max_size(size32)
                     .test_on_check_out(kind == Kind::Bb8Ping)
                     .build_unchecked(Bb8Echo { addr, log }),
             ),
-            Kind::MobcPing | Kind::MobcNoCheck => AnyPool::Mobc(
+            Kind::MobcPing | Kind::MobcNoCheck => AnyPool::new(
                 mobc::Pool::builder()
                     .max_open(self.size as u64)
                     .max_idle(self.size as u64)
@@ -455,25 +700,23 @@ impl PoolSpec {
                 })
                 .await
                 .map_err(|e| refused(e.to_string()))?;
-                AnyPool::R2d2(built.map_err(|e| refused(e.to_string()))?)
+                AnyPool::new(built.map_err(|e| refused(e.to_string()))?)
             }
         })
     }
 }
 
 impl AnyPool {
+    fn new(pool: impl EchoPool + 'static) -> AnyPool {
+        AnyPool(Arc::new(pool))
+    }
+
     /// One checkout, returned at once.
     ///
     /// # Errors
     /// The pool's checkout error, as text.
     pub async fn get_and_drop(&self) -> Result<(), String> {
-        match self {
-            AnyPool::Steady(pool) => pool.get().await.map(drop).map_err(|e| e.to_string()),
-            AnyPool::Deadpool(pool) => pool.get().await.map(drop).map_err(|e| e.to_string()),
-            AnyPool::Bb8(pool) => pool.get().await.map(drop).map_err(|e| e.to_string()),
-            AnyPool::Mobc(pool) => pool.get().await.map(drop).map_err(|e| e.to_string()),
-            AnyPool::R2d2(pool) => pool.get().map(drop).map_err(|e| e.to_string()),
-        }
+        self.0.get_and_drop().await
     }
 
     /// One request, the way each pool's users make one: steadypool through
@@ -483,13 +726,7 @@ impl AnyPool {
     /// # Errors
     /// What failed, as text.
     pub async fn request(&self, id: u64) -> Result<(), String> {
-        match self {
-            AnyPool::Steady(pool) => pool
-                .run_idempotent(async move |conn| wire::echo(conn, id).await)
-                .await
-                .map_err(|e| e.to_string()),
-            _ => self.request_on_checkout(id).await,
-        }
+        self.0.request(id).await
     }
 
     /// One request on a checked-out connection, without any retry (for steadypool:
@@ -498,60 +735,12 @@ impl AnyPool {
     /// # Errors
     /// What failed, as text.
     pub async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
-        match self {
-            AnyPool::Steady(pool) => {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let result = wire::echo(&mut *conn, id).await;
-                if let Err(err) = &result {
-                    conn.mark_broken(steadypool::ResetCause::of_io(err, steadypool::Phase::InUse));
-                }
-                result.map_err(|e| e.to_string())
-            }
-            AnyPool::Deadpool(pool) => {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let result = wire::echo(&mut *conn, id).await;
-                if result.is_err() {
-                    drop(Object::take(conn));
-                }
-                result.map_err(|e| e.to_string())
-            }
-            AnyPool::Bb8(pool) => {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let result = wire::echo(&mut conn.stream, id).await;
-                conn.broken = result.is_err();
-                result.map_err(|e| e.to_string())
-            }
-            AnyPool::Mobc(pool) => {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let result = wire::echo(&mut conn.stream, id).await;
-                conn.broken = result.is_err();
-                result.map_err(|e| e.to_string())
-            }
-            AnyPool::R2d2(pool) => {
-                let pool = pool.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut conn = pool.get().map_err(|e| e.to_string())?;
-                    let result = wire::echo_blocking(&mut conn.stream, id);
-                    conn.broken = result.is_err();
-                    result.map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
-        }
+        self.0.request_on_checkout(id).await
     }
 
     /// Connections the pool holds now, idle and in use.
     pub async fn open_connections(&self) -> usize {
-        match self {
-            AnyPool::Steady(pool) => pool.status().size,
-            AnyPool::Deadpool(pool) => pool.status().size,
-            AnyPool::Bb8(pool) => pool.state().connections as usize,
-            AnyPool::Mobc(pool) => {
-                usize::try_from(pool.state().await.connections).unwrap_or(usize::MAX)
-            }
-            AnyPool::R2d2(pool) => pool.state().connections as usize,
-        }
+        self.0.open_connections().await
     }
 
     /// Opens `n` connections at once (checking them out together) and returns them
@@ -560,49 +749,21 @@ impl AnyPool {
     /// # Errors
     /// [`BenchError::Checkout`] when a checkout fails.
     pub async fn fill(&self, kind: Kind, n: usize) -> Result<(), BenchError> {
-        let failed = |message: String| BenchError::Checkout {
-            pool: kind.label(),
-            message,
-        };
-        match self {
-            AnyPool::Steady(pool) => {
-                let mut held = Vec::with_capacity(n);
-                for _ in 0..n {
-                    held.push(pool.get().await.map_err(|e| failed(e.to_string()))?);
-                }
-            }
-            AnyPool::Deadpool(pool) => {
-                let mut held = Vec::with_capacity(n);
-                for _ in 0..n {
-                    held.push(pool.get().await.map_err(|e| failed(e.to_string()))?);
-                }
-            }
-            AnyPool::Bb8(pool) => {
-                let mut held = Vec::with_capacity(n);
-                for _ in 0..n {
-                    held.push(pool.get().await.map_err(|e| failed(e.to_string()))?);
-                }
-            }
-            AnyPool::Mobc(pool) => {
-                let mut held = Vec::with_capacity(n);
-                for _ in 0..n {
-                    held.push(pool.get().await.map_err(|e| failed(e.to_string()))?);
-                }
-            }
-            AnyPool::R2d2(pool) => {
-                let pool = pool.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut held = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        held.push(pool.get().map_err(|e| e.to_string())?);
-                    }
-                    Ok::<(), String>(())
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?
-                .map_err(failed)?;
-            }
-        }
-        Ok(())
+        self.0
+            .fill(n)
+            .await
+            .map_err(|message| BenchError::Checkout {
+                pool: kind.label(),
+                message,
+            })
+    }
+
+    /// Runs `per_task` checkouts in each of `tasks` tasks (OS threads for r2d2),
+    /// returned at once, and returns the time they took.
+    ///
+    /// # Errors
+    /// The first failed checkout, as text.
+    pub async fn time_checkouts(&self, tasks: usize, per_task: u64) -> Result<Duration, String> {
+        self.0.time_checkouts(tasks, per_task).await
     }
 }

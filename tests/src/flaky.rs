@@ -74,6 +74,60 @@ impl Default for Faults {
     }
 }
 
+impl Faults {
+    /// No fault but this: the first `n` `RUN` requests are answered `BUSY`.
+    ///
+    /// ```
+    /// assert_eq!(steadypool_tests::flaky::Faults::busy_first(2).busy_first, 2);
+    /// ```
+    pub fn busy_first(n: usize) -> Faults {
+        Faults {
+            busy_first: n,
+            ..Faults::default()
+        }
+    }
+
+    /// No fault but this: each connection serves `n` requests, then is reset as the
+    /// next arrives.
+    ///
+    /// ```
+    /// let faults = steadypool_tests::flaky::Faults::requests_per_connection(1);
+    /// assert_eq!(faults.requests_per_connection, Some(1));
+    /// ```
+    pub fn requests_per_connection(n: usize) -> Faults {
+        Faults {
+            requests_per_connection: Some(n),
+            ..Faults::default()
+        }
+    }
+
+    /// No fault but this: every request's connection is reset at `point`.
+    ///
+    /// ```
+    /// use steadypool_tests::flaky::{Faults, ResetPoint};
+    /// assert_eq!(Faults::reset_at(ResetPoint::During).reset_probability, 1.0);
+    /// ```
+    pub fn reset_at(point: ResetPoint) -> Faults {
+        Faults {
+            reset_probability: 1.0,
+            reset_point: Some(point),
+            ..Faults::default()
+        }
+    }
+
+    /// No fault but this: every `RUN` request runs and is never answered.
+    ///
+    /// ```
+    /// assert!(steadypool_tests::flaky::Faults::never_reply().never_reply);
+    /// ```
+    pub fn never_reply() -> Faults {
+        Faults {
+            never_reply: true,
+            ..Faults::default()
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     faults: Faults,

@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 pub mod exec_server;
+pub mod faults;
 pub mod flaky;
 pub mod host;
 pub mod http;
+pub mod ledger;
 pub mod line_manager;
 pub mod load;
 pub mod netns;

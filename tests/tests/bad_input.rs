@@ -1,12 +1,16 @@
 //! Bad input gets a clear error naming the problem, never a panic: every configuration
-//! `build()` refuses, and addresses that do not resolve, refuse, or never answer.
+//! `build()` refuses (one table, pool and retry policy alike), and addresses that do
+//! not resolve, refuse, or never answer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::{BuildError, Dialer, Error, Keepalive, Manager, Pool, PoolBuilder, ResetCause};
+use steadypool::{
+    BuildError, Dialer, Error, Keepalive, Manager, PolicyError, Pool, PoolBuilder, ResetCause,
+    RetryPolicy,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -14,112 +18,236 @@ fn builder() -> PoolBuilder<TcpManager> {
     Pool::builder(TcpManager::new("127.0.0.1:9"))
 }
 
-/// Builds inside a runtime and returns the error, checking it names `knob`.
-fn refused(builder: PoolBuilder<TcpManager>, knob: &str) -> BuildError {
-    let err = builder.build().unwrap_err();
-    assert!(
-        err.to_string().contains(knob),
-        "the error does not name {knob}: {err}"
-    );
-    err
+/// One configuration `build()` must refuse.
+struct Refusal {
+    name: &'static str,
+    configure: fn(PoolBuilder<TcpManager>) -> PoolBuilder<TcpManager>,
+    /// What the error's message must name.
+    names: &'static str,
+    expected: fn(&BuildError) -> bool,
 }
 
-#[tokio::test]
-async fn zero_max_size() {
-    let err = refused(builder().max_size(0), "max_size");
-    assert_eq!(err, BuildError::ZeroMaxSize);
+fn keepalive(idle: Duration, interval: Duration, count: u32) -> Option<Keepalive> {
+    Some(Keepalive::new(idle, interval, count))
 }
 
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        name: "zero max_size",
+        configure: |b| b.max_size(0),
+        names: "max_size",
+        expected: |e| *e == BuildError::ZeroMaxSize,
+    },
+    Refusal {
+        name: "min_idle above max_size",
+        configure: |b| b.max_size(2).min_idle(3),
+        names: "min_idle",
+        expected: |e| {
+            *e == BuildError::MinIdleAboveMaxSize {
+                min_idle: 3,
+                max_size: 2,
+            }
+        },
+    },
+    Refusal {
+        name: "zero keepalive interval",
+        configure: |b| b.keepalive(keepalive(Duration::from_secs(10), Duration::ZERO, 3)),
+        names: "keepalive interval",
+        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+    },
+    Refusal {
+        name: "zero keepalive count",
+        configure: |b| {
+            b.keepalive(keepalive(
+                Duration::from_secs(10),
+                Duration::from_secs(3),
+                0,
+            ))
+        },
+        names: "keepalive count",
+        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+    },
+    Refusal {
+        name: "sub-second keepalive idle, which the kernel cannot express",
+        configure: |b| {
+            b.keepalive(keepalive(
+                Duration::from_millis(500),
+                Duration::from_secs(1),
+                3,
+            ))
+        },
+        names: "keepalive idle",
+        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+    },
+    Refusal {
+        name: "zero connect_timeout",
+        configure: |b| b.connect_timeout(Duration::ZERO),
+        names: "connect_timeout",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "connect_timeout",
+            }
+        },
+    },
+    Refusal {
+        name: "zero wait_timeout",
+        configure: |b| b.wait_timeout(Duration::ZERO),
+        names: "wait_timeout",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "wait_timeout",
+            }
+        },
+    },
+    Refusal {
+        name: "zero ping_timeout",
+        configure: |b| b.ping_timeout(Duration::ZERO),
+        names: "ping_timeout",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "ping_timeout",
+            }
+        },
+    },
+    Refusal {
+        name: "zero reaper_interval",
+        configure: |b| b.reaper_interval(Duration::ZERO),
+        names: "reaper_interval",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "reaper_interval",
+            }
+        },
+    },
+    Refusal {
+        name: "zero circuit_open_for",
+        configure: |b| b.circuit_open_for(Duration::ZERO),
+        names: "circuit_open_for",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "circuit_open_for",
+            }
+        },
+    },
+    Refusal {
+        name: "zero idle_timeout",
+        configure: |b| b.idle_timeout(Some(Duration::ZERO)),
+        names: "idle_timeout",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "idle_timeout",
+            }
+        },
+    },
+    Refusal {
+        name: "zero max_lifetime",
+        configure: |b| b.max_lifetime(Some(Duration::ZERO)),
+        names: "max_lifetime",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "max_lifetime",
+            }
+        },
+    },
+    Refusal {
+        name: "zero user_timeout",
+        configure: |b| b.user_timeout(Some(Duration::ZERO)),
+        names: "user_timeout",
+        expected: |e| {
+            *e == BuildError::UserTimeoutOutOfRange {
+                timeout: Duration::ZERO,
+            }
+        },
+    },
+    Refusal {
+        name: "idle_timeout above max_lifetime",
+        configure: |b| {
+            b.idle_timeout(Some(Duration::from_secs(120)))
+                .max_lifetime(Some(Duration::from_secs(60)))
+        },
+        names: "idle_timeout",
+        expected: |e| matches!(e, BuildError::IdleTimeoutAboveMaxLifetime { .. }),
+    },
+    Refusal {
+        name: "lifetime jitter as long as the lifetime",
+        configure: |b| {
+            b.idle_timeout(None)
+                .max_lifetime(Some(Duration::from_secs(60)))
+                .max_lifetime_jitter(Duration::from_secs(60))
+        },
+        names: "max_lifetime_jitter",
+        expected: |e| matches!(e, BuildError::JitterAboveMaxLifetime { .. }),
+    },
+    Refusal {
+        name: "zero max_concurrent_connects",
+        configure: |b| b.max_concurrent_connects(0),
+        names: "max_concurrent_connects",
+        expected: |e| {
+            *e == BuildError::ZeroLimit {
+                knob: "max_concurrent_connects",
+            }
+        },
+    },
+    Refusal {
+        name: "zero circuit_open_after",
+        configure: |b| b.circuit_open_after(0),
+        names: "circuit_open_after",
+        expected: |e| {
+            *e == BuildError::ZeroLimit {
+                knob: "circuit_open_after",
+            }
+        },
+    },
+    Refusal {
+        name: "a retry policy of zero attempts",
+        configure: |b| b.retry_policy(RetryPolicy::default().max_attempts(0)),
+        names: "max_attempts",
+        expected: |e| *e == BuildError::RetryPolicy(PolicyError::ZeroAttempts),
+    },
+    Refusal {
+        name: "a zero retry budget",
+        configure: |b| b.retry_policy(RetryPolicy::default().budget(0.0, 0)),
+        names: "max_attempts(1)",
+        expected: |e| *e == BuildError::RetryPolicy(PolicyError::ZeroBudget),
+    },
+    Refusal {
+        name: "a negative retry budget ratio",
+        configure: |b| b.retry_policy(RetryPolicy::default().budget(-1.0, 10)),
+        names: "budget ratio",
+        expected: |e| matches!(e, BuildError::RetryPolicy(_)),
+    },
+    Refusal {
+        name: "a retry deadline below the default connect_timeout",
+        configure: |b| b.retry_policy(RetryPolicy::default().deadline(Duration::from_secs(2))),
+        names: "connect_timeout",
+        expected: |e| {
+            *e == BuildError::RetryPolicy(PolicyError::DeadlineBelowConnectTimeout {
+                deadline: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(5),
+            })
+        },
+    },
+];
+
+/// Every row is built inside a runtime (outside one, `build()` refuses for that
+/// reason first); every failing row is reported, each by its name.
 #[tokio::test]
-async fn min_idle_above_max_size() {
-    let err = refused(builder().max_size(2).min_idle(3), "min_idle");
-    assert_eq!(
-        err,
-        BuildError::MinIdleAboveMaxSize {
-            min_idle: 3,
-            max_size: 2
+async fn every_bad_configuration_is_refused_with_an_error_naming_the_knob() {
+    let mut failures = Vec::new();
+    for row in REFUSALS {
+        match (row.configure)(builder()).build().map(drop) {
+            Ok(()) => failures.push(format!("{}: build() accepted it", row.name)),
+            Err(err) if !err.to_string().contains(row.names) => failures.push(format!(
+                "{}: the error does not name {}: {err}",
+                row.name, row.names
+            )),
+            Err(err) if !(row.expected)(&err) => {
+                failures.push(format!("{}: unexpected error {err:?}", row.name));
+            }
+            Err(_) => {}
         }
-    );
-}
-
-#[tokio::test]
-async fn zero_keepalive_interval() {
-    let keepalive = Keepalive::new(Duration::from_secs(10), Duration::ZERO, 3);
-    let err = refused(builder().keepalive(Some(keepalive)), "keepalive interval");
-    assert!(
-        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn zero_keepalive_count() {
-    let keepalive = Keepalive::new(Duration::from_secs(10), Duration::from_secs(3), 0);
-    let err = refused(builder().keepalive(Some(keepalive)), "keepalive count");
-    assert!(
-        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn sub_second_keepalive_idle_the_kernel_cannot_express() {
-    let keepalive = Keepalive::new(Duration::from_millis(500), Duration::from_secs(1), 3);
-    let err = refused(builder().keepalive(Some(keepalive)), "keepalive idle");
-    assert!(
-        matches!(err, BuildError::KeepaliveOutOfRange { .. }),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn zero_connect_timeout() {
-    let err = refused(builder().connect_timeout(Duration::ZERO), "connect_timeout");
-    assert_eq!(
-        err,
-        BuildError::ZeroDuration {
-            knob: "connect_timeout"
-        }
-    );
-}
-
-#[tokio::test]
-async fn other_zero_durations() {
-    refused(builder().wait_timeout(Duration::ZERO), "wait_timeout");
-    refused(builder().ping_timeout(Duration::ZERO), "ping_timeout");
-    refused(builder().reaper_interval(Duration::ZERO), "reaper_interval");
-    refused(builder().idle_timeout(Some(Duration::ZERO)), "idle_timeout");
-    refused(builder().max_lifetime(Some(Duration::ZERO)), "max_lifetime");
-    refused(builder().user_timeout(Some(Duration::ZERO)), "user_timeout");
-}
-
-#[tokio::test]
-async fn idle_timeout_above_max_lifetime() {
-    let err = refused(
-        builder()
-            .idle_timeout(Some(Duration::from_secs(120)))
-            .max_lifetime(Some(Duration::from_secs(60))),
-        "idle_timeout",
-    );
-    assert!(
-        matches!(err, BuildError::IdleTimeoutAboveMaxLifetime { .. }),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn lifetime_jitter_as_long_as_the_lifetime() {
-    let err = refused(
-        builder()
-            .idle_timeout(None)
-            .max_lifetime(Some(Duration::from_secs(60)))
-            .max_lifetime_jitter(Duration::from_secs(60)),
-        "max_lifetime_jitter",
-    );
-    assert!(
-        matches!(err, BuildError::JitterAboveMaxLifetime { .. }),
-        "{err:?}"
-    );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -135,22 +263,39 @@ fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-#[tokio::test]
-async fn a_refused_connect_names_the_cause_and_the_address_at_once() {
-    let addr = closed_port();
-    let connect_timeout = Duration::from_secs(2);
-    let pool = Pool::builder(TcpManager::new(addr))
+/// Builds a pool of `manager` with `connect_timeout`, checks out once, and returns the
+/// error with the time the checkout took.
+async fn failed_checkout<M: Manager>(
+    manager: M,
+    connect_timeout: Duration,
+) -> (Error<M::Error>, Duration) {
+    let pool = Pool::builder(manager)
         .connect_timeout(connect_timeout)
         .build()
         .unwrap();
     let started = Instant::now();
     let err = pool.get().await.unwrap_err();
-    assert!(started.elapsed() < connect_timeout);
+    let took = started.elapsed();
+    assert_eq!(pool.status().size, 0, "a failed connect left a connection");
+    (err, took)
+}
+
+/// The checkout waited out `connect_timeout`, and not much more.
+fn assert_took_the_connect_timeout(took: Duration, connect_timeout: Duration) {
+    assert!(took >= connect_timeout, "gave up early: {took:?}");
+    assert!(took < connect_timeout + Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_refused_connect_names_the_cause_and_the_address_at_once() {
+    let addr = closed_port();
+    let connect_timeout = Duration::from_secs(2);
+    let (err, took) = failed_checkout(TcpManager::new(addr), connect_timeout).await;
+    assert!(took < connect_timeout);
     assert_eq!(err.cause(), Some(ResetCause::Refused), "{err:?}");
     let message = format!("{err}: {}", err_source(&err));
     assert!(message.contains("refused"), "{message}");
     assert!(message.contains(&addr.to_string()), "{message}");
-    assert_eq!(pool.status().size, 0);
 }
 
 fn err_source(err: &(dyn std::error::Error + 'static)) -> String {
@@ -166,13 +311,9 @@ fn err_source(err: &(dyn std::error::Error + 'static)) -> String {
 #[tokio::test]
 async fn an_address_that_does_not_resolve_names_it() {
     // An invalid port fails in the resolver itself: no lookup leaves this machine.
-    let pool = Pool::builder(TcpManager::new("localhost:99999"))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = pool.get().await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    let connect_timeout = Duration::from_secs(2);
+    let (err, took) = failed_checkout(TcpManager::new("localhost:99999"), connect_timeout).await;
+    assert!(took < connect_timeout);
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     let message = format!("{err}: {}", err_source(&err));
     assert!(
@@ -203,15 +344,8 @@ async fn a_full_listen_backlog_times_out_within_connect_timeout() {
     }
 
     let connect_timeout = Duration::from_millis(500);
-    let pool = Pool::builder(TcpManager::new(addr))
-        .connect_timeout(connect_timeout)
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = pool.get().await.unwrap_err();
-    let took = started.elapsed();
-    assert!(took >= connect_timeout, "gave up early: {took:?}");
-    assert!(took < connect_timeout + Duration::from_secs(5), "{took:?}");
+    let (err, took) = failed_checkout(TcpManager::new(addr), connect_timeout).await;
+    assert_took_the_connect_timeout(took, connect_timeout);
     assert_eq!(err.cause(), Some(ResetCause::ConnectTimeout), "{err:?}");
     assert!(err.to_string().contains("connect_timeout"), "{err}");
 }
@@ -235,15 +369,9 @@ impl Manager for GreetingManager {
 async fn a_handshake_that_never_finishes_times_out_within_connect_timeout() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connect_timeout = Duration::from_millis(300);
-    let pool = Pool::builder(GreetingManager(listener.local_addr().unwrap()))
-        .connect_timeout(connect_timeout)
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = pool.get().await.unwrap_err();
-    let took = started.elapsed();
-    assert!(took >= connect_timeout, "gave up early: {took:?}");
-    assert!(took < connect_timeout + Duration::from_secs(5), "{took:?}");
+    let manager = GreetingManager(listener.local_addr().unwrap());
+    let (err, took) = failed_checkout(manager, connect_timeout).await;
+    assert_took_the_connect_timeout(took, connect_timeout);
     assert!(matches!(err, Error::ConnectTimeout(_)), "{err:?}");
     assert_eq!(err.cause(), Some(ResetCause::ConnectTimeout));
 }

@@ -10,6 +10,7 @@ use steadypool::{
     AttemptError, CircuitState, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy, RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
+use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
 use steadypool_tests::recorded::RecordedMetrics;
 
 const BASE: Duration = Duration::from_millis(40);
@@ -83,21 +84,24 @@ async fn upstream_down_then_back() {
         .run_idempotent(async |conn| flaky::run(conn, 4).await)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::NotExecuted {
-                reason: GiveUp::NoConnection,
-                attempts: 3,
-                cause: Some(ResetCause::Refused),
-                source: Some(AttemptError::Checkout(Error::CircuitOpen {
-                    cause: ResetCause::Refused,
-                    failures: 10,
-                    ..
-                })),
-            }
-        ),
-        "{err:?}"
+    assert_gave_up(
+        &err,
+        &GaveUpAs {
+            may_have_executed: false,
+            reason: GiveUp::NoConnection,
+            attempts: 3,
+            cause: Some(ResetCause::Refused),
+            source: |s| {
+                matches!(
+                    s,
+                    Some(AttemptError::Checkout(Error::CircuitOpen {
+                        cause: ResetCause::Refused,
+                        failures: 10,
+                        ..
+                    }))
+                )
+            },
+        },
     );
     assert_eq!(manager.connects().len(), 1 + 10);
     assert_eq!(pool.status().circuit, CircuitState::Open);

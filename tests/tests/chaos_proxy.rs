@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use steadypool::TcpState;
 use steadypool::chaos::{ChaosProxy, ChaosStats, Faults, IdleClose};
-use steadypool::{Classify, Disposition, Error, Phase, Pool, ResetCause};
+use steadypool::{Classify, Disposition, Phase, Pool, ResetCause};
+use steadypool_tests::faults;
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
@@ -132,17 +133,7 @@ async fn a_crash_resets_every_pooled_connection_and_the_pool_counts_each() {
 async fn a_refusing_upstream_fails_checkout_as_refused_until_it_listens_again() {
     let s = setup("refuse", Faults::none()).await;
     s.proxy.set_refuse(true).unwrap();
-    let err = s.pool.get().await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(s.pool.get().await);
     assert_eq!(
         s.pool.stats().resets(ResetCause::Refused, Phase::Connect),
         1

@@ -29,6 +29,15 @@ fn checkout_only<M: Manager>(manager: M) -> PoolBuilder<M> {
         .check_after(HOUR)
 }
 
+/// A line server and a checkout-only pool to it.
+async fn line_pool() -> (LineServer, Pool<LineManager>) {
+    let server = LineServer::start().await.unwrap();
+    let pool = checkout_only(LineManager::new(server.addr()))
+        .build()
+        .unwrap();
+    (server, pool)
+}
+
 /// Waits until the kernel shows `count` of this process's sockets to `port` in `state`,
 /// then gives tokio's reactor a moment to record the event.
 async fn kernel_shows(port: u16, state: TcpState, count: usize) {
@@ -54,85 +63,94 @@ async fn open_idle<M: Manager>(pool: &Pool<M>, server: &LineServer, n: usize) ->
     held.iter().map(|c| c.id()).collect()
 }
 
-#[tokio::test]
-async fn fin_on_an_idle_connection_is_discarded_as_peer_closed() {
-    let server = LineServer::start().await.unwrap();
-    let pool = checkout_only(LineManager::new(server.addr()))
-        .build()
-        .unwrap();
-    let first = open_idle(&pool, &server, 1).await;
+/// What the server does to an idle connection.
+#[derive(Debug, Clone, Copy)]
+enum Strike {
+    /// Closes it (a FIN).
+    Close,
+    /// Resets it (an RST).
+    Reset,
+    /// Sends a line nobody asked for.
+    StrayLine,
+}
 
-    assert_eq!(server.close_all().await, 1);
-    kernel_shows(server.addr().port(), TcpState::CloseWait, 1).await;
+/// One fault struck on an idle connection, and the cause the checkout must find.
+struct Fault {
+    name: &'static str,
+    strike: Strike,
+    cause: ResetCause,
+}
 
-    let mut conn = pool.get().await.unwrap();
-    assert!(
-        !first.contains(&conn.id()),
-        "the closed connection came back"
-    );
-    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(
-        pool.stats().resets(ResetCause::PeerClosed, Phase::Checkout),
-        1
-    );
-    assert_eq!(pool.stats().all_resets(), 1);
-    assert_eq!(server.accepts(), 2);
-    drop(conn);
-    assert_eq!(
-        sockets::count_in_state(server.addr().port(), TcpState::CloseWait).unwrap(),
-        0
-    );
+const FAULTS: &[Fault] = &[
+    Fault {
+        name: "a FIN is discarded as peer closed",
+        strike: Strike::Close,
+        cause: ResetCause::PeerClosed,
+    },
+    Fault {
+        name: "an RST is discarded as peer reset",
+        strike: Strike::Reset,
+        cause: ResetCause::PeerReset,
+    },
+    Fault {
+        name: "bytes nobody asked for are discarded as unexpected data",
+        strike: Strike::StrayLine,
+        cause: ResetCause::UnexpectedData,
+    },
+];
+
+/// Strikes `strike` on the server's only connection and waits until this side can
+/// see it.
+async fn strike(server: &LineServer, strike: Strike) {
+    let port = server.addr().port();
+    match strike {
+        Strike::Close => {
+            assert_eq!(server.close_all().await, 1);
+            kernel_shows(port, TcpState::CloseWait, 1).await;
+        }
+        Strike::Reset => {
+            assert_eq!(server.reset_all().await, 1);
+            // A reset socket leaves the kernel's connection table at once.
+            kernel_shows(port, TcpState::Established, 0).await;
+        }
+        Strike::StrayLine => {
+            assert_eq!(server.send_all(b"NOTICE shutting down\n").await, 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test]
-async fn rst_on_an_idle_connection_is_discarded_as_peer_reset() {
-    let server = LineServer::start().await.unwrap();
-    let pool = checkout_only(LineManager::new(server.addr()))
-        .build()
-        .unwrap();
-    let first = open_idle(&pool, &server, 1).await;
+async fn a_fault_on_an_idle_connection_is_discarded_with_its_cause() {
+    for fault in FAULTS {
+        let row = fault.name;
+        let (server, pool) = line_pool().await;
+        let first = open_idle(&pool, &server, 1).await;
 
-    assert_eq!(server.reset_all().await, 1);
-    // A reset socket leaves the kernel's connection table at once.
-    kernel_shows(server.addr().port(), TcpState::Established, 0).await;
+        strike(&server, fault.strike).await;
 
-    let mut conn = pool.get().await.unwrap();
-    assert!(
-        !first.contains(&conn.id()),
-        "the reset connection came back"
-    );
-    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(
-        pool.stats().resets(ResetCause::PeerReset, Phase::Checkout),
-        1
-    );
-    assert_eq!(pool.stats().all_resets(), 1);
-}
-
-#[tokio::test]
-async fn bytes_on_an_idle_connection_are_discarded_as_unexpected_data() {
-    let server = LineServer::start().await.unwrap();
-    let pool = checkout_only(LineManager::new(server.addr()))
-        .build()
-        .unwrap();
-    let first = open_idle(&pool, &server, 1).await;
-
-    assert_eq!(server.send_all(b"NOTICE shutting down\n").await, 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let mut conn = pool.get().await.unwrap();
-    assert!(
-        !first.contains(&conn.id()),
-        "the desynced connection came back"
-    );
-    // Had the stray line stayed, this reply would be the notice.
-    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
-    assert_eq!(
-        pool.stats()
-            .resets(ResetCause::UnexpectedData, Phase::Checkout),
-        1
-    );
-    assert_eq!(pool.stats().all_resets(), 1);
+        let mut conn = pool.get().await.unwrap();
+        assert!(
+            !first.contains(&conn.id()),
+            "{row}: the struck connection came back"
+        );
+        // Had a stray line stayed, this reply would be the notice.
+        assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG", "{row}");
+        assert_eq!(
+            pool.stats().resets(fault.cause, Phase::Checkout),
+            1,
+            "{row}: {:?}",
+            pool.stats().reset_table()
+        );
+        assert_eq!(pool.stats().all_resets(), 1, "{row}");
+        assert_eq!(server.accepts(), 2, "{row}");
+        drop(conn);
+        assert_eq!(
+            sockets::count_in_state(server.addr().port(), TcpState::CloseWait).unwrap(),
+            0,
+            "{row}: a discarded connection was left in CLOSE_WAIT"
+        );
+    }
 }
 
 #[tokio::test]
@@ -262,10 +280,7 @@ async fn a_hung_server_fails_the_ping_and_the_connection_is_replaced() {
 
 #[tokio::test]
 async fn a_connection_marked_broken_is_closed_not_returned() {
-    let server = LineServer::start().await.unwrap();
-    let pool = checkout_only(LineManager::new(server.addr()))
-        .build()
-        .unwrap();
+    let (_server, pool) = line_pool().await;
     let mut conn = pool.get().await.unwrap();
     let id = conn.id();
     conn.mark_broken(ResetCause::PeerReset);
@@ -301,13 +316,9 @@ async fn a_dead_connection_is_found_even_when_the_task_budget_is_spent() {
     // runs on an empty budget. A probe that took Pending for "nothing arrived" would
     // then hand out the dead connection.
     for spent in 120..=128 {
-        let server = LineServer::start().await.unwrap();
-        let pool = checkout_only(LineManager::new(server.addr()))
-            .build()
-            .unwrap();
+        let (server, pool) = line_pool().await;
         let first = open_idle(&pool, &server, 1).await;
-        assert_eq!(server.close_all().await, 1);
-        kernel_shows(server.addr().port(), TcpState::CloseWait, 1).await;
+        strike(&server, Strike::Close).await;
 
         tokio::task::yield_now().await;
         for _ in 0..spent {

@@ -29,6 +29,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use steadypool::metrics::CHECKOUT_WAIT;
 use steadypool::{Connection, Error, Eviction, Phase, Pool, PoolBuilder, QueueMode, ResetCause};
 use steadypool_tests::eventually;
+use steadypool_tests::faults;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
@@ -186,17 +187,7 @@ async fn test_lazy_initialization_failure() {
     let got = tokio::time::timeout(wait + PATIENCE, pool.get())
         .await
         .expect("a checkout outlived its wait_timeout");
-    let err = got.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(got);
 }
 
 // bb8's `retry_connection(false)` is how steadypool's `get()` always behaves: one

@@ -14,6 +14,7 @@ use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
 use steadypool::{Broken, Classify, Disposition, Error, Manager, Phase, Pool, ResetCause, Sent};
+use steadypool_tests::faults;
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::Books;
 use steadypool_tests::{eventually, sockets};
@@ -277,31 +278,10 @@ async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
     open_idle(&pool, 3).await;
 
     server.stop_immediate();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the crashed server stayed in the pool: {:?}",
-        pool.status()
-    );
-    let closed = pool.stats().resets_with_cause(ResetCause::PeerClosed)
-        + pool.stats().resets_with_cause(ResetCause::PeerReset);
-    assert_eq!(
-        closed, 3,
-        "every connection counted as peer_closed or peer_reset"
-    );
-    assert_eq!(pool.stats().all_resets(), 3);
+    faults::assert_emptied_by_the_peer(&pool, 3).await;
     assert!(no_close_wait(server.port()).await);
 
-    let err = pool.get().await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(pool.get().await);
     assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();

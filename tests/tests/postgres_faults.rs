@@ -15,15 +15,13 @@ use steadypool::metrics::RetryOutcome;
 use steadypool::{
     AttemptError, CircuitState, Error, Phase, Pool, ResetCause, RetryPolicy, RunError,
 };
+use steadypool_tests::faults::{self, Allowed, SLACK};
 use steadypool_tests::load::{Load, error_chain};
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::Books;
-use steadypool_tests::{eventually, host, sockets};
+use steadypool_tests::{eventually, host};
 use tokio_postgres::types::Type;
 
-const TICK: Duration = Duration::from_millis(200);
-/// Generous room for timing on a loaded 2-core machine.
-const SLACK: Duration = Duration::from_secs(15);
 /// The `application_name` of the pool's sessions, to find them in `pg_stat_activity`.
 const APP: &str = "steadypool-faults";
 
@@ -31,16 +29,6 @@ fn manager(server: &PgServer) -> PgManager {
     let mut config = server.config();
     config.application_name(APP);
     PgManager::new(config).unwrap()
-}
-
-/// Enough attempts, time and budget to ride out a restart of the server: the budget's
-/// own job, shedding retries in a long outage, is tested elsewhere.
-fn ride_out_a_restart() -> RetryPolicy {
-    RetryPolicy::default()
-        .max_attempts(100)
-        .deadline(Duration::from_secs(30))
-        .backoff(Duration::from_millis(10), Duration::from_millis(250))
-        .budget(1.0, 1_000)
 }
 
 /// An idempotent query that echoes `n` after a short sleep, so that queries are in
@@ -89,17 +77,13 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let pool = Pool::builder(manager(&server))
-        .name("pg-crash-load")
-        .max_size(8)
-        .reaper_interval(TICK)
-        .learn_idle_limit(false)
+    let pool = faults::watched(manager(&server), "pg-crash-load", 8)
         .connect_timeout(Duration::from_secs(2))
         // The open circuit fails checkouts fast while the server is down, on
         // purpose; this test asks for no failure across a restart, so the circuit
         // stays closed here (the max_connections test below covers it).
         .circuit_open_after(u32::MAX)
-        .retry_policy(ride_out_a_restart())
+        .retry_policy(faults::ride_out_an_outage())
         .build()
         .unwrap();
     let load = {
@@ -123,14 +107,8 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
         "the load did not resume after the restart: {:?}",
         pool.status()
     );
-    let outcome = load.stop().await;
-    pool.stats().report("crash mid-load");
-    eprintln!(
-        "crash mid-load: {} queries succeeded, {} failed; {open_at_crash} connections open at the crash",
-        outcome.succeeded, outcome.failed
-    );
-
-    assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+    faults::stop_without_failures(load, &pool, "crash mid-load").await;
+    eprintln!("crash mid-load: {open_at_crash} connections open at the crash");
     assert!(
         refused_seen,
         "no connect was refused while the server was down"
@@ -153,18 +131,21 @@ async fn a_crash_mid_load_fails_no_idempotent_query() {
         "{lost} connections counted lost, {open_at_crash} were open: {:?}",
         pool.stats().reset_table()
     );
-    assert_eq!(
-        pool.stats().all_resets(),
-        lost + pool.stats().resets_with_cause(ResetCause::Refused) + noticed,
-        "only peer_closed, peer_reset and refused: {:?}",
-        pool.stats().reset_table()
+    faults::assert_resets_only(
+        &pool.stats(),
+        "crash mid-load",
+        &[
+            Allowed::any_phase(ResetCause::PeerClosed),
+            Allowed::any_phase(ResetCause::PeerReset),
+            Allowed::any_phase(ResetCause::Refused),
+            Allowed::in_phase(ResetCause::UnexpectedData, Phase::Checkout),
+            Allowed::in_phase(ResetCause::UnexpectedData, Phase::Idle),
+        ],
     );
     assert!(pool.stats().retries(RetryOutcome::Succeeded) >= 1);
     assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
     assert_eq!(pool.stats().retries(RetryOutcome::BudgetSpent), 0);
-    let status = pool.status();
-    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
+    faults::assert_settled(&pool, server.port()).await;
 }
 
 /// Terminates the backends of the pool's sessions in `state`; returns their pids.
@@ -202,12 +183,8 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
     const POOLED: usize = 8;
     const BUSY: usize = 3;
     const IDLE: usize = POOLED - BUSY;
-    let pool = Pool::builder(manager(&server))
-        .name("pg-terminate")
-        .max_size(POOLED)
-        .reaper_interval(TICK)
-        .learn_idle_limit(false)
-        .retry_policy(ride_out_a_restart())
+    let pool = faults::watched(manager(&server), "pg-terminate", POOLED)
+        .retry_policy(faults::ride_out_an_outage())
         .build()
         .unwrap();
     let mut warm = Vec::new();
@@ -325,7 +302,7 @@ async fn terminated_backends_busy_are_retried_and_idle_never_reach_the_applicati
         "{:?}",
         pool.stats().reset_table()
     );
-    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
+    faults::assert_settled(&pool, server.port()).await;
 }
 
 /// What the checkouts saw while the server's connection slots were taken.
@@ -344,11 +321,7 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
     let Some(server) = PgServer::builder().max_connections(MAX_CONNECTIONS).start() else {
         return;
     };
-    let pool = Pool::builder(manager(&server))
-        .name("pg-too-many")
-        .max_size(4)
-        .reaper_interval(TICK)
-        .learn_idle_limit(false)
+    let pool = faults::watched(manager(&server), "pg-too-many", 4)
         .connect_timeout(Duration::from_secs(2))
         .max_concurrent_connects(CONCURRENT_CONNECTS)
         .circuit_open_after(OPEN_AFTER)
@@ -468,5 +441,5 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
         "{:?}",
         pool.status()
     );
-    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
+    faults::assert_settled(&pool, server.port()).await;
 }

@@ -9,7 +9,8 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use steadypool::TcpState;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Classify, Disposition, Error, Manager, Phase, Pool, ResetCause};
+use steadypool::{Classify, Disposition, Manager, Phase, Pool, ResetCause};
+use steadypool_tests::faults;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::{eventually, sockets};
@@ -149,28 +150,10 @@ async fn a_killed_server_is_refused_while_down_and_recovered_after() {
     open_idle(&pool, 2).await;
 
     server.kill();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the dead server stayed in the pool"
-    );
-    assert_eq!(
-        pool.stats().resets_with_cause(ResetCause::PeerClosed)
-            + pool.stats().resets_with_cause(ResetCause::PeerReset),
-        2
-    );
+    faults::assert_emptied_by_the_peer(&pool, 2).await;
     assert!(no_sockets_left(server.port()).await);
 
-    let err = pool.get().await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Connect {
-                cause: ResetCause::Refused,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    faults::assert_refused(pool.get().await);
     assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();

@@ -12,14 +12,10 @@ use redis::AsyncConnectionConfig;
 use steadypool::drivers::redis::{RedisDriverError, RedisManager};
 use steadypool::metrics::RetryOutcome;
 use steadypool::{Phase, Pool, ResetCause, RetryPolicy, RunError, Stats};
+use steadypool_tests::faults::{self, Allowed, SLACK};
 use steadypool_tests::load::Load;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
-use steadypool_tests::sockets;
-
-const TICK: Duration = Duration::from_millis(200);
-/// Generous room for timing on a loaded 2-core machine.
-const SLACK: Duration = Duration::from_secs(15);
 
 fn pool_for(server: &RedisServer, name: &str, size: usize) -> Pool<RedisManager> {
     // A reply slower than redis's default 500 ms is no fault of the server's here,
@@ -27,11 +23,7 @@ fn pool_for(server: &RedisServer, name: &str, size: usize) -> Pool<RedisManager>
     let manager = RedisManager::new(server.url()).unwrap().connection_config(
         AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
     );
-    Pool::builder(manager)
-        .name(name)
-        .max_size(size)
-        .reaper_interval(TICK)
-        .learn_idle_limit(false)
+    faults::watched(manager, name, size)
         .retry_policy(
             RetryPolicy::default()
                 .max_attempts(10)
@@ -68,19 +60,11 @@ fn found_unused(stats: &Stats, cause: ResetCause) -> u64 {
     stats.resets(cause, Phase::Idle) + stats.resets(cause, Phase::Checkout)
 }
 
-/// Every reset is a close found before use, or a close or reset that struck a command
-/// in flight (the server killed a connection a command was on).
-fn assert_only_closes(stats: &Stats) {
-    let in_use = stats.resets(ResetCause::PeerClosed, Phase::InUse)
-        + stats.resets(ResetCause::PeerReset, Phase::InUse)
-        + stats.resets(ResetCause::BrokenPipe, Phase::InUse);
-    assert_eq!(
-        stats.all_resets(),
-        found_unused(stats, ResetCause::PeerClosed) + in_use,
-        "{:?}",
-        stats.reset_table()
-    );
-}
+/// A close found before any command.
+const FOUND_UNUSED: [Allowed; 2] = [
+    Allowed::in_phase(ResetCause::PeerClosed, Phase::Idle),
+    Allowed::in_phase(ResetCause::PeerClosed, Phase::Checkout),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_mid_load_reaches_no_command() {
@@ -115,14 +99,8 @@ async fn client_kill_mid_load_reaches_no_command() {
         killed += n as u64;
     }
     assert!(load.until_succeeded(100, SLACK).await, "the load stalled");
-    let outcome = load.stop().await;
-    pool.stats().report("CLIENT KILL mid-load");
-    eprintln!(
-        "CLIENT KILL mid-load: {killed} connections killed; {} commands succeeded, {} failed",
-        outcome.succeeded, outcome.failed
-    );
-
-    assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+    faults::stop_without_failures(load, &pool, "CLIENT KILL mid-load").await;
+    eprintln!("CLIENT KILL mid-load: {killed} connections killed");
     assert!(killed > 0);
     drop(admin);
     // A killed connection is found by the reaper, at checkout, or by the command on it.
@@ -131,12 +109,22 @@ async fn client_kill_mid_load_reaches_no_command() {
         "{killed} killed, counted {:?}",
         pool.stats().reset_table()
     );
-    assert_only_closes(&pool.stats());
+    // Every reset is a close found before use, or a close or reset that struck a
+    // command in flight (the server killed a connection a command was on).
+    faults::assert_resets_only(
+        &pool.stats(),
+        "CLIENT KILL mid-load",
+        &[
+            FOUND_UNUSED[0],
+            FOUND_UNUSED[1],
+            Allowed::in_phase(ResetCause::PeerClosed, Phase::InUse),
+            Allowed::in_phase(ResetCause::PeerReset, Phase::InUse),
+            Allowed::in_phase(ResetCause::BrokenPipe, Phase::InUse),
+        ],
+    );
     assert!(found_unused(&pool.stats(), ResetCause::PeerClosed) >= 1);
     assert_eq!(pool.stats().retries(RetryOutcome::GaveUp), 0);
-    let status = pool.status();
-    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
+    faults::assert_settled(&pool, server.port()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,31 +165,21 @@ async fn server_idle_timeout_under_load_with_gaps_reaches_no_command() {
     };
     let cycles = 3;
     tokio::time::sleep(Duration::from_millis((CYCLE_MS * cycles) as u64 + 500)).await;
-    let outcome = load.stop().await;
-    pool.stats().report("server idle timeout");
-    eprintln!(
-        "server idle timeout: {} commands succeeded, {} failed",
-        outcome.succeeded, outcome.failed
-    );
-
-    assert_eq!(outcome.failed, 0, "{:#?}", outcome.errors);
+    faults::stop_without_failures(load, &pool, "server idle timeout").await;
     assert!(
         found_unused(&pool.stats(), ResetCause::PeerClosed) >= cycles as u64,
         "the server's idle closes were not all seen: {:?}",
         pool.stats().reset_table()
     );
-    assert_eq!(
-        pool.stats().all_resets(),
-        found_unused(&pool.stats(), ResetCause::PeerClosed),
-        "only closes found idle or at checkout: {:?}",
-        pool.stats().reset_table()
+    faults::assert_resets_only(
+        &pool.stats(),
+        "only closes found idle or at checkout",
+        &FOUND_UNUSED,
     );
     assert_eq!(
         pool.stats().retries(RetryOutcome::Succeeded),
         0,
         "nothing to retry"
     );
-    let status = pool.status();
-    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
-    sockets::assert_close_wait_cleared(server.port(), TICK + SLACK).await;
+    faults::assert_settled(&pool, server.port()).await;
 }

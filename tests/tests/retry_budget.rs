@@ -7,7 +7,7 @@ use std::time::Duration;
 use steadypool::metrics::{RETRIES, RUNS};
 use steadypool::{GiveUp, Pool, RetryPolicy, RunError};
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer, ResetPoint};
-use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::ledger::ledger_pool_recorded;
 
 const REQUESTS: usize = 200;
 const RATIO: f64 = 0.2;
@@ -28,19 +28,10 @@ fn allowed_retries() -> usize {
 /// every attempt fails. Each attempt is one request line at the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_budget_when_every_request_is_reset() {
-    let server = LedgerServer::start(Faults {
-        reset_probability: 1.0,
-        reset_point: Some(ResetPoint::Before),
-        ..Faults::default()
+    let (server, pool, metrics) = ledger_pool_recorded(Faults::reset_at(ResetPoint::Before), |b| {
+        b.name("budget").retry_policy(policy())
     })
-    .await
-    .unwrap();
-    let (pool, metrics) = RecordedMetrics::build(
-        Pool::builder(LedgerManager::new(server.addr()))
-            .name("budget")
-            .retry_policy(policy()),
-    )
-    .unwrap();
+    .await;
 
     let mut budget_spent = 0;
     for id in 0..REQUESTS as u64 {

@@ -2,17 +2,15 @@
 //! connection is replaced at once, transient errors back off on the same connection,
 //! application errors come back untouched, and panics, cancellations and deadlines
 //! never leave a half-used connection in the pool. Each run counts once in
-//! `runs_total`, with what its caller got.
+//! `runs_total`, with what its caller got. The runs that give up (attempts, deadline,
+//! closed pool) are rows of the table in `run_outcomes.rs`.
 
 use std::time::Duration;
 
 use steadypool::metrics::{RetryOutcome, RunOutcome};
-use steadypool::{
-    AttemptError, BuildError, CircuitState, Error, GiveUp, Idempotency, PolicyError, Pool,
-    ResetCause, RetryPolicy, RunError,
-};
-use steadypool_tests::flaky::{self, Faults, LedgerError, LedgerManager, LedgerServer};
-use steadypool_tests::recorded::Books;
+use steadypool::{AttemptError, GiveUp, ResetCause, RetryPolicy, RunError};
+use steadypool_tests::flaky::{self, Faults, LedgerError};
+use steadypool_tests::ledger::{self, Counted, ledger_pool};
 
 fn policy() -> RetryPolicy {
     RetryPolicy::default()
@@ -27,24 +25,18 @@ fn policy() -> RetryPolicy {
 /// `GiveUp::Deadline`: success proves the retry did not sleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced_without_sleeping() {
-    let server = LedgerServer::start(Faults {
-        requests_per_connection: Some(1),
-        ..Faults::default()
+    let (server, pool) = ledger_pool(Faults::requests_per_connection(1), |b| {
+        b.max_size(1)
+            .check_after(Duration::from_secs(3600))
+            .connect_timeout(Duration::from_secs(1))
+            .retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(3)
+                    .deadline(Duration::from_secs(5))
+                    .backoff(Duration::from_secs(60), Duration::from_secs(120)),
+            )
     })
-    .await
-    .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(1)
-        .check_after(Duration::from_secs(3600))
-        .connect_timeout(Duration::from_secs(1))
-        .retry_policy(
-            RetryPolicy::default()
-                .max_attempts(3)
-                .deadline(Duration::from_secs(5))
-                .backoff(Duration::from_secs(60), Duration::from_secs(120)),
-        )
-        .build()
-        .unwrap();
+    .await;
 
     let first = pool
         .run_idempotent(async |conn| flaky::run(conn, 1).await)
@@ -63,10 +55,14 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
     assert_eq!(second.unwrap(), 1, "ran once, on a fresh connection");
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.resets(), 1);
-    assert_eq!(pool.stats().retries(RetryOutcome::Succeeded), 1);
-    assert_eq!(pool.stats().all_retries(), 1);
-    assert_eq!(pool.stats().runs(RunOutcome::Ok), 2);
-    assert_eq!(pool.stats().all_runs(), 2);
+    ledger::assert_counted(
+        &pool.stats(),
+        "a stale connection replaced",
+        &Counted {
+            runs: &[(RunOutcome::Ok, 2)],
+            retries: &[(None, RetryOutcome::Succeeded, 1)],
+        },
+    );
 }
 
 /// The same stale connection under a non-idempotent operation: the request may have
@@ -74,18 +70,12 @@ async fn stale_pooled_connection_is_replaced_without_sleeping() {
 /// effect, and names the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
-    let server = LedgerServer::start(Faults {
-        requests_per_connection: Some(1),
-        ..Faults::default()
+    let (server, pool) = ledger_pool(Faults::requests_per_connection(1), |b| {
+        b.max_size(1)
+            .check_after(Duration::from_secs(3600))
+            .retry_policy(policy())
     })
-    .await
-    .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(1)
-        .check_after(Duration::from_secs(3600))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    .await;
     pool.run(async |conn| flaky::run(conn, 1).await)
         .await
         .unwrap();
@@ -113,28 +103,19 @@ async fn stale_connection_under_a_non_idempotent_operation_is_not_replayed() {
     assert!(err.to_string().contains("may have taken effect"), "{err}");
     assert_eq!(server.runs(2), 0);
     assert_eq!(server.requests(), 2, "no second attempt reached the server");
-    assert_eq!(
-        pool.stats().retries_by_cause(*cause, RetryOutcome::NotSafe),
-        1
+    ledger::assert_counted(
+        &pool.stats(),
+        "a stale connection under a non-idempotent run",
+        &Counted {
+            runs: &[(RunOutcome::MaybeExecuted, 1), (RunOutcome::Ok, 1)],
+            retries: &[(Some(*cause), RetryOutcome::NotSafe, 1)],
+        },
     );
-    assert_eq!(pool.stats().all_retries(), 1);
-    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(pool.stats().runs(RunOutcome::Ok), 1);
-    assert_eq!(pool.stats().all_runs(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_back_off_and_keep_the_connection() {
-    let server = LedgerServer::start(Faults {
-        busy_first: 2,
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (server, pool) = ledger_pool(Faults::busy_first(2), |b| b.retry_policy(policy())).await;
     // Not idempotent, yet retried: BUSY means the server did not run it.
     let runs = pool
         .run(async |conn| flaky::run(conn, 7).await)
@@ -146,54 +127,8 @@ async fn transient_errors_back_off_and_keep_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_errors_stop_at_max_attempts() {
-    let server = LedgerServer::start(Faults {
-        busy_first: 100,
-        ..Faults::default()
-    })
-    .await
-    .unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy().max_attempts(3))
-        .build()
-        .unwrap();
-    let err = pool
-        .run_idempotent(async |conn| flaky::run(conn, 7).await)
-        .await
-        .unwrap_err();
-    // BUSY each time: the server ran none of them.
-    assert!(
-        matches!(
-            err,
-            RunError::NotExecuted {
-                reason: GiveUp::Attempts,
-                attempts: 3,
-                cause: None,
-                source: Some(AttemptError::Operation(LedgerError::Busy)),
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(!err.may_have_executed());
-    assert_eq!(server.busy_sent(), 3);
-    assert_eq!(server.runs(7), 0);
-    assert_eq!(
-        pool.stats()
-            .retries_by_cause(ResetCause::Other, RetryOutcome::GaveUp),
-        1
-    );
-    assert_eq!(pool.stats().all_retries(), 1);
-    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(pool.stats().all_runs(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_errors_come_back_at_once_and_the_connection_stays() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (server, pool) = ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let err = pool
         .run_idempotent(async |conn| flaky::fail(conn, 3).await)
         .await
@@ -211,9 +146,11 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
     assert_eq!(server.requests(), 1);
     let status = pool.status();
     assert_eq!((status.idle, status.in_use), (1, 0));
-    assert_eq!(pool.stats().runs(RunOutcome::OperationError), 1);
-    assert_eq!(pool.stats().all_runs(), 1);
-    assert_eq!(pool.stats().all_retries(), 0);
+    ledger::assert_counted(
+        &pool.stats(),
+        "an application error",
+        &Counted::runs(&[(RunOutcome::OperationError, 1)]),
+    );
 }
 
 /// A panicking operation: the panic reaches the caller (here through the spawned
@@ -221,12 +158,8 @@ async fn application_errors_come_back_at_once_and_the_connection_stays() {
 /// goes on working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consistent() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(2)
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (server, pool) =
+        ledger_pool(Faults::default(), |b| b.max_size(2).retry_policy(policy())).await;
     let panicking = pool.clone();
     let joined = tokio::spawn(async move {
         panicking
@@ -259,11 +192,7 @@ async fn a_panicking_operation_discards_its_connection_and_the_pool_stays_consis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .retry_policy(policy())
-        .build()
-        .unwrap();
+    let (_server, pool) = ledger_pool(Faults::default(), |b| b.retry_policy(policy())).await;
     let run = pool.run(async |conn| flaky::hang(conn, 1).await);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), run)
@@ -273,140 +202,5 @@ async fn a_run_dropped_half_way_discards_its_connection_and_counts_nothing() {
     let status = pool.status();
     assert_eq!((status.size, status.in_use), (0, 0), "{status:?}");
     // Its caller got no outcome, so there is none to count.
-    assert_eq!(pool.stats().all_runs(), 0);
-    assert_eq!(pool.stats().all_retries(), 0);
-}
-
-/// The deadline bounds the operation too: one that hangs is cut off, its connection
-/// discarded, and reported as `GiveUp::Deadline`. Its request was sent: it may have
-/// taken effect, idempotent or not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_deadline_cuts_off_a_hanging_operation() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .connect_timeout(Duration::from_millis(300))
-        .retry_policy(policy().deadline(Duration::from_secs(1)))
-        .build()
-        .unwrap();
-    let err = pool
-        .run_with(Idempotency::Idempotent, async |conn| {
-            flaky::hang(conn, 1).await
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::MaybeExecuted {
-                reason: GiveUp::Deadline,
-                attempts: 1,
-                cause: None,
-                source: None,
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(pool.status().size, 0);
-    assert_eq!(pool.stats().runs(RunOutcome::MaybeExecuted), 1);
-    assert_eq!(
-        pool.stats().all_retries(),
-        0,
-        "no failure was weighed for a retry"
-    );
-}
-
-/// A closed pool is not retried, and nothing was sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_pool_fails_at_once() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .build()
-        .unwrap();
-    pool.close();
-    let err = pool
-        .run_idempotent(async |conn| flaky::run(conn, 1).await)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::NotExecuted {
-                reason: GiveUp::NoConnection,
-                attempts: 1,
-                cause: None,
-                source: Some(AttemptError::Checkout(Error::Closed)),
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("did not reach the server"),
-        "{err}"
-    );
-    assert_eq!(pool.status().circuit, CircuitState::Closed);
-    assert_eq!(server.requests(), 0);
-    assert_eq!(pool.stats().runs(RunOutcome::NotExecuted), 1);
-    assert_eq!(pool.stats().all_retries(), 0);
-}
-
-#[tokio::test]
-async fn bad_policies_and_gate_settings_are_refused_with_clear_errors() {
-    let build = |policy: RetryPolicy| {
-        Pool::builder(LedgerManager::new("127.0.0.1:9".parse().unwrap()))
-            .retry_policy(policy)
-            .build()
-            .map(drop)
-    };
-    let err = build(RetryPolicy::default().max_attempts(0)).unwrap_err();
-    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroAttempts));
-    assert!(err.to_string().contains("max_attempts"), "{err}");
-
-    let err = build(RetryPolicy::default().budget(0.0, 0)).unwrap_err();
-    assert_eq!(err, BuildError::RetryPolicy(PolicyError::ZeroBudget));
-    assert!(err.to_string().contains("max_attempts(1)"), "{err}");
-
-    let err = build(RetryPolicy::default().budget(-1.0, 10)).unwrap_err();
-    assert!(err.to_string().contains("budget ratio"), "{err}");
-
-    let err = build(RetryPolicy::default().deadline(Duration::from_secs(2))).unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::RetryPolicy(PolicyError::DeadlineBelowConnectTimeout {
-            deadline: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
-        })
-    );
-    assert!(err.to_string().contains("connect_timeout"), "{err}");
-
-    let manager = || LedgerManager::new("127.0.0.1:9".parse().unwrap());
-    let err = Pool::builder(manager())
-        .max_concurrent_connects(0)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroLimit {
-            knob: "max_concurrent_connects"
-        }
-    );
-    let err = Pool::builder(manager())
-        .circuit_open_after(0)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroLimit {
-            knob: "circuit_open_after"
-        }
-    );
-    let err = Pool::builder(manager())
-        .circuit_open_for(Duration::ZERO)
-        .build()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        BuildError::ZeroDuration {
-            knob: "circuit_open_for"
-        }
-    );
+    ledger::assert_counted(&pool.stats(), "a dropped run", &Counted::default());
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Error, Manager, Phase, Pool, ResetCause};
+use steadypool::{Manager, Phase, Pool, ResetCause};
 use steadypool_tests::eventually;
+use steadypool_tests::faults;
 use steadypool_tests::postgres::PgServer;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
@@ -32,17 +33,6 @@ async fn open_idle<M: Manager>(pool: &Pool<M>, n: usize) {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(pool.get().await.unwrap());
-    }
-}
-
-fn assert_refused<E: std::error::Error>(result: Result<impl Sized, Error<E>>) {
-    match result {
-        Err(Error::Connect {
-            cause: ResetCause::Refused,
-            ..
-        }) => {}
-        Err(other) => panic!("expected a refused connect, got {other}"),
-        Ok(_) => panic!("expected a refused connect, got a connection"),
     }
 }
 
@@ -91,23 +81,12 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
 
     // A crash: the kernel closes every connection at once, the socket file stays.
     server.kill();
-    assert!(
-        eventually(SLACK, || pool.status().size == 0).await,
-        "connections to the dead server stayed in the pool: {:?}",
-        pool.status()
-    );
-    assert_eq!(
-        pool.stats().resets_with_cause(ResetCause::PeerClosed)
-            + pool.stats().resets_with_cause(ResetCause::PeerReset),
-        2,
-        "{:?}",
-        pool.stats().reset_table()
-    );
+    faults::assert_emptied_by_the_peer(&pool, 2).await;
     assert!(
         socket.exists(),
         "a killed redis-server leaves its socket file"
     );
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
 
     server.restart();
     redis_ping(&pool).await;
@@ -123,7 +102,7 @@ async fn redis_over_a_unix_socket_survives_a_crash_and_a_clean_stop() {
         "{:?}",
         pool.status()
     );
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
     assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 2);
 
     server.restart();
@@ -175,7 +154,7 @@ async fn postgres_over_a_unix_socket_survives_a_stop_and_a_restart() {
     );
     assert_eq!(pool.stats().all_resets(), 2);
     assert!(!socket.exists(), "PostgreSQL removes its socket file");
-    assert_refused(pool.get().await);
+    faults::assert_refused(pool.get().await);
     assert!(pool.stats().resets(ResetCause::Refused, Phase::Connect) >= 1);
 
     server.restart();

@@ -309,11 +309,7 @@ async fn dead_peer_child(cap: Duration) -> Result<Vec<Record>, BenchError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match steadypool_benches::runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("bench-all: could not start a tokio runtime: {err}");
