@@ -532,6 +532,7 @@ impl Manager for HttpManager {
 mod tests {
     use super::*;
     use crate::cause::Classify;
+    use crate::drivers::http::HttpClient;
 
     #[test]
     fn keep_alive_timeout_is_read_from_the_header_parameters() {
