@@ -83,8 +83,7 @@ impl Manager for LineManager {
     }
 }
 
-/// When the upstream crashes: with the first request it gets after `at`, so that the
-/// other requests of that burst are in flight when it dies.
+/// When the upstream crashes: at its first request after `at`, with the burst in flight.
 struct Crash {
     at: Instant,
     fired: AtomicBool,
@@ -211,9 +210,6 @@ async fn main() -> anyhow::Result<()> {
     // Installed before the pool is built: the pool binds its metric handles then.
     PrometheusBuilder::new()
         .with_http_listener(args.listen)
-        .set_buckets(&[
-            0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
-        ])?
         .install()
         .context("starting the Prometheus endpoint")?;
     println!(
@@ -236,9 +232,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = Pool::builder(LineManager(upstream_addr.into()))
         .name("upstream")
         .max_size(8)
-        // Scaled down with the upstream's idle limit (2 s instead of the usual minute),
-        // so that the reaper finds its closes about as promptly as it would in
-        // production.
+        // Scaled down with the upstream's idle limit (2 s, not the usual minute), so
+        // that the reaper finds its closes as promptly as it would in production.
         .reaper_interval(Duration::from_millis(250))
         .build()?;
     let workload = tokio::spawn(client(pool.clone()));
@@ -260,6 +255,5 @@ async fn main() -> anyhow::Result<()> {
         "learned idle limit: above {:?}, at most {:?}; idle connections now close after {:?} (the upstream's limit: {UPSTREAM_IDLE_LIMIT:?})",
         limit.lower, limit.upper, limit.evict_after
     );
-    println!("pool: {:?}", pool.status());
     Ok(())
 }

@@ -380,7 +380,7 @@ pub enum GiveUp {
     /// [`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted).
     NotIdempotent,
     /// No connection could be had: the pool is closed, stayed exhausted past
-    /// `wait_timeout`, or its [connect circuit](crate::breaker) is open. Not retried.
+    /// `wait_timeout`, or its [connect circuit](crate::CircuitState) is open. Not retried.
     NoConnection,
 }
 

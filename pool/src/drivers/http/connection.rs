@@ -27,7 +27,7 @@ const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 const DEFAULT_KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Opens HTTP/1.1 connections to one origin on the pool's sockets. See the
-/// [module docs](self).
+/// [module docs](crate::drivers::http).
 #[derive(Debug, Clone)]
 pub struct HttpManager {
     origin: String,
@@ -129,7 +129,7 @@ impl HttpManager {
     /// How long before the server's announced Keep-Alive timeout a connection is
     /// closed; at most a quarter of the timeout is used. Default 1 s. Prevents the
     /// keep-alive race: the server closing a connection as a request goes out on
-    /// it (see the [module docs](self#keep-alive-the-limit-the-server-announces)).
+    /// it (see the [module docs](crate::drivers::http#keep-alive-the-limit-the-server-announces)).
     ///
     /// ```
     /// use std::time::Duration;
