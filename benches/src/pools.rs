@@ -378,9 +378,10 @@ pub trait AsyncEchoPool: Clone + Send + Sync + 'static {
     }
 
     /// One checkout, returned at once: the operation the checkout scenario times.
-    fn get_and_drop(&self) -> impl Future<Output = Result<(), String>> + Send {
-        async move { self.checkout().await.map(drop) }
-    }
+    /// Each pool calls its own `get` here, with nothing around it: a call through
+    /// `checkout` adds a layer of future to every measured checkout (about 14
+    /// instructions under callgrind, for every pool alike).
+    fn get_and_drop(&self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 impl<P: AsyncEchoPool> EchoPool for P {
@@ -431,6 +432,10 @@ impl AsyncEchoPool for steadypool::Pool<SteadyEcho> {
         self.get().await.map_err(|e| e.to_string())
     }
 
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
         let mut conn = self.checkout().await?;
         let result = wire::echo(&mut *conn, id).await;
@@ -460,6 +465,10 @@ impl AsyncEchoPool for deadpool::managed::Pool<DeadpoolEcho> {
         self.get().await.map_err(|e| e.to_string())
     }
 
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
         let mut conn = self.checkout().await?;
         let result = wire::echo(&mut *conn, id).await;
@@ -482,6 +491,10 @@ impl AsyncEchoPool for bb8::Pool<Bb8Echo> {
         self.get().await.map_err(|e| e.to_string())
     }
 
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
+    }
+
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
         self.checkout().await?.echo(id).await
     }
@@ -497,6 +510,10 @@ impl AsyncEchoPool for mobc::Pool<MobcEcho> {
 
     async fn checkout(&self) -> Result<Self::Conn<'_>, String> {
         self.get().await.map_err(|e| e.to_string())
+    }
+
+    async fn get_and_drop(&self) -> Result<(), String> {
+        self.get().await.map(drop).map_err(|e| e.to_string())
     }
 
     async fn request_on_checkout(&self, id: u64) -> Result<(), String> {
