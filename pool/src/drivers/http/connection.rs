@@ -36,7 +36,7 @@ const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 const DEFAULT_KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Opens HTTP/1.1 connections to one origin on the pool's sockets. See the
-/// [module docs](self).
+/// [module docs](super).
 #[derive(Debug, Clone)]
 pub struct HttpManager {
     origin: String,
@@ -217,7 +217,7 @@ impl HttpManager {
     /// How long before the server's announced Keep-Alive timeout a connection is
     /// closed; at most a quarter of the timeout is used. Default 1 s. Prevents the
     /// keep-alive race: the server closing a connection as a request goes out on
-    /// it (see the [module docs](self#keep-alive-the-limit-the-server-announces)).
+    /// it (see the [module docs](super#keep-alive-the-limit-the-server-announces)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -703,6 +703,21 @@ mod tests {
             v6.addr
         );
         assert_eq!(v6.host, "[::1]:8080");
+    }
+
+    #[test]
+    fn https_without_a_tls_config_is_refused_with_the_way_to_it() {
+        let way = if cfg!(feature = "tls") {
+            "needs a rustls ClientConfig: use HttpManager::with_tls"
+        } else {
+            "needs steadypool's `tls` feature"
+        };
+        match HttpManager::new("https://example.com") {
+            Err(err @ HttpError::Origin { .. }) => {
+                assert!(err.to_string().contains(way), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! closes such connections first, and retries the requests it may safely retry when
 //! the race is lost anyway.
 //!
-//! * **Sockets**: the pool opens each one through its [`Dialer`] (keepalive,
+//! * **Sockets**: the pool opens each one through its [`Dialer`](crate::Dialer) (keepalive,
 //!   `TCP_USER_TIMEOUT`, nodelay, connect timeout), and hyper's
 //!   [`client::conn::http1`](hyper::client::conn::http1) speaks HTTP/1.1 on it; the
 //!   connection task is spawned. The pool keeps a duplicate of the descriptor to
@@ -45,7 +45,7 @@
 //! connection remembers the last `timeout` it was told and when its last response
 //! ended; once it has sat idle for that long minus a margin
 //! ([`HttpManager::keep_alive_margin`], 1 s by default, at most a quarter of the
-//! timeout), [`Manager::broken`] reports it and the pool closes it, at checkout or
+//! timeout), [`Manager::broken`](crate::Manager::broken) reports it and the pool closes it, at checkout or
 //! in the reaper's next pass, before the server does. It is counted as a
 //! `peer_closed` reset whose detail names the header, and, as any close found on an
 //! idle connection, it teaches the pool's idle-limit learner an upper bound, so
@@ -68,7 +68,7 @@
 //! | any request with an `Idempotency-Key` header | always | the same |
 //! | `POST`, `PATCH` and other methods | only when the request provably never left | [`Pool::run`](crate::Pool::run) |
 //!
-//! | what happened | [`Disposition`] |
+//! | what happened | [`Disposition`](crate::Disposition) |
 //! |---|---|
 //! | the connection closed or was reset before the request was written | broken, `peer_closed` / `peer_reset`, not sent |
 //! | `IncompleteMessage`: the connection closed after the request went out, before any response byte (on a reused connection, the keep-alive race) | broken, `peer_closed` / `peer_reset` (from the socket's error), may have been sent |
