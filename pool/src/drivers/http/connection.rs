@@ -720,6 +720,43 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_connections_offer_only_http_1_1_and_name_the_host() {
+        use crate::drivers::tls::rustls;
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let manager =
+            HttpManager::with_tls("https://API.example.com", std::sync::Arc::new(config)).unwrap();
+        let https = manager.tls.as_ref().unwrap();
+        assert_eq!(https.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            https.server_name,
+            rustls::pki_types::ServerName::try_from("API.example.com").unwrap()
+        );
+        assert!(
+            matches!(manager.addr, Address::Host(ref host) if host == "API.example.com:443"),
+            "{:?}",
+            manager.addr
+        );
+        let (mut parts, ()) = Request::get("https://api.example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        manager.prepare(&mut parts).unwrap();
+        assert_eq!(parts.uri, "/x");
+        let (mut parts, ()) = Request::get("http://api.example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(matches!(
+            manager.prepare(&mut parts),
+            Err(HttpError::Request(_))
+        ));
+    }
+
     #[test]
     fn requests_are_put_in_origin_form_with_a_host_and_other_origins_refused() {
         let manager = HttpManager::new("http://api.local:8080").unwrap();
@@ -764,6 +801,25 @@ mod tests {
             HttpError::Unavailable(Box::new(unavailable)).classify(),
             Disposition::Transient
         );
+        #[cfg(feature = "tls")]
+        for (kind, cause) in [
+            (std::io::ErrorKind::InvalidData, ResetCause::Other),
+            (std::io::ErrorKind::ConnectionReset, ResetCause::PeerReset),
+            (std::io::ErrorKind::UnexpectedEof, ResetCause::PeerClosed),
+        ] {
+            let handshake = HttpError::Tls {
+                origin: "https://api.local".into(),
+                source: std::io::Error::new(kind, "handshake"),
+            };
+            assert_eq!(
+                handshake.classify(),
+                Disposition::Broken {
+                    cause,
+                    sent: Sent::No
+                },
+                "{kind:?}"
+            );
+        }
     }
 
     /// A server that answers the first request on each connection and closes
