@@ -1,7 +1,9 @@
 //! Real HTTP servers for one test: a Node.js `http.createServer` (the script is
-//! written by the fixture) and HAProxy in front of it, each on a free loopback port,
-//! killed and removed when dropped (also when the test panics). Without `node` or
-//! `haproxy` installed, `start` skips the test (see [`host::skip`]).
+//! written by the fixture), or `https.createServer` with a certificate of a
+//! [`TestCa`] ([`NodeServer::start_https`]), and HAProxy in front of it, each on a
+//! free loopback port, killed and removed when dropped (also when the test panics).
+//! Without `node` or `haproxy` installed, `start` skips the test (see
+//! [`host::skip`]).
 //!
 //! The Node.js server answers:
 //!
@@ -14,7 +16,11 @@
 //! | `GET /slow?ms=N` | 200 after N ms |
 //! | `GET /status?code=N` | status N |
 //! | `GET /flaky?fail=N` | 503 to the first N requests with the same `x-request-id`, then 200 |
-//! | `GET /stats` | JSON: `{"connections": n, "requests": {"id": count, ...}}` |
+//! | `GET /end-idle` | ends every other connection: `end()`, which over TLS is a close_notify, then FIN |
+//! | `GET /stats` | JSON: `{"connections": n, "handshakes": n, "requests": {"id": count, ...}}` |
+//!
+//! An https server answers `/stats` on a plain HTTP port of its own, so that the
+//! fixture's questions cost no TLS handshake.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
@@ -37,6 +43,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::host;
+use crate::tls::TestCa;
 
 /// How long a server may take to start listening.
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -44,21 +51,29 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: usize = 3;
 
 /// The Node.js server's script; the port and the keep-alive timeout (ms, or
-/// `default`) are its arguments.
+/// `default`) are its arguments, then, for https, the directory of `server.pem` and
+/// `server.key` and the plain port of `/stats`.
 const NODE_SCRIPT: &str = r#"
 const http = require('http');
-const [port, keepAlive] = process.argv.slice(2);
+const https = require('https');
+const fs = require('fs');
+const [port, keepAlive, tlsDir, statsPort] = process.argv.slice(2);
 const requests = {};
 let connections = 0;
-const server = http.createServer((req, res) => {
+let handshakes = 0;
+const open = new Set();
+const handler = (req, res) => {
   const id = req.headers['x-request-id'];
   if (id !== undefined) requests[id] = (requests[id] || 0) + 1;
   const url = new URL(req.url, 'http://localhost');
   req.resume();
   req.on('end', () => {
-    if (url.pathname === '/stats') {
+    if (url.pathname === '/end-idle') {
+      for (const socket of open) if (socket !== req.socket) socket.end();
+      res.end('ended');
+    } else if (url.pathname === '/stats') {
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ connections, requests }));
+      res.end(JSON.stringify({ connections, handshakes, requests }));
     } else if (url.pathname === '/orders' && req.method === 'POST') {
       res.statusCode = 201;
       res.end('created');
@@ -78,8 +93,26 @@ const server = http.createServer((req, res) => {
       res.end('ok');
     }
   });
-});
+};
+let server;
+if (tlsDir !== undefined) {
+  const options = {
+    cert: fs.readFileSync(tlsDir + '/server.pem'),
+    key: fs.readFileSync(tlsDir + '/server.key'),
+  };
+  server = https.createServer(options, handler);
+  server.on('secureConnection', () => { handshakes += 1; });
+  http.createServer(handler).listen(Number(statsPort), '127.0.0.1');
+} else {
+  server = http.createServer(handler);
+}
 server.on('connection', () => { connections += 1; });
+// The sockets the application reads: TLS sockets for https, so that `end()` sends
+// a close_notify before the FIN.
+server.on(tlsDir !== undefined ? 'secureConnection' : 'connection', (socket) => {
+  open.add(socket);
+  socket.on('close', () => open.delete(socket));
+});
 if (keepAlive !== 'default') server.keepAliveTimeout = Number(keepAlive);
 server.listen(Number(port), '127.0.0.1');
 "#;
@@ -142,6 +175,8 @@ pub struct NodeServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// The plain port of `/stats` of an https server.
+    stats_port: Option<u16>,
     keep_alive: Option<Duration>,
     process: Process,
 }
@@ -154,6 +189,19 @@ impl NodeServer {
     /// # Panics
     /// Under CI instead of skipping, and whenever an installed Node fails to start.
     pub fn start(keep_alive: Option<Duration>) -> Option<NodeServer> {
+        NodeServer::launch(keep_alive, None)
+    }
+
+    /// Starts an `https.createServer` with the certificate `ca` signed for
+    /// `localhost` and `127.0.0.1`, as [`NodeServer::start`] does otherwise.
+    ///
+    /// # Panics
+    /// As [`NodeServer::start`], and when the certificate cannot be written.
+    pub fn start_https(keep_alive: Option<Duration>, ca: &TestCa) -> Option<NodeServer> {
+        NodeServer::launch(keep_alive, Some(ca))
+    }
+
+    fn launch(keep_alive: Option<Duration>, tls: Option<&TestCa>) -> Option<NodeServer> {
         let Some(bin) = host::program("node").or_else(|| host::program("nodejs")) else {
             host::skip("node not found: install package nodejs");
             return None;
@@ -162,10 +210,16 @@ impl NodeServer {
         if let Err(e) = fs::write(dir.join("server.js"), NODE_SCRIPT) {
             panic!("cannot write the server script: {e}");
         }
+        if let Some(ca) = tls
+            && let Err(e) = ca.write_files(&dir)
+        {
+            panic!("cannot write the certificate: {e}");
+        }
         let mut server = NodeServer {
             bin,
             dir,
             port: 0,
+            stats_port: None,
             keep_alive,
             process: Process {
                 child: Mutex::new(None),
@@ -174,6 +228,10 @@ impl NodeServer {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = host::free_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+            if tls.is_some() {
+                server.stats_port =
+                    Some(host::free_port().unwrap_or_else(|e| panic!("no free port: {e}")));
+            }
             match server.spawn() {
                 Ok(()) => return Some(server),
                 Err(log) => last = log,
@@ -191,6 +249,9 @@ impl NodeServer {
             .arg(self.dir.join("server.js"))
             .arg(self.port.to_string())
             .arg(keep_alive);
+        if let Some(stats_port) = self.stats_port {
+            command.arg(&self.dir).arg(stats_port.to_string());
+        }
         let child = spawn_listening(command, self.port)?;
         *self
             .process
@@ -205,9 +266,14 @@ impl NodeServer {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT`.
     pub fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.stats_port.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's address.
@@ -232,13 +298,31 @@ impl NodeServer {
         }
     }
 
+    /// Ends every client connection as a server's idle timeout does (`end()`:
+    /// over TLS a close_notify, then FIN). Asked on a connection of its own.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub fn end_idle(&self) {
+        let answer = get(self.stats_addr(), "/end-idle");
+        assert_eq!(answer, "ended", "/end-idle");
+    }
+
+    /// Where the fixture asks its questions: the server's port, or an https
+    /// server's plain stats port.
+    fn stats_addr(&self) -> SocketAddr {
+        self.stats_port.map_or(self.addr(), |port| {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        })
+    }
+
     /// What the server counted: connections accepted, and requests per
     /// `x-request-id`. Asked on a connection of its own.
     ///
     /// # Panics
     /// When the server does not answer.
     pub fn stats(&self) -> NodeStats {
-        let body = get(self.addr(), "/stats");
+        let body = get(self.stats_addr(), "/stats");
         let json: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("stats are not JSON ({e}): {body}"));
         let requests = json["requests"]
@@ -249,10 +333,15 @@ impl NodeServer {
                     .collect()
             })
             .unwrap_or_default();
+        // Less the fixture's own: the check that the server listens, and this
+        // request unless it went to the plain stats port.
+        let own = if self.stats_port.is_some() { 1 } else { 2 };
         NodeStats {
-            // Less the fixture's own: the check that the server listens, and this
-            // request.
-            connections: json["connections"].as_u64().unwrap_or(0).saturating_sub(2),
+            connections: json["connections"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(own),
+            handshakes: json["handshakes"].as_u64().unwrap_or(0),
             requests,
         }
     }
@@ -270,6 +359,8 @@ impl Drop for NodeServer {
 pub struct NodeStats {
     /// Connections accepted from clients other than the fixture itself.
     pub connections: u64,
+    /// TLS handshakes completed (an https server's; 0 for http).
+    pub handshakes: u64,
     /// Requests received, per `x-request-id`.
     pub requests: HashMap<String, u64>,
 }

@@ -16,11 +16,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::fmt;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-const DEFAULT_PORT: u16 = 80;
+const HTTP_PORT: u16 = 80;
+const HTTPS_PORT: u16 = 443;
+/// Why [`HttpManager::new`] refuses an `https://` origin.
+#[cfg(feature = "tls")]
+const HTTPS_REFUSED: &str = "https:// needs a rustls ClientConfig: use HttpManager::with_tls";
+#[cfg(not(feature = "tls"))]
+const HTTPS_REFUSED: &str = "https:// needs steadypool's `tls` feature (rustls): enable it and use HttpManager::with_tls, or terminate TLS in front of the service";
 /// The default of [`HttpManager::max_response_body`].
 const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 /// The default of [`HttpManager::keep_alive_margin`].
@@ -31,12 +40,23 @@ const DEFAULT_KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct HttpManager {
     origin: String,
+    scheme: Scheme,
     authority: Authority,
     addr: Address,
     host: HeaderValue,
     health_path: Option<PathAndQuery>,
     keep_alive_margin: Duration,
     max_body: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Https>,
+}
+
+/// What an `https://` origin's connections are verified with.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+struct Https {
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
 }
 
 impl HttpManager {
@@ -54,8 +74,72 @@ impl HttpManager {
     ///
     /// # Errors
     /// [`HttpError::Origin`] when `origin` is not an `http://` URI with a host, or
-    /// has a path or query.
+    /// has a path or query. An `https://` origin is refused with the way to it:
+    /// [`HttpManager::with_tls`] (feature `tls`).
     pub fn new(origin: &str) -> Result<HttpManager, HttpError> {
+        HttpManager::parse(origin, Scheme::HTTP)
+    }
+
+    /// A manager for an `https://host[:port]` origin (features `http` and `tls`):
+    /// HTTP/1.1 over rustls, the server's certificate verified as `config` says for
+    /// the origin's host (a DNS name or an IP address). The connections offer only
+    /// `http/1.1` by ALPN, whatever `config` lists, so that a server able to speak
+    /// HTTP/2 does not pick it.
+    ///
+    /// hyper's connection task reads the TLS records a server sends to an idle
+    /// connection (TLS 1.3 session tickets, a KeyUpdate) as they come, so they never
+    /// cost a connection; a close_notify ends the task, and the pool counts it as
+    /// `peer_closed`, as a FIN over plain TCP. The Keep-Alive timeout the server
+    /// announces and the learned idle limit work as over `http://`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use steadypool::drivers::http::{HttpError, HttpManager};
+    /// use steadypool::drivers::tls::rustls;
+    ///
+    /// let config = rustls::ClientConfig::builder()
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let manager = HttpManager::with_tls("https://api.internal", Arc::new(config.clone()))?;
+    /// assert_eq!(manager.origin(), "https://api.internal");
+    /// assert!(matches!(
+    ///     HttpManager::with_tls("http://api.internal", Arc::new(config)),
+    ///     Err(HttpError::Origin { .. })
+    /// ));
+    /// # Ok::<(), HttpError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`HttpError::Origin`] when `origin` is not an `https://` URI with a host, or
+    /// has a path or query.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        origin: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<HttpManager, HttpError> {
+        let mut manager = HttpManager::parse(origin, Scheme::HTTPS)?;
+        let host = manager.authority.host();
+        // An IPv6 host keeps its brackets in the authority; a server name has none.
+        let name = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let server_name =
+            crate::drivers::tls::parse_server_name(name).map_err(|e| HttpError::Origin {
+                origin: origin.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut config = Arc::unwrap_or_clone(config);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        manager.tls = Some(Https {
+            config: Arc::new(config),
+            server_name,
+        });
+        Ok(manager)
+    }
+
+    /// Checks `origin` for a manager of `expected` scheme.
+    fn parse(origin: &str, expected: Scheme) -> Result<HttpManager, HttpError> {
         let refuse = |reason: &str| HttpError::Origin {
             origin: origin.to_owned(),
             reason: reason.to_owned(),
@@ -64,13 +148,14 @@ impl HttpManager {
             .parse()
             .map_err(|e| refuse(&format!("not a URI ({e})")))?;
         match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTP => {}
-            Some(scheme) if *scheme == Scheme::HTTPS => {
+            Some(scheme) if *scheme == expected => {}
+            Some(scheme) if *scheme == Scheme::HTTPS => return Err(refuse(HTTPS_REFUSED)),
+            Some(scheme) if *scheme == Scheme::HTTP => {
                 return Err(refuse(
-                    "https:// is not supported by this driver yet; use http://, or terminate TLS in front of the service",
+                    "with_tls takes an https:// origin; use HttpManager::new for http://",
                 ));
             }
-            _ => return Err(refuse("the scheme must be http://")),
+            _ => return Err(refuse(&format!("the scheme must be {expected}://"))),
         }
         let Some(authority) = uri.authority().cloned() else {
             return Err(refuse("no host"));
@@ -83,18 +168,21 @@ impl HttpManager {
                 "an origin has no path or query: give the path in each request",
             ));
         }
-        let port = authority.port_u16().unwrap_or(DEFAULT_PORT);
+        let port = authority.port_u16().unwrap_or(default_port(&expected));
         let addr = Address::from(format!("{}:{port}", authority.host()));
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| refuse(&format!("the host is not a header value ({e})")))?;
         Ok(HttpManager {
-            origin: format!("http://{authority}"),
+            origin: format!("{expected}://{authority}"),
+            scheme: expected,
             authority,
             addr,
             host,
             health_path: None,
             keep_alive_margin: DEFAULT_KEEP_ALIVE_MARGIN,
             max_body: DEFAULT_MAX_BODY,
+            #[cfg(feature = "tls")]
+            tls: None,
         })
     }
 
@@ -159,7 +247,7 @@ impl HttpManager {
         self
     }
 
-    /// The origin, `http://host[:port]`.
+    /// The origin, `http://host[:port]` or `https://host[:port]`.
     pub fn origin(&self) -> &str {
         &self.origin
     }
@@ -168,15 +256,15 @@ impl HttpManager {
     /// (`/path?query`), a `Host` header, HTTP/1.1 unless it says HTTP/1.0.
     pub(super) fn prepare(&self, parts: &mut http::request::Parts) -> Result<(), HttpError> {
         if let Some(scheme) = parts.uri.scheme()
-            && *scheme != Scheme::HTTP
+            && *scheme != self.scheme
         {
             return Err(HttpError::Request(format!(
-                "{} is not an http:// URI (https:// is not supported by this driver yet)",
-                parts.uri
+                "{} is not on this client's origin {} (another scheme)",
+                parts.uri, self.origin
             )));
         }
         if let Some(authority) = parts.uri.authority()
-            && !same_authority(authority, &self.authority)
+            && !same_authority(authority, &self.authority, default_port(&self.scheme))
         {
             return Err(HttpError::Request(format!(
                 "{} is not on this client's origin {}",
@@ -206,11 +294,20 @@ impl HttpManager {
     }
 }
 
+/// The port of a URI of `scheme` that names none.
+fn default_port(scheme: &Scheme) -> u16 {
+    if *scheme == Scheme::HTTPS {
+        HTTPS_PORT
+    } else {
+        HTTP_PORT
+    }
+}
+
 /// Whether two authorities name the same server: hosts compare without case, and
-/// a missing port is port 80.
-fn same_authority(a: &Authority, b: &Authority) -> bool {
+/// a missing port is `default`.
+fn same_authority(a: &Authority, b: &Authority, default: u16) -> bool {
     a.host().eq_ignore_ascii_case(b.host())
-        && a.port_u16().unwrap_or(DEFAULT_PORT) == b.port_u16().unwrap_or(DEFAULT_PORT)
+        && a.port_u16().unwrap_or(default) == b.port_u16().unwrap_or(default)
 }
 
 /// A pooled HTTP/1.1 connection to one origin.
@@ -457,17 +554,15 @@ fn cause_of(err: &hyper::Error) -> ResetCause {
     }
 }
 
-impl Manager for HttpManager {
-    type Connection = HttpConnection;
-    type Error = HttpError;
-
-    async fn connect(&self, dialer: &Dialer) -> Result<HttpConnection, HttpError> {
-        let stream = dialer.connect(&self.addr).await?;
-        let socket = socket2::SockRef::from(&stream)
-            .try_clone()
-            .map_err(HttpError::Socket)?;
+impl HttpManager {
+    /// Runs hyper's HTTP/1.1 handshake on `io` (the socket, or TLS over it) and
+    /// spawns its connection task; `socket` is the duplicate the probe peeks at.
+    async fn start<S>(&self, io: S, socket: socket2::Socket) -> Result<HttpConnection, HttpError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let fate = Fate::default();
-        let io = TokioIo::new(Watched::new(stream, Transport, fate.clone()));
+        let io = TokioIo::new(Watched::new(io, Transport, fate.clone()));
         let (sender, connection) =
             http1::handshake(io)
                 .await
@@ -499,8 +594,44 @@ impl Manager for HttpManager {
             manager: self.clone(),
         })
     }
+}
+
+impl Manager for HttpManager {
+    type Connection = HttpConnection;
+    type Error = HttpError;
+
+    async fn connect(&self, dialer: &Dialer) -> Result<HttpConnection, HttpError> {
+        let stream = dialer.connect(&self.addr).await?;
+        let socket = socket2::SockRef::from(&stream)
+            .try_clone()
+            .map_err(HttpError::Socket)?;
+        #[cfg(feature = "tls")]
+        if let Some(https) = &self.tls {
+            let tls = crate::drivers::tls::TlsStream::connect(
+                Arc::clone(&https.config),
+                https.server_name.clone(),
+                stream,
+            )
+            .await
+            .map_err(|source| HttpError::Tls {
+                origin: self.origin.clone(),
+                source,
+            })?;
+            return self.start(tls, socket).await;
+        }
+        self.start(stream, socket).await
+    }
 
     fn socket<'a>(&self, conn: &'a HttpConnection) -> Option<SocketRef<'a>> {
+        // Once hyper's task read the end of the session, that first reason is the
+        // one to count (`broken` reports it): over TLS the task answers a
+        // close_notify with its own, which a server that has closed its socket
+        // answers with a reset, and the probe would count that instead.
+        if conn.fate.get().is_some() {
+            return None;
+        }
+        // Over TLS as well: hyper's task reads the TLS records, so the descriptor's
+        // duplicate is all the probe can see, and bytes on it are that task's.
         Some(SocketRef::Raw(crate::drivers::borrow_raw(&conn.socket)))
     }
 
@@ -548,7 +679,7 @@ mod tests {
     #[test]
     fn origins_other_than_plain_http_hosts_are_refused_with_the_reason() {
         for (origin, reason) in [
-            ("https://example.com", "https:// is not supported"),
+            ("https://example.com", "https:// needs"),
             ("ftp://example.com", "scheme must be http://"),
             ("example.com", "scheme must be http://"),
             ("http://example.com/api", "no path or query"),
@@ -572,6 +703,58 @@ mod tests {
             v6.addr
         );
         assert_eq!(v6.host, "[::1]:8080");
+    }
+
+    #[test]
+    fn https_without_a_tls_config_is_refused_with_the_way_to_it() {
+        let way = if cfg!(feature = "tls") {
+            "needs a rustls ClientConfig: use HttpManager::with_tls"
+        } else {
+            "needs steadypool's `tls` feature"
+        };
+        match HttpManager::new("https://example.com") {
+            Err(err @ HttpError::Origin { .. }) => {
+                assert!(err.to_string().contains(way), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_connections_offer_only_http_1_1_and_name_the_host() {
+        use crate::drivers::tls::rustls;
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let manager =
+            HttpManager::with_tls("https://API.example.com", std::sync::Arc::new(config)).unwrap();
+        let https = manager.tls.as_ref().unwrap();
+        assert_eq!(https.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            https.server_name,
+            rustls::pki_types::ServerName::try_from("API.example.com").unwrap()
+        );
+        assert!(
+            matches!(manager.addr, Address::Host(ref host) if host == "API.example.com:443"),
+            "{:?}",
+            manager.addr
+        );
+        let (mut parts, ()) = Request::get("https://api.example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        manager.prepare(&mut parts).unwrap();
+        assert_eq!(parts.uri, "/x");
+        let (mut parts, ()) = Request::get("http://api.example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(matches!(
+            manager.prepare(&mut parts),
+            Err(HttpError::Request(_))
+        ));
     }
 
     #[test]
@@ -618,6 +801,25 @@ mod tests {
             HttpError::Unavailable(Box::new(unavailable)).classify(),
             Disposition::Transient
         );
+        #[cfg(feature = "tls")]
+        for (kind, cause) in [
+            (std::io::ErrorKind::InvalidData, ResetCause::Other),
+            (std::io::ErrorKind::ConnectionReset, ResetCause::PeerReset),
+            (std::io::ErrorKind::UnexpectedEof, ResetCause::PeerClosed),
+        ] {
+            let handshake = HttpError::Tls {
+                origin: "https://api.local".into(),
+                source: std::io::Error::new(kind, "handshake"),
+            };
+            assert_eq!(
+                handshake.classify(),
+                Disposition::Broken {
+                    cause,
+                    sent: Sent::No
+                },
+                "{kind:?}"
+            );
+        }
     }
 
     /// A server that answers the first request on each connection and closes

@@ -71,6 +71,18 @@ pub enum HttpError {
     /// request that is not idempotent gets such an answer as its response instead.
     #[error("{} from the server", .0.status())]
     Unavailable(Box<Response<Bytes>>),
+    /// The TLS handshake with an `https://` origin failed (feature `tls`): the server's
+    /// certificate did not verify (another authority, another name, expired), no
+    /// common protocol version, or the connection broke during the handshake.
+    #[cfg(feature = "tls")]
+    #[error("TLS handshake with {origin} failed: {source}")]
+    Tls {
+        /// The origin, `https://host[:port]`.
+        origin: String,
+        /// rustls's error (kind `InvalidData`), or the socket's.
+        #[source]
+        source: std::io::Error,
+    },
     /// The socket could not be duplicated for probing (out of descriptors?).
     #[error("could not duplicate the socket for probing: {0}")]
     Socket(#[source] std::io::Error),
@@ -114,6 +126,13 @@ impl Classify for HttpError {
             },
             HttpError::Socket(_) => Disposition::Broken {
                 cause: ResetCause::Other,
+                sent: Sent::No,
+            },
+            // rustls's refusals (kind `InvalidData`) are `other`; a reset or a close
+            // during the handshake is named as any connect failure's.
+            #[cfg(feature = "tls")]
+            HttpError::Tls { source, .. } => Disposition::Broken {
+                cause: ResetCause::of_io(source, crate::cause::Phase::Connect),
                 sent: Sent::No,
             },
             HttpError::Unavailable(_) => Disposition::Transient,

@@ -82,8 +82,17 @@
 //! `cancelled`), and a body longer than [`HttpManager::max_response_body`] is an
 //! error that closes the connection. A reply is never read by the wrong request.
 //!
-//! Only `http://` origins are supported for now; `https://` is refused with
-//! [`HttpError::Origin`]. HTTP/2 is out of scope.
+//! ## https://
+//!
+//! With the `tls` feature too, [`HttpManager::with_tls`] takes an `https://` origin
+//! and a rustls `ClientConfig`: HTTP/1.1 runs over a
+//! [`TlsStream`](crate::drivers::tls::TlsStream) on the pool's socket, the
+//! certificate is verified for the origin's host, and the probe, the causes and the
+//! Keep-Alive learning work as over plain TCP (session tickets and KeyUpdates cost
+//! no connection; a close_notify is `peer_closed`). A certificate that does not
+//! verify fails the connect with [`HttpError::Tls`], which names rustls's reason.
+//! Without the feature, [`HttpManager::new`] refuses `https://` with
+//! [`HttpError::Origin`] naming it. HTTP/2 is out of scope.
 
 mod client;
 mod connection;
