@@ -6,7 +6,7 @@
 //! | [`postgres`] | a `tokio_postgres::Client` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | empty query | `postgres` |
 //! | [`redis`] | a `redis::aio::MultiplexedConnection` on the pool's socket, TCP or Unix-domain | one `peek` on a duplicated descriptor | `PING` | `redis` |
 //! | [`tls`] | a [`tls::TlsStream`] (rustls) on the pool's socket; [`tls::PgTls`] for `postgres`, `RedisManager::with_tls` for `redis` | free (tokio readiness); rustls reads what arrived | none | `tls` |
-//! | [`http`] | a hyper HTTP/1.1 sender on the pool's socket, and [`http::HttpClient`] on top | one `peek` on a duplicated descriptor | `GET` of a health path, when one is set | `http` |
+//! | [`http`] | a hyper HTTP/1.1 sender on the pool's socket (`https://` over rustls with `tls`), and [`http::HttpClient`] on top | one `peek` on a duplicated descriptor | `GET` of a health path, when one is set | `http` |
 //! | [`deadpool`] | whatever an existing `deadpool::managed::Manager` makes | none (the socket is out of reach) | the manager's `recycle` | always |
 
 pub mod deadpool;

@@ -130,6 +130,7 @@ impl Core {
 
     /// The idle limit in force now: `idle_timeout`, or the learned limit when it is
     /// lower (see [`IdleLimit`](crate::IdleLimit)).
+    #[inline]
     pub(crate) fn idle_limit(&self, now: CoarseInstant) -> Option<CoarseDuration> {
         self.learner.evict_after(now)
     }
