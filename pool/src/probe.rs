@@ -137,7 +137,7 @@ pub enum SocketRef<'a> {
 /// | the lock is held | [`Liveness::Alive`] (someone else is reading: not idle) |
 ///
 /// ```
-/// use steadypool::probe::{self, Layer, Liveness, SocketRef};
+/// use steadypool::{Layer, Liveness, SocketRef, probe};
 /// use tokio::net::TcpStream;
 ///
 /// /// A layer that never sends anything of its own: whatever arrives is the
@@ -152,7 +152,7 @@ pub enum SocketRef<'a> {
 ///
 /// # async fn demo(stream: TcpStream) {
 /// let socket = SocketRef::Layered { stream: &stream, layer: &Plain };
-/// assert!(matches!(probe::check(socket), Liveness::Alive));
+/// assert!(matches!(probe(socket), Liveness::Alive));
 /// # }
 /// ```
 pub trait Layer: Sync {

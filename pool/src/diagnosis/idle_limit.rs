@@ -131,8 +131,7 @@ impl IdleLimit {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use steadypool::Keepalive;
-    /// use steadypool::diagnosis::IdleLimit;
+    /// use steadypool::{IdleLimit, Keepalive};
     ///
     /// let nat = IdleLimit { upper: Some(Duration::from_secs(4)), ..IdleLimit::default() };
     /// assert_eq!(

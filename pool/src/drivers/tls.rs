@@ -96,8 +96,8 @@ pub(crate) fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsEr
 ///
 /// ```
 /// # async fn demo(tls: steadypool::drivers::tls::TlsStream) {
-/// use steadypool::probe::{self, Liveness};
-/// assert!(matches!(probe::check(tls.socket_ref()), Liveness::Alive));
+/// use steadypool::{Liveness, probe};
+/// assert!(matches!(probe(tls.socket_ref()), Liveness::Alive));
 /// # }
 /// ```
 #[derive(Debug)]
