@@ -563,10 +563,12 @@ mod tests {
         assert_eq!(build("max_size = 0"), Err(BuildError::ZeroMaxSize));
         assert!(matches!(
             build("[keepalive]\ncount = 0"),
-            Err(BuildError::KeepaliveOutOfRange {
-                knob: "keepalive count",
-                ..
-            })
+            Err(BuildError::Socket(
+                crate::dial::SocketSettingError::KeepaliveOutOfRange {
+                    knob: "keepalive count",
+                    ..
+                }
+            ))
         ));
         assert!(matches!(
             build("connect_timeout = \"20s\"\n[retry]\ndeadline = \"1s\""),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use steadypool::drivers::tcp::TcpManager;
 use steadypool::{
     BuildError, Dialer, Error, Keepalive, Manager, PolicyError, Pool, PoolBuilder, ResetCause,
-    RetryPolicy,
+    RetryPolicy, SocketSettingError,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -53,7 +53,12 @@ const REFUSALS: &[Refusal] = &[
         name: "zero keepalive interval",
         configure: |b| b.keepalive(keepalive(Duration::from_secs(10), Duration::ZERO, 3)),
         names: "keepalive interval",
-        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+        expected: |e| {
+            matches!(
+                e,
+                BuildError::Socket(SocketSettingError::KeepaliveOutOfRange { .. })
+            )
+        },
     },
     Refusal {
         name: "zero keepalive count",
@@ -65,7 +70,12 @@ const REFUSALS: &[Refusal] = &[
             ))
         },
         names: "keepalive count",
-        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+        expected: |e| {
+            matches!(
+                e,
+                BuildError::Socket(SocketSettingError::KeepaliveOutOfRange { .. })
+            )
+        },
     },
     Refusal {
         name: "sub-second keepalive idle, which the kernel cannot express",
@@ -77,17 +87,18 @@ const REFUSALS: &[Refusal] = &[
             ))
         },
         names: "keepalive idle",
-        expected: |e| matches!(e, BuildError::KeepaliveOutOfRange { .. }),
+        expected: |e| {
+            matches!(
+                e,
+                BuildError::Socket(SocketSettingError::KeepaliveOutOfRange { .. })
+            )
+        },
     },
     Refusal {
         name: "zero connect_timeout",
         configure: |b| b.connect_timeout(Duration::ZERO),
         names: "connect_timeout",
-        expected: |e| {
-            *e == BuildError::ZeroDuration {
-                knob: "connect_timeout",
-            }
-        },
+        expected: |e| *e == BuildError::Socket(SocketSettingError::ZeroConnectTimeout),
     },
     Refusal {
         name: "zero wait_timeout",
@@ -154,9 +165,9 @@ const REFUSALS: &[Refusal] = &[
         configure: |b| b.user_timeout(Some(Duration::ZERO)),
         names: "user_timeout",
         expected: |e| {
-            *e == BuildError::UserTimeoutOutOfRange {
+            *e == BuildError::Socket(SocketSettingError::UserTimeoutOutOfRange {
                 timeout: Duration::ZERO,
-            }
+            })
         },
     },
     Refusal {

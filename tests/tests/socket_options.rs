@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::{BuildError, Dialer, Keepalive, Manager, Pool};
+use steadypool::{BuildError, Dialer, Keepalive, Manager, Pool, SocketSettingError};
 use steadypool_tests::line_manager::LineManager;
 use steadypool_tests::servers::LineServer;
 
@@ -164,10 +164,10 @@ async fn a_dialer_built_by_hand_sets_every_socket_and_is_checked_by_build() {
     assert!(
         matches!(
             err,
-            BuildError::KeepaliveOutOfRange {
+            BuildError::Socket(SocketSettingError::KeepaliveOutOfRange {
                 knob: "keepalive count",
                 ..
-            }
+            })
         ),
         "{err:?}"
     );

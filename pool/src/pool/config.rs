@@ -205,22 +205,11 @@ pub enum BuildError {
         /// The configured `max_lifetime`.
         lifetime: Duration,
     },
-    /// A keepalive setting the kernel would reject or that disables detection.
-    #[error("{knob} is {value}; allowed: {allowed}")]
-    KeepaliveOutOfRange {
-        /// Which setting.
-        knob: &'static str,
-        /// The value given.
-        value: String,
-        /// The accepted range.
-        allowed: &'static str,
-    },
-    /// `TCP_USER_TIMEOUT` outside 1 ms ..= u32::MAX ms.
-    #[error("user_timeout {timeout:?} is out of range (1 ms to 49 days); None leaves the kernel's")]
-    UserTimeoutOutOfRange {
-        /// The value given (or derived from keepalive).
-        timeout: Duration,
-    },
+    /// A socket setting the dialer refuses (a zero `connect_timeout`, a keepalive
+    /// setting the kernel would reject or that disables detection, a
+    /// `TCP_USER_TIMEOUT` out of range): the [`Dialer`] owns these checks.
+    #[error(transparent)]
+    Socket(#[from] SocketSettingError),
     /// A count that must be at least 1 is zero.
     #[error("{knob} must be at least 1")]
     ZeroLimit {
@@ -239,27 +228,4 @@ pub enum BuildError {
     /// Please report it, with the message (deadpool's).
     #[error("internal error: the pool's queue refused its configuration: {0}")]
     Internal(String),
-}
-
-/// The dialer's refusals keep the variants `build()` has always returned for them.
-impl From<SocketSettingError> for BuildError {
-    fn from(err: SocketSettingError) -> Self {
-        match err {
-            SocketSettingError::ZeroConnectTimeout => BuildError::ZeroDuration {
-                knob: "connect_timeout",
-            },
-            SocketSettingError::KeepaliveOutOfRange {
-                knob,
-                value,
-                allowed,
-            } => BuildError::KeepaliveOutOfRange {
-                knob,
-                value,
-                allowed,
-            },
-            SocketSettingError::UserTimeoutOutOfRange { timeout } => {
-                BuildError::UserTimeoutOutOfRange { timeout }
-            }
-        }
-    }
 }
