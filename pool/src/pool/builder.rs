@@ -49,6 +49,7 @@ impl<M: Manager> Pool<M> {
 /// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2 | a burst of waiters, or a restarted upstream's every client, dialing at once |
 /// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
 /// | [`circuit_open_for`](Self::circuit_open_for) | 1 s | trial connects hammering a down upstream, or in lock-step across a fleet |
+/// | [`circuit_wait`](Self::circuit_wait) | 2 s (at most `wait_timeout`) | a request failing at once during an upstream's restart, though it had time to wait |
 /// | [`retry_policy`](Self::retry_policy) | [`RetryPolicy::default`] | retries without end, without pause, or multiplying an outage's load |
 /// | [`after_connect`](Self::after_connect), [`before_checkout`](Self::before_checkout), [`on_return`](Self::on_return) | none | session setup repeated by hand on every checkout |
 ///
@@ -291,12 +292,51 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How long the circuit stays open at most before a trial connect: each open period
-    /// is drawn at random between half of this and all of it. Default 1 s. Bounds how
-    /// soon the pool notices a recovered upstream, while keeping trial connects rare and
-    /// out of step with other pools.
+    /// How long the circuit stays open at most before a trial connect. Default 1 s.
+    /// The first open period is short (25 ms, or this when shorter) and each failed
+    /// trial doubles it up to this cap; each period is drawn at random between half of
+    /// its length and all of it. A restart that lasts a fraction of a second is noticed
+    /// within tens of milliseconds; a long outage costs one trial connect per pool
+    /// every 0.5 to 1 s, out of step with other pools.
     pub fn circuit_open_for(mut self, period: Duration) -> Self {
         self.config.circuit_open_for = period;
+        self
+    }
+
+    /// How long a checkout that needs a new connection waits for an open connect
+    /// circuit to let it through, within `get()`'s `wait_timeout` and a run's deadline.
+    /// Default 2 s, or `wait_timeout` when that is shorter.
+    ///
+    /// A waiting checkout is woken as soon as a trial connect succeeds, and may make
+    /// the trial itself when an open period ends: a request made during an upstream's
+    /// restart (a PostgreSQL fast restart takes about a second) is answered once it is
+    /// back, instead of failing with [`Error::CircuitOpen`](crate::Error::CircuitOpen)
+    /// while it had time left. The bound keeps a hard outage from piling up work:
+    /// after it, the checkout fails with `CircuitOpen` as before. Zero fails fast.
+    /// Healthy pooled connections are handed out without waiting either way.
+    ///
+    /// [`build`](Self::build) refuses a value above `wait_timeout`
+    /// ([`BuildError::CircuitWaitAboveWaitTimeout`](crate::BuildError::CircuitWaitAboveWaitTimeout)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// // Fail fast while the upstream is down: the caller has a fallback.
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .circuit_wait(Duration::ZERO)
+    ///     .build()?;
+    /// # drop(pool);
+    /// let too_long = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .wait_timeout(Duration::from_secs(1))
+    ///     .circuit_wait(Duration::from_secs(5))
+    ///     .build();
+    /// assert!(too_long.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_wait(mut self, wait: Duration) -> Self {
+        self.config.circuit_wait = Some(wait);
         self
     }
 

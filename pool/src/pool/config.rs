@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::breaker::GateConfig;
+use crate::breaker::{FIRST_OPEN, GateConfig};
 use crate::clock::CoarseDuration;
 use crate::dial::{Dialer, SocketSettingError};
 use crate::retry::policy::{PolicyError, RetryPolicy};
@@ -50,8 +50,13 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_connects: usize,
     pub(crate) circuit_open_after: u32,
     pub(crate) circuit_open_for: Duration,
+    /// `None`: [`DEFAULT_CIRCUIT_WAIT`], or `wait_timeout` when that is shorter.
+    pub(crate) circuit_wait: Option<Duration>,
     pub(crate) retry: RetryPolicy,
 }
+
+/// The default of [`PoolBuilder::circuit_wait`](crate::PoolBuilder::circuit_wait).
+pub(crate) const DEFAULT_CIRCUIT_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -72,6 +77,7 @@ impl Default for Config {
             max_concurrent_connects: 2,
             circuit_open_after: 3,
             circuit_open_for: Duration::from_secs(1),
+            circuit_wait: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -92,11 +98,18 @@ impl Config {
         }
     }
 
+    /// How long a checkout that needs a new connection waits on an open circuit.
+    pub(crate) fn circuit_wait(&self) -> Duration {
+        self.circuit_wait
+            .unwrap_or_else(|| DEFAULT_CIRCUIT_WAIT.min(self.wait_timeout))
+    }
+
     pub(crate) fn gate(&self) -> GateConfig {
         GateConfig {
             max_concurrent_connects: self.max_concurrent_connects,
             open_after: self.circuit_open_after,
             open_for: self.circuit_open_for,
+            first_open: FIRST_OPEN.min(self.circuit_open_for),
         }
     }
 
@@ -151,6 +164,14 @@ impl Config {
         if self.circuit_open_after == 0 {
             return Err(BuildError::ZeroLimit {
                 knob: "circuit_open_after",
+            });
+        }
+        if let Some(circuit_wait) = self.circuit_wait
+            && circuit_wait > self.wait_timeout
+        {
+            return Err(BuildError::CircuitWaitAboveWaitTimeout {
+                circuit_wait,
+                wait_timeout: self.wait_timeout,
             });
         }
         self.retry.validate_for(self.connect_timeout())?;
@@ -226,6 +247,18 @@ pub enum BuildError {
     ZeroLimit {
         /// The knob's name.
         knob: &'static str,
+    },
+    /// `circuit_wait` is longer than `wait_timeout`: a checkout gives up at its
+    /// `wait_timeout` whatever the circuit does, so the longer wait could never happen.
+    #[error(
+        "circuit_wait ({circuit_wait:?}) must not exceed wait_timeout ({wait_timeout:?}): \
+         a checkout never waits longer than wait_timeout"
+    )]
+    CircuitWaitAboveWaitTimeout {
+        /// The configured wait on an open circuit.
+        circuit_wait: Duration,
+        /// The configured checkout wait.
+        wait_timeout: Duration,
     },
     /// The retry policy was refused.
     #[error("retry policy: {0}")]

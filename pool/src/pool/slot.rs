@@ -399,7 +399,8 @@ impl<M: Manager> Parts<M> {
     pub(crate) async fn open_spare(self: Arc<Self>) -> Option<Result<(), ConnectError<M::Error>>> {
         let reservation = self.core.reserve()?;
         self.refilling.fetch_add(1, Ordering::AcqRel);
-        let result = self.gated_connect().await;
+        // The refill does not wait on an open circuit: the next tick tries again.
+        let result = self.gated_connect(Duration::ZERO).await;
         self.refilling.fetch_sub(1, Ordering::AcqRel);
         Some(result.map(|mut slot| {
             reservation.keep();
@@ -422,12 +423,22 @@ impl<M: Manager> Parts<M> {
     }
 
     /// A new connection, through the connect gate. The caller has reserved room.
-    async fn gated_connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
+    /// While the circuit is open it waits up to `patience` for it to let a connect
+    /// through.
+    async fn gated_connect(
+        self: &Arc<Self>,
+        patience: Duration,
+    ) -> Result<Slot<M>, ConnectError<M::Error>> {
         let observer = &self.core.observer;
-        let ticket = self.core.gate.enter().await.map_err(|refusal| {
-            observer.gate_rejected();
-            ConnectError::CircuitOpen(Box::new(refusal))
-        })?;
+        let ticket = self
+            .core
+            .gate
+            .enter_within(patience)
+            .await
+            .map_err(|refusal| {
+                observer.gate_rejected();
+                ConnectError::CircuitOpen(Box::new(refusal))
+            })?;
         if ticket.is_trial() {
             observer.circuit(CircuitEvent::HalfOpen);
         }
@@ -547,7 +558,7 @@ impl<M: Manager> Parts<M> {
             let Some(reservation) = self.core.reserve() else {
                 return Ok(Entry::Placeholder);
             };
-            let mut slot = self.gated_connect().await?;
+            let mut slot = self.gated_connect(self.core.config.circuit_wait()).await?;
             reservation.keep();
             // `close()` or `resize()` may have returned while this connect ran: its
             // promise holds from that moment, so the new connection does not outlive
