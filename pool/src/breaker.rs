@@ -21,15 +21,17 @@ use crate::cause::ResetCause;
 ///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
 /// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
 ///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
-///   calls that need a new connection fail at once with
-///   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
-///   cause, instead of dialing. Pooled connections that are still healthy keep being
-///   handed out. After a random time between half and all of
-///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
+///   calls that need a new connection stop dialing. They wait for the circuit to let
+///   them through, up to [`circuit_wait`](crate::PoolBuilder::circuit_wait), then fail
+///   with [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last
+///   failure's cause (at once with a zero `circuit_wait`). Pooled connections that are
+///   still healthy keep being handed out. When the open period ends the circuit turns
 ///   *half-open*: the next checkout that needs a connection makes one trial connect
-///   while the others still fail fast. A successful trial *closes* the circuit; a
-///   failed one opens it again for another random period. The randomness keeps a
-///   fleet of pools from probing a recovering upstream in lock-step.
+///   while the others keep waiting. A successful trial *closes* the circuit and wakes
+///   them; a failed one opens it again for twice as long, up to
+///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for). Each open period is
+///   drawn at random between half and all of its length, which keeps a fleet of pools
+///   from probing a recovering upstream in lock-step.
 ///
 /// Any successful connect closes the circuit. The state is in
 /// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
@@ -44,6 +46,7 @@ use crate::cause::ResetCause;
 ///     .max_concurrent_connects(2)
 ///     .circuit_open_after(3)
 ///     .circuit_open_for(Duration::from_secs(1))
+///     .circuit_wait(Duration::ZERO)
 ///     .build()?;
 /// match pool.get().await {
 ///     Ok(conn) => drop(conn),
@@ -66,9 +69,10 @@ pub enum CircuitState {
     #[default]
     Closed,
     /// The open period is over: the next connect is a trial, and while it is in
-    /// flight other checkouts that need a connection fail fast.
+    /// flight other checkouts that need a connection wait for its outcome.
     HalfOpen,
-    /// Recent connects all failed; checkouts that need a connection fail fast.
+    /// Recent connects all failed; checkouts that need a connection wait (up to
+    /// `circuit_wait`) or fail.
     Open,
 }
 
@@ -143,7 +147,7 @@ pub(crate) struct GateConfig {
 /// The first open period by default. An upstream that restarts is usually back within
 /// a fraction of a second: a first trial tens of milliseconds after the circuit opens
 /// finds it, and the doubling keeps a long outage down to a trial per `open_for`.
-pub(crate) const FIRST_OPEN: Duration = Duration::from_millis(25);
+pub(crate) const FIRST_OPEN: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 enum Circuit {

@@ -50,6 +50,9 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
             .max_concurrent_connects(2)
             .circuit_open_after(3)
             .circuit_open_for(Duration::from_secs(1))
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(Duration::from_secs(1))
+            .circuit_wait(Duration::ZERO)
             .retry_policy(
                 RetryPolicy::default()
                     .max_attempts(3)

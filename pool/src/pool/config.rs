@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_connects: usize,
     pub(crate) circuit_open_after: u32,
     pub(crate) circuit_open_for: Duration,
+    /// `None`: [`FIRST_OPEN`], or `circuit_open_for` when that is shorter.
+    pub(crate) circuit_first_open: Option<Duration>,
     /// `None`: [`DEFAULT_CIRCUIT_WAIT`], or `wait_timeout` when that is shorter.
     pub(crate) circuit_wait: Option<Duration>,
     pub(crate) retry: RetryPolicy,
@@ -76,7 +78,8 @@ impl Default for Config {
             learn_idle_limit: true,
             max_concurrent_connects: 2,
             circuit_open_after: 3,
-            circuit_open_for: Duration::from_secs(1),
+            circuit_open_for: Duration::from_millis(250),
+            circuit_first_open: None,
             circuit_wait: None,
             retry: RetryPolicy::default(),
         }
@@ -109,7 +112,9 @@ impl Config {
             max_concurrent_connects: self.max_concurrent_connects,
             open_after: self.circuit_open_after,
             open_for: self.circuit_open_for,
-            first_open: FIRST_OPEN.min(self.circuit_open_for),
+            first_open: self
+                .circuit_first_open
+                .unwrap_or_else(|| FIRST_OPEN.min(self.circuit_open_for)),
         }
     }
 
@@ -165,6 +170,19 @@ impl Config {
             return Err(BuildError::ZeroLimit {
                 knob: "circuit_open_after",
             });
+        }
+        if let Some(first) = self.circuit_first_open {
+            if first.is_zero() {
+                return Err(BuildError::ZeroDuration {
+                    knob: "circuit_first_open",
+                });
+            }
+            if first > self.circuit_open_for {
+                return Err(BuildError::FirstOpenAboveOpenFor {
+                    first,
+                    open_for: self.circuit_open_for,
+                });
+            }
         }
         if let Some(circuit_wait) = self.circuit_wait
             && circuit_wait > self.wait_timeout
@@ -247,6 +265,18 @@ pub enum BuildError {
     ZeroLimit {
         /// The knob's name.
         knob: &'static str,
+    },
+    /// `circuit_first_open` is longer than `circuit_open_for`, the cap of the open
+    /// periods.
+    #[error(
+        "circuit_first_open ({first:?}) must not exceed circuit_open_for ({open_for:?}), \
+         the longest open period"
+    )]
+    FirstOpenAboveOpenFor {
+        /// The configured first open period.
+        first: Duration,
+        /// The configured cap.
+        open_for: Duration,
     },
     /// `circuit_wait` is longer than `wait_timeout`: a checkout gives up at its
     /// `wait_timeout` whatever the circuit does, so the longer wait could never happen.

@@ -430,34 +430,41 @@ impl<M: Manager> Parts<M> {
         patience: Duration,
     ) -> Result<Slot<M>, ConnectError<M::Error>> {
         let observer = &self.core.observer;
-        let ticket = self
-            .core
-            .gate
-            .enter_within(patience)
-            .await
-            .map_err(|refusal| {
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let ticket = self.core.gate.enter_within(left).await.map_err(|refusal| {
                 observer.gate_rejected();
                 ConnectError::CircuitOpen(Box::new(refusal))
             })?;
-        if ticket.is_trial() {
-            observer.circuit(CircuitEvent::HalfOpen);
-        }
-        let result = self.connect().await;
-        let moved = match &result {
-            Ok(_) => ticket.succeeded(),
-            Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
-            Err(timed_out @ ConnectError::TimedOut(_)) => {
-                ticket.failed(ResetCause::ConnectTimeout, timed_out)
+            if ticket.is_trial() {
+                observer.circuit(CircuitEvent::HalfOpen);
             }
-            Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => {
-                drop(ticket);
-                None
+            let result = self.connect().await;
+            let moved = match &result {
+                Ok(_) => ticket.succeeded(),
+                Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
+                Err(timed_out @ ConnectError::TimedOut(_)) => {
+                    ticket.failed(ResetCause::ConnectTimeout, timed_out)
+                }
+                Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => {
+                    drop(ticket);
+                    None
+                }
+            };
+            let reopened = matches!(moved, Some(CircuitEvent::Opened { .. }));
+            if let Some(event) = moved {
+                observer.circuit(event);
             }
-        };
-        if let Some(event) = moved {
-            observer.circuit(event);
+            // A connect that opened the circuit (or a trial that reopened it) is the
+            // circuit's news, not this checkout's end: with time left it waits for the
+            // next trial like the checkouts parked behind it, instead of spending one
+            // of its caller's attempts on each failed trial.
+            if reopened && tokio::time::Instant::now() < give_up {
+                continue;
+            }
+            return result;
         }
-        result
     }
 
     /// The manager's connect, then the after-connect hook: a connection is not open
