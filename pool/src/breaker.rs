@@ -110,7 +110,7 @@ pub(crate) enum CircuitEvent {
     /// A connect succeeded after `failures` consecutive failed ones.
     Closed { failures: u32 },
     /// `failures` consecutive connects failed, the last with `cause`: checkouts that
-    /// need a connection fail fast for `retry_in`.
+    /// need a connection wait (or fail) for `retry_in`.
     Opened {
         cause: ResetCause,
         failures: u32,
