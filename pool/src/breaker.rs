@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::cause::ResetCause;
@@ -21,15 +21,17 @@ use crate::cause::ResetCause;
 ///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
 /// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
 ///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
-///   calls that need a new connection fail at once with
-///   [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last failure's
-///   cause, instead of dialing. Pooled connections that are still healthy keep being
-///   handed out. After a random time between half and all of
-///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for) the circuit turns
+///   calls that need a new connection stop dialing. They wait for the circuit to let
+///   them through, up to [`circuit_wait`](crate::PoolBuilder::circuit_wait), then fail
+///   with [`Error::CircuitOpen`](crate::Error::CircuitOpen), which names the last
+///   failure's cause (at once with a zero `circuit_wait`). Pooled connections that are
+///   still healthy keep being handed out. When the open period ends the circuit turns
 ///   *half-open*: the next checkout that needs a connection makes one trial connect
-///   while the others still fail fast. A successful trial *closes* the circuit; a
-///   failed one opens it again for another random period. The randomness keeps a
-///   fleet of pools from probing a recovering upstream in lock-step.
+///   while the others keep waiting. A successful trial *closes* the circuit and wakes
+///   them; a failed one opens it again for twice as long, up to
+///   [`circuit_open_for`](crate::PoolBuilder::circuit_open_for). Each open period is
+///   drawn at random between half and all of its length, which keeps a fleet of pools
+///   from probing a recovering upstream in lock-step.
 ///
 /// Any successful connect closes the circuit. The state is in
 /// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
@@ -44,6 +46,7 @@ use crate::cause::ResetCause;
 ///     .max_concurrent_connects(2)
 ///     .circuit_open_after(3)
 ///     .circuit_open_for(Duration::from_secs(1))
+///     .circuit_wait(Duration::ZERO)
 ///     .build()?;
 /// match pool.get().await {
 ///     Ok(conn) => drop(conn),
@@ -66,9 +69,10 @@ pub enum CircuitState {
     #[default]
     Closed,
     /// The open period is over: the next connect is a trial, and while it is in
-    /// flight other checkouts that need a connection fail fast.
+    /// flight other checkouts that need a connection wait for its outcome.
     HalfOpen,
-    /// Recent connects all failed; checkouts that need a connection fail fast.
+    /// Recent connects all failed; checkouts that need a connection wait (up to
+    /// `circuit_wait`) or fail.
     Open,
 }
 
@@ -106,7 +110,7 @@ pub(crate) enum CircuitEvent {
     /// A connect succeeded after `failures` consecutive failed ones.
     Closed { failures: u32 },
     /// `failures` consecutive connects failed, the last with `cause`: checkouts that
-    /// need a connection fail fast for `retry_in`.
+    /// need a connection wait (or fail) for `retry_in`.
     Opened {
         cause: ResetCause,
         failures: u32,
@@ -133,8 +137,17 @@ pub(crate) struct Refusal {
 pub(crate) struct GateConfig {
     pub(crate) max_concurrent_connects: usize,
     pub(crate) open_after: u32,
+    /// The longest open period: the cap of the doubling schedule.
     pub(crate) open_for: Duration,
+    /// The first open period after the circuit opens; each failed trial doubles it,
+    /// up to `open_for`.
+    pub(crate) first_open: Duration,
 }
+
+/// The first open period by default. An upstream that restarts is usually back within
+/// a fraction of a second: a first trial tens of milliseconds after the circuit opens
+/// finds it, and the doubling keeps a long outage down to a trial per `open_for`.
+pub(crate) const FIRST_OPEN: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 enum Circuit {
@@ -149,6 +162,9 @@ struct State {
     failures: u32,
     last_cause: ResetCause,
     last_error: Arc<str>,
+    /// Trials that failed since the circuit last closed: the exponent of the next
+    /// open period.
+    failed_trials: u32,
 }
 
 /// One pool's connect gate. See the [module docs](self).
@@ -156,6 +172,9 @@ struct State {
 pub(crate) struct Gate {
     permits: Semaphore,
     state: Mutex<State>,
+    /// Wakes the checkouts parked on the circuit ([`Gate::enter_within`]) whenever it
+    /// moves: closed, reopened after a failed trial, or a trial abandoned.
+    moved: Notify,
     config: GateConfig,
 }
 
@@ -168,7 +187,9 @@ impl Gate {
                 failures: 0,
                 last_cause: ResetCause::Other,
                 last_error: Arc::from(""),
+                failed_trials: 0,
             }),
+            moved: Notify::new(),
             config,
         }
     }
@@ -219,6 +240,39 @@ impl Gate {
         Ok(ticket)
     }
 
+    /// Like [`Gate::enter`], but a checkout the circuit turns away waits up to
+    /// `patience` for it to let a connect through: it is woken when a trial succeeds
+    /// (or fails, or is abandoned), and when the open period ends it may make the
+    /// trial itself. Zero patience fails fast.
+    ///
+    /// # Errors
+    /// The last [`Refusal`] once `patience` has passed with the circuit still open.
+    pub(crate) async fn enter_within(&self, patience: Duration) -> Result<Ticket<'_>, Refusal> {
+        let give_up = Instant::now() + patience;
+        loop {
+            // Created before the look at the circuit, so a move in between is not missed.
+            let moved = self.moved.notified();
+            let refusal = match self.enter().await {
+                Ok(ticket) => return Ok(ticket),
+                Err(refusal) => refusal,
+            };
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(refusal);
+            }
+            // A zero `retry_in` is a trial in flight: its outcome moves the circuit.
+            let wake = if refusal.retry_in.is_zero() {
+                give_up
+            } else {
+                (now + refusal.retry_in).min(give_up)
+            };
+            tokio::select! {
+                () = moved => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
     /// Decides at arrival: go ahead (as a trial or not) or fail fast.
     fn admit(&self) -> Result<bool, Refusal> {
         let mut state = self.lock();
@@ -248,17 +302,28 @@ impl Gate {
         }
     }
 
-    /// A random open period between half and all of `open_for`.
-    fn open_period(&self) -> Duration {
-        let open_for = self.config.open_for;
-        open_for / 2 + (open_for / 2).mul_f64(fastrand::f64())
+    /// A random open period between half and all of `first_open` doubled once per
+    /// failed trial, capped at `open_for`.
+    fn open_period(&self, failed_trials: u32) -> Duration {
+        let doubled = self
+            .config
+            .first_open
+            .saturating_mul(1u32.checked_shl(failed_trials).unwrap_or(u32::MAX));
+        let period = doubled.min(self.config.open_for);
+        period / 2 + (period / 2).mul_f64(fastrand::f64())
     }
 
     fn succeeded(&self) -> Option<CircuitEvent> {
         let mut state = self.lock();
         let was = std::mem::replace(&mut state.circuit, Circuit::Closed);
         let failures = std::mem::take(&mut state.failures);
-        (!matches!(was, Circuit::Closed)).then_some(CircuitEvent::Closed { failures })
+        state.failed_trials = 0;
+        drop(state);
+        let moved = !matches!(was, Circuit::Closed);
+        if moved {
+            self.moved.notify_waiters();
+        }
+        moved.then_some(CircuitEvent::Closed { failures })
     }
 
     fn failed(
@@ -280,13 +345,19 @@ impl Gate {
         if !open {
             return None;
         }
-        let retry_in = self.open_period();
+        if trial {
+            state.failed_trials = state.failed_trials.saturating_add(1);
+        }
+        let retry_in = self.open_period(state.failed_trials);
         state.circuit = Circuit::Open {
             until: Instant::now() + retry_in,
         };
+        let failures = state.failures;
+        drop(state);
+        self.moved.notify_waiters();
         Some(CircuitEvent::Opened {
             cause,
-            failures: state.failures,
+            failures,
             retry_in,
         })
     }
@@ -300,6 +371,8 @@ impl Gate {
             state.circuit = Circuit::Open {
                 until: Instant::now(),
             };
+            drop(state);
+            self.moved.notify_waiters();
         }
     }
 }
@@ -362,6 +435,9 @@ mod tests {
             max_concurrent_connects: 2,
             open_after,
             open_for: Duration::from_secs(10),
+            // The fixed period these tests were written for; the doubling schedule
+            // has tests of its own.
+            first_open: Duration::from_secs(10),
         };
         Gate::new(config)
     }
@@ -511,6 +587,163 @@ mod tests {
         assert_eq!(gate.state(), CircuitState::Open);
         let refused = third.await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);
+    }
+
+    fn doubling_gate() -> Gate {
+        Gate::new(GateConfig {
+            max_concurrent_connects: 2,
+            open_after: 1,
+            open_for: Duration::from_millis(800),
+            first_open: Duration::from_millis(25),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_periods_start_short_and_double_to_the_cap_after_failed_trials() {
+        let gate = doubling_gate();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let mut periods = vec![gate.enter().await.err().unwrap().retry_in];
+        for _ in 0..8 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let trial = gate.enter().await.unwrap();
+            assert!(trial.is_trial());
+            trial.failed(ResetCause::Refused, &"refused");
+            periods.push(gate.enter().await.err().unwrap().retry_in);
+        }
+        for (n, period) in periods.iter().enumerate() {
+            let full = Duration::from_millis(25 << n.min(5)).min(Duration::from_millis(800));
+            assert!(
+                *period >= full / 2 && *period <= full,
+                "open period {n}: {period:?} outside {:?}..={full:?}",
+                full / 2
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_restarts_the_schedule_from_the_first_period() {
+        let gate = doubling_gate();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            gate.enter()
+                .await
+                .unwrap()
+                .failed(ResetCause::Refused, &"refused");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        gate.enter().await.unwrap().succeeded();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let retry_in = gate.enter().await.err().unwrap().retry_in;
+        assert!(retry_in <= Duration::from_millis(25), "{retry_in:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_patience_fails_fast() {
+        let gate = doubling_gate();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let started = Instant::now();
+        let refused = gate.enter_within(Duration::ZERO).await.err().unwrap();
+        assert_eq!(refused.cause, ResetCause::Refused);
+        assert_eq!(Instant::now(), started, "no wait at all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_checkout_makes_the_trial_when_the_open_period_ends() {
+        let gate = doubling_gate();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let started = Instant::now();
+        let ticket = gate.enter_within(Duration::from_secs(5)).await.unwrap();
+        assert!(ticket.is_trial());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(12) && waited <= Duration::from_millis(25),
+            "waited {waited:?} for a first open period of 12.5 to 25 ms"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_checkouts_are_woken_by_the_trials_success() {
+        let gate = Gate::new(GateConfig {
+            max_concurrent_connects: 4,
+            open_after: 1,
+            open_for: Duration::from_secs(10),
+            first_open: Duration::from_secs(10),
+        });
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = gate.enter().await.unwrap();
+        assert!(trial.is_trial());
+        let mut parked: Vec<_> = (0..3)
+            .map(|_| Box::pin(gate.enter_within(Duration::from_secs(5))))
+            .collect();
+        for waiter in &mut parked {
+            assert!(futures_poll(waiter).is_none(), "parked behind the trial");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for waiter in &mut parked {
+            assert!(futures_poll(waiter).is_none(), "still parked: no news");
+        }
+        let succeeded_at = Instant::now();
+        trial.succeeded();
+        for waiter in parked {
+            let ticket = waiter.await.unwrap();
+            assert!(!ticket.is_trial());
+        }
+        assert_eq!(
+            Instant::now(),
+            succeeded_at,
+            "woken at once, not by a timer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_checkout_gives_up_after_its_patience_with_the_last_refusal() {
+        let gate = doubling_gate();
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+        let started = Instant::now();
+        // Every trial the waiter makes fails: it keeps waiting until its patience ends.
+        let patience = Duration::from_millis(500);
+        let mut dials = 0;
+        let refused = loop {
+            match gate
+                .enter_within(patience.saturating_sub(started.elapsed()))
+                .await
+            {
+                Ok(ticket) => {
+                    dials += 1;
+                    ticket.failed(ResetCause::ConnectTimeout, &"timed out");
+                }
+                Err(refusal) => break refusal,
+            }
+        };
+        assert_eq!(refused.cause, ResetCause::ConnectTimeout);
+        assert_eq!(started.elapsed(), patience);
+        assert!(
+            (4..=5).contains(&dials),
+            "{dials} trials in 500 ms on a doubling schedule from 25 ms"
+        );
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {

@@ -117,6 +117,12 @@ pub struct PoolConfig {
     /// [`PoolBuilder::circuit_open_for`].
     #[serde(deserialize_with = "human::duration")]
     pub circuit_open_for: Option<Duration>,
+    /// [`PoolBuilder::circuit_first_open`].
+    #[serde(deserialize_with = "human::duration")]
+    pub circuit_first_open: Option<Duration>,
+    /// [`PoolBuilder::circuit_wait`]: `"0s"` fails fast on an open circuit.
+    #[serde(deserialize_with = "human::duration")]
+    pub circuit_wait: Option<Duration>,
     /// [`PoolBuilder::retry_policy`]: the `[retry]` section.
     pub retry: Option<RetryConfig>,
 }
@@ -312,6 +318,12 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(period) = config.circuit_open_for {
             builder = builder.circuit_open_for(period);
         }
+        if let Some(period) = config.circuit_first_open {
+            builder = builder.circuit_first_open(period);
+        }
+        if let Some(wait) = config.circuit_wait {
+            builder = builder.circuit_wait(wait);
+        }
         if let Some(retry) = &config.retry {
             builder = builder.retry_policy(retry.policy());
         }
@@ -394,6 +406,8 @@ mod tests {
         max_concurrent_connects = 4
         circuit_open_after = 5
         circuit_open_for = "3s"
+        circuit_first_open = "200ms"
+        circuit_wait = "5s"
 
         [keepalive]
         idle = "5s"
@@ -437,6 +451,8 @@ mod tests {
             max_concurrent_connects: Some(4),
             circuit_open_after: Some(5),
             circuit_open_for: Some(secs(3)),
+            circuit_first_open: Some(Duration::from_millis(200)),
+            circuit_wait: Some(secs(5)),
             retry: Some(RetryConfig {
                 max_attempts: Some(5),
                 deadline: Some(secs(20)),

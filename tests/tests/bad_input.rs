@@ -141,6 +141,44 @@ const REFUSALS: &[Refusal] = &[
         },
     },
     Refusal {
+        name: "circuit_wait above wait_timeout",
+        configure: |b| {
+            b.wait_timeout(Duration::from_secs(1))
+                .circuit_wait(Duration::from_secs(3))
+        },
+        names: "circuit_wait",
+        expected: |e| {
+            *e == BuildError::CircuitWaitAboveWaitTimeout {
+                circuit_wait: Duration::from_secs(3),
+                wait_timeout: Duration::from_secs(1),
+            }
+        },
+    },
+    Refusal {
+        name: "zero circuit_first_open",
+        configure: |b| b.circuit_first_open(Duration::ZERO),
+        names: "circuit_first_open",
+        expected: |e| {
+            *e == BuildError::ZeroDuration {
+                knob: "circuit_first_open",
+            }
+        },
+    },
+    Refusal {
+        name: "circuit_first_open above circuit_open_for",
+        configure: |b| {
+            b.circuit_open_for(Duration::from_millis(200))
+                .circuit_first_open(Duration::from_millis(300))
+        },
+        names: "circuit_first_open",
+        expected: |e| {
+            *e == BuildError::FirstOpenAboveOpenFor {
+                first: Duration::from_millis(300),
+                open_for: Duration::from_millis(200),
+            }
+        },
+    },
+    Refusal {
         name: "zero idle_timeout",
         configure: |b| b.idle_timeout(Some(Duration::ZERO)),
         names: "idle_timeout",

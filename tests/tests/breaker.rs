@@ -1,6 +1,7 @@
 //! The connect gate against an upstream that goes down and comes back on the same
 //! port: retries back off with jitter, the circuit opens, checkouts fail fast without
-//! dialing while it is open, and the pool recovers within one open period of the
+//! dialing while it is open (with a zero `circuit_wait`) or wait for the upstream's
+//! return (with the default), and the pool recovers within one open period of the
 //! upstream's return.
 
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ async fn upstream_down_then_back() {
         .max_concurrent_connects(2)
         .circuit_open_after(10)
         .circuit_open_for(OPEN_FOR)
+        // The fixed open period and the fail-fast checkout these checks were written for.
+        .circuit_first_open(OPEN_FOR)
+        .circuit_wait(Duration::ZERO)
         .retry_policy(
             RetryPolicy::default()
                 .max_attempts(4)
@@ -189,7 +193,10 @@ async fn a_failed_trial_reopens_the_circuit() {
     let (pool, metrics) = RecordedMetrics::build(
         Pool::builder(manager.clone())
             .circuit_open_after(2)
-            .circuit_open_for(Duration::from_secs(2)),
+            .circuit_open_for(Duration::from_secs(2))
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(Duration::from_secs(2))
+            .circuit_wait(Duration::ZERO),
     )
     .unwrap();
     for _ in 0..2 {
@@ -232,4 +239,113 @@ async fn a_failed_trial_reopens_the_circuit() {
         metrics.counter(CONNECTS, &[("outcome", "refused")]),
         stats.connect_failures
     );
+}
+
+/// With the default `circuit_wait`, a request made while the upstream restarts waits
+/// for it instead of failing: the circuit's short first open periods find it back,
+/// and the trial's success wakes every parked checkout. While the upstream is down
+/// the waiting requests make only the trial connects, not one connect each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_made_during_a_short_restart_wait_for_the_upstream_and_succeed() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let manager = LedgerManager::new(server.addr());
+    let pool = Pool::builder(manager.clone())
+        .max_size(8)
+        .connect_timeout(Duration::from_secs(1))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .deadline(Duration::from_secs(10)),
+        )
+        .build()
+        .unwrap();
+    server.stop().await;
+    let started = Instant::now();
+    let requests: Vec<_> = (0..8u64)
+        .map(|id| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let id = 100 + id;
+                pool.run_idempotent(async move |conn| flaky::run(conn, id).await)
+                    .await
+            })
+        })
+        .collect();
+    // The upstream is down for 600 ms: longer than the first open periods (100 ms,
+    // doubling to 250 ms), far shorter than the default `circuit_wait` of 2 s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let dialed_while_down = manager.connects().len();
+    server.restart().unwrap();
+    let back = Instant::now();
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap(), 1);
+    }
+    let after_return = back.elapsed();
+    eprintln!(
+        "8 requests answered {after_return:?} after the upstream's return, {:?} after they \
+         started; {dialed_while_down} connects while it was down",
+        started.elapsed()
+    );
+    // 3 connects open the circuit, then one trial per open period: 100 ms at most
+    // for the first, then up to 200 and 250 ms; not one per request and retry.
+    assert!(
+        dialed_while_down <= 3 + 6,
+        "{dialed_while_down} connects while down"
+    );
+    // Within one open period (250 ms at most) plus generous room for a loaded machine.
+    assert!(
+        after_return < Duration::from_secs(2),
+        "answered {after_return:?} after the return"
+    );
+    assert_eq!(pool.status().circuit, CircuitState::Closed);
+}
+
+/// The wait is bounded: through an outage longer than `circuit_wait`, a checkout
+/// fails with `CircuitOpen` once it has waited that long, naming the cause, and the
+/// parked checkouts never dial themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_waits_on_the_open_circuit_no_longer_than_circuit_wait() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let addr = server.addr();
+    server.stop().await;
+    let manager = LedgerManager::new(addr);
+    let wait = Duration::from_millis(700);
+    let pool = Pool::builder(manager.clone())
+        .circuit_open_after(1)
+        .circuit_open_for(Duration::from_secs(60))
+        .circuit_first_open(Duration::from_secs(60))
+        .circuit_wait(wait)
+        .build()
+        .unwrap();
+    // The checkout whose connect opened the circuit waits too, rather than report a
+    // failed connect while it has time to wait for the next trial.
+    let started = Instant::now();
+    assert!(matches!(
+        pool.get().await,
+        Err(Error::CircuitOpen {
+            cause: ResetCause::Refused,
+            failures: 1,
+            ..
+        })
+    ));
+    assert!(started.elapsed() >= wait);
+    let started = Instant::now();
+    let parked: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    for checkout in parked {
+        match checkout.await.unwrap() {
+            Err(Error::CircuitOpen { cause, .. }) => assert_eq!(cause, ResetCause::Refused),
+            other => panic!("expected CircuitOpen, got {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= wait && waited < wait + Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    assert_eq!(manager.connects().len(), 1, "no dial while open");
 }

@@ -50,6 +50,9 @@ async fn fifty_pools_reconnect_spread_out_and_all_recover() {
             .max_concurrent_connects(2)
             .circuit_open_after(3)
             .circuit_open_for(Duration::from_secs(1))
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(Duration::from_secs(1))
+            .circuit_wait(Duration::ZERO)
             .retry_policy(
                 RetryPolicy::default()
                     .max_attempts(3)
@@ -237,4 +240,89 @@ fn release_times(started: &[Instant], told: &[(Instant, Instant)]) -> Vec<Instan
         previous = Some(at);
     }
     released
+}
+
+/// With the default `circuit_wait` the same kind of fleet rides out a short restart:
+/// requests wait on the open circuit instead of failing, none started after the
+/// upstream's return fails, and while it is down the waiting requests leave the
+/// dialing to one trial connect per open period per pool, far from one connect per
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_waiting_on_its_circuits_fails_no_request_after_the_return() {
+    const FLEET: usize = 20;
+    const RESTART: Duration = Duration::from_secs(1);
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let mut logs = Vec::with_capacity(FLEET);
+    let mut workers = Vec::new();
+    for p in 0..FLEET {
+        let log: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let pool = Pool::builder(LedgerManager::with_log(server.addr(), Arc::clone(&log)))
+            .max_size(CONNECTIONS)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        logs.push(log);
+        for w in 0..CONNECTIONS {
+            let pool = pool.clone();
+            let running = Arc::clone(&running);
+            let mut rng = fastrand::Rng::with_seed((p * CONNECTIONS + w) as u64);
+            workers.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut id = ((p * CONNECTIONS + w) as u64) << 32;
+                while running.load(Ordering::Relaxed) {
+                    id += 1;
+                    let started = Instant::now();
+                    let result = pool
+                        .run_idempotent(async move |conn| flaky::run(conn, id).await)
+                        .await;
+                    outcomes.push((started, result.is_ok()));
+                    tokio::time::sleep(Duration::from_millis(rng.u64(50..150))).await;
+                }
+                outcomes
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let crash = Instant::now();
+    server.stop().await;
+    tokio::time::sleep(RESTART).await;
+    server.restart().unwrap();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut after = 0;
+    let mut failed_after = 0;
+    for worker in workers {
+        for (started, ok) in worker.await.unwrap() {
+            if started >= back {
+                after += 1;
+                failed_after += usize::from(!ok);
+            }
+        }
+    }
+    let while_down: usize = logs
+        .iter()
+        .map(|log| {
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|at| **at >= crash && **at < back)
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "{while_down} connects while down for {RESTART:?} ({FLEET} pools); \
+         {failed_after} of {after} requests started after the return failed"
+    );
+    assert!(after > 0, "no request started after the return");
+    assert_eq!(failed_after, 0, "requests started after the return failed");
+    // Per pool: the connects that open the circuit and the retries of the requests
+    // they failed, then one trial per open period (at least 50 ms, then 100 ms, then
+    // 125 ms): at most about a dozen in a second. One connect per request would be
+    // about 80 per pool.
+    assert!(
+        while_down <= FLEET * 20,
+        "{while_down} connects while down: the waiting requests dialed"
+    );
 }

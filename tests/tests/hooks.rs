@@ -100,6 +100,9 @@ async fn a_failing_after_connect_is_a_failed_connect_and_feeds_the_circuit() {
     let pool = builder(&server)
         .circuit_open_after(2)
         .circuit_open_for(HOUR)
+        // The fixed open period and the fail-fast checkout these checks were written for.
+        .circuit_first_open(HOUR)
+        .circuit_wait(Duration::ZERO)
         .after_connect(|conn| {
             Box::pin(async move {
                 request(conn, "PING").await?;

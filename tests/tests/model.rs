@@ -720,6 +720,9 @@ async fn run_case(scenario: &Scenario, totals: &Totals) -> Vec<Violation> {
         })
         .reaper_interval(Duration::from_millis(scenario.reaper_ms))
         .circuit_open_for(Duration::from_millis(200))
+        // The fixed open period and the fail-fast checkout these checks were written for.
+        .circuit_first_open(Duration::from_millis(200))
+        .circuit_wait(Duration::ZERO)
         .retry_policy(
             RetryPolicy::default()
                 .deadline(Duration::from_millis(scenario.deadline_ms))

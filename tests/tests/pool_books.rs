@@ -263,7 +263,10 @@ async fn every_checkout_rejected_while_the_upstream_is_down_is_counted() {
     let (pool, metrics) = RecordedMetrics::build(
         Pool::builder(manager)
             .reaper_interval(HOUR)
-            .circuit_open_for(HOUR),
+            .circuit_open_for(HOUR)
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(HOUR)
+            .circuit_wait(Duration::ZERO),
     )
     .unwrap();
     let mut circuit_open = 0;

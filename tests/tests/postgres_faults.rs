@@ -326,6 +326,9 @@ async fn max_connections_taken_makes_the_pool_back_off_say_why_and_recover() {
         .max_concurrent_connects(CONCURRENT_CONNECTS)
         .circuit_open_after(OPEN_AFTER)
         .circuit_open_for(OPEN_FOR)
+        // The fixed open period and the fail-fast checkout these checks were written for.
+        .circuit_first_open(OPEN_FOR)
+        .circuit_wait(Duration::ZERO)
         .retry_policy(
             RetryPolicy::default()
                 .max_attempts(3)

@@ -474,6 +474,9 @@ async fn healthy_pooled_connections_are_handed_out_while_the_circuit_is_open() {
         .max_size(4)
         .circuit_open_after(3)
         .circuit_open_for(HOUR)
+        // The fixed open period and the fail-fast checkout these checks were written for.
+        .circuit_first_open(HOUR)
+        .circuit_wait(Duration::ZERO)
         .reaper_interval(HOUR)
         .check_after(HOUR)
         .build()
@@ -633,6 +636,9 @@ async fn the_circuit_state_gauge_shows_an_open_circuit() {
         Pool::builder(manager)
             .circuit_open_after(1)
             .circuit_open_for(HOUR)
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(HOUR)
+            .circuit_wait(Duration::ZERO)
             .reaper_interval(Duration::from_millis(20)),
     )
     .unwrap();

@@ -493,6 +493,9 @@ async fn callers_turned_away_by_the_open_circuit_are_counted() {
     let (server, pool) = ledger_pool(Faults::default(), |b| {
         b.circuit_open_after(2)
             .circuit_open_for(Duration::from_secs(60))
+            // The fixed open period and the fail-fast checkout these checks were written for.
+            .circuit_first_open(Duration::from_secs(60))
+            .circuit_wait(Duration::ZERO)
             .retry_policy(RetryPolicy::default().max_attempts(1))
     })
     .await;

@@ -248,7 +248,7 @@ impl Observer {
                     failures,
                     retry_in_secs = retry_in.as_secs_f64(),
                     "connect circuit open: the upstream keeps failing; checkouts that need a new \
-                     connection fail fast until a trial connect succeeds",
+                     connection wait (up to circuit_wait) for a trial connect to succeed",
                 );
             }
         }

@@ -48,7 +48,9 @@ impl<M: Manager> Pool<M> {
 /// | [`learn_idle_limit`](Self::learn_idle_limit) | on | repeated resets from an idle limit below `idle_timeout` |
 /// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2 | a burst of waiters, or a restarted upstream's every client, dialing at once |
 /// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
-/// | [`circuit_open_for`](Self::circuit_open_for) | 1 s | trial connects hammering a down upstream, or in lock-step across a fleet |
+/// | [`circuit_open_for`](Self::circuit_open_for) | 250 ms | trial connects hammering a down upstream, or in lock-step across a fleet |
+/// | [`circuit_first_open`](Self::circuit_first_open) | 100 ms (at most `circuit_open_for`) | a pool turning connects away long after a short restart of its upstream |
+/// | [`circuit_wait`](Self::circuit_wait) | 2 s (at most `wait_timeout`) | a request failing at once during an upstream's restart, though it had time to wait |
 /// | [`retry_policy`](Self::retry_policy) | [`RetryPolicy::default`] | retries without end, without pause, or multiplying an outage's load |
 /// | [`after_connect`](Self::after_connect), [`before_checkout`](Self::before_checkout), [`on_return`](Self::on_return) | none | session setup repeated by hand on every checkout |
 ///
@@ -291,12 +293,79 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How long the circuit stays open at most before a trial connect: each open period
-    /// is drawn at random between half of this and all of it. Default 1 s. Bounds how
-    /// soon the pool notices a recovered upstream, while keeping trial connects rare and
-    /// out of step with other pools.
+    /// How long the circuit stays open at most before a trial connect. Default 250 ms.
+    /// The first open period is 100 ms (or this, when shorter) and each failed trial
+    /// doubles it up to this cap; each period is drawn at random between half of its
+    /// length and all of it, so a fleet of pools does not probe in lock-step. The cap
+    /// bounds how long a pool keeps turning connects away after its upstream is back;
+    /// a longer cap means fewer trial connects against an upstream that stays down
+    /// (with the default, 4 to 8 per pool per second).
     pub fn circuit_open_for(mut self, period: Duration) -> Self {
         self.config.circuit_open_for = period;
+        self
+    }
+
+    /// The first open period after the connect circuit opens; each failed trial
+    /// doubles it, up to [`circuit_open_for`](Self::circuit_open_for). Default 100 ms,
+    /// or `circuit_open_for` when that is shorter. A short first period finds an
+    /// upstream that restarted in a fraction of a second soon after its return; the
+    /// doubling keeps trials rare through a long outage. Set it to `circuit_open_for`
+    /// for a fixed period. [`build`](Self::build) refuses zero and a value above
+    /// `circuit_open_for`
+    /// ([`BuildError::FirstOpenAboveOpenFor`](crate::BuildError::FirstOpenAboveOpenFor)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// // Trials 50 ms, 100 ms, 200 ms, then every 200 ms (each period jittered).
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .circuit_first_open(Duration::from_millis(50))
+    ///     .circuit_open_for(Duration::from_millis(200))
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_first_open(mut self, period: Duration) -> Self {
+        self.config.circuit_first_open = Some(period);
+        self
+    }
+
+    /// How long a checkout that needs a new connection waits for an open connect
+    /// circuit to let it through, within `get()`'s `wait_timeout` and a run's deadline.
+    /// Default 2 s, or `wait_timeout` when that is shorter.
+    ///
+    /// A waiting checkout is woken as soon as a trial connect succeeds, and may make
+    /// the trial itself when an open period ends: a request made during an upstream's
+    /// restart (a PostgreSQL fast restart takes about a second) is answered once it is
+    /// back, instead of failing with [`Error::CircuitOpen`](crate::Error::CircuitOpen)
+    /// while it had time left. The bound keeps a hard outage from piling up work:
+    /// after it, the checkout fails with `CircuitOpen` as before. Zero fails fast.
+    /// Healthy pooled connections are handed out without waiting either way.
+    ///
+    /// [`build`](Self::build) refuses a value above `wait_timeout`
+    /// ([`BuildError::CircuitWaitAboveWaitTimeout`](crate::BuildError::CircuitWaitAboveWaitTimeout)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
+    /// use std::time::Duration;
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// // Fail fast while the upstream is down: the caller has a fallback.
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .circuit_wait(Duration::ZERO)
+    ///     .build()?;
+    /// # drop(pool);
+    /// let too_long = Pool::builder(TcpManager::new("127.0.0.1:7000"))
+    ///     .wait_timeout(Duration::from_secs(1))
+    ///     .circuit_wait(Duration::from_secs(5))
+    ///     .build();
+    /// assert!(too_long.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_wait(mut self, wait: Duration) -> Self {
+        self.config.circuit_wait = Some(wait);
         self
     }
 

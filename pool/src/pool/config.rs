@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::breaker::GateConfig;
+use crate::breaker::{FIRST_OPEN, GateConfig};
 use crate::clock::CoarseDuration;
 use crate::dial::{Dialer, SocketSettingError};
 use crate::retry::policy::{PolicyError, RetryPolicy};
@@ -50,8 +50,15 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_connects: usize,
     pub(crate) circuit_open_after: u32,
     pub(crate) circuit_open_for: Duration,
+    /// `None`: [`FIRST_OPEN`], or `circuit_open_for` when that is shorter.
+    pub(crate) circuit_first_open: Option<Duration>,
+    /// `None`: [`DEFAULT_CIRCUIT_WAIT`], or `wait_timeout` when that is shorter.
+    pub(crate) circuit_wait: Option<Duration>,
     pub(crate) retry: RetryPolicy,
 }
+
+/// The default of [`PoolBuilder::circuit_wait`](crate::PoolBuilder::circuit_wait).
+pub(crate) const DEFAULT_CIRCUIT_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -71,7 +78,9 @@ impl Default for Config {
             learn_idle_limit: true,
             max_concurrent_connects: 2,
             circuit_open_after: 3,
-            circuit_open_for: Duration::from_secs(1),
+            circuit_open_for: Duration::from_millis(250),
+            circuit_first_open: None,
+            circuit_wait: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -92,11 +101,20 @@ impl Config {
         }
     }
 
+    /// How long a checkout that needs a new connection waits on an open circuit.
+    pub(crate) fn circuit_wait(&self) -> Duration {
+        self.circuit_wait
+            .unwrap_or_else(|| DEFAULT_CIRCUIT_WAIT.min(self.wait_timeout))
+    }
+
     pub(crate) fn gate(&self) -> GateConfig {
         GateConfig {
             max_concurrent_connects: self.max_concurrent_connects,
             open_after: self.circuit_open_after,
             open_for: self.circuit_open_for,
+            first_open: self
+                .circuit_first_open
+                .unwrap_or_else(|| FIRST_OPEN.min(self.circuit_open_for)),
         }
     }
 
@@ -151,6 +169,27 @@ impl Config {
         if self.circuit_open_after == 0 {
             return Err(BuildError::ZeroLimit {
                 knob: "circuit_open_after",
+            });
+        }
+        if let Some(first) = self.circuit_first_open {
+            if first.is_zero() {
+                return Err(BuildError::ZeroDuration {
+                    knob: "circuit_first_open",
+                });
+            }
+            if first > self.circuit_open_for {
+                return Err(BuildError::FirstOpenAboveOpenFor {
+                    first,
+                    open_for: self.circuit_open_for,
+                });
+            }
+        }
+        if let Some(circuit_wait) = self.circuit_wait
+            && circuit_wait > self.wait_timeout
+        {
+            return Err(BuildError::CircuitWaitAboveWaitTimeout {
+                circuit_wait,
+                wait_timeout: self.wait_timeout,
             });
         }
         self.retry.validate_for(self.connect_timeout())?;
@@ -215,6 +254,30 @@ pub enum BuildError {
     ZeroLimit {
         /// The knob's name.
         knob: &'static str,
+    },
+    /// `circuit_first_open` is longer than `circuit_open_for`, the cap of the open
+    /// periods.
+    #[error(
+        "circuit_first_open ({first:?}) must not exceed circuit_open_for ({open_for:?}), \
+         the longest open period"
+    )]
+    FirstOpenAboveOpenFor {
+        /// The configured first open period.
+        first: Duration,
+        /// The configured cap.
+        open_for: Duration,
+    },
+    /// `circuit_wait` is longer than `wait_timeout`: a checkout gives up at its
+    /// `wait_timeout` whatever the circuit does, so the longer wait could never happen.
+    #[error(
+        "circuit_wait ({circuit_wait:?}) must not exceed wait_timeout ({wait_timeout:?}): \
+         a checkout never waits longer than wait_timeout"
+    )]
+    CircuitWaitAboveWaitTimeout {
+        /// The configured wait on an open circuit.
+        circuit_wait: Duration,
+        /// The configured checkout wait.
+        wait_timeout: Duration,
     },
     /// The retry policy was refused.
     #[error("retry policy: {0}")]

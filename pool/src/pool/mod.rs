@@ -164,8 +164,10 @@ pub enum Error<E: StdError + 'static> {
     /// A new connection was not ready within `connect_timeout`.
     #[error("could not connect (connect_timeout): no connection within {0:?}")]
     ConnectTimeout(Duration),
-    /// A new connection was needed, but the connect circuit is open: recent connects
-    /// all failed, so the pool did not dial (see [`CircuitState`](crate::CircuitState)).
+    /// A new connection was needed, but the connect circuit stayed open for as long as
+    /// the checkout could wait ([`circuit_wait`](crate::PoolBuilder::circuit_wait)):
+    /// recent connects all failed, so the pool did not dial (see
+    /// [`CircuitState`](crate::CircuitState)).
     #[error(
         "not connecting: the connect circuit is open after {failures} failed connects \
          (last: {cause}: {last_error}); next trial connect in {retry_in:?}"
@@ -288,8 +290,8 @@ impl<M: Manager> Pool<M> {
     /// # Errors
     /// [`Error::Timeout`] after `wait_timeout`; [`Error::Connect`] /
     /// [`Error::ConnectTimeout`] when a needed new connection failed, with its cause;
-    /// [`Error::CircuitOpen`] while the connect circuit is open and a new connection
-    /// was needed; [`Error::Closed`] after [`Pool::close`].
+    /// [`Error::CircuitOpen`] when a new connection was needed and the connect circuit
+    /// stayed open through `circuit_wait`; [`Error::Closed`] after [`Pool::close`].
     pub async fn get(&self) -> Result<Connection<M>, Error<M::Error>> {
         // First without queueing: the queue takes a free permit or reports none, with
         // no waiter node and no timer. Most checkouts find an idle connection that

@@ -399,7 +399,8 @@ impl<M: Manager> Parts<M> {
     pub(crate) async fn open_spare(self: Arc<Self>) -> Option<Result<(), ConnectError<M::Error>>> {
         let reservation = self.core.reserve()?;
         self.refilling.fetch_add(1, Ordering::AcqRel);
-        let result = self.gated_connect().await;
+        // The refill does not wait on an open circuit: the next tick tries again.
+        let result = self.gated_connect(Duration::ZERO).await;
         self.refilling.fetch_sub(1, Ordering::AcqRel);
         Some(result.map(|mut slot| {
             reservation.keep();
@@ -422,31 +423,48 @@ impl<M: Manager> Parts<M> {
     }
 
     /// A new connection, through the connect gate. The caller has reserved room.
-    async fn gated_connect(self: &Arc<Self>) -> Result<Slot<M>, ConnectError<M::Error>> {
+    /// While the circuit is open it waits up to `patience` for it to let a connect
+    /// through.
+    async fn gated_connect(
+        self: &Arc<Self>,
+        patience: Duration,
+    ) -> Result<Slot<M>, ConnectError<M::Error>> {
         let observer = &self.core.observer;
-        let ticket = self.core.gate.enter().await.map_err(|refusal| {
-            observer.gate_rejected();
-            ConnectError::CircuitOpen(Box::new(refusal))
-        })?;
-        if ticket.is_trial() {
-            observer.circuit(CircuitEvent::HalfOpen);
-        }
-        let result = self.connect().await;
-        let moved = match &result {
-            Ok(_) => ticket.succeeded(),
-            Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
-            Err(timed_out @ ConnectError::TimedOut(_)) => {
-                ticket.failed(ResetCause::ConnectTimeout, timed_out)
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let ticket = self.core.gate.enter_within(left).await.map_err(|refusal| {
+                observer.gate_rejected();
+                ConnectError::CircuitOpen(Box::new(refusal))
+            })?;
+            if ticket.is_trial() {
+                observer.circuit(CircuitEvent::HalfOpen);
             }
-            Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => {
-                drop(ticket);
-                None
+            let result = self.connect().await;
+            let moved = match &result {
+                Ok(_) => ticket.succeeded(),
+                Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
+                Err(timed_out @ ConnectError::TimedOut(_)) => {
+                    ticket.failed(ResetCause::ConnectTimeout, timed_out)
+                }
+                Err(ConnectError::CircuitOpen(_) | ConnectError::PoolClosed) => {
+                    drop(ticket);
+                    None
+                }
+            };
+            let reopened = matches!(moved, Some(CircuitEvent::Opened { .. }));
+            if let Some(event) = moved {
+                observer.circuit(event);
             }
-        };
-        if let Some(event) = moved {
-            observer.circuit(event);
+            // A connect that opened the circuit (or a trial that reopened it) is the
+            // circuit's news, not this checkout's end: with time left it waits for the
+            // next trial like the checkouts parked behind it, instead of spending one
+            // of its caller's attempts on each failed trial.
+            if reopened && tokio::time::Instant::now() < give_up {
+                continue;
+            }
+            return result;
         }
-        result
     }
 
     /// The manager's connect, then the after-connect hook: a connection is not open
@@ -547,7 +565,7 @@ impl<M: Manager> Parts<M> {
             let Some(reservation) = self.core.reserve() else {
                 return Ok(Entry::Placeholder);
             };
-            let mut slot = self.gated_connect().await?;
+            let mut slot = self.gated_connect(self.core.config.circuit_wait()).await?;
             reservation.keep();
             // `close()` or `resize()` may have returned while this connect ran: its
             // promise holds from that moment, so the new connection does not outlive

@@ -56,9 +56,11 @@ impl Idempotency {
 /// * **An application error** (the server answered "no") is returned as it is, at once,
 ///   as [`RunError::Operation`](crate::RunError::Operation), and the connection goes back to the pool.
 /// * **No connection at all** because the pool is closed, exhausted past
-///   `wait_timeout`, or its [connect circuit](crate::CircuitState) is open: returned at
-///   once, with reason [`GiveUp::NoConnection`](crate::GiveUp::NoConnection). Failing fast is the point of the
-///   circuit.
+///   `wait_timeout`, or its [connect circuit](crate::CircuitState) stayed open through
+///   [`circuit_wait`](crate::PoolBuilder::circuit_wait): returned at once, with reason
+///   [`GiveUp::NoConnection`](crate::GiveUp::NoConnection). The checkout already waited
+///   for the upstream as long as the pool allows; another attempt would only wait
+///   again, and a hard outage must not pile up work.
 ///
 /// Every retry is bounded three ways, by the the policy: a number of attempts,
 /// an overall deadline (which also bounds the operation itself; one still running at
@@ -380,7 +382,8 @@ pub enum GiveUp {
     /// [`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted).
     NotIdempotent,
     /// No connection could be had: the pool is closed, stayed exhausted past
-    /// `wait_timeout`, or its [connect circuit](crate::CircuitState) is open. Not retried.
+    /// `wait_timeout`, or its [connect circuit](crate::CircuitState) stayed open through
+    /// `circuit_wait`. Not retried.
     NoConnection,
 }
 
