@@ -430,6 +430,14 @@ impl Drop for Ticket<'_> {
 mod tests {
     use super::*;
 
+    /// One connect through the gate that the upstream refused.
+    async fn refuse_one_connect(gate: &Gate) {
+        gate.enter()
+            .await
+            .unwrap()
+            .failed(ResetCause::Refused, &"refused");
+    }
+
     fn gate(open_after: u32) -> Gate {
         let config = GateConfig {
             max_concurrent_connects: 2,
@@ -446,16 +454,10 @@ mod tests {
     async fn opens_after_consecutive_failures_and_fails_fast_naming_the_cause() {
         let gate = gate(3);
         for _ in 0..2 {
-            gate.enter()
-                .await
-                .unwrap()
-                .failed(ResetCause::Refused, &"refused");
+            refuse_one_connect(&gate).await;
         }
         assert_eq!(gate.state(), CircuitState::Closed);
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         assert_eq!(gate.state(), CircuitState::Open);
         let refused = gate.enter().await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);
@@ -518,10 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn half_open_lets_one_trial_through_and_closes_on_success() {
         let gate = gate(1);
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         tokio::time::advance(Duration::from_secs(10)).await;
         let trial = gate.enter().await.unwrap();
         assert_eq!(gate.state(), CircuitState::HalfOpen);
@@ -535,10 +534,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_trial_reopens_for_a_jittered_period() {
         let gate = gate(1);
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let mut periods = Vec::new();
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(10)).await;
@@ -565,10 +561,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_trial_lets_the_next_checkout_try() {
         let gate = gate(1);
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         tokio::time::advance(Duration::from_secs(10)).await;
         drop(gate.enter().await.unwrap());
         assert_eq!(gate.state(), CircuitState::HalfOpen);
@@ -601,10 +594,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn open_periods_start_short_and_double_to_the_cap_after_failed_trials() {
         let gate = doubling_gate();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let mut periods = vec![gate.enter().await.err().unwrap().retry_in];
         for _ in 0..8 {
             tokio::time::advance(Duration::from_secs(1)).await;
@@ -626,23 +616,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_success_restarts_the_schedule_from_the_first_period() {
         let gate = doubling_gate();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         for _ in 0..6 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            gate.enter()
-                .await
-                .unwrap()
-                .failed(ResetCause::Refused, &"refused");
+            refuse_one_connect(&gate).await;
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         gate.enter().await.unwrap().succeeded();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let retry_in = gate.enter().await.err().unwrap().retry_in;
         assert!(retry_in <= Duration::from_millis(25), "{retry_in:?}");
     }
@@ -650,10 +631,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn zero_patience_fails_fast() {
         let gate = doubling_gate();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let started = Instant::now();
         let refused = gate.enter_within(Duration::ZERO).await.err().unwrap();
         assert_eq!(refused.cause, ResetCause::Refused);
@@ -663,10 +641,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_checkout_makes_the_trial_when_the_open_period_ends() {
         let gate = doubling_gate();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let started = Instant::now();
         let ticket = gate.enter_within(Duration::from_secs(5)).await.unwrap();
         assert!(ticket.is_trial());
@@ -685,10 +660,7 @@ mod tests {
             open_for: Duration::from_secs(10),
             first_open: Duration::from_secs(10),
         });
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         tokio::time::advance(Duration::from_secs(10)).await;
         let trial = gate.enter().await.unwrap();
         assert!(trial.is_trial());
@@ -718,10 +690,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_checkout_gives_up_after_its_patience_with_the_last_refusal() {
         let gate = doubling_gate();
-        gate.enter()
-            .await
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
+        refuse_one_connect(&gate).await;
         let started = Instant::now();
         // Every trial the waiter makes fails: it keeps waiting until its patience ends.
         let patience = Duration::from_millis(500);
