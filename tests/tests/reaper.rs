@@ -271,6 +271,47 @@ async fn min_idle_is_filled_and_refilled_after_the_peer_closes_everything() {
     assert_eq!(server.accepts(), 6);
 }
 
+/// A pool with an hour's interval must not tick in the first second after build (a
+/// random phase over the whole interval once did, in a test that needed no tick),
+/// while pools built together still spread their ticks.
+#[tokio::test]
+async fn the_first_tick_comes_between_half_an_interval_and_one_interval_after_build() {
+    const POOLS: usize = 20;
+    let interval = Duration::from_secs(6);
+    let server = LineServer::start().await.unwrap();
+    let built = tokio::time::Instant::now();
+    let mut pools = Vec::new();
+    for _ in 0..POOLS {
+        let pool = Pool::builder(LineManager::new(server.addr()))
+            .reaper_interval(interval)
+            .check_after(HOUR)
+            .build()
+            .unwrap();
+        drop(pool.get().await.unwrap());
+        pools.push(pool);
+    }
+    assert!(eventually(SLACK, || server.live() == POOLS).await);
+    // From now on, a tick of any pool counts its connection's FIN.
+    assert_eq!(server.close_all().await, POOLS);
+    let watch_until = built + interval / 2 - Duration::from_millis(200);
+    let ready = built.elapsed();
+    assert!(
+        built + ready < watch_until,
+        "the set-up took {ready:?}: no time was left to watch"
+    );
+    let ticked =
+        |pool: &Pool<LineManager>| pool.stats().resets(ResetCause::PeerClosed, Phase::Idle);
+    tokio::time::sleep_until(watch_until).await;
+    let early: Vec<u64> = pools.iter().map(ticked).collect();
+    assert!(early.iter().all(|n| *n == 0), "ticked early: {early:?}");
+    let all = eventually(interval + SLACK, || {
+        pools.iter().all(|pool| ticked(pool) == 1)
+    })
+    .await;
+    let late: Vec<u64> = pools.iter().map(ticked).collect();
+    assert!(all, "not ticked within an interval: {late:?}");
+}
+
 #[tokio::test]
 async fn min_idle_refill_leaves_room_for_checkouts_and_respects_max_size() {
     let server = LineServer::start().await.unwrap();

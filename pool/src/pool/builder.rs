@@ -261,6 +261,8 @@ impl<M: Manager> PoolBuilder<M> {
 
     /// How often the reaper probes idle connections, evicts expired ones and refills
     /// `min_idle`. Default 1 s: no socket whose peer closed stays in `CLOSE_WAIT` longer.
+    /// The first pass comes between half an interval and one interval after `build`,
+    /// at random, so that pools built together do not probe and refill in step.
     pub fn reaper_interval(mut self, interval: Duration) -> Self {
         self.config.reaper_interval = interval;
         self

@@ -35,8 +35,11 @@ pub(super) fn spawn<M: Manager>(
 
 async fn run<M: Manager>(weak: WeakBackend<M>, interval: std::time::Duration) {
     // A random phase: pools built together (a fleet deployed at once, or many pools in
-    // one process) would otherwise probe and refill in lock-step after an outage.
-    let phase = interval.mul_f64(fastrand::f64());
+    // one process) would otherwise probe and refill in lock-step after an outage. Drawn
+    // from the second half of an interval: from all of it, a pool given an hour's
+    // interval could tick in its first second, and a first tick is never later than
+    // one interval either way.
+    let phase = interval.mul_f64(0.5 + fastrand::f64() / 2.0);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
