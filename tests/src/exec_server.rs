@@ -30,15 +30,18 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use steadypool::{Classify, DialError, Dialer, Manager, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::BufStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+
+use crate::lines::{self, Answer, Handlers};
+use crate::lock;
 
 /// What the server does with one delivery of `EXEC <id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,11 +91,7 @@ struct Shared {
     /// The client address of every connection accepted, in order.
     accepted: Mutex<Vec<SocketAddr>>,
     reset_on_accept: AtomicBool,
-    handlers: Mutex<Vec<AbortHandle>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    handlers: Handlers,
 }
 
 /// The running accept loop: stopping it drains the listener's queue first.
@@ -242,9 +241,7 @@ impl Drop for ExecServer {
         if let Some(acceptor) = self.listening.get_mut().acceptor.take() {
             acceptor.task.abort();
         }
-        for handler in lock(&self.shared.handlers).drain(..) {
-            handler.abort();
-        }
+        self.shared.handlers.abort_all();
     }
 }
 
@@ -310,82 +307,41 @@ async fn accept_loop(
 fn admit(stream: TcpStream, client: SocketAddr, shared: &Arc<Shared>) {
     lock(&shared.accepted).push(client);
     if shared.reset_on_accept.load(Ordering::SeqCst) {
-        reset(stream);
+        lines::reset(stream);
         return;
     }
-    let handler = tokio::spawn(serve(stream, Arc::clone(shared)));
-    let mut handlers = lock(&shared.handlers);
-    handlers.retain(|h| !h.is_finished());
-    handlers.push(handler.abort_handle());
+    let answering = Arc::clone(shared);
+    shared.handlers.spawn(lines::serve(stream, move |request| {
+        answer(&answering, request)
+    }));
 }
 
-/// Closes with an RST.
-fn reset(stream: TcpStream) {
-    let _ = stream.set_zero_linger();
-    drop(stream);
-}
-
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let mut stream = BufStream::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match stream.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let request = line.trim_end();
-        if request == "PING" {
-            if reply(&mut stream, "PONG\n").await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let Some(id) = request
-            .strip_prefix("EXEC ")
-            .and_then(|id| id.parse::<u64>().ok())
-        else {
-            if reply(&mut stream, "ERR bad request\n").await.is_err() {
-                return;
-            }
-            continue;
-        };
-        *lock(&shared.deliveries).entry(id).or_insert(0) += 1;
-        let fault = lock(&shared.schedule)
-            .get_mut(&id)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or(Fault::Reply);
-        if fault.executes() {
-            *lock(&shared.executions).entry(id).or_insert(0) += 1;
-        }
-        match fault {
-            Fault::Reply => {
-                if reply(&mut stream, &format!("OK {id}\n")).await.is_err() {
-                    return;
-                }
-            }
-            Fault::ReplyThenClose => {
-                // The client sent nothing after this request, so the close is a FIN
-                // (unread data would turn it into an RST).
-                let _ = reply(&mut stream, &format!("OK {id}\n")).await;
-                return;
-            }
-            Fault::ResetBefore | Fault::ExecuteThenDie => {
-                reset(stream.into_inner());
-                return;
-            }
-            Fault::SilentExecuted | Fault::SilentNotExecuted => {
-                // Hung: read and ignore until the client goes away.
-                let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
-                return;
-            }
-        }
+fn answer(shared: &Shared, request: &str) -> Answer {
+    if request == "PING" {
+        return Answer::Reply("PONG\n".to_owned());
     }
-}
-
-async fn reply(stream: &mut BufStream<TcpStream>, text: &str) -> io::Result<()> {
-    stream.write_all(text.as_bytes()).await?;
-    stream.flush().await
+    let Some(id) = request
+        .strip_prefix("EXEC ")
+        .and_then(|id| id.parse::<u64>().ok())
+    else {
+        return Answer::Reply("ERR bad request\n".to_owned());
+    };
+    *lock(&shared.deliveries).entry(id).or_insert(0) += 1;
+    let fault = lock(&shared.schedule)
+        .get_mut(&id)
+        .and_then(VecDeque::pop_front)
+        .unwrap_or(Fault::Reply);
+    if fault.executes() {
+        *lock(&shared.executions).entry(id).or_insert(0) += 1;
+    }
+    match fault {
+        Fault::Reply => Answer::Reply(format!("OK {id}\n")),
+        // The client sent nothing after this request, so the close is a FIN (unread
+        // data would turn it into an RST).
+        Fault::ReplyThenClose => Answer::ReplyThenClose(format!("OK {id}\n")),
+        Fault::ResetBefore | Fault::ExecuteThenDie => Answer::Reset,
+        Fault::SilentExecuted | Fault::SilentNotExecuted => Answer::Hang,
+    }
 }
 
 /// What can go wrong talking to an [`ExecServer`].
@@ -526,19 +482,8 @@ impl Manager for ExecManager {
 }
 
 async fn call(conn: &mut ExecConnection, request: &str) -> Result<String, ExecError> {
-    conn.write_all(format!("{request}\n").as_bytes())
-        .await
-        .map_err(ExecError::Send)?;
-    conn.flush().await.map_err(ExecError::Send)?;
-    let mut reply = String::new();
-    match conn.read_line(&mut reply).await {
-        Ok(0) => Err(ExecError::Receive(io::ErrorKind::UnexpectedEof.into())),
-        Ok(_) => {
-            reply.truncate(reply.trim_end().len());
-            Ok(reply)
-        }
-        Err(err) => Err(ExecError::Receive(err)),
-    }
+    lines::send(conn, request).await.map_err(ExecError::Send)?;
+    lines::receive(conn).await.map_err(ExecError::Receive)
 }
 
 /// Sends `EXEC <id>` and reads its reply.
@@ -555,10 +500,9 @@ pub async fn exec(conn: &mut ExecConnection, id: u64) -> Result<(), ExecError> {
 /// # Errors
 /// [`ExecError::Send`].
 pub async fn send(conn: &mut ExecConnection, id: u64) -> Result<(), ExecError> {
-    conn.write_all(format!("EXEC {id}\n").as_bytes())
+    lines::send(conn, &format!("EXEC {id}"))
         .await
-        .map_err(ExecError::Send)?;
-    conn.flush().await.map_err(ExecError::Send)
+        .map_err(ExecError::Send)
 }
 
 /// Reads the reply to `EXEC <id>`.
@@ -566,11 +510,10 @@ pub async fn send(conn: &mut ExecConnection, id: u64) -> Result<(), ExecError> {
 /// # Errors
 /// [`ExecError::Receive`]; [`ExecError::Garbled`] when the reply is not `OK <id>`.
 pub async fn receive(conn: &mut ExecConnection, id: u64) -> Result<(), ExecError> {
-    let mut reply = String::new();
-    match conn.read_line(&mut reply).await {
-        Ok(0) => Err(ExecError::Receive(io::ErrorKind::UnexpectedEof.into())),
-        Ok(_) if reply.trim_end() == format!("OK {id}") => Ok(()),
-        Ok(_) => Err(ExecError::Garbled(reply.trim_end().to_owned())),
-        Err(err) => Err(ExecError::Receive(err)),
+    let reply = lines::receive(conn).await.map_err(ExecError::Receive)?;
+    if reply == format!("OK {id}") {
+        Ok(())
+    } else {
+        Err(ExecError::Garbled(reply))
     }
 }

@@ -22,13 +22,16 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steadypool::{Classify, DialError, Dialer, Manager, SocketRef};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufStream};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
+
+use crate::lines::{self, Answer, Handlers};
+use crate::lock;
 
 /// Where around a request the server resets a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +136,7 @@ struct Shared {
     faults: Faults,
     ledger: Mutex<HashMap<u64, u32>>,
     dice: Mutex<fastrand::Rng>,
-    connections: Mutex<Vec<AbortHandle>>,
+    connections: Handlers,
     accepted: AtomicUsize,
     requests: AtomicUsize,
     resets: AtomicUsize,
@@ -146,10 +149,6 @@ pub struct LedgerServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Mutex<Option<AbortHandle>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LedgerServer {
@@ -165,7 +164,7 @@ impl LedgerServer {
                 faults,
                 ledger: Mutex::new(HashMap::new()),
                 dice: Mutex::new(fastrand::Rng::with_seed(faults.seed)),
-                connections: Mutex::new(Vec::new()),
+                connections: Handlers::default(),
                 accepted: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
                 resets: AtomicUsize::new(0),
@@ -189,10 +188,13 @@ impl LedgerServer {
                 if stream.set_zero_linger().is_err() {
                     continue;
                 }
-                let conn = tokio::spawn(connection(Arc::clone(&shared), stream));
-                let mut connections = lock(&shared.connections);
-                connections.retain(|c| !c.is_finished());
-                connections.push(conn.abort_handle());
+                let answering = Arc::clone(&shared);
+                let mut served = 0;
+                shared
+                    .connections
+                    .spawn(lines::serve(stream, move |request| {
+                        answer(&answering, &mut served, request)
+                    }));
             }
         });
         *lock(&self.acceptor) = Some(task.abort_handle());
@@ -235,10 +237,7 @@ impl LedgerServer {
         if let Some(acceptor) = &acceptor {
             acceptor.abort();
         }
-        let connections = std::mem::take(&mut *lock(&self.shared.connections));
-        for conn in &connections {
-            conn.abort();
-        }
+        let connections = self.shared.connections.abort_all();
         // Aborted tasks drop their sockets (and the listener) when the runtime next
         // looks at them.
         while acceptor.as_ref().is_some_and(|a| !a.is_finished())
@@ -266,83 +265,73 @@ impl Drop for LedgerServer {
         if let Some(acceptor) = lock(&self.acceptor).take() {
             acceptor.abort();
         }
-        for conn in lock(&self.shared.connections).drain(..) {
-            conn.abort();
-        }
+        self.shared.connections.abort_all();
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut stream = BufStream::new(stream);
-    let mut served = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match stream.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        shared.requests.fetch_add(1, Ordering::SeqCst);
-        if shared
-            .faults
-            .requests_per_connection
-            .is_some_and(|limit| served >= limit)
-        {
-            shared.resets.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-        served += 1;
-        let reset = {
-            let mut dice = lock(&shared.dice);
-            (dice.f64() < shared.faults.reset_probability).then(|| {
-                shared.faults.reset_point.unwrap_or(match dice.u8(0..3) {
-                    0 => ResetPoint::Before,
-                    1 => ResetPoint::During,
-                    _ => ResetPoint::After,
-                })
+/// The answer to one request on a connection that has served `served` before it.
+/// Every close of this server's is an RST: the accept set zero linger.
+fn answer(shared: &Shared, served: &mut usize, request: &str) -> Answer {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    if shared
+        .faults
+        .requests_per_connection
+        .is_some_and(|limit| *served >= limit)
+    {
+        shared.resets.fetch_add(1, Ordering::SeqCst);
+        return Answer::Reset;
+    }
+    *served += 1;
+    let reset = {
+        let mut dice = lock(&shared.dice);
+        (dice.f64() < shared.faults.reset_probability).then(|| {
+            shared.faults.reset_point.unwrap_or(match dice.u8(0..3) {
+                0 => ResetPoint::Before,
+                1 => ResetPoint::During,
+                _ => ResetPoint::After,
             })
-        };
-        if reset == Some(ResetPoint::Before) {
-            shared.resets.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-        let mut words = line.split_whitespace();
-        let reply = match (
-            words.next(),
-            words.next().and_then(|id| id.parse::<u64>().ok()),
-        ) {
-            (Some("RUN"), Some(id)) => {
-                if shared.busy_sent.load(Ordering::SeqCst) < shared.faults.busy_first {
-                    shared.busy_sent.fetch_add(1, Ordering::SeqCst);
-                    "BUSY\n".to_owned()
-                } else {
-                    let runs = {
-                        let mut ledger = lock(&shared.ledger);
-                        let runs = ledger.entry(id).or_insert(0);
-                        *runs += 1;
-                        *runs
-                    };
-                    if shared.faults.never_reply {
-                        std::future::pending::<()>().await;
-                    }
-                    format!("DONE {id} {runs}\n")
+        })
+    };
+    if reset == Some(ResetPoint::Before) {
+        shared.resets.fetch_add(1, Ordering::SeqCst);
+        return Answer::Reset;
+    }
+    let mut words = request.split_whitespace();
+    let reply = match (
+        words.next(),
+        words.next().and_then(|id| id.parse::<u64>().ok()),
+    ) {
+        (Some("RUN"), Some(id)) => {
+            if shared.busy_sent.load(Ordering::SeqCst) < shared.faults.busy_first {
+                shared.busy_sent.fetch_add(1, Ordering::SeqCst);
+                "BUSY\n".to_owned()
+            } else {
+                let runs = {
+                    let mut ledger = lock(&shared.ledger);
+                    let runs = ledger.entry(id).or_insert(0);
+                    *runs += 1;
+                    *runs
+                };
+                if shared.faults.never_reply {
+                    return Answer::Hang;
                 }
+                format!("DONE {id} {runs}\n")
             }
-            (Some("FAIL"), Some(id)) => format!("ERR {id}\n"),
-            (Some("HANG"), Some(_)) => std::future::pending().await,
-            _ => "ERR bad request\n".to_owned(),
-        };
-        if reset == Some(ResetPoint::During) {
+        }
+        (Some("FAIL"), Some(id)) => format!("ERR {id}\n"),
+        (Some("HANG"), Some(_)) => return Answer::Hang,
+        _ => "ERR bad request\n".to_owned(),
+    };
+    match reset {
+        Some(ResetPoint::During) => {
             shared.resets.fetch_add(1, Ordering::SeqCst);
-            return;
+            Answer::Reset
         }
-        if stream.write_all(reply.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-            return;
-        }
-        if reset == Some(ResetPoint::After) {
+        Some(ResetPoint::After) => {
             shared.resets.fetch_add(1, Ordering::SeqCst);
-            return;
+            Answer::ReplyThenClose(reply)
         }
+        _ => Answer::Reply(reply),
     }
 }
 
@@ -417,17 +406,10 @@ impl Manager for LedgerManager {
 }
 
 async fn call(conn: &mut LedgerConnection, verb: &str, id: u64) -> Result<String, LedgerError> {
-    let request = format!("{verb} {id}\n");
-    conn.write_all(request.as_bytes())
+    lines::send(conn, &format!("{verb} {id}"))
         .await
         .map_err(LedgerError::Send)?;
-    conn.flush().await.map_err(LedgerError::Send)?;
-    let mut reply = String::new();
-    match conn.read_line(&mut reply).await {
-        Ok(0) => Err(LedgerError::Receive(io::ErrorKind::UnexpectedEof.into())),
-        Ok(_) => Ok(reply),
-        Err(err) => Err(LedgerError::Receive(err)),
-    }
+    lines::receive(conn).await.map_err(LedgerError::Receive)
 }
 
 /// Runs request `id`; returns how many times it has run on the server, this time
@@ -437,7 +419,7 @@ async fn call(conn: &mut LedgerConnection, verb: &str, id: u64) -> Result<String
 /// [`LedgerError`].
 pub async fn run(conn: &mut LedgerConnection, id: u64) -> Result<u32, LedgerError> {
     let reply = call(conn, "RUN", id).await?;
-    if reply == "BUSY\n" {
+    if reply == "BUSY" {
         return Err(LedgerError::Busy);
     }
     let mut words = reply.split_whitespace();
@@ -457,7 +439,7 @@ pub async fn run(conn: &mut LedgerConnection, id: u64) -> Result<u32, LedgerErro
 /// Always: [`LedgerError::Refused`], or what broke on the way.
 pub async fn fail(conn: &mut LedgerConnection, id: u64) -> Result<(), LedgerError> {
     let reply = call(conn, "FAIL", id).await?;
-    if reply == format!("ERR {id}\n") {
+    if reply == format!("ERR {id}") {
         Err(LedgerError::Refused(id))
     } else {
         Err(LedgerError::Garbled(reply))

@@ -6,6 +6,7 @@
 //! request ran, with a fault chosen per request, Node.js and HAProxy for the HTTP
 //! driver, and the `steadypool` tool, built and run as a process.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub mod exec_server;
@@ -15,6 +16,7 @@ pub mod host;
 pub mod http;
 pub mod ledger;
 pub mod line_manager;
+mod lines;
 pub mod load;
 pub mod netns;
 pub mod postgres;
@@ -40,4 +42,10 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Locks `mutex`, also after a panic elsewhere poisoned it: a fixture's books must
+/// still be readable by the test that reports the failure.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

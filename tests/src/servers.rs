@@ -27,13 +27,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::lock;
 
 /// How a server-side connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,10 +184,6 @@ impl LineServer {
         }
         struck
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, idle: Option<Duration>) {

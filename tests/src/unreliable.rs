@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use steadypool::{Broken, Dialer, Manager, ResetCause, SocketRef};
@@ -39,6 +39,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
 use crate::line_manager::{LineConnection, request};
+use crate::lock;
 
 /// What a connect or a ping does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +94,6 @@ struct State {
 /// pool (and read the counters after the pool is gone).
 #[derive(Debug, Clone)]
 pub struct UnreliableManager(Arc<State>);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl UnreliableManager {
     /// A manager for the line server at `server` whose connects and pings all succeed
