@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::line_manager::{LineConnection, request};
 use crate::lock;
+use crate::servers::LineServer;
 
 /// What a connect or a ping does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,26 @@ struct State {
 pub struct UnreliableManager(Arc<State>);
 
 impl UnreliableManager {
+    /// A new [`LineServer`] on loopback and a manager for it whose connects and pings
+    /// all succeed until told otherwise: where every test of the ported suites starts.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use steadypool_tests::unreliable::UnreliableManager;
+    ///
+    /// let (server, manager) = UnreliableManager::with_server().await?;
+    /// let pool = steadypool::Pool::builder(manager.clone()).build().unwrap();
+    /// # drop((server, pool)); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When no loopback port can be bound.
+    pub async fn with_server() -> io::Result<(LineServer, UnreliableManager)> {
+        let server = LineServer::start().await?;
+        let manager = UnreliableManager::new(server.addr())?;
+        Ok((server, manager))
+    }
+
     /// A manager for the line server at `server` whose connects and pings all succeed
     /// until told otherwise.
     ///

@@ -2,7 +2,7 @@
 //! bb8 user counts on, checked against steadypool.
 //!
 //! bb8's tests pool in-memory objects and count their drops; here every connection is
-//! a real socket to a loopback [`LineServer`], opened by an [`UnreliableManager`] that
+//! a real socket to a loopback `LineServer`, opened by an [`UnreliableManager`] that
 //! counts the connections it opened and closed, and whose connects, pings and
 //! broken-checks misbehave on command (bb8's `NthConnectionFailManager` is "n connects
 //! succeed, then every one fails"). Translations: bb8's `connection_timeout` is
@@ -31,7 +31,6 @@ use steadypool::{Connection, Error, Eviction, Phase, Pool, PoolBuilder, QueueMod
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
 use steadypool_tests::recorded::Books;
-use steadypool_tests::servers::LineServer;
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -44,12 +43,6 @@ const TICK: Duration = Duration::from_millis(50);
 const HOUR: Duration = Duration::from_secs(3600);
 
 type TestPool = Pool<UnreliableManager>;
-
-async fn server_and_manager() -> (LineServer, UnreliableManager) {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
-    (server, manager)
-}
 
 fn builder(manager: &UnreliableManager) -> PoolBuilder<UnreliableManager> {
     Pool::builder(manager.clone())
@@ -101,7 +94,7 @@ async fn is_pending<T>(rx: &mut oneshot::Receiver<T>) -> bool {
 
 #[tokio::test]
 async fn test_max_size_ok() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     fail_after(&manager, 5);
     let pool = builder(&manager).max_size(5).build().unwrap();
     let mut holders: Vec<_> = (0..5).map(|_| hold(&pool)).collect();
@@ -116,7 +109,7 @@ async fn test_max_size_ok() {
 
 #[tokio::test]
 async fn test_acquire_release() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(2).build().unwrap();
 
     let mut first = hold(&pool);
@@ -153,7 +146,7 @@ fn test_is_send_sync() {
 
 #[tokio::test]
 async fn test_drop_on_broken() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.report_broken(usize::MAX);
     let pool = builder(&manager).build().unwrap();
 
@@ -173,43 +166,44 @@ async fn test_drop_on_broken() {
     );
 }
 
+/// The set-up of bb8's lazy-initialization tests: every connect fails, and one
+/// checkout waits at most a second's `wait_timeout`; it must end within it.
+async fn checkout_with_every_connect_failing(
+    manager: &UnreliableManager,
+) -> Result<Connection<UnreliableManager>, Error<std::io::Error>> {
+    fail_after(manager, 0);
+    let wait = Duration::from_secs(1);
+    let pool = builder(manager).wait_timeout(wait).build().unwrap();
+    tokio::time::timeout(wait + PATIENCE, pool.get())
+        .await
+        .expect("a checkout outlived its wait_timeout")
+}
+
 // bb8 retries the failing connect until `connection_timeout` and then reports
 // `TimedOut`. steadypool's `get()` does not retry a connect (`Pool::run` does): it
 // fails at once, with the connect's cause. Either way the checkout ends within the
 // timeout with an error.
 #[tokio::test]
 async fn test_lazy_initialization_failure() {
-    let (_server, manager) = server_and_manager().await;
-    fail_after(&manager, 0);
-    let wait = Duration::from_secs(1);
-    let pool = builder(&manager).wait_timeout(wait).build().unwrap();
-
-    let got = tokio::time::timeout(wait + PATIENCE, pool.get())
-        .await
-        .expect("a checkout outlived its wait_timeout");
-    faults::assert_refused(got);
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
+    faults::assert_refused(checkout_with_every_connect_failing(&manager).await);
 }
 
 // bb8's `retry_connection(false)` is how steadypool's `get()` always behaves: one
 // connect, and its failure reported.
 #[tokio::test]
 async fn test_lazy_initialization_failure_no_retry() {
-    let (_server, manager) = server_and_manager().await;
-    fail_after(&manager, 0);
-    let wait = Duration::from_secs(1);
-    let pool = builder(&manager).wait_timeout(wait).build().unwrap();
-
-    let got = tokio::time::timeout(wait + PATIENCE, pool.get())
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
+    let err = checkout_with_every_connect_failing(&manager)
         .await
-        .expect("a checkout outlived its wait_timeout");
-    let err = got.unwrap_err();
+        .unwrap_err();
     assert_eq!(err.cause(), Some(ResetCause::Refused), "{err}");
     assert_eq!(manager.attempts(), 1);
 }
 
 #[tokio::test]
 async fn test_get_timeout() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let wait = Duration::from_secs(5);
     let pool = builder(&manager)
         .max_size(1)
@@ -234,7 +228,7 @@ async fn test_get_timeout() {
 
 #[tokio::test]
 async fn test_lots_of_waiters() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     // bb8 allows 5 s; 25,000 waiters served in turn on a loaded machine get longer.
     let pool = builder(&manager)
         .max_size(3)
@@ -259,7 +253,7 @@ async fn test_lots_of_waiters() {
 
 #[tokio::test]
 async fn test_timeout_caller() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager)
         .max_size(1)
         .wait_timeout(Duration::from_secs(5))
@@ -281,7 +275,7 @@ async fn test_timeout_caller() {
 
 #[tokio::test]
 async fn test_now_invalid() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager)
         .max_size(2)
         .min_idle(2)
@@ -313,6 +307,35 @@ async fn test_now_invalid() {
     );
 }
 
+/// What bb8's tests of `idle_timeout` and `max_lifetime` check once five connections
+/// are open: one is held, the four left idle are closed past `limit`, the held one
+/// too once it is returned, and all five are counted as `reason`.
+async fn five_idle_then_closed_past(
+    manager: &UnreliableManager,
+    pool: &TestPool,
+    limit: Duration,
+    reason: Eviction,
+) {
+    assert!(eventually(PATIENCE, || pool.status().idle == 5).await);
+
+    let mut holder = hold(pool);
+    holder.got().await;
+    assert!(
+        eventually(limit + PATIENCE, || manager.closed() == 4).await,
+        "idle connections past {reason:?} were not closed: {} closed",
+        manager.closed()
+    );
+    assert_eq!(manager.closed(), 4);
+
+    holder.release().await;
+    assert!(
+        eventually(limit + PATIENCE, || manager.closed() == 5).await,
+        "the returned connection past {reason:?} was not closed: {} closed",
+        manager.closed()
+    );
+    assert_eq!(pool.stats().evictions(reason), 5);
+}
+
 // steadypool's reaper refill for min_idle checks idle connections out, and a
 // successful ping counts as traffic that restarts a connection's idle clock; with
 // `check_after` below `idle_timeout` the refill could keep them alive. bb8's reaper
@@ -320,7 +343,7 @@ async fn test_now_invalid() {
 // `idle_timeout` alone.
 #[tokio::test]
 async fn test_idle_timeout() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     fail_after(&manager, 5);
     let idle_timeout = Duration::from_millis(500);
     let pool = builder(&manager)
@@ -331,29 +354,12 @@ async fn test_idle_timeout() {
         .min_idle(5)
         .build()
         .unwrap();
-    assert!(eventually(PATIENCE, || pool.status().idle == 5).await);
-
-    let mut holder = hold(&pool);
-    holder.got().await;
-    assert!(
-        eventually(idle_timeout + PATIENCE, || manager.closed() == 4).await,
-        "idle connections were not closed: {} closed",
-        manager.closed()
-    );
-    assert_eq!(manager.closed(), 4);
-
-    holder.release().await;
-    assert!(
-        eventually(idle_timeout + PATIENCE, || manager.closed() == 5).await,
-        "the returned connection was not closed after idling: {} closed",
-        manager.closed()
-    );
-    assert_eq!(pool.stats().evictions(Eviction::IdleExpired), 5);
+    five_idle_then_closed_past(&manager, &pool, idle_timeout, Eviction::IdleExpired).await;
 }
 
 #[tokio::test]
 async fn test_max_lifetime() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     fail_after(&manager, 5);
     let lifetime = Duration::from_millis(500);
     let pool = builder(&manager)
@@ -365,29 +371,12 @@ async fn test_max_lifetime() {
         .min_idle(5)
         .build()
         .unwrap();
-    assert!(eventually(PATIENCE, || pool.status().idle == 5).await);
-
-    let mut holder = hold(&pool);
-    holder.got().await;
-    assert!(
-        eventually(lifetime + PATIENCE, || manager.closed() == 4).await,
-        "expired idle connections were not closed: {} closed",
-        manager.closed()
-    );
-    assert_eq!(manager.closed(), 4);
-
-    holder.release().await;
-    assert!(
-        eventually(lifetime + PATIENCE, || manager.closed() == 5).await,
-        "the expired returned connection was not closed: {} closed",
-        manager.closed()
-    );
-    assert_eq!(pool.stats().evictions(Eviction::MaxLifetime), 5);
+    five_idle_then_closed_past(&manager, &pool, lifetime, Eviction::MaxLifetime).await;
 }
 
 #[tokio::test]
 async fn test_max_lifetime_reap_on_drop() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let lifetime = Duration::from_millis(500);
     let pool = builder(&manager)
         .max_lifetime(Some(lifetime))
@@ -411,9 +400,18 @@ async fn test_max_lifetime_reap_on_drop() {
     assert_eq!(pool.stats().evictions(Eviction::MaxLifetime), 1);
 }
 
+/// Whether the pool's `(idle, size)` reaches `expected` within [`PATIENCE`].
+async fn idle_and_size_become(pool: &TestPool, expected: (usize, usize)) -> bool {
+    eventually(PATIENCE, || {
+        let status = pool.status();
+        (status.idle, status.size) == expected
+    })
+    .await
+}
+
 #[tokio::test]
 async fn test_min_idle() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager)
         .max_size(5)
         .min_idle(2)
@@ -422,11 +420,7 @@ async fn test_min_idle() {
         .unwrap();
     // bb8 opens min_idle connections in build(); steadypool's reaper does, at once.
     assert!(
-        eventually(PATIENCE, || {
-            let status = pool.status();
-            (status.idle, status.size) == (2, 2)
-        })
-        .await,
+        idle_and_size_become(&pool, (2, 2)).await,
         "{:?}",
         pool.status()
     );
@@ -436,11 +430,7 @@ async fn test_min_idle() {
         holder.got().await;
     }
     assert!(
-        eventually(PATIENCE, || {
-            let status = pool.status();
-            (status.idle, status.size) == (2, 5)
-        })
-        .await,
+        idle_and_size_become(&pool, (2, 5)).await,
         "min_idle was not restored while three were in use: {:?}",
         pool.status()
     );
@@ -449,11 +439,7 @@ async fn test_min_idle() {
         holder.release().await;
     }
     assert!(
-        eventually(PATIENCE, || {
-            let status = pool.status();
-            (status.idle, status.size) == (5, 5)
-        })
-        .await,
+        idle_and_size_become(&pool, (5, 5)).await,
         "{:?}",
         pool.status()
     );
@@ -461,7 +447,7 @@ async fn test_min_idle() {
 
 #[tokio::test]
 async fn test_conns_drop_on_pool_drop() {
-    let (server, manager) = server_and_manager().await;
+    let (server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager)
         .max_lifetime(Some(Duration::from_secs(10)))
         .idle_timeout(Some(Duration::from_secs(10)))
@@ -487,7 +473,7 @@ async fn test_conns_drop_on_pool_drop() {
 
 #[tokio::test]
 async fn test_retry() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.script_pings(1, Behaviour::Fail);
     let pool = builder(&manager)
         .max_size(1)
@@ -504,7 +490,7 @@ async fn test_retry() {
 // is the checkout that retries one (a request that never left is safe to retry).
 #[tokio::test]
 async fn test_conn_fail_once() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.script_connects(1, Behaviour::Fail);
     let pool = builder(&manager).max_size(1).build().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -527,7 +513,7 @@ async fn test_conn_fail_once() {
 // bb8's `test_acquire_release` again, with its holders returning a result.
 #[tokio::test]
 async fn test_guard() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(2).build().unwrap();
 
     let guard = |pool: &TestPool| {
@@ -564,7 +550,7 @@ async fn test_guard() {
 // is `Manager::connect`'s, which numbers each connection.
 #[tokio::test]
 async fn test_customize_connection_acquire() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(2).build().unwrap();
     {
         let first = pool.get().await.unwrap();
@@ -580,7 +566,7 @@ async fn test_customize_connection_acquire() {
 
 #[tokio::test]
 async fn test_broken_connections_dont_starve_pool() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.report_broken(5);
     let pool = builder(&manager)
         .max_size(5)
@@ -620,7 +606,7 @@ fn checkout_waits(snapshotter: &Snapshotter) -> Vec<f64> {
 // histogram, zero for one served at once.
 #[tokio::test]
 async fn test_state_get_contention() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let pool = metrics::with_local_recorder(&recorder, || {
@@ -661,7 +647,7 @@ async fn test_state_get_contention() {
 
 #[tokio::test]
 async fn test_statistics_connections_created() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(1).min_idle(1).build().unwrap();
     let task = {
         let pool = pool.clone();
@@ -673,7 +659,7 @@ async fn test_statistics_connections_created() {
 
 #[tokio::test]
 async fn test_reuse_on_drop() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager)
         .min_idle(0)
         .max_size(100)

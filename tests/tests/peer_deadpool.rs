@@ -44,12 +44,6 @@ const TICK: Duration = Duration::from_millis(20);
 
 type TestPool = Pool<UnreliableManager>;
 
-async fn server_and_manager() -> (LineServer, UnreliableManager) {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
-    (server, manager)
-}
-
 fn builder(manager: &UnreliableManager) -> PoolBuilder<UnreliableManager> {
     Pool::builder(manager.clone())
 }
@@ -122,6 +116,22 @@ async fn warmed_up(pool: &TestPool) {
     );
 }
 
+/// Where deadpool's shrink tests start: a [`warm`] pool of two, warmed up, with both
+/// its connections in use.
+async fn warm_pool_of_two_in_use(
+    manager: &UnreliableManager,
+) -> (
+    TestPool,
+    Connection<UnreliableManager>,
+    Connection<UnreliableManager>,
+) {
+    let pool = warm(builder(manager).max_size(2)).build().unwrap();
+    warmed_up(&pool).await;
+    let first = pool.get().await.unwrap();
+    let second = pool.get().await.unwrap();
+    (pool, first, second)
+}
+
 /// Gives the reaper many ticks to act on the pool as it is.
 async fn let_the_reaper_run() {
     tokio::time::sleep(TICK * 10).await;
@@ -141,7 +151,7 @@ async fn reaper_keeps_min_idle(pool: &TestPool) {
 
 #[tokio::test]
 async fn basic() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(16).build().unwrap();
     assert_eq!(occupancy(&pool), (0, 0, 0));
 
@@ -162,7 +172,7 @@ async fn basic() {
 
 #[tokio::test]
 async fn closing() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(1).build().unwrap();
     let only = pool.get().await.unwrap();
     let waiter = spawn_get(&pool);
@@ -194,7 +204,7 @@ async fn closing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(3).build().unwrap();
 
     let users: Vec<_> = (0..100)
@@ -224,7 +234,7 @@ async fn concurrent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_take() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(2).build().unwrap();
     let first = pool.get().await.unwrap();
     let second = pool.get().await.unwrap();
@@ -303,7 +313,7 @@ async fn test_cancellations() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn pool_drained() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_connects(Behaviour::AwaitOrder);
     let pool = builder(&manager).max_size(1).build().unwrap();
 
@@ -342,11 +352,8 @@ async fn pool_drained() {
 
 #[tokio::test]
 async fn test_grow_reuse_existing() {
-    let (_server, manager) = server_and_manager().await;
-    let pool = warm(builder(&manager).max_size(2)).build().unwrap();
-    warmed_up(&pool).await;
-    let first = pool.get().await.unwrap();
-    let second = pool.get().await.unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
+    let (pool, first, second) = warm_pool_of_two_in_use(&manager).await;
     assert_eq!(sizes(&pool), (2, 2));
 
     // Connections in use are not closed by a shrink, but still counted.
@@ -370,11 +377,8 @@ async fn test_grow_reuse_existing() {
 
 #[tokio::test]
 async fn resize_pool_shrink() {
-    let (_server, manager) = server_and_manager().await;
-    let pool = warm(builder(&manager).max_size(2)).build().unwrap();
-    warmed_up(&pool).await;
-    let first = pool.get().await.unwrap();
-    let second = pool.get().await.unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
+    let (pool, first, second) = warm_pool_of_two_in_use(&manager).await;
 
     pool.resize(1);
     assert_eq!(sizes(&pool), (1, 2));
@@ -389,7 +393,7 @@ async fn resize_pool_shrink() {
 
 #[tokio::test]
 async fn resize_pool_grow() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(1).build().unwrap();
     let first = pool.get().await.unwrap();
 
@@ -406,7 +410,7 @@ async fn resize_pool_grow() {
 
 #[tokio::test]
 async fn resize_pool_shrink_grow() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(1).build().unwrap();
     let only = pool.get().await.unwrap();
 
@@ -421,7 +425,7 @@ async fn resize_pool_shrink_grow() {
 
 #[tokio::test]
 async fn resize_pool_grow_concurrent() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     // deadpool builds this pool with max_size 0; steadypool refuses to build one
     // (BuildError::ZeroMaxSize), so it is shrunk to 0 before any use.
     let pool = builder(&manager).max_size(1).build().unwrap();
@@ -459,7 +463,7 @@ async fn resize_pool_grow_concurrent() {
 
 #[tokio::test]
 async fn close_resize() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = builder(&manager).max_size(1).build().unwrap();
     pool.close();
     pool.resize(16);
@@ -474,7 +478,7 @@ async fn close_resize() {
 
 #[tokio::test(start_paused = true)]
 async fn rt_tokio_1_connect_never_finishes() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_connects(Behaviour::Hang);
 
     let waits_less = builder(&manager)
@@ -498,7 +502,7 @@ async fn rt_tokio_1_connect_never_finishes() {
 
 #[tokio::test]
 async fn rt_tokio_1_ping_never_answers() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.script_connects(1, Behaviour::Succeed);
     manager.set_connects(Behaviour::Hang);
     manager.set_pings(Behaviour::Hang);
@@ -525,7 +529,7 @@ async fn rt_tokio_1_ping_never_answers() {
 
 #[tokio::test]
 async fn unreliable_create() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_connects(Behaviour::Fail);
     let pool = builder(&manager).max_size(16).build().unwrap();
 
@@ -543,7 +547,7 @@ async fn unreliable_create() {
 
 #[tokio::test]
 async fn unreliable_recycle() {
-    let (_server, manager) = server_and_manager().await;
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_pings(Behaviour::Fail);
     let pool = builder(&manager)
         .max_size(16)

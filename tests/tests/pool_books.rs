@@ -79,6 +79,20 @@ fn admin_shutdown() -> Broken {
     broken
 }
 
+/// A server, a [`Judged`] manager for it, and a pool that probes its idle
+/// connections every [`TICK`] (and never pings them), with one connection idle.
+async fn judged_pool_with_one_idle() -> (LineServer, Judged, Pool<Judged>) {
+    let server = LineServer::start().await.unwrap();
+    let manager = Judged::new(server.addr());
+    let pool = Pool::builder(manager.clone())
+        .reaper_interval(TICK)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
+    drop(pool.get().await.unwrap());
+    (server, manager, pool)
+}
+
 #[tokio::test]
 async fn a_connection_the_manager_calls_broken_is_closed_on_return_with_its_cause() {
     let server = LineServer::start().await.unwrap();
@@ -107,14 +121,7 @@ async fn a_connection_the_manager_calls_broken_is_closed_on_return_with_its_caus
 #[tokio::test]
 #[traced_test]
 async fn the_reaper_asks_the_manager_and_logs_what_it_said() {
-    let server = LineServer::start().await.unwrap();
-    let manager = Judged::new(server.addr());
-    let pool = Pool::builder(manager.clone())
-        .reaper_interval(TICK)
-        .check_after(HOUR)
-        .build()
-        .unwrap();
-    drop(pool.get().await.unwrap());
+    let (_server, manager, pool) = judged_pool_with_one_idle().await;
     manager.judge(Some(admin_shutdown()));
     assert!(
         eventually(SLACK, || pool.status().size == 0).await,
@@ -129,14 +136,7 @@ async fn the_reaper_asks_the_manager_and_logs_what_it_said() {
 
 #[tokio::test]
 async fn a_panic_in_the_managers_code_does_not_stop_the_reaper() {
-    let server = LineServer::start().await.unwrap();
-    let manager = Judged::new(server.addr());
-    let pool = Pool::builder(manager.clone())
-        .reaper_interval(TICK)
-        .check_after(HOUR)
-        .build()
-        .unwrap();
-    drop(pool.get().await.unwrap());
+    let (_server, manager, pool) = judged_pool_with_one_idle().await;
     // The reaper calls broken() under deadpool's slot lock: a panic there must cost
     // that connection only, and neither the lock nor the reaper.
     manager.panic.store(true, Ordering::SeqCst);
@@ -222,8 +222,7 @@ async fn connections_dropped_by_deadlines_cancellations_and_detach_are_all_count
 
 #[tokio::test]
 async fn refilling_min_idle_never_holds_an_idle_connection_away_from_a_user() {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = Pool::builder(manager.clone())
         .max_size(4)
         .min_idle(4)
@@ -257,8 +256,7 @@ async fn refilling_min_idle_never_holds_an_idle_connection_away_from_a_user() {
 
 #[tokio::test]
 async fn every_checkout_rejected_while_the_upstream_is_down_is_counted() {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_connects(Behaviour::Fail);
     let (pool, metrics) = RecordedMetrics::build(
         Pool::builder(manager)
@@ -286,14 +284,21 @@ async fn every_checkout_rejected_while_the_upstream_is_down_is_counted() {
     );
 }
 
-#[tokio::test]
-async fn an_exchange_abandoned_half_way_never_hands_its_reply_to_the_next_user() {
+/// A server and a pool of one connection for it, with no reaper tick during a test:
+/// the next checkout gets the connection the last one left, or its replacement.
+async fn one_connection_pool() -> (LineServer, Pool<LineManager>) {
     let server = LineServer::start().await.unwrap();
     let pool = Pool::builder(LineManager::new(server.addr()))
         .max_size(1)
         .reaper_interval(HOUR)
         .build()
         .unwrap();
+    (server, pool)
+}
+
+#[tokio::test]
+async fn an_exchange_abandoned_half_way_never_hands_its_reply_to_the_next_user() {
+    let (_server, pool) = one_connection_pool().await;
 
     // A task aborted after sending its request, before reading the reply.
     let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
@@ -324,12 +329,7 @@ async fn an_exchange_abandoned_half_way_never_hands_its_reply_to_the_next_user()
 
 #[tokio::test]
 async fn a_connection_returned_with_unread_bytes_is_not_reused_by_the_next_exchange() {
-    let server = LineServer::start().await.unwrap();
-    let pool = Pool::builder(LineManager::new(server.addr()))
-        .max_size(1)
-        .reaper_interval(HOUR)
-        .build()
-        .unwrap();
+    let (_server, pool) = one_connection_pool().await;
     let mut conn = pool.get().await.unwrap();
     {
         // An error mid-exchange (here: the reply was never read) leaves it open.
@@ -400,19 +400,23 @@ async fn log_fields_give_seconds_to_the_millisecond() {
     });
 }
 
+/// A checkout on a task of its own; its connection's id once it has one.
+fn spawn_checkout(
+    pool: &Pool<UnreliableManager>,
+) -> tokio::task::JoinHandle<Result<u64, Error<io::Error>>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.get().await.map(|conn| conn.id()) })
+}
+
 #[tokio::test]
 async fn a_connect_under_way_when_close_returns_does_not_hand_out_a_connection() {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     manager.set_connects(Behaviour::Stall(Duration::from_millis(300)));
     let pool = Pool::builder(manager.clone())
         .reaper_interval(HOUR)
         .build()
         .unwrap();
-    let checkout = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(|conn| conn.id()) }
-    });
+    let checkout = spawn_checkout(&pool);
     assert!(eventually(SLACK, || manager.attempts() == 1).await);
     pool.close();
     let result = checkout.await.unwrap();
@@ -428,8 +432,7 @@ async fn a_connect_under_way_when_close_returns_does_not_hand_out_a_connection()
 
 #[tokio::test]
 async fn a_connect_under_way_when_resize_returns_does_not_exceed_the_new_size() {
-    let server = LineServer::start().await.unwrap();
-    let manager = UnreliableManager::new(server.addr()).unwrap();
+    let (_server, manager) = UnreliableManager::with_server().await.unwrap();
     let pool = Pool::builder(manager.clone())
         .max_size(2)
         .reaper_interval(HOUR)
@@ -438,10 +441,7 @@ async fn a_connect_under_way_when_resize_returns_does_not_exceed_the_new_size() 
     let held = pool.get().await.unwrap();
     let held_id = held.id();
     manager.set_connects(Behaviour::Stall(Duration::from_millis(300)));
-    let checkout = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(|conn| conn.id()) }
-    });
+    let checkout = spawn_checkout(&pool);
     assert!(eventually(SLACK, || manager.attempts() == 2).await);
     pool.resize(1);
     // The stalled connect finishes; with one connection busy and a size of one, the

@@ -71,6 +71,39 @@ async fn blocked_clients(admin: &mut MultiplexedConnection) -> u64 {
         .unwrap_or(0)
 }
 
+/// A manager whose commands wait as long as the server makes them: a BLPOP blocks
+/// until its client is killed.
+fn without_response_timeout(server: &RedisServer) -> RedisManager {
+    RedisManager::new(server.url())
+        .unwrap()
+        .connection_config(AsyncConnectionConfig::new().set_response_timeout(None))
+}
+
+/// A command that blocks until the connection ends.
+async fn block_forever(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<redis::Value> {
+    redis::cmd("BLPOP")
+        .arg("never")
+        .arg(0)
+        .query_async(conn)
+        .await
+}
+
+/// Kills client `id` once a client is blocked in a command.
+async fn kill_when_blocked(admin: &mut MultiplexedConnection, id: i64) {
+    let deadline = tokio::time::Instant::now() + SLACK;
+    while blocked_clients(admin).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BLPOP never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = admin_command(admin, &["CLIENT", "KILL", "ID", &id.to_string()]).await;
+    assert_eq!(killed, redis::Value::Int(1));
+}
+
 /// Every pooled socket to the server is gone and none lingers half-closed.
 async fn no_sockets_left(port: u16) -> bool {
     eventually(SLACK, || {
@@ -210,11 +243,7 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    // BLPOP waits as long as it is told to: no response timeout.
-    let manager = RedisManager::new(server.url())
-        .unwrap()
-        .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
-    let pool = Pool::builder(manager)
+    let pool = Pool::builder(without_response_timeout(&server))
         .name("mid-command")
         .reaper_interval(TICK)
         .build()
@@ -223,24 +252,11 @@ async fn a_connection_killed_mid_command_is_broken_with_its_cause() {
     let id = client_id(&mut *conn).await;
 
     let blocked = tokio::spawn(async move {
-        let result = redis::cmd("BLPOP")
-            .arg("never")
-            .arg(0)
-            .query_async::<redis::Value>(&mut *conn)
-            .await;
+        let result = block_forever(&mut *conn).await;
         (conn, result)
     });
     let mut admin = server.connect().await;
-    let deadline = tokio::time::Instant::now() + SLACK;
-    while blocked_clients(&mut admin).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "BLPOP never blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let killed = admin_command(&mut admin, &["CLIENT", "KILL", "ID", &id.to_string()]).await;
-    assert_eq!(killed, redis::Value::Int(1));
+    kill_when_blocked(&mut admin, id).await;
 
     let (mut conn, result) = blocked.await.unwrap();
     let err = result.unwrap_err();
@@ -281,10 +297,7 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let manager = RedisManager::new(server.url())
-        .unwrap()
-        .connection_config(AsyncConnectionConfig::new().set_response_timeout(None));
-    let pool = Pool::builder(manager)
+    let pool = Pool::builder(without_response_timeout(&server))
         .name("killed-then-reused")
         .max_size(1)
         .reaper_interval(Duration::from_secs(3600))
@@ -299,11 +312,7 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
         let app = {
             let pool = pool.clone();
             tokio::spawn(async move {
-                let killed = redis::cmd("BLPOP")
-                    .arg("never")
-                    .arg(0)
-                    .query_async::<redis::Value>(&mut *conn)
-                    .await;
+                let killed = block_forever(&mut *conn).await;
                 drop(conn);
                 let mut next = pool.get().await.unwrap();
                 let answer = redis::cmd("CLIENT")
@@ -313,16 +322,7 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
                 (killed, answer)
             })
         };
-        let deadline = tokio::time::Instant::now() + SLACK;
-        while blocked_clients(&mut admin).await == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "BLPOP never blocked"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let killed = admin_command(&mut admin, &["CLIENT", "KILL", "ID", &id.to_string()]).await;
-        assert_eq!(killed, redis::Value::Int(1));
+        kill_when_blocked(&mut admin, id).await;
         let (killed, answer) = app.await.unwrap();
         assert!(killed.is_err(), "BLPOP survived the kill: {killed:?}");
         match answer {
