@@ -6,8 +6,8 @@
 //!
 //! The cases of the TLS table are rows of two tables, [`KEPT`] and [`CLOSED`]: each
 //! row runs once per protocol version it names, all rows at once, each against a
-//! server and a pool of its own, set up by [`server`] and [`pool`]. A failing row is named in the
-//! panic, and the test lists every row that failed.
+//! server and a pool of its own, set up by [`server`] and [`pool`]. A failing row is
+//! named in its panic, and the test lists every row that failed.
 
 use std::future::Future;
 use std::time::Duration;
@@ -200,8 +200,8 @@ const KEPT: &[Kept] = &[
 
 async fn run_kept(ca: TestCa, row: Kept, label: String, versions: Versions) {
     let server = server(&ca, versions, row.setup).await;
-    let mut closed = 0;
-    match row.traffic {
+    // Connections the pools closed, and the last pool's stats to show with a failure.
+    let (closed, stats) = match row.traffic {
         Traffic::Requests {
             rounds,
             pause,
@@ -223,9 +223,11 @@ async fn run_kept(ca: TestCa, row: Kept, label: String, versions: Versions) {
                 let mut conn = pool.get().await.unwrap();
                 ping(&mut conn).await;
             }
-            closed += pool.stats().closed();
+            (pool.stats().closed(), pool.stats())
         }
         Traffic::UnusedThenReused { rounds } => {
+            let mut closed = 0;
+            let mut last = None;
             for _ in 0..rounds {
                 let pool = pool(&ca, &server, row.setup);
                 let mut conn = pool.get().await.unwrap();
@@ -236,16 +238,18 @@ async fn run_kept(ca: TestCa, row: Kept, label: String, versions: Versions) {
                 ping(&mut conn).await;
                 drop(conn);
                 closed += pool.stats().closed();
+                last = Some(pool.stats());
             }
+            (closed, last.expect("a row of no rounds"))
         }
         Traffic::ReaperOnly { watch } => {
             let pool = pool(&ca, &server, row.setup);
             tokio::time::sleep(watch).await;
-            closed += pool.stats().closed();
+            (pool.stats().closed(), pool.stats())
         }
-    }
-    assert_eq!(server.handshakes(), row.handshakes, "{label}");
-    assert_eq!(closed, 0, "{label}");
+    };
+    assert_eq!(server.handshakes(), row.handshakes, "{label}: {stats:?}");
+    assert_eq!(closed, 0, "{label}: {stats:?}");
 }
 
 #[tokio::test]
@@ -292,8 +296,8 @@ const CLOSED: &[Closed] = &[
     Closed {
         name: "close_notify is peer_closed and teaches the idle limit",
         setup: Setup {
-            // A limit of the pool's own above the server's, for it to learn below.
             server_idle: Some(SERVER_IDLE),
+            // A limit of the pool's own above the server's, for it to learn below.
             idle_timeout: Some(Duration::from_secs(45)),
             ..PLAIN
         },
@@ -391,7 +395,7 @@ async fn run_closed(ca: TestCa, row: Closed, label: String, versions: Versions) 
         Finder::Checkout => 2,
         Finder::Reaper => 1,
     };
-    assert_eq!(server.handshakes(), handshakes, "{label}");
+    assert_eq!(server.handshakes(), handshakes, "{label}: {stats:?}");
     if let Some(server_idle) = row.setup.server_idle {
         let limit = pool.idle_limit();
         let upper = limit.upper.expect("the close taught an upper bound");
