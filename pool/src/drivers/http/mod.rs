@@ -94,10 +94,12 @@
 //! Without the feature, [`HttpManager::new`] refuses `https://` with
 //! [`HttpError::Origin`] naming it. HTTP/2 is out of scope.
 
+mod body;
 mod client;
 mod connection;
 mod error;
 
+pub use self::body::ResponseBody;
 pub use self::client::{HttpClient, idempotency};
 pub use self::connection::{HttpConnection, HttpManager};
 pub use self::error::HttpError;
