@@ -235,7 +235,10 @@ impl HttpManager {
 
     /// The longest response body read, in bytes. Default 64 MiB. Prevents a huge
     /// or endless response from exhausting memory; a longer one fails with
-    /// [`HttpError::BodyTooLarge`] and its connection is closed.
+    /// [`HttpError::BodyTooLarge`] and its connection is closed. It bounds the
+    /// bodies read whole ([`HttpClient::send`](super::HttpClient::send), a 502 or 503
+    /// read for a retry), not a [`ResponseBody`](super::ResponseBody), whose caller
+    /// reads as much as it wants.
     ///
     /// ```
     /// use steadypool::drivers::http::HttpManager;
