@@ -333,15 +333,13 @@ async fn a_streamed_body_of_megabytes_arrives_in_bounded_chunks_and_its_connecti
         .max_response_body(1 << 20);
     let client = client(manager, |b| b.max_size(1));
 
-    let response = client
-        .send_streaming(stream(128, 64 * 1024, 0))
-        .await
-        .unwrap();
+    // Two writes of 4 MiB each: the client still sees pieces of bounded size.
+    let response = client.send_streaming(stream(2, 4 << 20, 0)).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let read = Read::all(&mut body).await;
     assert_eq!(read.len, 8 << 20, "{read:?}");
-    // hyper hands over what it read, at most its read buffer (about 400 KiB) at a
+    // hyper hands over what it read, at most its read buffer (408 KiB) at a
     // time: the body was never held whole.
     assert!(read.chunks >= 16, "{read:?}");
     assert!(read.largest <= 512 * 1024, "{read:?}");
@@ -407,29 +405,31 @@ async fn cancelling_the_read_of_a_streamed_body_closes_its_connection() {
         return;
     };
     let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+    // 100 chunks 50 ms apart: 5 s to read it all.
+    let slow = || client.send_streaming(stream(100, 1000, 50));
 
-    // 100 chunks 50 ms apart: 5 s to read it all, cut after 300 ms.
-    let body = client
-        .send_streaming(stream(100, 1000, 50))
-        .await
-        .unwrap()
-        .into_body();
-    let reading = async move {
-        let mut body = body;
+    // Cut by a timeout after 300 ms...
+    let mut body = slow().await.unwrap().into_body();
+    let cut = tokio::time::timeout(Duration::from_millis(300), async move {
         Read::all(&mut body).await
-    };
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), reading)
-            .await
-            .is_err(),
-        "the slow body was read to its end"
-    );
-
+    });
+    assert!(cut.await.is_err(), "the slow body was read to its end");
     let response = client.send(get("/")).await.unwrap();
     assert_eq!(response.body(), "ok");
+
+    // ...or read on a task of its own that is aborted.
+    let mut body = slow().await.unwrap().into_body();
+    let reader = tokio::spawn(async move { Read::all(&mut body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    assert!(reader.await.unwrap_err().is_cancelled());
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
     let stats = client.pool().stats();
-    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
-    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(stats.evictions(Eviction::Cancelled), 2, "{stats:?}");
+    assert_eq!(stats.opened, 3, "{stats:?}");
+    assert_eq!(node.stats().connections, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,6 +493,8 @@ async fn a_streamed_get_is_retried_on_503_before_its_head_reaches_the_caller() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     assert_eq!(body.chunk().await.unwrap().unwrap(), "ok");
+    // Its content-length reached: the connection is back before the end is polled.
+    assert_eq!(client.pool().status().idle, 1);
     assert!(body.chunk().await.is_none());
 
     assert_eq!(node.stats().requests["streamed"], 3);
