@@ -17,7 +17,8 @@ use crate::pool::Connection;
 /// read from the connection as the server sends it: a [`hyper::body::Body`] of
 /// [`Bytes`], or chunk by chunk with [`ResponseBody::chunk`].
 ///
-/// It holds the pool's connection until the body's end:
+/// It holds the pool's connection until the body's end (a body held unread keeps
+/// its connection checked out, as a held [`Connection`] does):
 ///
 /// * **read to the end**: the connection goes back to the pool the moment its last
 ///   frame is read (an empty body, as a `HEAD`'s or a 204's, at once);
