@@ -10,7 +10,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::connection::HttpManager;
 use super::error::HttpError;
-use crate::cause::Classify;
+use crate::cause::{Classify, Disposition};
 use crate::pool::Connection;
 
 /// The body of a response from [`HttpClient::send_streaming`](super::HttpClient::send_streaming),
@@ -139,7 +139,7 @@ impl Body for ResponseBody {
             }
             Some(Err(source)) => {
                 let err = conn.body_failed(source);
-                if let crate::Disposition::Broken { cause, .. } = err.classify() {
+                if let Disposition::Broken { cause, .. } = err.classify() {
                     conn.mark_broken(cause);
                 }
                 this.conn = None;
