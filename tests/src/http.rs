@@ -15,6 +15,7 @@
 //! | `GET /close` | 200 with `Connection: close` |
 //! | `GET /slow?ms=N` | 200 after N ms |
 //! | `GET /status?code=N` | status N |
+//! | `GET /stream?chunks=N&size=S&ms=P` | 200, a chunked body of N writes of S bytes, P ms apart; byte i of the body is `i % 251` |
 //! | `GET /flaky?fail=N` | 503 to the first N requests with the same `x-request-id`, then 200 |
 //! | `GET /end-idle` | ends every other connection: `end()`, which over TLS is a close_notify, then FIN |
 //! | `GET /stats` | JSON: `{"connections": n, "handshakes": n, "requests": {"id": count, ...}}` |
@@ -82,6 +83,21 @@ const handler = (req, res) => {
       res.end('bye');
     } else if (url.pathname === '/slow') {
       setTimeout(() => res.end('slow'), Number(url.searchParams.get('ms') || 0));
+    } else if (url.pathname === '/stream') {
+      const chunks = Number(url.searchParams.get('chunks') || 1);
+      const size = Number(url.searchParams.get('size') || 1024);
+      const pause = Number(url.searchParams.get('ms') || 0);
+      let written = 0;
+      const next = () => {
+        if (written === chunks) return res.end();
+        const chunk = Buffer.alloc(size);
+        for (let i = 0; i < size; i++) chunk[i] = (written * size + i) % 251;
+        written += 1;
+        const later = () => setTimeout(next, pause);
+        // Wait for the client to read when the socket's buffers are full.
+        if (res.write(chunk)) later(); else res.once('drain', later);
+      };
+      next();
     } else if (url.pathname === '/status') {
       res.statusCode = Number(url.searchParams.get('code') || 200);
       res.end('status');

@@ -2,12 +2,15 @@
 //! timeout it announces is learned, `Connection: close` is honoured, requests paced
 //! around its keep-alive close never fail (and `POST`s are never replayed), a restart
 //! mid-load costs no idempotent request, and 503 is retried only when that is safe.
+//! A streamed response body holds its connection until its end: read to the end it
+//! returns it, dropped or cancelled half-way it closes it (`cancelled`), and a
+//! server dying under it fails the body with the cause.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use steadypool::drivers::http::{HttpClient, HttpError, HttpManager};
-use steadypool::{Eviction, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy, RunError};
+use steadypool::drivers::http::{HttpClient, HttpError, HttpManager, ResponseBody};
+use steadypool::{Eviction, Phase, Pool, PoolBuilder, ResetCause, RetryPolicy, RunError, Sent};
 use steadypool_tests::http::{NodeServer, paced_load};
 
 fn client(
@@ -281,4 +284,222 @@ async fn a_body_over_the_limit_is_an_error_and_its_connection_is_closed() {
         1,
         "{stats:?}"
     );
+}
+
+/// `/stream` of `chunks` writes of `size` bytes, `ms` apart.
+fn stream(chunks: usize, size: usize, ms: u64) -> http::Request<Bytes> {
+    get(&format!("/stream?chunks={chunks}&size={size}&ms={ms}"))
+}
+
+/// What a streamed body delivered: its length and its largest chunk.
+#[derive(Debug, Default)]
+struct Read {
+    len: usize,
+    chunks: usize,
+    largest: usize,
+}
+
+impl Read {
+    /// Takes `chunk`, checking it continues `/stream`'s pattern (byte i is
+    /// `i % 251`): a byte of another reply would break it.
+    fn take(&mut self, chunk: &Bytes) {
+        for (i, byte) in chunk.iter().enumerate() {
+            let at = self.len + i;
+            assert_eq!(usize::from(*byte), at % 251, "byte {at}");
+        }
+        self.len += chunk.len();
+        self.chunks += 1;
+        self.largest = self.largest.max(chunk.len());
+    }
+
+    /// Reads `body` to its end.
+    async fn all(body: &mut ResponseBody) -> Read {
+        let mut read = Read::default();
+        while let Some(chunk) = body.chunk().await {
+            read.take(&chunk.unwrap());
+        }
+        read
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_of_megabytes_arrives_in_bounded_chunks_and_its_connection_is_reused() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    // The limit of a buffered `send` does not apply to a stream.
+    let manager = HttpManager::new(&node.origin())
+        .unwrap()
+        .max_response_body(1 << 20);
+    let client = client(manager, |b| b.max_size(1));
+
+    // Two writes of 4 MiB each: the client still sees pieces of bounded size.
+    let response = client.send_streaming(stream(2, 4 << 20, 0)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let read = Read::all(&mut body).await;
+    assert_eq!(read.len, 8 << 20, "{read:?}");
+    // hyper hands over what it read, at most its read buffer (408 KiB) at a
+    // time: the body was never held whole.
+    assert!(read.chunks >= 16, "{read:?}");
+    assert!(read.largest <= 512 * 1024, "{read:?}");
+    // Back in the pool at the body's end, while the body itself is still held.
+    assert_eq!(client.pool().status().idle, 1);
+    drop(body);
+
+    for _ in 0..20 {
+        let response = client.send_streaming(stream(4, 1000, 1)).await.unwrap();
+        let read = Read::all(&mut response.into_body()).await;
+        assert_eq!(read.len, 4000, "{read:?}");
+    }
+    // A response without a body frees its connection at once, unread.
+    let response = client
+        .send_streaming(get("/status?code=204"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(client.pool().status().idle, 1);
+    drop(response);
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(stats.closed(), 0, "{stats:?}");
+    assert_eq!(node.stats().connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_dropped_half_way_closes_its_connection_and_the_next_reply_is_its_own() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let mut body = client
+        .send_streaming(stream(64, 64 * 1024, 5))
+        .await
+        .unwrap()
+        .into_body();
+    let mut read = Read::default();
+    while read.len < 100 * 1024 {
+        read.take(&body.chunk().await.unwrap().unwrap());
+    }
+    drop(body);
+    let stats = client.pool().stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+
+    // The rest of the dropped body never answers the next request.
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+    let response = client.send_streaming(stream(2, 500, 0)).await.unwrap();
+    assert_eq!(Read::all(&mut response.into_body()).await.len, 1000);
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert_eq!(node.stats().connections, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_read_of_a_streamed_body_closes_its_connection() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+    // 100 chunks 50 ms apart: 5 s to read it all.
+    let slow = || client.send_streaming(stream(100, 1000, 50));
+
+    // Cut by a timeout after 300 ms...
+    let mut body = slow().await.unwrap().into_body();
+    let cut = tokio::time::timeout(Duration::from_millis(300), async move {
+        Read::all(&mut body).await
+    });
+    assert!(cut.await.is_err(), "the slow body was read to its end");
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    // ...or read on a task of its own that is aborted.
+    let mut body = slow().await.unwrap().into_body();
+    let reader = tokio::spawn(async move { Read::all(&mut body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    assert!(reader.await.unwrap_err().is_cancelled());
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 2, "{stats:?}");
+    assert_eq!(stats.opened, 3, "{stats:?}");
+    assert_eq!(node.stats().connections, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_dying_mid_body_fails_the_body_with_the_cause_and_counts_it() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+
+    let mut body = client
+        .send_streaming(stream(1000, 64 * 1024, 20))
+        .await
+        .unwrap()
+        .into_body();
+    let mut read = Read::default();
+    read.take(&body.chunk().await.unwrap().unwrap());
+    tokio::task::block_in_place(|| node.kill());
+
+    // What the kernel still had arrives, then the end: not a whole body.
+    let err = loop {
+        match body.chunk().await {
+            Some(Ok(chunk)) => read.take(&chunk),
+            Some(Err(err)) => break err,
+            None => panic!("the body ended without an error after {read:?}"),
+        }
+    };
+    assert!(read.len < 1000 * 64 * 1024, "{read:?}");
+    let HttpError::Connection { cause, sent, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(cause, ResetCause::PeerClosed | ResetCause::PeerReset),
+        "{err}"
+    );
+    // The request ran: the error must not say otherwise.
+    assert_eq!(*sent, Sent::Maybe, "{err}");
+    assert!(body.chunk().await.is_none());
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.resets(*cause, Phase::InUse), 1, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert_eq!(client.pool().status().size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_get_is_retried_on_503_before_its_head_reaches_the_caller() {
+    let Some(node) = NodeServer::start(None) else {
+        return;
+    };
+    let policy =
+        RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(50));
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| {
+        b.max_size(1).retry_policy(policy)
+    });
+
+    let request = http::Request::get("/flaky?fail=2")
+        .header("x-request-id", "streamed")
+        .body(Bytes::new())
+        .unwrap();
+    let response = client.send_streaming(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    assert_eq!(body.chunk().await.unwrap().unwrap(), "ok");
+    // Its content-length reached: the connection is back before the end is polled.
+    assert_eq!(client.pool().status().idle, 1);
+    assert!(body.chunk().await.is_none());
+
+    assert_eq!(node.stats().requests["streamed"], 3);
+    // Each 503 had its body read: one connection served all three.
+    let stats = client.pool().stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(stats.closed(), 0, "{stats:?}");
 }

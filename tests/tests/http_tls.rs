@@ -2,14 +2,15 @@
 //! certificate made at test time: sequential requests share one handshake, session
 //! tickets on an idle connection cost nothing, a close_notify is `peer_closed` and
 //! teaches the idle limit, Node's keep-alive close is learned and avoided as over
-//! plain TCP, and a certificate from another authority is refused.
+//! plain TCP, a certificate from another authority is refused, and a streamed body
+//! keeps its connection to its end.
 
 use std::error::Error as _;
 use std::time::Duration;
 
 use bytes::Bytes;
 use steadypool::drivers::http::{HttpClient, HttpError, HttpManager};
-use steadypool::{Phase, Pool, PoolBuilder, ResetCause};
+use steadypool::{Eviction, Phase, Pool, PoolBuilder, ResetCause};
 use steadypool_tests::http::{NodeServer, Outcome, paced_load};
 use steadypool_tests::tls::TestCa;
 
@@ -67,6 +68,47 @@ async fn sequential_gets_over_https_share_one_handshake() {
     let server = node.stats();
     assert_eq!(server.handshakes, 1, "{server:?}");
     assert_eq!(server.connections, 1, "{server:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_over_https_keep_their_connection_and_one_dropped_early_closes_it() {
+    let ca = TestCa::new();
+    let Some(node) = NodeServer::start_https(None, &ca) else {
+        return;
+    };
+    let client = client(https(&node, &ca), |b| b.max_size(1));
+
+    for _ in 0..5 {
+        let response = client
+            .send_streaming(get("/stream?chunks=8&size=65536"))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let mut len = 0;
+        while let Some(chunk) = body.chunk().await {
+            len += chunk.unwrap().len();
+        }
+        assert_eq!(len, 8 * 65536);
+    }
+    assert_eq!(node.stats().handshakes, 1);
+
+    let response = client
+        .send_streaming(get("/stream?chunks=64&size=65536&ms=5"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.chunk().await.unwrap().unwrap();
+    drop(body);
+    // The rest of the dropped body, still in TLS records on their way, never
+    // answers the next request.
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "ok");
+
+    let stats = client.pool().stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(all_resets(&client), 0, "{stats:?}");
+    assert_eq!(node.stats().handshakes, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

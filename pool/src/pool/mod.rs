@@ -766,6 +766,12 @@ impl<M: Manager> Connection<M> {
         Exchange { conn: self }
     }
 
+    /// Ends the open exchange: its reply was read in full, and the connection may go
+    /// back to the pool.
+    pub(crate) fn finish_exchange(&mut self) {
+        self.slot_mut().exchange_open = false;
+    }
+
     /// Takes the connection out of the pool for good; the pool opens another in its
     /// place when needed. Counted as an eviction with reason `detached`.
     pub fn detach(mut self) -> M::Connection {
@@ -961,7 +967,7 @@ pub struct Exchange<'c, M: Manager> {
 impl<M: Manager> Exchange<'_, M> {
     /// The reply was read in full: the connection may go back to the pool.
     pub fn finish(self) {
-        self.conn.slot_mut().exchange_open = false;
+        self.conn.finish_exchange();
     }
 }
 

@@ -14,7 +14,7 @@ use super::policy::{Attempt, Backoff, Failed, GiveUp, Idempotency, Step, decide}
 use crate::cause::{Classify, Disposition, Eviction, ResetCause, Sent};
 use crate::manager::Manager;
 use crate::metrics::{RetryOutcome, RunOutcome};
-use crate::pool::{Error, Pool};
+use crate::pool::{Connection, Error, Pool};
 
 /// The boxed future operations used to return, before
 /// [`Pool::run`](crate::Pool::run) took async closures.
@@ -268,16 +268,46 @@ impl<M: Manager> Pool<M> {
         F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
         E: Classify + From<M::Error> + StdError + 'static,
     {
-        let span = tracing::debug_span!(
+        let span = self.run_span(idempotency);
+        let attempts = self.attempts(idempotency, op, span.clone());
+        async {
+            let (value, mut conn) = attempts.await?;
+            conn.finish_exchange();
+            drop(conn);
+            Ok(value)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`Pool::run_with_error`], keeping the connection of the attempt that
+    /// succeeded: it comes back with its exchange still open, for a reply whose rest
+    /// its holder reads later (an HTTP response body). The holder calls
+    /// `Connection::finish_exchange` once the reply was read to its end; dropped
+    /// before, the connection is closed and counted as `cancelled`.
+    pub(crate) async fn run_keeping<T, E, F>(
+        &self,
+        idempotency: Idempotency,
+        op: F,
+    ) -> Result<(T, Connection<M>), RunError<E>>
+    where
+        F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
+        E: Classify + From<M::Error> + StdError + 'static,
+    {
+        let span = self.run_span(idempotency);
+        self.attempts(idempotency, op, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    fn run_span(&self, idempotency: Idempotency) -> tracing::Span {
+        tracing::debug_span!(
             "run",
             pool = %self.core().observer.name(),
             idempotent = idempotency.is_idempotent(),
             attempt = tracing::field::Empty,
             conn = tracing::field::Empty,
-        );
-        self.attempts(idempotency, op, span.clone())
-            .instrument(span)
-            .await
+        )
     }
 
     async fn attempts<T, E, F>(
@@ -285,7 +315,7 @@ impl<M: Manager> Pool<M> {
         idempotency: Idempotency,
         mut op: F,
         span: tracing::Span,
-    ) -> Result<T, RunError<E>>
+    ) -> Result<(T, Connection<M>), RunError<E>>
     where
         F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
         E: Classify + From<M::Error> + StdError + 'static,
@@ -353,13 +383,14 @@ impl<M: Manager> Pool<M> {
     /// The connection is lent as an open [`Exchange`](crate::Exchange): if the
     /// operation does not finish (it panics, or the `run` future is dropped), the
     /// connection is closed as `cancelled`, never returned with half a request or
-    /// half a reply in it.
+    /// half a reply in it. After a success the exchange is still open: the caller
+    /// finishes it, or hands the connection on with the rest of the reply.
     async fn attempt<T, E, F>(
         &self,
         op: &mut F,
         deadline: Instant,
         span: &tracing::Span,
-    ) -> Ending<T, E>
+    ) -> Ending<(T, Connection<M>), E>
     where
         F: AsyncFnMut(&mut M::Connection) -> Result<T, E>,
         E: Classify + From<M::Error> + StdError + 'static,
@@ -390,11 +421,11 @@ impl<M: Manager> Pool<M> {
                 error: None,
             });
         };
-        exchange.finish();
         let err = match result {
-            Ok(value) => return Ending::Done(value),
+            Ok(value) => return Ending::Done((value, conn)),
             Err(err) => err,
         };
+        exchange.finish();
         let (failed, cause) = match err.classify() {
             Disposition::Application => return Ending::Answered(err),
             Disposition::Transient => (Failed::Transient, None),

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use super::body::ResponseBody;
 use super::connection::HttpManager;
 use super::error::HttpError;
 use crate::pool::Pool;
@@ -123,33 +124,145 @@ impl HttpClient {
         kind: Idempotency,
         request: Request<B>,
     ) -> Result<Response<Bytes>, RunError<HttpError>> {
-        let (mut parts, body) = request.into_parts();
-        self.pool
-            .manager()
-            .prepare(&mut parts)
-            .map_err(RunError::Operation)?;
-        let body: Bytes = body.into();
+        let request = self.prepare(request)?;
         let retry_unavailable = kind.is_idempotent();
         self.pool
             .run_with(kind, async move |conn| {
-                let mut request = Request::new(Full::new(body.clone()));
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                let response = conn.exchange(request).await?;
-                if retry_unavailable
-                    && matches!(
-                        response.status(),
-                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                    )
-                {
+                let response = conn.send_head(request.attempt()).await?;
+                let response = conn.read_body(response).await?;
+                if retry_unavailable && unavailable(response.status()) {
                     return Err(HttpError::Unavailable(Box::new(response)));
                 }
                 Ok(response)
             })
             .await
     }
+
+    /// Sends `request` as [`HttpClient::send`] does, and returns its response as
+    /// soon as its head arrived, with a [`ResponseBody`] read from the connection
+    /// as the server sends it: for a body too large to hold in memory, or to act on
+    /// its first bytes before the last arrived.
+    ///
+    /// The body holds the connection until its end: read to the end, the
+    /// connection goes back to the pool; dropped before, it is closed and counted
+    /// as `cancelled`; failed under it, the body yields the error with its cause
+    /// (see [`ResponseBody`]). A retry happens only before the response's head
+    /// arrived, by the same rules as [`HttpClient::send`]'s: a 502 or 503 to an
+    /// idempotent request has its (small) body read and is retried, so it never
+    /// reaches the caller as a stream unless the retries ran out.
+    ///
+    /// [`HttpClient::send`] stays the way for most calls: it returns once the
+    /// connection is back in the pool, a failure while reading the body is
+    /// retried when the request is idempotent, and
+    /// [`HttpManager::max_response_body`](super::HttpManager::max_response_body)
+    /// bounds the memory. A streamed body is not retried once its head arrived,
+    /// and no limit applies to it: the caller reads what it needs.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: steadypool::drivers::http::HttpClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use bytes::Bytes;
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let request = http::Request::get("/backups/latest").body(Bytes::new())?;
+    /// let response = client.send_streaming(request).await?;
+    /// if !response.status().is_success() {
+    ///     return Err(format!("backup: {}", response.status()).into());
+    /// }
+    /// let mut file = tokio::fs::File::create("latest.tar").await?;
+    /// let mut body = response.into_body();
+    /// while let Some(chunk) = body.chunk().await {
+    ///     file.write_all(&chunk?).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`HttpClient::send`], except [`HttpError::BodyTooLarge`]: only the body
+    /// of a 502 or 503 read for a retry is bounded.
+    pub async fn send_streaming<B: Into<Bytes>>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody>, RunError<HttpError>> {
+        let kind = idempotency(&request);
+        self.send_streaming_with(kind, request).await
+    }
+
+    /// [`HttpClient::send_streaming`] with the idempotency the caller knows, as
+    /// [`HttpClient::send_with`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: steadypool::drivers::http::HttpClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use bytes::Bytes;
+    /// use steadypool::Idempotency;
+    /// let search = http::Request::post("/search").body(Bytes::from_static(b"{\"q\":\"x\"}"))?;
+    /// let response = client.send_streaming_with(Idempotency::Idempotent, search).await?;
+    /// # drop(response); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`HttpClient::send_streaming`].
+    pub async fn send_streaming_with<B: Into<Bytes>>(
+        &self,
+        kind: Idempotency,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody>, RunError<HttpError>> {
+        let request = self.prepare(request)?;
+        let retry_unavailable = kind.is_idempotent();
+        let (response, conn) = self
+            .pool
+            .run_keeping(kind, async move |conn| {
+                let response = conn.send_head(request.attempt()).await?;
+                if retry_unavailable && unavailable(response.status()) {
+                    let response = conn.read_body(response).await?;
+                    return Err(HttpError::Unavailable(Box::new(response)));
+                }
+                Ok(response)
+            })
+            .await?;
+        Ok(response.map(|incoming| ResponseBody::new(incoming, conn)))
+    }
+
+    /// `request` as it goes on the wire to this client's origin.
+    fn prepare<B: Into<Bytes>>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Prepared, RunError<HttpError>> {
+        let (mut parts, body) = request.into_parts();
+        self.pool
+            .manager()
+            .prepare(&mut parts)
+            .map_err(RunError::Operation)?;
+        Ok(Prepared {
+            parts,
+            body: body.into(),
+        })
+    }
+}
+
+/// A request ready to be sent, as many times as its retries take.
+struct Prepared {
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+impl Prepared {
+    /// The request for one attempt.
+    fn attempt(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.parts.uri.clone();
+        *request.version_mut() = self.parts.version;
+        *request.headers_mut() = self.parts.headers.clone();
+        request
+    }
+}
+
+/// The answers a load balancer gives when its backend is away for a moment.
+fn unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    )
 }
 
 /// Whether `request` may be repeated, by RFC 9110 section 9.2.2: `GET`, `HEAD`,

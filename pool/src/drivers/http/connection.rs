@@ -13,6 +13,7 @@ use http::header::{CONNECTION, HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::fmt;
@@ -234,7 +235,10 @@ impl HttpManager {
 
     /// The longest response body read, in bytes. Default 64 MiB. Prevents a huge
     /// or endless response from exhausting memory; a longer one fails with
-    /// [`HttpError::BodyTooLarge`] and its connection is closed.
+    /// [`HttpError::BodyTooLarge`] and its connection is closed. It bounds the
+    /// bodies read whole ([`HttpClient::send`](super::HttpClient::send), a 502 or 503
+    /// read for a retry), not a [`ResponseBody`](super::ResponseBody), whose caller
+    /// reads as much as it wants.
     ///
     /// ```
     /// use steadypool::drivers::http::HttpManager;
@@ -330,6 +334,8 @@ pub struct HttpConnection {
     reply_pending: bool,
     /// When the last response ended (or the connection opened).
     idle_since: Instant,
+    /// How long the connection had sat idle when its latest request went out.
+    sent_after: Duration,
     responses: u64,
     manager: HttpManager,
 }
@@ -367,10 +373,22 @@ impl HttpConnection {
         &mut self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, HttpError> {
-        let idle = self.idle_since.elapsed();
+        let response = self.send_head(request).await?;
+        self.read_body(response).await
+    }
+
+    /// Sends a prepared request and waits for its response's head; the body is
+    /// still to be read, through [`HttpConnection::read_body`] or a
+    /// [`ResponseBody`](super::ResponseBody), before the connection may serve
+    /// another request.
+    pub(super) async fn send_head(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, HttpError> {
+        self.sent_after = self.idle_since.elapsed();
         self.reply_pending = true;
         if let Err(err) = self.sender.ready().await {
-            return Err(self.failed(err, Sent::No, idle));
+            return Err(self.failed(err, Sent::No));
         }
         let response = match self.sender.try_send_request(request).await {
             Ok(response) => response,
@@ -380,15 +398,24 @@ impl HttpConnection {
                 } else {
                     Sent::Maybe
                 };
-                return Err(self.failed(err.into_error(), sent, idle));
+                return Err(self.failed(err.into_error(), sent));
             }
         };
         self.learn(response.version(), response.headers());
+        Ok(response)
+    }
+
+    /// Reads the body of the response [`HttpConnection::send_head`] returned, up
+    /// to the manager's [`max_response_body`](HttpManager::max_response_body).
+    pub(super) async fn read_body(
+        &mut self,
+        response: Response<Incoming>,
+    ) -> Result<Response<Bytes>, HttpError> {
         let (parts, mut body) = response.into_parts();
         let mut first = Bytes::new();
         let mut rest: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|err| self.failed(err, Sent::Maybe, idle))?;
+            let frame = frame.map_err(|err| self.body_failed(err))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -406,15 +433,26 @@ impl HttpConnection {
                 rest.extend_from_slice(&data);
             }
         }
-        self.reply_pending = false;
-        self.responses += 1;
-        self.idle_since = Instant::now();
+        self.body_ended();
         let body = if rest.is_empty() {
             first
         } else {
             Bytes::from(rest)
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The response body was read to its end: the connection may serve the next
+    /// request.
+    pub(super) fn body_ended(&mut self) {
+        self.reply_pending = false;
+        self.responses += 1;
+        self.idle_since = Instant::now();
+    }
+
+    /// The error for a failure while the response body was read: the request ran.
+    pub(super) fn body_failed(&self, source: hyper::Error) -> HttpError {
+        self.failed(source, Sent::Maybe)
     }
 
     /// Remembers what a response's headers say about the connection's future.
@@ -437,7 +475,7 @@ impl HttpConnection {
     }
 
     /// The error for a failure of the connection under a request.
-    fn failed(&self, source: hyper::Error, sent: Sent, idle: Duration) -> HttpError {
+    fn failed(&self, source: hyper::Error, sent: Sent) -> HttpError {
         let cause = self
             .fate
             .get()
@@ -448,7 +486,7 @@ impl HttpConnection {
             cause,
             sent,
             reused: self.responses > 0,
-            idle,
+            idle: self.sent_after,
         }
     }
 
@@ -590,6 +628,7 @@ impl HttpManager {
             closing: false,
             reply_pending: false,
             idle_since: Instant::now(),
+            sent_after: Duration::ZERO,
             responses: 0,
             manager: self.clone(),
         })

@@ -76,11 +76,24 @@
 //! | 502 or 503 to an idempotent request | transient: retried after a backoff |
 //! | any other status (and 502/503 to any other request) | the response, returned as it is |
 //!
-//! The whole response body is read before [`HttpClient::send`] returns, so the
-//! connection goes back to the pool only once its response was read to the end;
-//! a `send` future dropped half-way discards the connection (counted as
-//! `cancelled`), and a body longer than [`HttpManager::max_response_body`] is an
-//! error that closes the connection. A reply is never read by the wrong request.
+//! ## Response bodies: read whole, or streamed
+//!
+//! A connection goes back to the pool only once its response was read to the
+//! end, so a reply is never read by the wrong request. Two ways to get it:
+//!
+//! | | [`HttpClient::send`] | [`HttpClient::send_streaming`] |
+//! |---|---|---|
+//! | the body | read whole before it returns, as [`Bytes`](bytes::Bytes) | a [`ResponseBody`], read as the server sends it |
+//! | the connection goes back | before it returns | when the body's last frame is read |
+//! | retried (by the rules above) | until the whole body was read | until the response's head arrived |
+//! | a failure while reading the body | retried if idempotent, else [`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted) | the body yields [`HttpError::Connection`] with the cause, `sent: Maybe`; never retried |
+//! | dropped half-way (the future, or the body) | connection closed, eviction `cancelled` | the same |
+//! | [`HttpManager::max_response_body`] | applies: [`HttpError::BodyTooLarge`], connection closed | does not apply: the caller reads what it needs |
+//!
+//! A connection that failed under a body is closed and counted as a reset with its
+//! cause in phase `in_use`, as one that failed under a request. A 502 or 503 that
+//! is retried has its body read whole either way, so that its connection serves
+//! the retry.
 //!
 //! ## https://
 //!
@@ -94,10 +107,12 @@
 //! Without the feature, [`HttpManager::new`] refuses `https://` with
 //! [`HttpError::Origin`] naming it. HTTP/2 is out of scope.
 
+mod body;
 mod client;
 mod connection;
 mod error;
 
+pub use self::body::ResponseBody;
 pub use self::client::{HttpClient, idempotency};
 pub use self::connection::{HttpConnection, HttpManager};
 pub use self::error::HttpError;
