@@ -216,7 +216,6 @@ pub(crate) async fn run(
             let requests = Requests::new(config.seed, worker, key_prefix);
             workers.spawn(work(
                 Arc::clone(client),
-                worker,
                 Arc::clone(tally),
                 Arc::clone(&schedule),
                 match paced_around {
@@ -363,7 +362,6 @@ fn fault_summary(config: &DemoConfig) -> FaultSummary {
 /// One worker: the schedule's requests, paused during idle gaps, until the end.
 async fn work(
     client: Arc<dyn Client>,
-    worker: usize,
     tally: Arc<Tally>,
     schedule: Arc<Schedule>,
     mut requests: Requests,
@@ -381,7 +379,7 @@ async fn work(
             None => {
                 let (op, think) = requests.next_request();
                 let sent = Instant::now();
-                let outcome = client.call(worker, op).await;
+                let outcome = client.call(requests.worker(), op).await;
                 tally.record(outcome, sent.elapsed());
                 Instant::now() + think
             }

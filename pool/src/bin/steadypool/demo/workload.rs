@@ -107,6 +107,7 @@ pub(crate) struct Requests {
     rng: fastrand::Rng,
     prefix: &'static str,
     around: Option<Duration>,
+    worker: usize,
 }
 
 impl Requests {
@@ -117,7 +118,13 @@ impl Requests {
             rng: fastrand::Rng::with_seed(mixed),
             prefix,
             around: None,
+            worker,
         }
+    }
+
+    /// The worker these requests are for.
+    pub(crate) fn worker(&self) -> usize {
+        self.worker
     }
 
     /// The same requests, each followed by a pause within 10 % of `close`: when a
