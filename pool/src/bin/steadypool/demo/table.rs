@@ -137,7 +137,12 @@ impl Report {
         rows.push(per_pool("latency p50", &|p| millis(p.latency_ms.p50)));
         rows.push(per_pool("latency p99", &|p| millis(p.latency_ms.p99)));
         rows.push(per_pool("latency max", &|p| millis(p.latency_ms.max)));
-        if self.pools.iter().any(|p| p.chaos.is_some()) {
+        // Over HTTP a proxy that only adds latency ends nothing: no rows for it.
+        let proxy_ended = self
+            .pools
+            .iter()
+            .any(|p| p.chaos.is_some_and(|c| c.ended_by_faults > 0));
+        if self.pools.iter().any(|p| p.chaos.is_some()) && (self.http.is_none() || proxy_ended) {
             rows.push(per_pool("ended by its chaos proxy", &|p| {
                 p.chaos.map_or("-".to_owned(), |c| count(c.ended_by_faults))
             }));

@@ -148,6 +148,14 @@ impl ProbeReport {
             secs(self.elapsed_secs)
         );
         if let Some(recommendation) = self.recommendation {
+            if self.announced_keep_alive_secs.is_some() {
+                let _ = writeln!(
+                    out,
+                    "steadypool's HTTP driver reads the Keep-Alive header itself and closes each \
+                     connection before the announced timeout (less HttpManager::keep_alive_margin); \
+                     the idle_timeout below covers answers that do not announce it."
+                );
+            }
             let _ = writeln!(out, "Recommended steadypool settings for this path:");
             let _ = writeln!(out, "    Pool::builder(manager)");
             for line in recommendation.builder_lines() {
