@@ -348,6 +348,44 @@ impl crate::outcome::Failure for DemoError {
 mod tests {
     use super::*;
 
+    fn args(target: Option<&str>, protocol: Protocol) -> DemoArgs {
+        DemoArgs {
+            duration: Duration::from_secs(30),
+            concurrency: None,
+            faults: None,
+            seed: 7,
+            json: false,
+            target: target.map(str::to_owned),
+            protocol,
+            lb_idle_timeout: Duration::from_secs(2),
+            reset_rate: 0.01,
+            crash_every: Duration::from_secs(10),
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn http_runs_against_node_or_an_http_target_with_defaults_of_its_own() {
+        let node = args(None, Protocol::Http).config().unwrap();
+        assert_eq!(node.target, Target::Node);
+        assert_eq!((node.concurrency, node.faults), (32, FaultSet::HTTP));
+        let remote = args(Some("http://127.0.0.1:3000/"), Protocol::Kv)
+            .config()
+            .unwrap();
+        assert_eq!(
+            remote.target,
+            Target::Remote {
+                addr: "127.0.0.1:3000".to_owned(),
+                protocol: Protocol::Http
+            }
+        );
+        let kv = args(None, Protocol::Kv).config().unwrap();
+        assert_eq!(kv.target, Target::Embedded);
+        assert_eq!((kv.concurrency, kv.faults), (8, FaultSet::default()));
+        let https = args(Some("https://127.0.0.1:3000"), Protocol::Http).config();
+        assert!(https.unwrap_err().to_string().contains("http://"));
+    }
+
     #[test]
     fn fault_sets_read_and_print_as_their_flag() {
         let faults: FaultSet = "idle-fin,crash".parse().unwrap();
