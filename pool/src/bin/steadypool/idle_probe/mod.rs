@@ -237,6 +237,7 @@ async fn probe<M: Manager>(
         if findings.first_death().is_some() && !findings.unprompted() {
             bisect(&watcher, end, &console, &mut findings).await;
         }
+        console.clear();
         return Ok(report(config, started, announced, &findings));
     }
     let rungs: Vec<Option<Duration>> = RUNGS_SECS
