@@ -1,13 +1,17 @@
 //! The `steadypool demo` tool, in short runs: steadypool's application sees no failure
 //! while the plain pool's sees the faults; every connection the chaos proxy ended
 //! shows up in steadypool's reset counters, under the cause that matches how it was
-//! ended. And bad input: clear errors, exit codes not 0.
+//! ended. Over HTTP, against a real Node.js server (the one the demo starts, and
+//! one given as `--target`), steadypool's idempotent requests never fail while
+//! reqwest's meet Node's keep-alive close. And bad input: clear errors, exit codes
+//! not 0.
 
 use std::time::Duration;
 
 use serde_json::Value;
+use steadypool_tests::http::NodeServer;
 use steadypool_tests::redis::RedisServer;
-use steadypool_tests::tool;
+use steadypool_tests::{host, tool};
 use tokio::net::TcpListener;
 
 /// A five-second run with `args` added, its JSON summary, and the whole run's output
@@ -248,6 +252,8 @@ async fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
         (&["--reset-rate", "2"][..], "--reset-rate"),
         (&["--protocol", "redis"][..], "--target"),
         (&["--target", "localhost"][..], "HOST:PORT"),
+        (&["--target", "https://localhost:1"][..], "http://"),
+        (&["--target", "http://localhost:1/api"][..], "no path"),
         (&["--lb-idle-timeout", "200ms"][..], "1s"),
     ] {
         let argv: Vec<&str> = ["demo"].iter().chain(args).copied().collect();
@@ -296,4 +302,113 @@ async fn a_target_that_does_not_speak_the_protocol_is_a_clear_error() {
     assert_eq!(run.code, Some(1), "{run}");
     assert!(run.stderr.contains("PING"), "{run}");
     assert!(run.stderr.contains("--protocol redis"), "{run}");
+}
+
+/// Over HTTP, steadypool's side: no request failed, none was retried (the pool
+/// closed each connection before Node could, from the `Keep-Alive: timeout=1` Node
+/// announced), and those closes are counted; the peer is reqwest, paced requests
+/// straddling Node's close (its timeout plus a second).
+fn assert_http_run(report: &Value, context: &str) {
+    assert_eq!(report["protocol"], "http", "{context}");
+    let (steady, peer) = (&report["pools"][0], &report["pools"][1]);
+    assert_eq!(steady["name"], "steadypool", "{context}");
+    assert_eq!(peer["name"], "reqwest", "{context}");
+    assert!(
+        count(&steady["requests"]) > 0 && count(&peer["requests"]) > 0,
+        "{context}"
+    );
+    assert_eq!(
+        count(&steady["failures"]),
+        0,
+        "steadypool's application saw failures:\n{context}"
+    );
+    assert_eq!(
+        resets_where(steady, |reset| reset["phase"] == "in_use"),
+        0,
+        "{context}"
+    );
+    let http = &report["http"];
+    assert_eq!(http["announced_keep_alive_secs"], 1.0, "{context}");
+    let gap = |i: usize| http["request_gap_secs"][i].as_f64().unwrap_or(0.0);
+    assert!(
+        (gap(0) - 1.8).abs() < 1e-6 && (gap(1) - 2.2).abs() < 1e-6,
+        "{context}"
+    );
+    // Every pause outlasts the pool's close: connections were closed before use,
+    // as resets found at checkout or by the reaper, or as planned evictions.
+    let closed_before_use = resets_where(steady, |reset| {
+        reset["phase"] == "idle" || reset["phase"] == "checkout"
+    }) + steady["evictions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, n)| count(n))
+        .sum::<u64>();
+    assert!(closed_before_use > 0, "{context}");
+}
+
+fn node_installed() -> bool {
+    if host::program("node").is_some() || host::program("nodejs").is_some() {
+        return true;
+    }
+    host::skip("node not found: install package nodejs");
+    false
+}
+
+#[tokio::test]
+async fn over_http_against_the_node_server_it_starts_steadypool_loses_no_request() {
+    if !node_installed() {
+        return;
+    }
+    let (report, context) = short(&["--protocol", "http"]).await;
+    assert_http_run(&report, &context);
+    assert_eq!(
+        report["http"]["node_keep_alive_timeout_secs"], 1.0,
+        "{context}"
+    );
+    assert_eq!(report["concurrency"], 32, "{context}");
+    assert_eq!(
+        report["faults"]["names"],
+        serde_json::json!(["gaps", "latency"]),
+        "{context}"
+    );
+    // Whatever reqwest met is the keep-alive race: Node's close (FIN) met the
+    // request, or the request met the closed socket (RST).
+    let peer = &report["pools"][1];
+    for (kind, _) in peer["failures_by_kind"].as_object().into_iter().flatten() {
+        assert!(
+            kind == "peer_closed / in_use" || kind == "peer_reset / in_use",
+            "{kind}: {context}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_http_against_a_target_steadypool_loses_no_request() {
+    let Some(node) = NodeServer::start(Some(Duration::from_secs(1))) else {
+        return;
+    };
+    let origin = node.origin();
+    let (report, context) = short(&["--target", &origin, "--concurrency", "8"]).await;
+    assert_http_run(&report, &context);
+    assert_eq!(report["target"], origin, "{context}");
+    assert!(
+        report["http"]["node_keep_alive_timeout_secs"].is_null(),
+        "{context}"
+    );
+}
+
+#[tokio::test]
+async fn over_http_without_node_the_error_says_how_to_install_it() {
+    let output = tool::command(&["demo", "--protocol", "http", "--duration", "2s"])
+        .env("PATH", "")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install nodejs") && stderr.contains("--target http://"),
+        "{stderr}"
+    );
 }

@@ -1,12 +1,15 @@
 //! The `steadypool idle-probe` tool against paths whose idle limit is known: the chaos
 //! proxy closing idle connections after 3 s (with FIN, and with RST), and a real Redis
-//! with `timeout 2`. Its estimate must be within 10 % of the truth. And bad input: an
-//! unreachable target, a port that does not speak the protocol, a bad flag.
+//! with `timeout 2`. Its estimate must be within 10 % of the truth. A real Node.js
+//! server's announced `Keep-Alive: timeout=1` is read and verified: Node closes a
+//! second later. And bad input: an unreachable target, a port that does not speak
+//! the protocol, a bad flag.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use steadypool::chaos::{ChaosProxy, IdleClose};
+use steadypool_tests::http::NodeServer;
 use steadypool_tests::redis::RedisServer;
 use steadypool_tests::servers::LineServer;
 use steadypool_tests::tool;
@@ -105,6 +108,43 @@ async fn finds_redis_idle_timeout() {
 }
 
 #[tokio::test]
+async fn verifies_the_keep_alive_timeout_node_announces() {
+    let Some(node) = NodeServer::start(Some(Duration::from_secs(1))) else {
+        return;
+    };
+    let (report, context) = probe(&node.origin(), "http", "20s").await;
+    assert_eq!(report["protocol"], "http", "{context}");
+    assert_eq!(report["announced_keep_alive_secs"], 1.0, "{context}");
+    // Node closes at its keepAliveTimeout plus a second; the bounds leave room for
+    // a loaded machine's late looks.
+    let limit = secs(&report["limit_secs"]);
+    assert!(
+        limit >= Duration::from_millis(1500) && limit <= Duration::from_millis(2600),
+        "{context}"
+    );
+    assert_eq!(report["closed_by"], "fin", "{context}");
+    let later = secs(&report["later_than_announced_secs"]);
+    assert!(
+        later >= Duration::from_millis(500) && later <= Duration::from_millis(1600),
+        "{context}"
+    );
+    assert!(
+        report["alive_after_secs"]
+            .as_f64()
+            .is_some_and(|alive| alive >= 1.0),
+        "a request after more than the announced second idle must have been answered:\n{context}"
+    );
+    // Verified around the announced time, not searched for: one round, seconds.
+    assert_eq!(report["rounds"], 1, "{context}");
+    assert!(
+        secs(&report["elapsed_secs"]) <= Duration::from_secs(10),
+        "{context}"
+    );
+    let recommended = secs(&report["recommended"]["idle_timeout_secs"]);
+    assert!(recommended < Duration::from_secs(2), "{context}");
+}
+
+#[tokio::test]
 async fn a_path_without_idle_limit_says_so_within_its_time() {
     let upstream = LineServer::start().await.unwrap();
     let target = upstream.addr().to_string();
@@ -166,6 +206,8 @@ async fn bad_flags_are_clear_errors_with_a_usage_exit_code() {
         (&[][..], "HOST:PORT"),
         (&["localhost"][..], "HOST:PORT"),
         (&["localhost:1", "--max-time", "1s"][..], "--max-time"),
+        (&["https://localhost:1"][..], "http://"),
+        (&["http://localhost:1/api"][..], "no path"),
     ] {
         let argv: Vec<&str> = ["idle-probe"].iter().chain(args).copied().collect();
         let run = tool::run(&argv).await;

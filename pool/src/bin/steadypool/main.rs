@@ -1,14 +1,19 @@
 //! `steadypool`: the pool's command-line companion.
 //!
 //! * `steadypool demo`: production's connection resets, scaled down to half a
-//!   minute, hitting steadypool and a plain deadpool pool side by side.
+//!   minute, hitting steadypool and a plain deadpool pool side by side
+//!   (`--protocol http`: steadypool's HTTP client and reqwest, against Node.js).
 //! * `steadypool idle-probe HOST:PORT`: finds how long connections to a server may
-//!   sit idle before the path closes them, and the pool settings that stay clear of it.
+//!   sit idle before the path closes them, and the pool settings that stay clear of it
+//!   (`http://HOST:PORT`: reads the Keep-Alive timeout the server announces, and
+//!   verifies it).
 //!
 //! ```text
 //! cargo install steadypool --features cli
 //! steadypool demo --duration 10s
 //! steadypool idle-probe 127.0.0.1:6379 --protocol redis --max-time 60s
+//! steadypool demo --protocol http --duration 10s
+//! steadypool idle-probe http://127.0.0.1:3000
 //! ```
 //!
 //! Both print their summary on standard output (`--json` for a machine-readable
@@ -41,7 +46,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Production's connection resets, scaled down: steadypool and a plain deadpool
-    /// pool side by side.
+    /// pool side by side (over HTTP: steadypool's client and reqwest).
     Demo(demo::DemoArgs),
     /// Finds how long connections to a server may sit idle before the path closes
     /// them, and the steadypool settings that stay clear of it.

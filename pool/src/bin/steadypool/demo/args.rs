@@ -75,6 +75,17 @@ impl Default for FaultSet {
     }
 }
 
+impl FaultSet {
+    /// `gaps,latency`: the default over HTTP. The server's own keep-alive close is
+    /// the fault; the latency widens the moment in which a request and the
+    /// server's close cross.
+    pub(crate) const HTTP: FaultSet = FaultSet {
+        gaps: true,
+        latency: true,
+        ..FaultSet::NONE
+    };
+}
+
 impl FromStr for FaultSet {
     type Err = String;
 
@@ -123,6 +134,8 @@ impl fmt::Display for FaultSet {
 pub(crate) enum Target {
     /// The embedded key-value server.
     Embedded,
+    /// A Node.js `http.createServer` the demo starts (`--protocol http`).
+    Node,
     /// A server you run, at `host:port`.
     Remote {
         /// `host:port`.
@@ -137,9 +150,10 @@ pub(crate) enum Target {
 pub(crate) struct DemoConfig {
     /// How long the workload runs. Default 30 s.
     pub(crate) duration: Duration,
-    /// Workers per pool, and each pool's `max_size`. Default 8.
+    /// Workers per pool, and each pool's `max_size`. Default 8; over HTTP 32, each
+    /// with a client of its own.
     pub(crate) concurrency: usize,
-    /// Which faults. Default [`FaultSet::default`].
+    /// Which faults. Default [`FaultSet::default`]; over HTTP [`FaultSet::HTTP`].
     pub(crate) faults: FaultSet,
     /// The seed of the workload and of both proxies. Default 7.
     pub(crate) seed: u64,
@@ -161,25 +175,30 @@ pub(crate) struct DemoArgs {
     /// How long to run the workload (e.g. 5s, 30s, 2min).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub(crate) duration: Duration,
-    /// Workers per pool (and each pool's max_size).
-    #[arg(long, default_value_t = 8)]
-    pub(crate) concurrency: usize,
+    /// Workers per pool (and each pool's max_size) [default: 8; with --protocol
+    /// http: 32, each with a client of its own on each side].
+    #[arg(long)]
+    pub(crate) concurrency: Option<usize>,
     /// Faults to inject, comma separated: idle (load balancer idle timeout, RST),
     /// idle-fin (the same with FIN), resets (mid-request), crash (upstream), gaps
-    /// (idle gaps in the workload), latency; or all, none.
-    #[arg(long, default_value = "idle,resets,crash,gaps")]
-    pub(crate) faults: FaultSet,
+    /// (idle gaps in the workload; over HTTP, pauses around the server's keep-alive
+    /// close), latency; or all, none [default: idle,resets,crash,gaps; with
+    /// --protocol http: gaps,latency].
+    #[arg(long)]
+    pub(crate) faults: Option<FaultSet>,
     /// Seed for the workload and the faults.
     #[arg(long, default_value_t = 7)]
     pub(crate) seed: u64,
     /// Print a JSON summary on standard output instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Run against your own server at HOST:PORT instead of the embedded one (the chaos
-    /// proxies still sit in between, unless --faults none).
+    /// Run against your own server at HOST:PORT (http://HOST:PORT for HTTP) instead
+    /// of the embedded one (the chaos proxies still sit in between, unless --faults
+    /// none).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) target: Option<String>,
-    /// What the --target speaks: kv (the demo's key-value protocol) or redis.
+    /// What to speak: kv (the demo's key-value protocol), redis (needs --target), or
+    /// http (against a Node.js server the demo starts, or --target).
     #[arg(long, value_enum, default_value_t = Protocol::Kv)]
     pub(crate) protocol: Protocol,
     /// The load balancer's idle timeout.
@@ -202,10 +221,23 @@ impl DemoArgs {
     /// # Errors
     /// [`DemoError::Config`] saying which value is wrong and what is allowed.
     pub(crate) fn config(&self) -> Result<DemoConfig, DemoError> {
-        if !(1..=256).contains(&self.concurrency) {
+        let (target, protocol) = match self.target.as_deref() {
+            Some(url) if url.starts_with("https://") => {
+                return Err(DemoError::Config(format!(
+                    "--target {url}: the demo speaks plain HTTP; give an http:// address"
+                )));
+            }
+            Some(url) if url.starts_with("http://") => (
+                Some(url.trim_start_matches("http://").trim_end_matches('/')),
+                Protocol::Http,
+            ),
+            other => (other, self.protocol),
+        };
+        let http = protocol == Protocol::Http;
+        let concurrency = self.concurrency.unwrap_or(if http { 32 } else { 8 });
+        if !(1..=256).contains(&concurrency) {
             return Err(DemoError::Config(format!(
-                "--concurrency {} is out of range: use 1 to 256",
-                self.concurrency
+                "--concurrency {concurrency} is out of range: use 1 to 256"
             )));
         }
         if !(0.0..=0.5).contains(&self.reset_rate) {
@@ -221,19 +253,21 @@ impl DemoArgs {
                 human(self.lb_idle_timeout)
             )));
         }
-        let target = match (&self.target, self.protocol) {
+        let target = match (target, protocol) {
             (Some(addr), protocol) => {
-                if !addr.contains(':') {
+                if !addr.contains(':') || addr.contains('/') {
                     return Err(DemoError::Config(format!(
-                        "--target {addr:?} needs a port: write HOST:PORT"
+                        "--target {addr:?} needs a port and no path: write HOST:PORT \
+                         (http://HOST:PORT for HTTP)"
                     )));
                 }
                 Target::Remote {
-                    addr: addr.clone(),
+                    addr: addr.to_owned(),
                     protocol,
                 }
             }
             (None, Protocol::Kv) => Target::Embedded,
+            (None, Protocol::Http) => Target::Node,
             (None, protocol) => {
                 return Err(DemoError::Config(format!(
                     "--protocol {protocol} needs --target HOST:PORT: the embedded server speaks \
@@ -243,8 +277,12 @@ impl DemoArgs {
         };
         Ok(DemoConfig {
             duration: self.duration,
-            concurrency: self.concurrency,
-            faults: self.faults,
+            concurrency,
+            faults: self.faults.unwrap_or(if http {
+                FaultSet::HTTP
+            } else {
+                FaultSet::default()
+            }),
             seed: self.seed,
             target,
             lb_idle_timeout: self.lb_idle_timeout,
@@ -285,6 +323,9 @@ pub(crate) enum DemoError {
     /// A pool could not be built.
     #[error("could not set up the pools: {0}")]
     Setup(String),
+    /// The Node.js server of `--protocol http` could not start.
+    #[error("{0}")]
+    Node(String),
 }
 
 impl DemoError {
@@ -306,6 +347,44 @@ impl crate::outcome::Failure for DemoError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(target: Option<&str>, protocol: Protocol) -> DemoArgs {
+        DemoArgs {
+            duration: Duration::from_secs(30),
+            concurrency: None,
+            faults: None,
+            seed: 7,
+            json: false,
+            target: target.map(str::to_owned),
+            protocol,
+            lb_idle_timeout: Duration::from_secs(2),
+            reset_rate: 0.01,
+            crash_every: Duration::from_secs(10),
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn http_runs_against_node_or_an_http_target_with_defaults_of_its_own() {
+        let node = args(None, Protocol::Http).config().unwrap();
+        assert_eq!(node.target, Target::Node);
+        assert_eq!((node.concurrency, node.faults), (32, FaultSet::HTTP));
+        let remote = args(Some("http://127.0.0.1:3000/"), Protocol::Kv)
+            .config()
+            .unwrap();
+        assert_eq!(
+            remote.target,
+            Target::Remote {
+                addr: "127.0.0.1:3000".to_owned(),
+                protocol: Protocol::Http
+            }
+        );
+        let kv = args(None, Protocol::Kv).config().unwrap();
+        assert_eq!(kv.target, Target::Embedded);
+        assert_eq!((kv.concurrency, kv.faults), (8, FaultSet::default()));
+        let https = args(Some("https://127.0.0.1:3000"), Protocol::Http).config();
+        assert!(https.unwrap_err().to_string().contains("http://"));
+    }
 
     #[test]
     fn fault_sets_read_and_print_as_their_flag() {

@@ -1,7 +1,7 @@
 //! The two ways the demo sends a request: through steadypool with idempotent
 //! retries, and through a plain deadpool pool that discards a connection once it
 //! failed but checks and retries nothing. Each speaks the demo's key-value protocol
-//! or Redis.
+//! or Redis; HTTP's pair is in [`super::http`].
 
 use std::fmt;
 use std::future::Future;
@@ -16,9 +16,10 @@ use redis::aio::MultiplexedConnection;
 use steadypool::IdleLimit;
 use steadypool::drivers::redis::{RedisConnection, RedisDriverError, RedisManager};
 use steadypool::{
-    AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError, Stats,
+    AttemptError, Classify, Disposition, GiveUp, Manager, Phase, Pool, ResetCause, RunError,
 };
 
+use super::report::PoolCounts;
 use super::tally::{Failure, Outcome};
 use crate::kv::{KvConnection, KvError, KvManager, Op, PlainKvManager};
 
@@ -33,14 +34,16 @@ pub(crate) type CallFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + '
 
 /// One pool, as the workers use it.
 pub(crate) trait Client: Send + Sync {
-    /// Sends one request (with whatever retrying the pool does) and reports its end.
-    fn call(&self, op: Op) -> CallFuture<'_>;
+    /// Sends worker `worker`'s request (with whatever retrying the pool does) and
+    /// reports its end.
+    fn call(&self, worker: usize, op: Op) -> CallFuture<'_>;
 
     /// What the pool learned about the path's idle limit, if it learns.
     fn idle_limit(&self) -> Option<IdleLimit>;
 
-    /// The pool's own counts of what it opened and closed, if it keeps them.
-    fn stats(&self) -> Option<Stats>;
+    /// The pool's own counts of the connections it lost and closed, if it keeps
+    /// them.
+    fn counts(&self) -> Option<PoolCounts>;
 
     /// Closes the pool's connections.
     fn close(&self);
@@ -54,6 +57,9 @@ pub(crate) enum Protocol {
     Kv,
     /// Redis (`GET` and `SET ... EX 300`).
     Redis,
+    /// HTTP/1.1 (`GET` and `PUT` of `/items/N`): against a Node.js server the demo
+    /// starts, or a `--target http://HOST:PORT`.
+    Http,
 }
 
 impl fmt::Display for Protocol {
@@ -61,6 +67,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Kv => "kv",
             Protocol::Redis => "redis",
+            Protocol::Http => "http",
         })
     }
 }
@@ -80,7 +87,7 @@ pub(crate) struct Steady<M: Manager> {
 }
 
 impl<M: Manager> Client for Steady<M> {
-    fn call(&self, op: Op) -> CallFuture<'_> {
+    fn call(&self, _worker: usize, op: Op) -> CallFuture<'_> {
         Box::pin(async move {
             let send = self.send;
             // Owned by the operation (`async move`): this future must be `Send`, and
@@ -106,8 +113,8 @@ impl<M: Manager> Client for Steady<M> {
         Some(self.pool.idle_limit())
     }
 
-    fn stats(&self) -> Option<Stats> {
-        Some(self.pool.stats())
+    fn counts(&self) -> Option<PoolCounts> {
+        Some(PoolCounts::read(&self.pool.stats()))
     }
 
     fn close(&self) {
@@ -116,7 +123,7 @@ impl<M: Manager> Client for Steady<M> {
 }
 
 /// steadypool's resets are in its stats; the failure is what the caller got.
-fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure {
+pub(super) fn steady_failure<E: std::error::Error + 'static>(err: &RunError<E>) -> Failure {
     let cause = err.cause().map_or("no cause", ResetCause::as_str);
     let label = match err {
         RunError::Operation(_) => "server error".to_owned(),
@@ -163,7 +170,7 @@ where
     M::Type: Send,
     M::Error: fmt::Display + Send,
 {
-    fn call(&self, op: Op) -> CallFuture<'_> {
+    fn call(&self, _worker: usize, op: Op) -> CallFuture<'_> {
         Box::pin(async move {
             let mut conn = match self.pool.get().await {
                 Ok(conn) => conn,
@@ -210,7 +217,7 @@ where
         None
     }
 
-    fn stats(&self) -> Option<Stats> {
+    fn counts(&self) -> Option<PoolCounts> {
         None
     }
 

@@ -16,6 +16,13 @@
 //! a careful user (a connection that failed is discarded) but no checks and no
 //! retries: whatever breaks reaches its application.
 //!
+//! With `--protocol http` the upstream is a Node.js `http.createServer` the demo
+//! starts (`keepAliveTimeout` 1 s: it announces `Keep-Alive: timeout=1` and closes
+//! idle connections a second later), or a `--target http://HOST:PORT`; the peer is
+//! reqwest with its defaults, one client per worker on each side; and the workers
+//! pause within 10 % of the server's keep-alive close after each `GET` or `PUT`, so
+//! requests and the server's closes cross (see [`http`]).
+//!
 //! [`run`] returns a [`Report`]: per pool, the requests, the failures the application
 //! saw, the retries, the connections lost by cause and phase (steadypool's from its
 //! own [`Pool::stats`](steadypool::Pool::stats)), latencies, and what each proxy injected; and what steadypool learned
@@ -23,6 +30,8 @@
 
 mod args;
 mod clients;
+mod http;
+mod node;
 mod report;
 mod table;
 mod tally;
@@ -43,8 +52,9 @@ use tokio::time::Instant;
 pub(crate) use self::args::{DemoArgs, DemoConfig, DemoError, Target};
 use self::clients::Client;
 pub(crate) use self::clients::Protocol;
-use self::report::PoolCounts;
-pub(crate) use self::report::{FaultSummary, Learned, PoolReport, Report, ScheduleSummary};
+pub(crate) use self::report::{
+    FaultSummary, HttpSummary, Learned, PoolReport, Report, ScheduleSummary,
+};
 use self::tally::Tally;
 use self::workload::{Requests, Schedule};
 use crate::console::Console;
@@ -53,15 +63,24 @@ use crate::recommend::ClosedBy;
 /// How long steadypool's reaper may take to find what the proxy did last: its
 /// default interval, and a margin.
 const DRAIN: Duration = Duration::from_millis(1300);
+/// How much later than the `Keep-Alive: timeout` it announces Node.js closes an
+/// idle connection: the pauses straddle the real close.
+const NODE_CLOSE_DELAY: Duration = Duration::from_secs(1);
 /// How long workers may take to finish their request after Ctrl-C.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long the checks of a `--target` may take.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Added latency per chunk with `latency` on.
 const LATENCY: Latency = Latency::new(Duration::from_millis(1), Duration::from_millis(2));
+/// Added latency per chunk with `latency` on over HTTP: a request and its answer
+/// cross the proxy in 10 to 20 ms, the time in which a request and the server's
+/// keep-alive close can cross.
+const HTTP_LATENCY: Latency = Latency::new(Duration::from_millis(5), Duration::from_millis(5));
 
-/// The names of the two pools, in the report's order.
+/// The names of the two sides, in the report's order.
 const POOLS: [&str; 2] = ["steadypool", "deadpool"];
+/// The same over HTTP.
+const HTTP_PEERS: [&str; 2] = ["steadypool", "reqwest"];
 
 /// Runs the demo until its duration is over or `interrupt` completes (Ctrl-C), and
 /// reports what happened so far.
@@ -74,7 +93,22 @@ pub(crate) async fn run(
     interrupt: impl Future<Output = ()> + Send,
 ) -> Result<Report, DemoError> {
     let console = Arc::new(Console::new(config.verbosity));
+    let mut node = None;
     let (server, upstream, protocol, target_text) = match &config.target {
+        Target::Node => {
+            let started = node::NodeServer::start().await?;
+            let addr = started.addr().to_owned();
+            node = Some(started);
+            (
+                None,
+                addr,
+                Protocol::Http,
+                format!(
+                    "Node.js http.createServer (keepAliveTimeout {})",
+                    human(node::KEEP_ALIVE_TIMEOUT)
+                ),
+            )
+        }
         Target::Embedded => {
             let server = crate::kv::KvServer::start()
                 .await
@@ -88,14 +122,23 @@ pub(crate) async fn run(
             )
         }
         Target::Remote { addr, protocol } => {
-            preflight(addr, *protocol).await?;
-            (None, addr.clone(), *protocol, addr.clone())
+            let text = match protocol {
+                Protocol::Http => format!("http://{addr}"),
+                _ => addr.clone(),
+            };
+            (None, addr.clone(), *protocol, text)
         }
     };
+    let announced = preflight(&upstream, protocol).await?;
+    let names = if protocol == Protocol::Http {
+        HTTP_PEERS
+    } else {
+        POOLS
+    };
     let proxies = if config.faults.needs_proxy() {
-        let faults = chaos_faults(&config);
+        let faults = chaos_faults(&config, protocol);
         let mut proxies = Vec::new();
-        for _ in POOLS {
+        for _ in names {
             let proxy = ChaosProxy::builder(upstream.as_str())
                 .seed(config.seed)
                 .faults(faults)
@@ -129,20 +172,32 @@ pub(crate) async fn run(
                 Arc::new(clients::plain_redis(&addr_of(1), size)?),
             )
         }
+        Protocol::Http => (
+            Arc::new(http::SteadyHttp::new(&addr_of(0), size)?),
+            Arc::new(http::Reqwest::new(&addr_of(1), size)?),
+        ),
     };
     let clients = [steady, plain];
 
+    // Over HTTP the pauses between requests are the idle gaps.
+    let paced_around = (protocol == Protocol::Http && config.faults.gaps).then(|| {
+        match (config.faults.idle, announced) {
+            (None, Some(timeout)) => timeout + NODE_CLOSE_DELAY,
+            _ => config.lb_idle_timeout,
+        }
+    });
     let schedule = Arc::new(Schedule::new(
         config.duration,
         config.lb_idle_timeout,
         config.seed,
-        config.faults.gaps,
+        config.faults.gaps && paced_around.is_none(),
         config.faults.crash.then_some(config.crash_every),
     ));
     let tallies: [Arc<Tally>; 2] = [Arc::new(Tally::new()), Arc::new(Tally::new())];
     let key_prefix = match protocol {
         Protocol::Kv => "key:",
         Protocol::Redis => "steadypool-demo:",
+        Protocol::Http => "/items/",
     };
 
     console.line(format!(
@@ -158,11 +213,15 @@ pub(crate) async fn run(
     let mut workers = JoinSet::new();
     for (client, tally) in clients.iter().zip(&tallies) {
         for worker in 0..config.concurrency {
+            let requests = Requests::new(config.seed, worker, key_prefix);
             workers.spawn(work(
                 Arc::clone(client),
                 Arc::clone(tally),
                 Arc::clone(&schedule),
-                Requests::new(config.seed, worker, key_prefix),
+                match paced_around {
+                    Some(close) => requests.paced_around(close),
+                    None => requests,
+                },
                 started,
                 end,
                 stop_rx.clone(),
@@ -180,6 +239,7 @@ pub(crate) async fn run(
     }
     background.spawn(live(
         Arc::clone(&console),
+        names,
         tallies.clone(),
         Arc::clone(&schedule),
         started,
@@ -215,17 +275,18 @@ pub(crate) async fn run(
         // Let steadypool's reaper find the connections the proxy ended last.
         tokio::time::sleep(DRAIN).await;
     }
-    let counts = clients[0].stats().map(|stats| PoolCounts::read(&stats));
+    let counts = clients[0].counts();
     let learned = clients[0].idle_limit();
     let chaos = |i: usize| proxies.as_ref().map(|p| p[i].stats());
-    let steady_report = PoolReport::new(POOLS[0], tallies[0].totals(), counts, chaos(0));
-    let plain_report = PoolReport::new(POOLS[1], tallies[1].totals(), None, chaos(1));
+    let steady_report = PoolReport::new(names[0], tallies[0].totals(), counts, chaos(0));
+    let plain_report = PoolReport::new(names[1], tallies[1].totals(), None, chaos(1));
     let closed_by = steady_report.idle_closes().or(config.faults.idle);
     for client in &clients {
         client.close();
     }
     drop(proxies);
     drop(server);
+    drop(node);
 
     Ok(Report {
         seed: config.seed,
@@ -246,6 +307,17 @@ pub(crate) async fn run(
         },
         pools: vec![steady_report, plain_report],
         learned: Learned::new(learned, closed_by),
+        http: (protocol == Protocol::Http).then(|| HttpSummary {
+            announced_keep_alive_secs: announced.map(|d| d.as_secs_f64()),
+            node_keep_alive_timeout_secs: matches!(config.target, Target::Node)
+                .then(|| node::KEEP_ALIVE_TIMEOUT.as_secs_f64()),
+            request_gap_secs: paced_around.map(|close| {
+                [
+                    close.mul_f64(1.0 - workload::PACING_SPREAD).as_secs_f64(),
+                    close.mul_f64(1.0 + workload::PACING_SPREAD).as_secs_f64(),
+                ]
+            }),
+        }),
     })
 }
 
@@ -253,7 +325,7 @@ async fn drain(set: &mut JoinSet<()>) {
     while set.join_next().await.is_some() {}
 }
 
-fn chaos_faults(config: &DemoConfig) -> Faults {
+fn chaos_faults(config: &DemoConfig, protocol: Protocol) -> Faults {
     let f = &config.faults;
     Faults {
         idle_close: f.idle.map(|with| match with {
@@ -267,7 +339,11 @@ fn chaos_faults(config: &DemoConfig) -> Faults {
         } else {
             0.0
         },
-        latency: f.latency.then_some(LATENCY),
+        latency: f.latency.then_some(if protocol == Protocol::Http {
+            HTTP_LATENCY
+        } else {
+            LATENCY
+        }),
         ..Faults::none()
     }
 }
@@ -303,7 +379,7 @@ async fn work(
             None => {
                 let (op, think) = requests.next_request();
                 let sent = Instant::now();
-                let outcome = client.call(op).await;
+                let outcome = client.call(requests.worker(), op).await;
                 tally.record(outcome, sent.elapsed());
                 Instant::now() + think
             }
@@ -353,6 +429,7 @@ fn stamp(at: Duration) -> String {
 /// status line every 10 s elsewhere.
 async fn live(
     console: Arc<Console>,
+    names: [&'static str; 2],
     tallies: [Arc<Tally>; 2],
     schedule: Arc<Schedule>,
     started: Instant,
@@ -361,7 +438,7 @@ async fn live(
 ) {
     let total_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let bar = console.bar(total_ms, "  {bar:40} {msg}");
-    let lines: Vec<_> = POOLS.iter().map(|_| console.status_line()).collect();
+    let lines: Vec<_> = names.iter().map(|_| console.status_line()).collect();
     let tick = if console.is_live() {
         Duration::from_millis(100)
     } else {
@@ -393,7 +470,7 @@ async fn live(
                 human(end - start)
             ));
         }
-        let status: Vec<String> = POOLS
+        let status: Vec<String> = names
             .iter()
             .zip(&tallies)
             .map(|(name, tally)| {
@@ -426,14 +503,16 @@ async fn live(
     }
 }
 
-/// Checks that a `--target` answers in its protocol before the run starts.
-async fn preflight(addr: &str, protocol: Protocol) -> Result<(), DemoError> {
+/// Checks that the upstream answers in its protocol before the run starts; over
+/// HTTP, returns the `Keep-Alive: timeout` its answer announced.
+async fn preflight(addr: &str, protocol: Protocol) -> Result<Option<Duration>, DemoError> {
     let fail = |reason: String| DemoError::Target {
         addr: addr.to_owned(),
         protocol,
         reason,
     };
     let answered = tokio::time::timeout(PREFLIGHT_TIMEOUT, async {
+        let mut announced = None;
         match protocol {
             Protocol::Kv => {
                 let stream = TcpStream::connect(addr)
@@ -459,12 +538,17 @@ async fn preflight(addr: &str, protocol: Protocol) -> Result<(), DemoError> {
                     .await
                     .map_err(|e| format!("connected, but PING failed: {e}"))?;
             }
+            Protocol::Http => {
+                announced = http::announced_keep_alive(addr)
+                    .await
+                    .map_err(|e| format!("GET / got no HTTP answer: {e}"))?;
+            }
         }
-        Ok::<(), String>(())
+        Ok::<_, String>(announced)
     })
     .await;
     match answered {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(announced)) => Ok(announced),
         Ok(Err(reason)) => Err(fail(reason)),
         Err(_) => Err(fail(format!(
             "no answer within {}: is it up, and does it speak {protocol}?",

@@ -33,10 +33,28 @@ pub(crate) struct Report {
     pub(crate) faults: FaultSummary,
     /// When the workers paused and the upstream crashed, in seconds from the start.
     pub(crate) schedule: ScheduleSummary,
-    /// One entry per pool: steadypool first, then the plain deadpool pool.
+    /// One entry per pool: steadypool first, then the plain deadpool pool (reqwest
+    /// over HTTP).
     pub(crate) pools: Vec<PoolReport>,
     /// What steadypool learned about the path's idle limit.
     pub(crate) learned: Learned,
+    /// What the HTTP server announced, and how the requests were paced around it
+    /// (`--protocol http` only).
+    pub(crate) http: Option<HttpSummary>,
+}
+
+/// The HTTP server's keep-alive, and the workload around it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HttpSummary {
+    /// The `Keep-Alive: timeout=N` of the server's first answer, in seconds: each
+    /// steadypool connection closes itself before it has sat idle that long.
+    pub(crate) announced_keep_alive_secs: Option<f64>,
+    /// The `keepAliveTimeout` of the Node.js server the demo started, in seconds.
+    pub(crate) node_keep_alive_timeout_secs: Option<f64>,
+    /// The range of each worker's pause after a request, in seconds: around the
+    /// server's keep-alive close (its announced timeout plus a second, as Node.js
+    /// closes), or the load balancer's idle timeout with `idle` on.
+    pub(crate) request_gap_secs: Option<[f64; 2]>,
 }
 
 /// The faults both proxies injected.
@@ -66,7 +84,7 @@ pub(crate) struct ScheduleSummary {
 /// One pool's column.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PoolReport {
-    /// `steadypool` or `deadpool`.
+    /// `steadypool`, `deadpool` or `reqwest`.
     pub(crate) name: String,
     /// Requests the application made (and that finished).
     pub(crate) requests: u64,
@@ -196,6 +214,16 @@ pub(crate) struct PoolCounts {
 }
 
 impl PoolCounts {
+    /// Adds `other`'s counts to these: one report for a fleet of pools.
+    pub(crate) fn add(&mut self, other: &PoolCounts) {
+        for (key, n) in &other.resets {
+            *self.resets.entry(*key).or_default() += n;
+        }
+        for (reason, n) in &other.evictions {
+            *self.evictions.entry(reason.clone()).or_default() += n;
+        }
+    }
+
     pub(crate) fn read(stats: &Stats) -> PoolCounts {
         let resets = ResetCause::ALL
             .into_iter()

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use steadypool::human_duration as human;
-use steadypool::{Phase, ResetCause};
+use steadypool::{Eviction, Phase, ResetCause};
 
-use super::report::{ChaosSummary, PoolReport, Report};
+use super::report::{ChaosSummary, HttpSummary, PoolReport, Report};
 
 /// A column of the table: one value per pool.
 struct Row {
@@ -41,12 +41,36 @@ fn secs(s: f64) -> String {
     human(Duration::from_secs_f64(s))
 }
 
+fn http_text(http: &HttpSummary) -> String {
+    let mut parts = vec![match http.announced_keep_alive_secs {
+        Some(timeout) => format!("announces Keep-Alive: timeout={timeout}"),
+        None => "announces no Keep-Alive timeout".to_owned(),
+    }];
+    if let Some(node) = http.node_keep_alive_timeout_secs {
+        parts.push(format!(
+            "Node.js closes idle connections about a second after its keepAliveTimeout of {}",
+            secs(node)
+        ));
+    }
+    if let Some([from, to]) = http.request_gap_secs {
+        parts.push(format!(
+            "each worker pauses {} to {} after a request, around that close",
+            secs(from),
+            secs(to)
+        ));
+    }
+    parts.join("; ")
+}
+
 impl Report {
     /// The report as the table the demo prints.
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.headline());
         let _ = writeln!(out, "faults: {}", self.fault_text());
+        if let Some(http) = &self.http {
+            let _ = writeln!(out, "server: {}", http_text(http));
+        }
         let _ = writeln!(out);
         let mut rows = vec![Row {
             label: String::new(),
@@ -95,10 +119,30 @@ impl Report {
                 },
             ));
         }
+        let mut reasons: Vec<&String> = self
+            .pools
+            .iter()
+            .flat_map(|p| p.evictions.keys())
+            .filter(|reason| reason.as_str() != Eviction::IdleExpired.as_str())
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        for reason in reasons {
+            rows.push(per_pool(&format!("  closed by the pool: {reason}"), &|p| {
+                p.evictions
+                    .get(reason)
+                    .map_or("-".to_owned(), |n| count(*n))
+            }));
+        }
         rows.push(per_pool("latency p50", &|p| millis(p.latency_ms.p50)));
         rows.push(per_pool("latency p99", &|p| millis(p.latency_ms.p99)));
         rows.push(per_pool("latency max", &|p| millis(p.latency_ms.max)));
-        if self.pools.iter().any(|p| p.chaos.is_some()) {
+        // Over HTTP a proxy that only adds latency ends nothing: no rows for it.
+        let proxy_ended = self
+            .pools
+            .iter()
+            .any(|p| p.chaos.is_some_and(|c| c.ended_by_faults > 0));
+        if self.pools.iter().any(|p| p.chaos.is_some()) && (self.http.is_none() || proxy_ended) {
             rows.push(per_pool("ended by its chaos proxy", &|p| {
                 p.chaos.map_or("-".to_owned(), |c| count(c.ended_by_faults))
             }));
@@ -194,7 +238,9 @@ impl Report {
         let Some(steady) = self.pools.first() else {
             return;
         };
-        if let Some(chaos) = steady.chaos {
+        // Over HTTP the server closes connections itself, and the proxy (if any)
+        // only adds latency: its count says nothing about steadypool's.
+        if let Some(chaos) = steady.chaos.filter(|_| self.http.is_none()) {
             let _ = writeln!(out);
             let ended = chaos.ended_by_faults;
             let lost = steady.connections_lost;
@@ -217,6 +263,15 @@ impl Report {
                 count(ended),
                 count(lost),
                 count(steady.failures)
+            );
+        }
+        if let Some(timeout) = self.http.as_ref().and_then(|h| h.announced_keep_alive_secs) {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "steadypool read `Keep-Alive: timeout={timeout}` in the server's answers: each \
+                 connection closes itself before it has sat idle that long (less \
+                 HttpManager::keep_alive_margin), before the server's close can meet a request."
             );
         }
         let _ = writeln!(out);

@@ -15,6 +15,8 @@ const KEYSPACE: u32 = 1000;
 const THINK_MICROS: std::ops::Range<u64> = 2_000..8_000;
 /// A gap must end at least this long before the run does, so requests come after it.
 const TAIL: Duration = Duration::from_millis(500);
+/// How far a paced worker's pause strays from the close it straddles, either way.
+pub(crate) const PACING_SPREAD: f64 = 0.1;
 
 /// When the workers pause and when the upstream crashes, as offsets from the start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +106,8 @@ impl Schedule {
 pub(crate) struct Requests {
     rng: fastrand::Rng,
     prefix: &'static str,
+    around: Option<Duration>,
+    worker: usize,
 }
 
 impl Requests {
@@ -113,6 +117,23 @@ impl Requests {
         Requests {
             rng: fastrand::Rng::with_seed(mixed),
             prefix,
+            around: None,
+            worker,
+        }
+    }
+
+    /// The worker these requests are for.
+    pub(crate) fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The same requests, each followed by a pause within 10 % of `close`: when a
+    /// server closes idle connections after `close`, about half of the requests go
+    /// out on a connection it is about to close or has just closed.
+    pub(crate) fn paced_around(self, close: Duration) -> Requests {
+        Requests {
+            around: Some(close),
+            ..self
         }
     }
 
@@ -124,7 +145,11 @@ impl Requests {
         } else {
             Op::get(key)
         };
-        (op, Duration::from_micros(self.rng.u64(THINK_MICROS)))
+        let pause = match self.around {
+            Some(close) => close.mul_f64(1.0 + PACING_SPREAD * (2.0 * self.rng.f64() - 1.0)),
+            None => Duration::from_micros(self.rng.u64(THINK_MICROS)),
+        };
+        (op, pause)
     }
 }
 
@@ -185,5 +210,18 @@ mod tests {
         let third: Vec<_> = (0..100).map(|_| other.next_request()).collect();
         assert_eq!(first, second);
         assert_ne!(first, third);
+    }
+
+    #[test]
+    fn paced_requests_pause_within_a_tenth_of_the_close_either_way() {
+        let close = Duration::from_secs(2);
+        let mut paced = Requests::new(7, 0, "/items/").paced_around(close);
+        let pauses: Vec<Duration> = (0..200).map(|_| paced.next_request().1).collect();
+        assert!(
+            pauses
+                .iter()
+                .all(|p| close.mul_f64(0.9) <= *p && *p <= close.mul_f64(1.1))
+        );
+        assert!(pauses.iter().any(|p| *p < close) && pauses.iter().any(|p| *p > close));
     }
 }

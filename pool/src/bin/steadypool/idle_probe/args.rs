@@ -18,6 +18,9 @@ pub(crate) enum ProbeProtocol {
     Redis,
     /// PostgreSQL: checked with an empty query.
     Postgres,
+    /// HTTP/1.1: checked with a `GET` (any 2xx answer passes); the server's
+    /// `Keep-Alive: timeout=N` is read first and verified.
+    Http,
 }
 
 impl fmt::Display for ProbeProtocol {
@@ -26,6 +29,7 @@ impl fmt::Display for ProbeProtocol {
             ProbeProtocol::Tcp => "tcp",
             ProbeProtocol::Redis => "redis",
             ProbeProtocol::Postgres => "postgres",
+            ProbeProtocol::Http => "http",
         })
     }
 }
@@ -46,6 +50,8 @@ pub(crate) struct ProbeConfig {
     /// Connection settings for `postgres` besides host and port (libpq style).
     /// Default `user=postgres dbname=postgres`.
     pub(crate) postgres_options: String,
+    /// The path `http` checks `GET`. Default `/`.
+    pub(crate) http_path: String,
     /// What to print while running. Default [`Verbosity::Auto`].
     pub(crate) verbosity: Verbosity,
 }
@@ -53,10 +59,11 @@ pub(crate) struct ProbeConfig {
 /// The idle probe's command line.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProbeArgs {
-    /// The server, as HOST:PORT.
+    /// The server, as HOST:PORT (or http://HOST:PORT, which implies --protocol http).
     #[arg(value_name = "HOST:PORT")]
     pub(crate) target: String,
-    /// What the server speaks (tcp sends nothing and checks with keepalive probes).
+    /// What the server speaks (tcp sends nothing and checks with keepalive probes;
+    /// http reads the Keep-Alive timeout the server announces, then verifies it).
     #[arg(long, value_enum, default_value_t = ProbeProtocol::Tcp)]
     pub(crate) protocol: ProbeProtocol,
     /// The longest the probe may take in all (e.g. 30s, 5min); limits longer than
@@ -70,6 +77,9 @@ pub(crate) struct ProbeArgs {
     /// PostgreSQL connection settings besides host and port.
     #[arg(long, default_value = "user=postgres dbname=postgres")]
     pub(crate) postgres_options: String,
+    /// The path an HTTP check GETs (any 2xx answer passes).
+    #[arg(long, default_value = "/")]
+    pub(crate) http_path: String,
     /// Print a JSON summary on standard output instead of the text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -84,9 +94,20 @@ impl ProbeArgs {
     /// # Errors
     /// [`ProbeError::Config`] saying which value is wrong.
     pub(crate) fn config(&self) -> Result<ProbeConfig, ProbeError> {
-        if !self.target.contains(':') {
+        let (target, protocol) = if let Some(rest) = self.target.strip_prefix("http://") {
+            (rest.trim_end_matches('/'), ProbeProtocol::Http)
+        } else if self.target.starts_with("https://") {
             return Err(ProbeError::Config(format!(
-                "{:?} needs a port: write HOST:PORT",
+                "{:?}: the probe speaks plain HTTP; give an http:// address (or probe the \
+                 port with --protocol tcp)",
+                self.target
+            )));
+        } else {
+            (self.target.as_str(), self.protocol)
+        };
+        if !target.contains(':') || target.contains('/') {
+            return Err(ProbeError::Config(format!(
+                "{:?} needs a port and no path: write HOST:PORT (http://HOST:PORT for HTTP)",
                 self.target
             )));
         }
@@ -97,11 +118,12 @@ impl ProbeArgs {
             )));
         }
         Ok(ProbeConfig {
-            target: self.target.clone(),
-            protocol: self.protocol,
+            target: target.to_owned(),
+            protocol,
             max_time: self.max_time,
             rtt_timeout: self.rtt_timeout,
             postgres_options: self.postgres_options.clone(),
+            http_path: self.http_path.clone(),
             verbosity: if self.quiet {
                 Verbosity::Quiet
             } else {

@@ -18,6 +18,12 @@
 //!    when checked, the interval between the last good rung and the first dead one is
 //!    bisected, several checks at once, until it is narrower than 5 %.
 //!
+//! An HTTP server often says its limit: Node.js answers `Keep-Alive: timeout=5`.
+//! The probe reads it from the first answer and, instead of the ladder, verifies
+//! it: connections checked at half and nine tenths of it, one checked half a second
+//! past it, and three only watched, for at most twice the timeout and a few
+//! seconds. Node.js, for one, closes a second later than it says.
+//!
 //! The estimate is the shortest idle time after which a connection died. The
 //! settings recommended are the library's for that bound and the longest idle time a
 //! checked connection survived (see [`Recommendation`]). Everything ends by
@@ -31,6 +37,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use steadypool::drivers::http::{HttpConnection, HttpManager};
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::redis::RedisManager;
 use steadypool::drivers::tcp::TcpManager;
@@ -66,6 +73,11 @@ const BISECT_CHECKS: u32 = 5;
 const PRECISION: f64 = 0.05;
 /// The time a rung's connection usually needs to open, kept free of `--max-time`.
 const OPEN_ALLOWANCE: Duration = Duration::from_secs(1);
+/// How far past twice an announced timeout the verification watches: a server
+/// may close later than it says (Node.js: a second later).
+const VERIFY_SLACK: Duration = Duration::from_secs(3);
+/// Connections of the verification that are only watched.
+const VERIFY_WATCHED: usize = 3;
 
 /// Probes the path to `config.target` and reports its idle limit.
 ///
@@ -88,6 +100,8 @@ pub(crate) async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> 
                 dialer,
                 check: Check::Keepalive,
                 drain: Some(drain),
+                warm: false,
+                announced: |_| None,
             };
             probe(watcher, &config).await
         }
@@ -103,6 +117,8 @@ pub(crate) async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> 
                 dialer,
                 check: ping,
                 drain: None,
+                warm: false,
+                announced: |_| None,
             };
             probe(watcher, &config).await
         }
@@ -119,6 +135,23 @@ pub(crate) async fn run(config: ProbeConfig) -> Result<ProbeReport, ProbeError> 
                 dialer,
                 check: ping,
                 drain: None,
+                warm: false,
+                announced: |_| None,
+            };
+            probe(watcher, &config).await
+        }
+        ProbeProtocol::Http => {
+            let origin = format!("http://{}", config.target);
+            let manager = HttpManager::new(&origin)
+                .and_then(|m| m.health_path(&config.http_path))
+                .map_err(|e| ProbeError::Config(e.to_string()))?;
+            let watcher = Watcher {
+                manager,
+                dialer,
+                check: ping,
+                drain: None,
+                warm: true,
+                announced: HttpConnection::announced_keep_alive,
             };
             probe(watcher, &config).await
         }
@@ -181,6 +214,7 @@ async fn probe<M: Manager>(
             protocol: config.protocol,
             reason,
         })?;
+    let announced = (watcher.announced)(&first);
     drop(first);
     console.line(format!(
         "idle-probe: {} ({}), at most {}",
@@ -192,6 +226,20 @@ async fn probe<M: Manager>(
     let verdict = watcher.check.verdict_time();
     let handshake = config.rtt_timeout;
     let mut findings = Findings::default();
+    if let Some(timeout) = announced {
+        console.line(format!(
+            "the server announces Keep-Alive: timeout={}: verifying it",
+            timeout.as_secs()
+        ));
+        let round = verification(timeout, handshake, verdict, config.max_time);
+        let verify_end = end.min(Instant::now() + timeout * 2 + VERIFY_SLACK + handshake);
+        run_round(&watcher, round, verify_end, &console, &mut findings).await;
+        if findings.first_death().is_some() && !findings.unprompted() {
+            bisect(&watcher, end, &console, &mut findings).await;
+        }
+        console.clear();
+        return Ok(report(config, started, announced, &findings));
+    }
     let rungs: Vec<Option<Duration>> = RUNGS_SECS
         .iter()
         .map(|s| Duration::from_secs(*s))
@@ -218,7 +266,48 @@ async fn probe<M: Manager>(
             bisect(&watcher, end, &console, &mut findings).await;
         }
     }
+    console.clear();
+    Ok(report(config, started, None, &findings))
+}
 
+/// The round that verifies an announced timeout: connections checked at half and
+/// nine tenths of it and half a second past it, and some only watched, for a close
+/// that comes later than announced.
+fn verification(
+    timeout: Duration,
+    handshake: Duration,
+    verdict: Duration,
+    max_time: Duration,
+) -> Round {
+    let mut checks: Vec<Option<Duration>> = [
+        timeout / 2,
+        timeout.mul_f64(0.9),
+        timeout + Duration::from_millis(500),
+    ]
+    .into_iter()
+    .filter(|at| *at + verdict + OPEN_ALLOWANCE <= max_time)
+    .map(Some)
+    .collect();
+    checks.extend([None; VERIFY_WATCHED]);
+    let label = format!(
+        "verifying: {} connections, checked after {}, {VERIFY_WATCHED} only watched",
+        checks.len(),
+        checks
+            .iter()
+            .flatten()
+            .map(|d| human(*d))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Round::together(label, handshake, checks)
+}
+
+fn report(
+    config: &ProbeConfig,
+    started: Instant,
+    announced: Option<Duration>,
+    findings: &Findings,
+) -> ProbeReport {
     let limit = findings.first_death();
     let alive = findings.alive_below(limit.map(|(after, _)| after));
     let recommendation = limit.and_then(|(after, by)| {
@@ -229,11 +318,14 @@ async fn probe<M: Manager>(
         };
         Recommendation::for_limit(learned, Some(by))
     });
-    console.clear();
-    Ok(ProbeReport {
+    ProbeReport {
         target: config.target.clone(),
         protocol: config.protocol,
         elapsed_secs: started.elapsed().as_secs_f64(),
+        announced_keep_alive_secs: announced.map(|d| d.as_secs_f64()),
+        later_than_announced_secs: announced
+            .zip(limit)
+            .map(|(said, (after, _))| after.as_secs_f64() - said.as_secs_f64()),
         alive_after_secs: alive.map(|d| d.as_secs_f64()),
         limit_secs: limit.map(|(after, _)| after.as_secs_f64()),
         closed_by: limit.map(|(_, by)| by),
@@ -267,5 +359,5 @@ async fn probe<M: Manager>(
         connections: findings.connections,
         recommended: recommendation.map(|r| r.summary()),
         recommendation,
-    })
+    }
 }

@@ -30,6 +30,13 @@ pub(crate) struct ProbeReport {
     pub(crate) protocol: ProbeProtocol,
     /// How long the probe took, in seconds.
     pub(crate) elapsed_secs: f64,
+    /// The idle limit the server announced (HTTP's `Keep-Alive: timeout=N`), in
+    /// seconds; the probe verified it instead of searching. `None` when it said none.
+    pub(crate) announced_keep_alive_secs: Option<f64>,
+    /// How much later than announced the server closed idle connections, in seconds
+    /// (`limit_secs` less `announced_keep_alive_secs`; Node.js: 1). Negative when it
+    /// closed sooner.
+    pub(crate) later_than_announced_secs: Option<f64>,
     /// The longest idle time after which a connection still answered, below the
     /// limit, in seconds.
     pub(crate) alive_after_secs: Option<f64>,
@@ -58,7 +65,25 @@ impl ProbeReport {
     /// The result as text.
     pub(crate) fn text(&self) -> String {
         let mut out = String::new();
-        let secs = |s: f64| human(Duration::from_secs_f64(s));
+        let secs = |s: f64| human(Duration::from_secs_f64(s.max(0.0)));
+        if let Some(announced) = self.announced_keep_alive_secs {
+            let _ = writeln!(
+                out,
+                "{} announces Keep-Alive: timeout={announced}: it says it closes connections idle {}.",
+                self.target,
+                secs(announced)
+            );
+            if let Some(later) = self.later_than_announced_secs {
+                let when = if later.abs() < 0.1 {
+                    "when it says".to_owned()
+                } else if later > 0.0 {
+                    format!("{} later than it says", secs(later))
+                } else {
+                    format!("{} sooner than it says", secs(-later))
+                };
+                let _ = writeln!(out, "Measured: it closes them {when}.");
+            }
+        }
         let (Some(limit), Some(by)) = (self.limit_secs, self.closed_by) else {
             let _ = writeln!(
                 out,
@@ -100,12 +125,16 @@ impl ProbeReport {
             .collect();
         if unprompted.len() > 1 {
             let latest = unprompted.iter().copied().fold(f64::MIN, f64::max);
+            // Times that print alike are one time to the reader.
+            let range = if secs(limit) == secs(latest) {
+                secs(limit)
+            } else {
+                format!("{} to {}", secs(limit), secs(latest))
+            };
             let _ = writeln!(
                 out,
-                "  {} connections were closed unprompted, after {} to {} idle.",
+                "  {} connections were closed unprompted, after {range} idle.",
                 unprompted.len(),
-                secs(limit),
-                secs(latest)
             );
         }
         if let Some(alive) = self.alive_after_secs {
@@ -119,6 +148,14 @@ impl ProbeReport {
             secs(self.elapsed_secs)
         );
         if let Some(recommendation) = self.recommendation {
+            if self.announced_keep_alive_secs.is_some() {
+                let _ = writeln!(
+                    out,
+                    "steadypool's HTTP driver reads the Keep-Alive header itself and closes each \
+                     connection before the announced timeout (less HttpManager::keep_alive_margin); \
+                     the idle_timeout below covers answers that do not announce it."
+                );
+            }
             let _ = writeln!(out, "Recommended steadypool settings for this path:");
             let _ = writeln!(out, "    Pool::builder(manager)");
             for line in recommendation.builder_lines() {

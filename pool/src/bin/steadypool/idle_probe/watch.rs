@@ -80,6 +80,12 @@ pub(super) struct Watcher<M: Manager> {
     /// Reads away bytes a server sends unasked (a greeting), which would otherwise
     /// hide a later close from the probe; `None` where a driver reads the socket.
     pub(super) drain: Option<fn(&M::Connection)>,
+    /// Whether a connection must serve a request before it idles: an HTTP server
+    /// starts its keep-alive timer only once it answered one.
+    pub(super) warm: bool,
+    /// The idle limit the server announced on a connection (HTTP's
+    /// `Keep-Alive: timeout=N`), for protocols where it says one.
+    pub(super) announced: fn(&M::Connection) -> Option<Duration>,
 }
 
 impl<M: Manager> Watcher<M> {
@@ -88,6 +94,10 @@ impl<M: Manager> Watcher<M> {
     pub(super) async fn open(&self, handshake: Duration) -> Result<M::Connection, OpenError> {
         let timeout = self.dialer.timeout() + handshake;
         match tokio::time::timeout(timeout, self.manager.connect(&self.dialer)).await {
+            Ok(Ok(mut conn)) if self.warm => match self.ping(&mut conn).await {
+                Ok(()) => Ok(conn),
+                Err(reason) => Err(OpenError::Handshake(reason)),
+            },
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => Err(match err.classify() {
                 // Nothing was sent: the TCP connection itself failed.
@@ -120,7 +130,15 @@ impl<M: Manager> Watcher<M> {
 
     /// Whether the path closed the connection, and how, without touching it.
     fn closed(&self, conn: &M::Connection) -> Option<ClosedBy> {
-        let socket = self.manager.socket(conn)?;
+        let Some(socket) = self.manager.socket(conn) else {
+            // A driver that reads its socket all the time (HTTP) stops offering it
+            // for probing once it read the end; what it read is its verdict.
+            return self.manager.broken(conn).map(|broken| match broken.cause {
+                ResetCause::PeerClosed => ClosedBy::Fin,
+                ResetCause::UserTimeout | ResetCause::KeepaliveTimeout => ClosedBy::Silence,
+                _ => ClosedBy::Rst,
+            });
+        };
         match probe(socket) {
             Liveness::Alive => None,
             Liveness::UnexpectedData => {
