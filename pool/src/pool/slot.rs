@@ -10,7 +10,8 @@
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
 //!    path already closed counts as a reset even when it is also past a limit,
 //! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
-//! 3. [`Manager::broken`] (a flag read),
+//! 3. [`Manager::broken`] (a flag read): a reset, or a planned close before a limit
+//!    the server announced (counted as the eviction `server_limit`),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
 //! The first check that fails discards the connection with its cause, and the queue
@@ -127,8 +128,12 @@ impl<M: Manager> Slot<M> {
         match verdict {
             Verdict::Keep => {}
             Verdict::Evict(reason) => {
-                core.record_eviction(reason, dead);
+                core.record_eviction(reason, dead, None);
                 self.tally.fate = Some(Fate::Evicted(reason));
+            }
+            Verdict::ServerLimit(detail) => {
+                core.record_eviction(Eviction::ServerLimit, dead, detail.as_deref());
+                self.tally.fate = Some(Fate::Evicted(Eviction::ServerLimit));
             }
             Verdict::Reset(cause, detail) => {
                 core.record_reset(cause, phase, dead, detail.as_deref());
@@ -247,7 +252,7 @@ impl<M: Manager> Parts<M> {
             return verdict;
         }
         match self.manager.broken(&slot.conn) {
-            Some(broken) => Verdict::Reset(broken.cause, broken.detail),
+            Some(broken) => Verdict::from(broken),
             None => Verdict::Keep,
         }
     }
