@@ -128,18 +128,33 @@ impl<M: Manager> Slot<M> {
         match verdict {
             Verdict::Keep => {}
             Verdict::Evict(reason) => {
-                core.record_eviction(reason, dead, None);
+                let said = match reason {
+                    Eviction::ServerLimit => self.planned_detail(),
+                    _ => None,
+                };
+                core.record_eviction(reason, dead, said.as_deref());
                 self.tally.fate = Some(Fate::Evicted(reason));
-            }
-            Verdict::ServerLimit(detail) => {
-                core.record_eviction(Eviction::ServerLimit, dead, detail.as_deref());
-                self.tally.fate = Some(Fate::Evicted(Eviction::ServerLimit));
             }
             Verdict::Reset(cause, detail) => {
                 core.record_reset(cause, phase, dead, detail.as_deref());
                 self.tally.fate = Some(Fate::Reset(cause, phase));
             }
         }
+    }
+
+    /// What the manager says about this connection, which it reported due to close
+    /// ([`Broken::server_limit`](crate::Broken::server_limit)): which limit of the
+    /// server's, for the eviction's event. Asked again rather than carried in the
+    /// [`Verdict`], which every checkout pays for; a manager that panics here costs
+    /// the event its detail, nothing more.
+    #[cold]
+    #[inline(never)]
+    fn planned_detail(&self) -> Option<String> {
+        let manager = &self.tally.parts.manager;
+        let broken = catch_unwind(AssertUnwindSafe(|| manager.broken(&self.conn)))
+            .ok()
+            .flatten()?;
+        if broken.planned { broken.detail } else { None }
     }
 
     /// Sets the reason this connection is closed with when it drops, without a trace
