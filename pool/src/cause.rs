@@ -199,11 +199,16 @@ pub enum Eviction {
     HookFailed,
     /// A [`Pool::retain`](crate::Pool::retain) predicate rejected the idle connection.
     Rejected,
+    /// Closed before a limit the server announced: the manager reported it due
+    /// ([`Broken::server_limit`](crate::Broken::server_limit)), as the HTTP driver
+    /// does for a connection idle close to the server's `Keep-Alive: timeout`.
+    /// Nothing broke; the pool closed it first.
+    ServerLimit,
 }
 
 impl Eviction {
     /// Every reason, in a fixed order.
-    pub const ALL: [Eviction; 9] = [
+    pub const ALL: [Eviction; 10] = [
         Eviction::IdleExpired,
         Eviction::MaxLifetime,
         Eviction::Resize,
@@ -213,6 +218,7 @@ impl Eviction {
         Eviction::Detached,
         Eviction::HookFailed,
         Eviction::Rejected,
+        Eviction::ServerLimit,
     ];
 
     /// The metric label value.
@@ -227,6 +233,7 @@ impl Eviction {
             Eviction::Detached => "detached",
             Eviction::HookFailed => "hook_failed",
             Eviction::Rejected => "rejected",
+            Eviction::ServerLimit => "server_limit",
         }
     }
 }

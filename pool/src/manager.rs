@@ -3,8 +3,9 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
-use crate::cause::{Classify, ResetCause};
+use crate::cause::{Classify, Eviction, ResetCause};
 use crate::dial::Dialer;
 use crate::probe::SocketRef;
 
@@ -137,14 +138,77 @@ pub trait Manager: Send + Sync + 'static {
     /// Use it for what the connection learns by itself. When the application sees
     /// the failure in its own code, [`Connection::mark_broken`](crate::Connection::mark_broken)
     /// says so at once.
+    ///
+    /// A connection that is fine but due to close (it sat idle nearly as long as the
+    /// server said it keeps idle connections) is reported with
+    /// [`Broken::server_limit`]: the pool closes it as a planned eviction
+    /// (`server_limit`), not as a reset.
     fn broken(&self, conn: &Self::Connection) -> Option<Broken> {
+        let _ = conn;
+        None
+    }
+
+    /// How long the server said it keeps this connection open while idle, if it said
+    /// so: HTTP's `Keep-Alive: timeout=N`, a database's announced session idle
+    /// timeout. The default says nothing.
+    ///
+    /// The pool reads it when the connection comes back healthy (one call and one
+    /// atomic load per return; none for a manager that keeps the default) and
+    /// publishes the latest value: the gauge
+    /// `steadypool_announced_idle_timeout_seconds`,
+    /// [`Stats::announced_idle_timeout`](crate::Stats::announced_idle_timeout), and an
+    /// `info` event with a hint when it is first announced or changes. It is a
+    /// promise, not a measurement: it teaches the [idle-limit
+    /// learner](crate::IdleLimit) no bound. The manager keeps it by closing each
+    /// connection before it, through [`Broken::server_limit`].
+    ///
+    /// ```
+    /// use std::io;
+    /// use std::time::Duration;
+    /// use steadypool::{Address, Broken, Dialer, Manager};
+    /// use tokio::net::TcpStream;
+    ///
+    /// /// A session whose server said, in its greeting, how long it keeps idle ones.
+    /// struct Session {
+    ///     stream: TcpStream,
+    ///     idle_timeout: Option<Duration>,
+    ///     idle_since: std::time::Instant,
+    /// }
+    ///
+    /// struct SessionManager(Address);
+    ///
+    /// impl Manager for SessionManager {
+    ///     type Connection = Session;
+    ///     type Error = io::Error;
+    ///
+    ///     async fn connect(&self, dialer: &Dialer) -> io::Result<Session> {
+    ///         let stream = dialer.connect(&self.0).await?;
+    ///         // A real driver reads the server's greeting here.
+    ///         let idle_timeout = Some(Duration::from_secs(30));
+    ///         Ok(Session { stream, idle_timeout, idle_since: std::time::Instant::now() })
+    ///     }
+    ///
+    ///     fn announced_idle_limit(&self, conn: &Session) -> Option<Duration> {
+    ///         conn.idle_timeout
+    ///     }
+    ///
+    ///     fn broken(&self, conn: &Session) -> Option<Broken> {
+    ///         let limit = conn.idle_timeout?;
+    ///         (conn.idle_since.elapsed() + Duration::from_secs(1) >= limit)
+    ///             .then(|| Broken::server_limit("idle close to the server's 30 s"))
+    ///     }
+    /// }
+    /// ```
+    fn announced_idle_limit(&self, conn: &Self::Connection) -> Option<Duration> {
         let _ = conn;
         None
     }
 }
 
-/// Why a connection is unusable, as [`Manager::broken`] reports it: the cause that
-/// labels the reset, and what the server or the driver said, when something did.
+/// Why a connection must not serve again, as [`Manager::broken`] reports it: it
+/// broke (the cause that labels the reset), or it is due for a planned close
+/// ([`Broken::server_limit`]); with what the server or the driver said, when
+/// something did.
 ///
 /// ```
 /// use steadypool::{Broken, ResetCause};
@@ -152,19 +216,35 @@ pub trait Manager: Send + Sync + 'static {
 /// let broken = Broken::new(ResetCause::PeerClosed)
 ///     .with_detail("57P01: terminating connection due to administrator command");
 /// assert_eq!(broken.cause, ResetCause::PeerClosed);
+/// assert!(!broken.planned);
 /// assert_eq!(
 ///     broken.to_string(),
 ///     "peer_closed: 57P01: terminating connection due to administrator command"
 /// );
 /// assert_eq!(Broken::new(ResetCause::PeerReset).to_string(), "peer_reset");
+///
+/// // Nothing broke: closed first, before the server's announced limit.
+/// let due = Broken::server_limit("idle 4 s of the server's Keep-Alive: timeout=5");
+/// assert!(due.planned);
+/// assert_eq!(
+///     due.to_string(),
+///     "server_limit: idle 4 s of the server's Keep-Alive: timeout=5"
+/// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Broken {
-    /// Why, as the metrics label it.
+    /// Why, as the metrics label it. For a planned close, the close it forestalls
+    /// (`peer_closed`); it is not counted.
     pub cause: ResetCause,
     /// What was said: a server's error message, the driver's I/O error.
     pub detail: Option<String>,
+    /// Nothing broke: the connection is closed on purpose before a limit the server
+    /// announced ([`Broken::server_limit`]). Counted as the eviction `server_limit`,
+    /// never as a reset, and taken by the idle-limit learner as no evidence: had it
+    /// been counted as a reset, every connection the pool closed in time would read
+    /// as trouble, and teach the learner a limit the server never enforced on it.
+    pub planned: bool,
 }
 
 impl Broken {
@@ -173,6 +253,28 @@ impl Broken {
         Broken {
             cause,
             detail: None,
+            planned: false,
+        }
+    }
+
+    /// Not broken but due to close: the connection sat idle close to the limit the
+    /// server announced for it (see [`Manager::announced_idle_limit`]), or served as
+    /// many requests as the server allows. The pool closes it before the server does
+    /// and counts it as the eviction [`Eviction::ServerLimit`](crate::Eviction::ServerLimit);
+    /// `detail` (which limit, how close) goes into its `debug` event.
+    ///
+    /// ```
+    /// use steadypool::Broken;
+    ///
+    /// let due = Broken::server_limit("closed before the server's Keep-Alive: timeout=5 would");
+    /// assert!(due.planned);
+    /// assert_eq!(due.detail.as_deref(), Some("closed before the server's Keep-Alive: timeout=5 would"));
+    /// ```
+    pub fn server_limit(detail: impl Into<String>) -> Broken {
+        Broken {
+            cause: ResetCause::PeerClosed,
+            detail: Some(detail.into()),
+            planned: true,
         }
     }
 
@@ -186,9 +288,14 @@ impl Broken {
 
 impl fmt::Display for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.planned {
+            Eviction::ServerLimit.as_str()
+        } else {
+            self.cause.as_str()
+        };
         match &self.detail {
-            Some(detail) => write!(f, "{}: {detail}", self.cause),
-            None => f.write_str(self.cause.as_str()),
+            Some(detail) => write!(f, "{what}: {detail}"),
+            None => f.write_str(what),
         }
     }
 }

@@ -21,7 +21,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `steadypool_resets_total` | counter | `cause`, `phase` | connections that broke or could not be opened (`phase="connect"`), by why and when |
-//! | `steadypool_evictions_total` | counter | `reason` | connections closed on purpose: `idle_expired`, `max_lifetime`, `resize`, `closed`, `cancelled`, `deadline`, `detached`, `hook_failed` (a hook turned it down), `rejected` (by `Pool::retain`) |
+//! | `steadypool_evictions_total` | counter | `reason` | connections closed on purpose: `idle_expired`, `max_lifetime`, `resize`, `closed`, `cancelled`, `deadline`, `detached`, `hook_failed` (a hook turned it down), `rejected` (by `Pool::retain`), `server_limit` (closed before a limit the server announced, such as HTTP's `Keep-Alive: timeout`) |
 //! | `steadypool_retries_total` | counter | `cause`, `outcome` | operations that hit a broken connection, and what became of them |
 //! | `steadypool_connects_total` | counter | `outcome` | connect attempts: `ok` or the failure's cause |
 //! | `steadypool_connect_duration_seconds` | histogram | | time to open a connection, handshake included |
@@ -33,11 +33,13 @@
 //! | `steadypool_idle_limit_lower_seconds` | gauge | | longest idle time seen harmless on this path (0: none yet) |
 //! | `steadypool_idle_limit_upper_seconds` | gauge | | shortest idle time after which a connection was found closed (NaN: none) |
 //! | `steadypool_idle_evict_after_seconds` | gauge | | idle time after which the pool closes a connection now (`+Inf`: never) |
+//! | `steadypool_announced_idle_timeout_seconds` | gauge | | the idle timeout the upstream last announced (HTTP's `Keep-Alive: timeout=N`; NaN: none), see [`Manager::announced_idle_limit`](crate::Manager::announced_idle_limit) |
 //! | `steadypool_runs_total` | counter | `outcome` | `run` calls, by what the caller got: `ok`, `operation_error`, `maybe_executed`, `not_executed` |
 //!
 //! The occupancy and idle-limit gauges are refreshed on every reaper tick, and the
 //! idle-limit gauges also whenever a lost or reused connection changes the learned
-//! limit (see [`IdleLimit`](crate::IdleLimit)). [`Pool::stats`](crate::Pool::stats)
+//! limit (see [`IdleLimit`](crate::IdleLimit)); the announced idle timeout when a
+//! connection comes back with a new one. [`Pool::stats`](crate::Pool::stats)
 //! reads the same counts in process, without an exporter.
 
 /// Connections that broke, by `cause` and `phase`.
@@ -66,6 +68,8 @@ pub const IDLE_LIMIT_LOWER: &str = "steadypool_idle_limit_lower_seconds";
 pub const IDLE_LIMIT_UPPER: &str = "steadypool_idle_limit_upper_seconds";
 /// The idle time after which the pool closes a connection now.
 pub const IDLE_EVICT_AFTER: &str = "steadypool_idle_evict_after_seconds";
+/// The idle timeout the upstream last announced.
+pub const ANNOUNCED_IDLE_TIMEOUT: &str = "steadypool_announced_idle_timeout_seconds";
 /// `run` calls, by the `outcome` the caller got.
 pub const RUNS: &str = "steadypool_runs_total";
 

@@ -3,7 +3,9 @@
 //! code can stop; every connection counted when it closes, whatever path closed it; a
 //! `min_idle` refill that never holds an idle connection away from a user; checkout
 //! rejections counted; exchanges abandoned half-way never reaching the next user;
-//! distinct default names; log fields a person can read. Real loopback sockets.
+//! distinct default names; log fields a person can read; a planned close before a
+//! server's limit counted as an eviction, and the limit the server announced
+//! published. Real loopback sockets.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use steadypool::drivers::tcp::TcpManager;
-use steadypool::metrics::{CHECKOUT_ERRORS, EVICTIONS};
+use steadypool::metrics::{ANNOUNCED_IDLE_TIMEOUT, CHECKOUT_ERRORS, EVICTIONS, RESETS};
 use steadypool::{
     Address, Broken, Dialer, Error, Eviction, Manager, Phase, Pool, ResetCause, RetryPolicy,
     SocketRef,
@@ -33,12 +35,14 @@ const TICK: Duration = Duration::from_millis(50);
 const SLACK: Duration = Duration::from_secs(5);
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Raw TCP connections whose `broken()` says what the test decides, and can panic.
+/// Raw TCP connections whose `broken()` says what the test decides, and can panic,
+/// and whose server announces the idle timeout the test decides.
 #[derive(Debug, Clone)]
 struct Judged {
     addr: Address,
     verdict: Arc<Mutex<Option<Broken>>>,
     panic: Arc<AtomicBool>,
+    announced: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Judged {
@@ -47,11 +51,16 @@ impl Judged {
             addr: addr.into(),
             verdict: Arc::default(),
             panic: Arc::default(),
+            announced: Arc::default(),
         }
     }
 
     fn judge(&self, verdict: Option<Broken>) {
         *self.verdict.lock().unwrap() = verdict;
+    }
+
+    fn announce(&self, idle_timeout: Duration) {
+        *self.announced.lock().unwrap() = Some(idle_timeout);
     }
 }
 
@@ -70,6 +79,10 @@ impl Manager for Judged {
     fn broken(&self, _: &TcpStream) -> Option<Broken> {
         assert!(!self.panic.load(Ordering::SeqCst), "a bug in broken()");
         self.verdict.lock().unwrap().clone()
+    }
+
+    fn announced_idle_limit(&self, _: &TcpStream) -> Option<Duration> {
+        *self.announced.lock().unwrap()
     }
 }
 
@@ -151,6 +164,127 @@ async fn a_panic_in_the_managers_code_does_not_stop_the_reaper() {
         "the reaper stopped after the panic"
     );
     assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 1);
+}
+
+/// Due to close before the server's limit: nothing broke.
+fn due() -> Broken {
+    Broken::server_limit("closed before the server's announced Keep-Alive: timeout=5 would")
+}
+
+#[tokio::test]
+#[traced_test]
+async fn a_planned_close_is_an_eviction_counted_once_wherever_it_is_found() {
+    let server = LineServer::start().await.unwrap();
+    let manager = Judged::new(server.addr());
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(manager.clone())
+            .reaper_interval(TICK)
+            .check_after(HOUR),
+    )
+    .unwrap();
+
+    // On return.
+    let conn = pool.get().await.unwrap();
+    manager.judge(Some(due()));
+    drop(conn);
+    assert_eq!(pool.status().size, 0, "a connection due to close was kept");
+    // Idle: found by the checkout (or by the reaper, should its tick come first),
+    // which then opens another.
+    manager.judge(None);
+    drop(pool.get().await.unwrap());
+    manager.judge(Some(due()));
+    let conn = pool.get().await.unwrap();
+    manager.judge(None);
+    drop(conn);
+    // Idle, found by the reaper.
+    manager.judge(Some(due()));
+    assert!(
+        eventually(SLACK, || pool.status().size == 0).await,
+        "the reaper kept a connection due to close"
+    );
+
+    let stats = pool.stats();
+    assert_eq!(stats.opened, 3, "{stats:?}");
+    assert_eq!(stats.evictions(Eviction::ServerLimit), 3, "{stats:?}");
+    assert_eq!(stats.closed(), 3, "each close counted once: {stats:?}");
+    assert_eq!(metrics.counter(EVICTIONS, &[("reason", "server_limit")]), 3);
+    assert_eq!(
+        metrics.counter(RESETS, &[]),
+        0,
+        "a planned close is no reset"
+    );
+    assert_eq!(
+        pool.idle_limit().upper,
+        None,
+        "a planned close taught the idle-limit learner a bound"
+    );
+    assert!(logs_contain("reason=\"server_limit\""));
+    assert!(logs_contain("timeout=5 would"));
+    assert!(!logs_contain("connection reset"));
+    assert!(eventually(SLACK, || server.live() == 0).await);
+}
+
+#[tokio::test]
+#[traced_test]
+async fn an_announced_idle_timeout_is_published_when_it_changes_and_teaches_no_bound() {
+    let server = LineServer::start().await.unwrap();
+    let manager = Judged::new(server.addr());
+    let (pool, metrics) = RecordedMetrics::build(
+        Pool::builder(manager.clone())
+            .reaper_interval(HOUR)
+            .check_after(HOUR)
+            .idle_timeout(Some(Duration::from_secs(90))),
+    )
+    .unwrap();
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.stats().announced_idle_timeout, None);
+    assert!(
+        metrics
+            .gauge(ANNOUNCED_IDLE_TIMEOUT, &[])
+            .is_some_and(f64::is_nan)
+    );
+
+    manager.announce(Duration::from_secs(5));
+    for _ in 0..3 {
+        drop(pool.get().await.unwrap());
+    }
+    assert_eq!(
+        pool.stats().announced_idle_timeout,
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(metrics.gauge(ANNOUNCED_IDLE_TIMEOUT, &[]), Some(5.0));
+    assert!(logs_contain("announced_secs=5.0"));
+    assert!(logs_contain(
+        "idle_timeout (90 s) is longer: set it below 5.0 s"
+    ));
+
+    // A change is published at once; its event waits out the throttle.
+    manager.announce(Duration::from_secs(2));
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        pool.stats().announced_idle_timeout,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(metrics.gauge(ANNOUNCED_IDLE_TIMEOUT, &[]), Some(2.0));
+    logs_assert(|lines: &[&str]| {
+        match lines
+            .iter()
+            .filter(|l| l.contains("the upstream announced its idle timeout"))
+            .count()
+        {
+            1 => Ok(()),
+            n => Err(format!("{n} announcement events, expected 1")),
+        }
+    });
+
+    let limit = pool.idle_limit();
+    assert_eq!(limit.upper, None, "{limit:?}");
+    assert_eq!(
+        limit.evict_after,
+        Some(Duration::from_secs(90)),
+        "{limit:?}"
+    );
+    assert_eq!(pool.stats().closed(), 0);
 }
 
 /// A server that accepts and never answers, holding every connection.

@@ -68,6 +68,13 @@ const NEVER: u64 = u64::MAX;
 ///   (within a second plus a reaper interval): when a server crashes, every idle connection dies
 ///   with it, whatever its idle time. Counting every lone close as a failure would
 ///   keep a path with a steady trickle of resets from ever learning its limit.
+/// * A close the pool made itself is no evidence: an eviction, including one a
+///   manager asked for before a limit the server announced
+///   ([`Broken::server_limit`](crate::Broken::server_limit)), and the announced limit
+///   itself ([`Manager::announced_idle_limit`](crate::Manager::announced_idle_limit)),
+///   which is a promise the manager keeps for each connection, shown in
+///   [`Stats::announced_idle_timeout`](crate::Stats::announced_idle_timeout). Taken as
+///   an upper bound, it would close every connection at 75 % of it for nothing.
 /// * Evidence against evidence: the newest wins. A healthy reuse at or past the upper
 ///   bound drops it; a reset at or below the lower bound drops that.
 /// * Evidence older than 10 minutes is forgotten, so a path that changed (a

@@ -122,6 +122,31 @@ fn after_idle(cause: ResetCause, idle: Duration, limit: &IdleLimit, enforcing: b
     text
 }
 
+/// The hint on the event for an idle timeout the upstream announced: how the pool
+/// keeps it, and whether `idle_timeout` should change, given the pool's own idle
+/// `limit`.
+pub(crate) fn announced(announced: Duration, limit: &IdleLimit) -> String {
+    let kept = format!(
+        "the upstream closes connections idle for {}, as it announced; each is closed before that by its manager (counted as server_limit evictions, not resets)",
+        human(announced)
+    );
+    match limit.evict_after {
+        Some(after) if after < announced => format!(
+            "{kept}, or by the pool's own idle limit ({}), which is shorter",
+            human_floor(after)
+        ),
+        Some(after) => format!(
+            "{kept}; idle_timeout ({}) is longer: set it below {} to have the pool close them itself and keep min_idle connections it can use",
+            human(after),
+            human_floor(announced)
+        ),
+        None => format!(
+            "{kept}; idle_timeout is not set: set it below {} to have the pool close them itself and keep min_idle connections it can use",
+            human_floor(announced)
+        ),
+    }
+}
+
 fn unrelated(cause: ResetCause, idle: Duration) -> String {
     match cause {
         ResetCause::ConnectTimeout => "no connection within connect_timeout: a firewall drops the SYNs (black hole), the host is down, or the upstream's accept backlog is full".to_owned(),
@@ -195,6 +220,38 @@ mod tests {
             text.contains("closes idle connections at about 1.5 s"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_announced_idle_timeout_says_who_closes_first() {
+        let pooled = |evict_after| IdleLimit {
+            evict_after,
+            ..IdleLimit::default()
+        };
+        let text = announced(5 * S, &pooled(Some(90 * S)));
+        assert!(
+            text.contains("closes connections idle for 5.0 s, as it announced"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server_limit evictions, not resets"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idle_timeout (90 s) is longer: set it below 5.0 s"),
+            "{text}"
+        );
+        let text = announced(5 * S, &pooled(None));
+        assert!(
+            text.contains("idle_timeout is not set: set it below 5.0 s"),
+            "{text}"
+        );
+        let text = announced(60 * S, &pooled(Some(30 * S)));
+        assert!(
+            text.contains("by the pool's own idle limit (30 s), which is shorter"),
+            "{text}"
+        );
+        assert!(!text.contains("set it below"), "{text}");
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub(crate) struct Observer {
     books: Books,
     recorder: Recorder,
     throttle: WarnThrottle,
+    /// Holds back news of an announced idle limit that keeps changing (servers behind
+    /// one address that disagree).
+    announcements: WarnThrottle<()>,
     /// The pool evicts by the learned idle limit: the hints say so.
     enforcing: bool,
 }
@@ -84,11 +87,13 @@ impl Observer {
     pub(crate) fn new(name: String, enforcing: bool, limit: &IdleLimit) -> Observer {
         let recorder = Recorder::new(&name);
         recorder.idle_limit(limit);
+        recorder.announced_idle_timeout(None);
         Observer {
             name,
             books: Books::default(),
             recorder,
             throttle: WarnThrottle::default(),
+            announcements: WarnThrottle::default(),
             enforcing,
         }
     }
@@ -155,15 +160,48 @@ impl Observer {
         );
     }
 
-    /// A connection was chosen to close for `reason`.
-    pub(crate) fn evicted(&self, reason: Eviction, gone: &Obituary) {
+    /// A connection was chosen to close for `reason`; `detail` is what its manager
+    /// said about it (which limit of the server's it was closed before).
+    pub(crate) fn evicted(&self, reason: Eviction, gone: &Obituary, detail: Option<&str>) {
         tracing::debug!(
             pool = %self.name,
             conn = gone.id,
             reason = reason.as_str(),
             idle_secs = secs(gone.idle),
             age_secs = secs(gone.age),
+            detail = detail.unwrap_or("none"),
             "connection closed",
+        );
+    }
+
+    /// A connection came back with `announced`, the idle timeout its upstream
+    /// announced. News (the first, or a change) is published, and told in an `info`
+    /// event with a hint unless one went out just now; `limit` is the pool's own idle
+    /// limit, read only then. The common case, no news, costs one atomic load.
+    #[inline]
+    pub(crate) fn announced_idle_limit(
+        &self,
+        announced: Duration,
+        limit: impl FnOnce() -> IdleLimit,
+    ) {
+        if self.books.announce(announced) {
+            self.announcement(announced, &limit());
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn announcement(&self, announced: Duration, limit: &IdleLimit) {
+        self.recorder.announced_idle_timeout(Some(announced));
+        let Some(suppressed) = self.announcements.admit_kind((), CoarseInstant::now()) else {
+            return;
+        };
+        tracing::info!(
+            pool = %self.name,
+            announced_secs = secs(announced),
+            suppressed,
+            hint = %hints::announced(announced, limit),
+            "the upstream announced its idle timeout",
         );
     }
 
@@ -339,6 +377,7 @@ impl Observer {
         self.recorder
             .occupancy(occupancy.idle, occupancy.in_use, occupancy.waiters);
         self.recorder.idle_limit(limit);
+        self.recorder.announced_idle_timeout(self.books.announced());
     }
 
     /// A reaper tick panicked; the reaper goes on.

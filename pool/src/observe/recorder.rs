@@ -13,9 +13,9 @@ use metrics::{
 use crate::cause::{Eviction, Phase, ResetCause};
 use crate::diagnosis::IdleLimit;
 use crate::metrics::{
-    CHECKOUT_ERRORS, CHECKOUT_WAIT, CIRCUIT_STATE, CONNECT_DURATION, CONNECTIONS, CONNECTS,
-    CheckoutFailure, EVICTIONS, IDLE_EVICT_AFTER, IDLE_LIMIT_LOWER, IDLE_LIMIT_UPPER, RESETS,
-    RETRIES, RUNS, RetryOutcome, RunOutcome, WAITERS,
+    ANNOUNCED_IDLE_TIMEOUT, CHECKOUT_ERRORS, CHECKOUT_WAIT, CIRCUIT_STATE, CONNECT_DURATION,
+    CONNECTIONS, CONNECTS, CheckoutFailure, EVICTIONS, IDLE_EVICT_AFTER, IDLE_LIMIT_LOWER,
+    IDLE_LIMIT_UPPER, RESETS, RETRIES, RUNS, RetryOutcome, RunOutcome, WAITERS,
 };
 
 fn describe() {
@@ -75,6 +75,11 @@ fn describe() {
         Unit::Seconds,
         "Idle time after which the pool closes a connection now: idle_timeout, or the learned limit when lower; +Inf for never."
     );
+    describe_gauge!(
+        ANNOUNCED_IDLE_TIMEOUT,
+        Unit::Seconds,
+        "Idle timeout the upstream last announced (HTTP Keep-Alive: timeout=N); connections are closed before it, as server_limit evictions; NaN while none was."
+    );
     describe_counter!(
         RUNS,
         Unit::Count,
@@ -107,6 +112,7 @@ struct Handles {
     idle_limit_lower: Gauge,
     idle_limit_upper: Gauge,
     idle_evict_after: Gauge,
+    announced_idle_timeout: Gauge,
     runs: Vec<Counter>,
 }
 
@@ -295,6 +301,7 @@ impl Handles {
             idle_limit_lower: bind.gauge(key(IDLE_LIMIT_LOWER, &pool, &[])),
             idle_limit_upper: bind.gauge(key(IDLE_LIMIT_UPPER, &pool, &[])),
             idle_evict_after: bind.gauge(key(IDLE_EVICT_AFTER, &pool, &[])),
+            announced_idle_timeout: bind.gauge(key(ANNOUNCED_IDLE_TIMEOUT, &pool, &[])),
             runs,
         }
     }
@@ -432,6 +439,12 @@ impl Recorder {
         );
     }
 
+    pub(crate) fn announced_idle_timeout(&self, announced: Option<Duration>) {
+        self.handles
+            .announced_idle_timeout
+            .set(announced.map_or(f64::NAN, |d| d.as_secs_f64()));
+    }
+
     pub(crate) fn run(&self, outcome: RunOutcome) {
         let index = RunOutcome::ALL
             .iter()
@@ -470,6 +483,7 @@ mod tests {
             IDLE_LIMIT_LOWER,
             IDLE_LIMIT_UPPER,
             IDLE_EVICT_AFTER,
+            ANNOUNCED_IDLE_TIMEOUT,
             RUNS,
         ] {
             let series: Vec<_> = snapshot

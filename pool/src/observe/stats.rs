@@ -3,6 +3,7 @@
 //! [`Pool::stats`](crate::Pool::stats) reads them; no metrics exporter is needed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::cause::{Eviction, Phase, ResetCause};
 use crate::metrics::{CheckoutFailure, RetryOutcome, RunOutcome};
@@ -30,6 +31,9 @@ pub(crate) struct Books {
     retries: [[AtomicU64; RETRY_OUTCOMES]; CAUSES],
     runs: [AtomicU64; RUN_OUTCOMES],
     gate_rejections: AtomicU64,
+    /// The idle limit the upstream last announced, in milliseconds plus one; 0 while
+    /// none was (so that an announced 0 s still reads as announced).
+    announced_ms: AtomicU64,
 }
 
 fn index<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -91,6 +95,25 @@ impl Books {
         self.gate_rejections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Books the idle limit the upstream announced; whether it is news. Returns
+    /// after one load when it is not, the common case on every return.
+    #[inline]
+    pub(crate) fn announce(&self, limit: Duration) -> bool {
+        let encoded = u64::try_from(limit.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        self.announced_ms.load(Ordering::Relaxed) != encoded
+            && self.announced_ms.swap(encoded, Ordering::Relaxed) != encoded
+    }
+
+    /// The idle limit the upstream last announced.
+    pub(crate) fn announced(&self) -> Option<Duration> {
+        match self.announced_ms.load(Ordering::Relaxed) {
+            0 => None,
+            encoded => Some(Duration::from_millis(encoded - 1)),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
@@ -105,6 +128,7 @@ impl Books {
             retries: self.retries.each_ref().map(|row| row.each_ref().map(load)),
             runs: self.runs.each_ref().map(load),
             gate_rejections: load(&self.gate_rejections),
+            announced_idle_timeout: self.announced(),
         }
     }
 }
@@ -137,6 +161,8 @@ impl Books {
 /// println!("closed idle on purpose: {}", stats.evictions(Eviction::IdleExpired));
 /// println!("runs that may have taken effect: {}", stats.runs(RunOutcome::MaybeExecuted));
 /// println!("retried and recovered: {}", stats.retries(RetryOutcome::Succeeded));
+/// println!("closed before the server's limit: {}", stats.evictions(Eviction::ServerLimit));
+/// println!("the server keeps idle connections: {:?}", stats.announced_idle_timeout);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +190,12 @@ pub struct Stats {
     /// was open (or half-open with its trial connect in flight): for checkouts and
     /// for the reaper's refills alike.
     pub gate_rejections: u64,
+    /// The idle timeout the upstream last announced on a connection, as its manager
+    /// reads it ([`Manager::announced_idle_limit`](crate::Manager::announced_idle_limit):
+    /// an HTTP server's `Keep-Alive: timeout=5` is 5 s); `None` while none did. The
+    /// manager closes each connection before it, counted as
+    /// [`Eviction::ServerLimit`].
+    pub announced_idle_timeout: Option<Duration>,
 }
 
 impl Stats {
@@ -215,5 +247,25 @@ impl Stats {
             })
             .sum();
         resets + self.evictions.iter().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_idle_limit_is_news_once_per_change() {
+        let books = Books::default();
+        assert_eq!(books.snapshot().announced_idle_timeout, None);
+        assert!(books.announce(Duration::from_secs(5)));
+        assert!(!books.announce(Duration::from_secs(5)));
+        assert!(books.announce(Duration::ZERO), "0 s is a limit, not none");
+        assert_eq!(
+            books.snapshot().announced_idle_timeout,
+            Some(Duration::ZERO)
+        );
+        assert!(books.announce(Duration::from_millis(2_500)));
+        assert_eq!(books.announced(), Some(Duration::from_millis(2_500)));
     }
 }

@@ -841,6 +841,9 @@ impl<M: Manager> Drop for Connection<M> {
             && slot.retire_at.is_none_or(|at| now < at)
             && !std::thread::panicking();
         if healthy && slot.tally.parts.manager.broken(&slot.conn).is_none() {
+            if let Some(limit) = slot.tally.parts.manager.announced_idle_limit(&slot.conn) {
+                slot.tally.parts.core.announced(limit);
+            }
             if diagnosis::teaches_idle_limit(slot.reused_after) {
                 slot.tally
                     .parts
@@ -942,8 +945,7 @@ impl<M: Manager> Connection<M> {
         } else if slot.exchange_open || std::thread::panicking() {
             Verdict::Evict(Eviction::Cancelled)
         } else if let Some(broken) = slot.tally.parts.manager.broken(&slot.conn) {
-            slot.broken = Some(broken.cause);
-            Verdict::Reset(broken.cause, broken.detail)
+            Verdict::from(broken)
         } else {
             Verdict::Evict(Eviction::MaxLifetime)
         };

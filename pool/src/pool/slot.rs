@@ -10,7 +10,8 @@
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
 //!    path already closed counts as a reset even when it is also past a limit,
 //! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
-//! 3. [`Manager::broken`] (a flag read),
+//! 3. [`Manager::broken`] (a flag read): a reset, or a planned close before a limit
+//!    the server announced (counted as the eviction `server_limit`),
 //! 4. [`Manager::ping`], only after `check_after` of idleness (a round trip).
 //!
 //! The first check that fails discards the connection with its cause, and the queue
@@ -127,7 +128,11 @@ impl<M: Manager> Slot<M> {
         match verdict {
             Verdict::Keep => {}
             Verdict::Evict(reason) => {
-                core.record_eviction(reason, dead);
+                let said = match reason {
+                    Eviction::ServerLimit => self.planned_detail(),
+                    _ => None,
+                };
+                core.record_eviction(reason, dead, said.as_deref());
                 self.tally.fate = Some(Fate::Evicted(reason));
             }
             Verdict::Reset(cause, detail) => {
@@ -135,6 +140,21 @@ impl<M: Manager> Slot<M> {
                 self.tally.fate = Some(Fate::Reset(cause, phase));
             }
         }
+    }
+
+    /// What the manager says about this connection, which it reported due to close
+    /// ([`Broken::server_limit`](crate::Broken::server_limit)): which limit of the
+    /// server's, for the eviction's event. Asked again rather than carried in the
+    /// [`Verdict`], which every checkout pays for; a manager that panics here costs
+    /// the event its detail, nothing more.
+    #[cold]
+    #[inline(never)]
+    fn planned_detail(&self) -> Option<String> {
+        let manager = &self.tally.parts.manager;
+        let broken = catch_unwind(AssertUnwindSafe(|| manager.broken(&self.conn)))
+            .ok()
+            .flatten()?;
+        if broken.planned { broken.detail } else { None }
     }
 
     /// Sets the reason this connection is closed with when it drops, without a trace
@@ -247,7 +267,7 @@ impl<M: Manager> Parts<M> {
             return verdict;
         }
         match self.manager.broken(&slot.conn) {
-            Some(broken) => Verdict::Reset(broken.cause, broken.detail),
+            Some(broken) => Verdict::from(broken),
             None => Verdict::Keep,
         }
     }

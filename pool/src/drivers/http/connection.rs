@@ -546,7 +546,7 @@ impl HttpConnection {
         if let Some(limit) = self.close_after
             && self.idle_since.elapsed() >= limit
         {
-            return Some(Broken::new(ResetCause::PeerClosed).with_detail(format!(
+            return Some(Broken::server_limit(format!(
                 "closed before the server's announced Keep-Alive: timeout={} would",
                 self.announced
             )));
@@ -695,6 +695,10 @@ impl Manager for HttpManager {
 
     fn broken(&self, conn: &HttpConnection) -> Option<Broken> {
         conn.ended()
+    }
+
+    fn announced_idle_limit(&self, conn: &HttpConnection) -> Option<Duration> {
+        conn.announced_keep_alive()
     }
 }
 

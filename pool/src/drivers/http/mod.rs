@@ -45,11 +45,20 @@
 //! connection remembers the last `timeout` it was told and when its last response
 //! ended; once it has sat idle for that long minus a margin
 //! ([`HttpManager::keep_alive_margin`], 1 s by default, at most a quarter of the
-//! timeout), [`Manager::broken`](crate::Manager::broken) reports it and the pool closes it, at checkout or
-//! in the reaper's next pass, before the server does. It is counted as a
-//! `peer_closed` reset whose detail names the header, and, as any close found on an
-//! idle connection, it teaches the pool's idle-limit learner an upper bound, so
-//! connections of that origin are then closed at 75 % of it by the pool itself.
+//! timeout), [`Manager::broken`](crate::Manager::broken) reports it due
+//! ([`Broken::server_limit`](crate::Broken::server_limit)) and the pool closes it, at
+//! checkout or in the reaper's next pass, before the server does. Nothing broke, so
+//! it is counted as the eviction `server_limit`, not as a reset, and its `debug`
+//! event's detail names the header. The announced timeout is published as it
+//! changes ([`Manager::announced_idle_limit`](crate::Manager::announced_idle_limit)):
+//! the gauge `steadypool_announced_idle_timeout_seconds`,
+//! [`Stats::announced_idle_timeout`](crate::Stats::announced_idle_timeout), and an
+//! `info` event whose hint compares it with the pool's `idle_timeout`. It teaches
+//! the idle-limit learner no bound: the server promised it, nothing measured it,
+//! and each connection is already closed before it by the check above (the
+//! learner's 75 % share would close them all sooner for nothing). A connection the
+//! server closes anyway (a restart, a timeout shorter than announced) is a
+//! `peer_closed` reset and teaches the learner as any other.
 //! A response with `Connection: close` (or an HTTP/1.0 response without
 //! keep-alive) is honoured: hyper closes the connection after it, and the pool
 //! discards it as it comes back.
