@@ -33,8 +33,9 @@ impl Classify for io::Error {
         }
     }
 
-    /// A TLS handshake refused for good (see [`permanent_in_chain`]); every other
-    /// I/O error can pass.
+    /// A TLS handshake refused for good (a certificate that does not verify, none
+    /// sent, no common protocol version, a certificate alert from the server; found
+    /// anywhere in the error's chain, feature `tls`); every other I/O error can pass.
     fn is_permanent(&self) -> bool {
         permanent_in_chain(self)
     }

@@ -412,6 +412,11 @@ async fn callers_of_an_upstream_that_refuses_for_good_hear_it_at_once_without_a_
         "{took:?}: a caller waited on the circuit or retried"
     );
     let stats = pool.stats();
+    eprintln!(
+        "{callers} callers answered in {took:?}: {for_good} with the handshake error, after \
+         {} connects",
+        stats.connect_failures
+    );
     assert!(
         for_good >= 3,
         "{for_good} callers got the handshake error itself"

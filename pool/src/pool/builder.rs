@@ -296,14 +296,16 @@ impl<M: Manager> PoolBuilder<M> {
     /// that a burst of them would overload even while it accepts. Must be at least 1.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
     /// use steadypool::{drivers::tcp::TcpManager, Pool};
     ///
+    /// // TLS handshakes are costly: at most 8 at once even while the upstream accepts.
     /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
     ///     .max_concurrent_connects(2)
     ///     .max_concurrent_connects_while_healthy(Some(8))
-    ///     .build()
-    ///     .unwrap();
+    ///     .build()?;
     /// # drop(pool);
+    /// # Ok(()) }
     /// ```
     pub fn max_concurrent_connects_while_healthy(mut self, connects: Option<usize>) -> Self {
         self.config.max_concurrent_connects_while_healthy = connects;
