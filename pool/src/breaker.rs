@@ -18,16 +18,7 @@ use crate::cause::ResetCause;
 /// pool's connects:
 ///
 /// * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
-///   in flight unless the upstream has just proven it accepts.** Further connects
-///   wait their turn (inside `get()`'s `wait_timeout`). Once a connect has
-///   succeeded, and for 500 ms after it unless one fails meanwhile, the limit is
-///   [`max_concurrent_connects_while_healthy`](crate::PoolBuilder::max_concurrent_connects_while_healthy),
-///   none by default: the burst of connects after a crash that reset every
-///   connection, or after a lull that let them all expire, waits for one or two
-///   connects to succeed, not for each other. A pool whose connects last
-///   succeeded long ago (its upstream may have died since), whose last connect
-///   failed, or whose circuit is making its trial, sends two at a time, so that a
-///   fleet meeting a dead upstream does not dial it with every waiting checkout.
+///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
 /// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
 ///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
 ///   calls that need a new connection stop dialing. They wait for the circuit to let
@@ -155,10 +146,7 @@ pub(crate) struct Refusal {
 /// The gate's settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GateConfig {
-    /// The limit while connects fail.
     pub(crate) max_concurrent_connects: usize,
-    /// The limit while they succeed; `None`: none.
-    pub(crate) while_healthy: Option<usize>,
     pub(crate) open_after: u32,
     /// The longest open period: the cap of the doubling schedule.
     pub(crate) open_for: Duration,
@@ -166,13 +154,6 @@ pub(crate) struct GateConfig {
     /// up to `open_for`.
     pub(crate) first_open: Duration,
 }
-
-/// How long a successful connect vouches for the upstream: within it, and until a
-/// connect fails, connects are limited by `max_concurrent_connects_while_healthy`
-/// only. Long enough to cover the burst that follows the success (the rest of a
-/// pool refilling); short enough that a pool whose last connect is older treats the
-/// upstream as unknown again, as after a crash that reset its connections.
-pub(crate) const HEALTHY_FOR: Duration = Duration::from_millis(500);
 
 /// The first open period by default. An upstream that restarts is usually back within
 /// a fraction of a second: a first trial tens of milliseconds after the circuit opens
@@ -194,8 +175,6 @@ struct State {
     last_error: Arc<str>,
     /// Whether the last failed connect was permanent.
     last_permanent: bool,
-    /// When the last connect succeeded.
-    last_success: Option<Instant>,
     /// Trials that failed since the circuit last closed: the exponent of the next
     /// open period.
     failed_trials: u32,
@@ -204,10 +183,7 @@ struct State {
 /// One pool's connect gate. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Gate {
-    /// The permits of connects made while connects fail.
     permits: Semaphore,
-    /// The permits of connects made while they succeed, if limited.
-    healthy: Option<Semaphore>,
     state: Mutex<State>,
     /// Wakes the checkouts parked on the circuit ([`Gate::enter_within`]) whenever it
     /// moves: closed, reopened after a failed trial, or a trial abandoned.
@@ -219,14 +195,12 @@ impl Gate {
     pub(crate) fn new(config: GateConfig) -> Gate {
         Gate {
             permits: Semaphore::new(config.max_concurrent_connects),
-            healthy: config.while_healthy.map(Semaphore::new),
             state: Mutex::new(State {
                 circuit: Circuit::Closed,
                 failures: 0,
                 last_cause: ResetCause::Other,
                 last_error: Arc::from(""),
                 last_permanent: false,
-                last_success: None,
                 failed_trials: 0,
             }),
             moved: Notify::new(),
@@ -258,27 +232,20 @@ impl Gate {
     /// # Errors
     /// A [`Refusal`] while the circuit is open, or half-open with its trial in flight.
     pub(crate) async fn enter(&self) -> Result<Ticket<'_>, Refusal> {
-        let Admission { trial, strained } = self.admit()?;
+        let trial = self.admit()?;
         let mut ticket = Ticket {
             gate: self,
             permit: None,
             trial,
             settled: false,
         };
-        let permits = if strained {
-            Some(&self.permits)
-        } else {
-            self.healthy.as_ref()
+        // Dropping `ticket` while waiting here (a cancelled checkout) hands a trial
+        // back, so the circuit cannot stay half-open with nobody trying.
+        let permit = match self.permits.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the gate's semaphore is never closed"),
         };
-        if let Some(permits) = permits {
-            // Dropping `ticket` while waiting here (a cancelled checkout) hands a trial
-            // back, so the circuit cannot stay half-open with nobody trying.
-            let permit = match permits.acquire().await {
-                Ok(permit) => permit,
-                Err(_) => unreachable!("the gate's semaphores are never closed"),
-            };
-            ticket.permit = Some(permit);
-        }
+        ticket.permit = Some(permit);
         if !trial {
             // The circuit may have opened while this connect waited for a permit:
             // then it must not dial either.
@@ -324,18 +291,11 @@ impl Gate {
         }
     }
 
-    /// Decides at arrival: go ahead (as a trial or not, under which limit) or fail
-    /// fast.
-    fn admit(&self) -> Result<Admission, Refusal> {
+    /// Decides at arrival: go ahead (as a trial or not) or fail fast.
+    fn admit(&self) -> Result<bool, Refusal> {
         let mut state = self.lock();
         match state.circuit {
-            Circuit::Closed => Ok(Admission {
-                trial: false,
-                strained: state.failures > 0
-                    || state
-                        .last_success
-                        .is_none_or(|at| at.elapsed() > HEALTHY_FOR),
-            }),
+            Circuit::Closed => Ok(false),
             Circuit::HalfOpen => Err(refusal(&state, Duration::ZERO)),
             Circuit::Open { until } => {
                 let now = Instant::now();
@@ -343,10 +303,7 @@ impl Gate {
                     return Err(refusal(&state, until - now));
                 }
                 state.circuit = Circuit::HalfOpen;
-                Ok(Admission {
-                    trial: true,
-                    strained: true,
-                })
+                Ok(true)
             }
         }
     }
@@ -380,7 +337,6 @@ impl Gate {
         let failures = std::mem::take(&mut state.failures);
         state.failed_trials = 0;
         state.last_permanent = false;
-        state.last_success = Some(Instant::now());
         drop(state);
         let moved = !matches!(was, Circuit::Closed);
         if moved {
@@ -450,15 +406,6 @@ fn refusal(state: &State, retry_in: Duration) -> Refusal {
         retry_in,
         permanent: state.last_permanent,
     }
-}
-
-/// A connect the gate let go ahead.
-struct Admission {
-    /// It is the trial that turned the circuit half-open.
-    trial: bool,
-    /// The upstream has not just proven it accepts: it counts against
-    /// `max_concurrent_connects`.
-    strained: bool,
 }
 
 /// A failed connect, as the gate records it.
@@ -544,9 +491,6 @@ mod tests {
     fn gate(open_after: u32) -> Gate {
         let config = GateConfig {
             max_concurrent_connects: 2,
-            // The one limit these tests were written for; the wide limit while
-            // connects succeed has tests of its own.
-            while_healthy: Some(2),
             open_after,
             open_for: Duration::from_secs(10),
             // The fixed period these tests were written for; the doubling schedule
@@ -691,7 +635,6 @@ mod tests {
     fn doubling_gate() -> Gate {
         Gate::new(GateConfig {
             max_concurrent_connects: 2,
-            while_healthy: Some(2),
             open_after: 1,
             open_for: Duration::from_millis(800),
             first_open: Duration::from_millis(25),
@@ -763,7 +706,6 @@ mod tests {
     async fn parked_checkouts_are_woken_by_the_trials_success() {
         let gate = Gate::new(GateConfig {
             max_concurrent_connects: 4,
-            while_healthy: Some(4),
             open_after: 1,
             open_for: Duration::from_secs(10),
             first_open: Duration::from_secs(10),
@@ -869,7 +811,6 @@ mod tests {
     async fn parked_checkouts_are_told_at_once_when_the_trial_fails_for_good() {
         let gate = Gate::new(GateConfig {
             max_concurrent_connects: 4,
-            while_healthy: Some(4),
             open_after: 1,
             open_for: Duration::from_secs(10),
             first_open: Duration::from_secs(10),
@@ -932,111 +873,6 @@ mod tests {
             !refused.permanent,
             "a success forgets the permanent failure"
         );
-    }
-
-    fn wide_gate() -> Gate {
-        Gate::new(GateConfig {
-            max_concurrent_connects: 2,
-            while_healthy: None,
-            open_after: 3,
-            open_for: Duration::from_secs(10),
-            first_open: Duration::from_secs(10),
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unproven_connects_go_two_at_a_time() {
-        let gate = wide_gate();
-        let first = gate.enter().await.unwrap();
-        let second = gate.enter().await.unwrap();
-        let mut third = Box::pin(gate.enter());
-        assert!(
-            futures_poll(&mut third).is_none(),
-            "no connect succeeded yet: at most max_concurrent_connects"
-        );
-        first.succeeded();
-        assert!(futures_poll(&mut third).is_some());
-        drop(second);
-        tokio::time::advance(HEALTHY_FOR + Duration::from_millis(1)).await;
-        let held: Vec<_> = (0..2)
-            .map(|_| futures_poll(&mut Box::pin(gate.enter())).unwrap().unwrap())
-            .collect();
-        let mut late = Box::pin(gate.enter());
-        assert!(
-            futures_poll(&mut late).is_none(),
-            "the last success is older than HEALTHY_FOR: narrow again"
-        );
-        drop(held);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn after_a_success_a_burst_goes_at_once_and_a_failure_narrows_it() {
-        let gate = wide_gate();
-        gate.enter().await.unwrap().succeeded();
-        let burst: Vec<_> = (0..16).map(|_| gate.enter()).collect();
-        let mut tickets = Vec::new();
-        for mut entering in burst.into_iter().map(Box::pin) {
-            tickets.push(
-                futures_poll(&mut entering)
-                    .expect("no limit while connects succeed")
-                    .unwrap(),
-            );
-        }
-        let mut tickets = tickets.into_iter();
-        tickets
-            .next()
-            .unwrap()
-            .failed(ResetCause::Refused, &"refused");
-        let narrowed: Vec<_> = (0..3).map(|_| Box::pin(gate.enter())).collect();
-        let mut narrowed = narrowed.into_iter();
-        let mut first = narrowed.next().unwrap();
-        let mut second = narrowed.next().unwrap();
-        let mut third = narrowed.next().unwrap();
-        let held = [
-            futures_poll(&mut first).unwrap().unwrap(),
-            futures_poll(&mut second).unwrap().unwrap(),
-        ];
-        assert!(
-            futures_poll(&mut third).is_none(),
-            "after a failure, at most max_concurrent_connects"
-        );
-        let [one, two] = held;
-        one.succeeded();
-        let third = futures_poll(&mut third).unwrap().unwrap();
-        assert_eq!(gate.state(), CircuitState::Closed);
-        drop((two, third));
-        let again: Vec<_> = (0..8)
-            .map(|_| futures_poll(&mut Box::pin(gate.enter())).map(|entered| entered.is_ok()))
-            .collect();
-        assert!(
-            again.iter().all(|ok| *ok == Some(true)),
-            "a success widens the gate again: {again:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_trial_and_its_reopening_stay_narrow() {
-        let gate = wide_gate();
-        for _ in 0..3 {
-            refuse_one_connect(&gate).await;
-        }
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let trial = gate.enter().await.unwrap();
-        assert!(trial.is_trial());
-        assert_eq!(
-            gate.permits.available_permits(),
-            1,
-            "the trial holds a narrow permit"
-        );
-        trial.succeeded();
-        assert_eq!(gate.permits.available_permits(), 2);
-        let wide = gate.enter().await.unwrap();
-        assert_eq!(
-            gate.permits.available_permits(),
-            2,
-            "closed again: no narrow permit"
-        );
-        drop(wide);
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {

@@ -112,8 +112,6 @@ pub struct PoolConfig {
     pub learn_idle_limit: Option<bool>,
     /// [`PoolBuilder::max_concurrent_connects`].
     pub max_concurrent_connects: Option<usize>,
-    /// [`PoolBuilder::max_concurrent_connects_while_healthy`] (unset: no limit).
-    pub max_concurrent_connects_while_healthy: Option<usize>,
     /// [`PoolBuilder::circuit_open_after`].
     pub circuit_open_after: Option<u32>,
     /// [`PoolBuilder::circuit_open_for`].
@@ -314,9 +312,6 @@ impl<M: Manager> PoolBuilder<M> {
         if let Some(connects) = config.max_concurrent_connects {
             builder = builder.max_concurrent_connects(connects);
         }
-        if let Some(connects) = config.max_concurrent_connects_while_healthy {
-            builder = builder.max_concurrent_connects_while_healthy(Some(connects));
-        }
         if let Some(failures) = config.circuit_open_after {
             builder = builder.circuit_open_after(failures);
         }
@@ -409,7 +404,6 @@ mod tests {
         reaper_interval = "2s"
         learn_idle_limit = false
         max_concurrent_connects = 4
-        max_concurrent_connects_while_healthy = 16
         circuit_open_after = 5
         circuit_open_for = "3s"
         circuit_first_open = "200ms"
@@ -455,7 +449,6 @@ mod tests {
             reaper_interval: Some(secs(2)),
             learn_idle_limit: Some(false),
             max_concurrent_connects: Some(4),
-            max_concurrent_connects_while_healthy: Some(16),
             circuit_open_after: Some(5),
             circuit_open_for: Some(secs(3)),
             circuit_first_open: Some(Duration::from_millis(200)),

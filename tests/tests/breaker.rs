@@ -5,8 +5,6 @@
 //! upstream's return. An upstream that refuses for good (a certificate that does not
 //! verify) gets its answer to every caller at once, and is still spared a storm.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
@@ -433,73 +431,4 @@ async fn callers_of_an_upstream_that_refuses_for_good_hear_it_at_once_without_a_
     );
     assert!(stats.gate_rejections >= 1, "{stats:?}");
     assert_eq!(server.handshakes(), 0);
-}
-
-/// Connects in flight at once, as an after-connect hook that holds each connect open
-/// for a while sees them.
-#[derive(Clone, Default)]
-struct InFlight {
-    now: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-}
-
-impl InFlight {
-    /// Connects `n` at once through `pool`, drops them from the pool, and returns
-    /// the most that were in flight together.
-    async fn burst(&self, pool: &Pool<LedgerManager>, n: usize) -> usize {
-        self.most.store(0, Ordering::SeqCst);
-        let gets: Vec<_> = (0..n)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.get().await })
-            })
-            .collect();
-        for get in gets {
-            drop(get.await.unwrap().unwrap().detach());
-        }
-        self.most.load(Ordering::SeqCst)
-    }
-}
-
-/// The gate sends two connects at a time until one succeeds; right after a success
-/// the rest of a refill goes at once, as after a crash that reset every connection
-/// while the upstream kept accepting; once the last success is older than 500 ms,
-/// two at a time again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refill_right_after_a_successful_connect_is_not_queued() {
-    let server = LedgerServer::start(Faults::default()).await.unwrap();
-    let in_flight = InFlight::default();
-    let seen = in_flight.clone();
-    let pool = Pool::builder(LedgerManager::new(server.addr()))
-        .max_size(8)
-        .after_connect(move |_conn| {
-            let seen = seen.clone();
-            Box::pin(async move {
-                let now = seen.now.fetch_add(1, Ordering::SeqCst) + 1;
-                seen.most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                seen.now.fetch_sub(1, Ordering::SeqCst);
-                Ok(())
-            })
-        })
-        .build()
-        .unwrap();
-    assert_eq!(
-        in_flight.burst(&pool, 8).await,
-        2,
-        "no connect has succeeded yet: two at a time"
-    );
-    // The last of those connects succeeded a moment ago.
-    assert_eq!(
-        in_flight.burst(&pool, 8).await,
-        8,
-        "right after a success the refill goes at once"
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        in_flight.burst(&pool, 8).await,
-        2,
-        "the last success is a second old: two at a time again"
-    );
-    assert_eq!(pool.stats().connect_failures, 0);
 }

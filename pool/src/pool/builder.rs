@@ -46,8 +46,7 @@ impl<M: Manager> Pool<M> {
 /// | [`queue_mode`](Self::queue_mode) | FIFO | connections idling out while the pool is busy |
 /// | [`reaper_interval`](Self::reaper_interval) | 1 s | dead sockets lingering in `CLOSE_WAIT` |
 /// | [`learn_idle_limit`](Self::learn_idle_limit) | on | repeated resets from an idle limit below `idle_timeout` |
-/// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2, until a connect succeeds | a restarted upstream's every client, or a burst of waiters, dialing a failing upstream at once |
-/// | [`max_concurrent_connects_while_healthy`](Self::max_concurrent_connects_while_healthy) | no limit (the pool's size), for 500 ms after a successful connect | (with a limit) a burst of connects after a crash or a lull waiting on each other while the upstream accepts |
+/// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2 | a burst of waiters, or a restarted upstream's every client, dialing at once |
 /// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
 /// | [`circuit_open_for`](Self::circuit_open_for) | 250 ms | trial connects hammering a down upstream, or in lock-step across a fleet |
 /// | [`circuit_first_open`](Self::circuit_first_open) | 100 ms (at most `circuit_open_for`) | a pool turning connects away long after a short restart of its upstream |
@@ -276,41 +275,12 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How many connects may be in flight at once until the upstream has just proven
-    /// that it accepts: while no connect succeeded in the last 500 ms, from a failed
-    /// connect until one succeeds, and for the circuit's trial (see
-    /// [`CircuitState`](crate::CircuitState)). Default 2. Further connects wait their
-    /// turn within `wait_timeout`. Prevents every pool of a fleet, when the upstream
-    /// restarts, and a burst of checkouts against a failing upstream, from opening a
-    /// storm of connections and handshakes at the same moment. Must be at least 1.
+    /// How many connects may be in flight at once (see [`CircuitState`](crate::CircuitState)). Default 2.
+    /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
+    /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
+    /// storm of connections and handshakes at the same moment.
     pub fn max_concurrent_connects(mut self, connects: usize) -> Self {
         self.config.max_concurrent_connects = connects;
-        self
-    }
-
-    /// How many connects may be in flight at once for 500 ms after a successful
-    /// connect, unless one fails meanwhile. Default `None`: no limit but the pool's
-    /// size, so that the connects that replace a
-    /// whole pool after a crash (which reset every connection while the upstream kept
-    /// accepting) or after a lull (which let them all expire) go at once, and the
-    /// first requests of the next burst do not wait for each other's connects. Set a
-    /// limit for an upstream whose handshakes are costly (TLS, authentication) and
-    /// that a burst of them would overload even while it accepts. Must be at least 1.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
-    /// use steadypool::{drivers::tcp::TcpManager, Pool};
-    ///
-    /// // TLS handshakes are costly: at most 8 at once even while the upstream accepts.
-    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000"))
-    ///     .max_concurrent_connects(2)
-    ///     .max_concurrent_connects_while_healthy(Some(8))
-    ///     .build()?;
-    /// # drop(pool);
-    /// # Ok(()) }
-    /// ```
-    pub fn max_concurrent_connects_while_healthy(mut self, connects: Option<usize>) -> Self {
-        self.config.max_concurrent_connects_while_healthy = connects;
         self
     }
 

@@ -48,7 +48,6 @@ pub(crate) struct Config {
     pub(crate) reaper_interval: Duration,
     pub(crate) learn_idle_limit: bool,
     pub(crate) max_concurrent_connects: usize,
-    pub(crate) max_concurrent_connects_while_healthy: Option<usize>,
     pub(crate) circuit_open_after: u32,
     pub(crate) circuit_open_for: Duration,
     /// `None`: [`FIRST_OPEN`], or `circuit_open_for` when that is shorter.
@@ -78,7 +77,6 @@ impl Default for Config {
             reaper_interval: Duration::from_secs(1),
             learn_idle_limit: true,
             max_concurrent_connects: 2,
-            max_concurrent_connects_while_healthy: None,
             circuit_open_after: 3,
             circuit_open_for: Duration::from_millis(250),
             circuit_first_open: None,
@@ -112,7 +110,6 @@ impl Config {
     pub(crate) fn gate(&self) -> GateConfig {
         GateConfig {
             max_concurrent_connects: self.max_concurrent_connects,
-            while_healthy: self.max_concurrent_connects_while_healthy,
             open_after: self.circuit_open_after,
             open_for: self.circuit_open_for,
             first_open: self
@@ -167,11 +164,6 @@ impl Config {
         if self.max_concurrent_connects == 0 {
             return Err(BuildError::ZeroLimit {
                 knob: "max_concurrent_connects",
-            });
-        }
-        if self.max_concurrent_connects_while_healthy == Some(0) {
-            return Err(BuildError::ZeroLimit {
-                knob: "max_concurrent_connects_while_healthy",
             });
         }
         if self.circuit_open_after == 0 {
