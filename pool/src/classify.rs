@@ -37,7 +37,7 @@ impl Classify for io::Error {
     /// sent, no common protocol version, a certificate alert from the server; found
     /// anywhere in the error's chain, feature `tls`); every other I/O error can pass.
     fn is_permanent(&self) -> bool {
-        permanent_in_chain(self)
+        permanent_in_source_chain(self)
     }
 }
 
@@ -47,7 +47,23 @@ impl Classify for io::Error {
 /// protocol version or cipher suite, or the server turned down this client's
 /// certificate. A reset or a close during the handshake, and rustls's other errors,
 /// are not: they are the upstream restarting, or a glitch.
-pub(crate) fn permanent_in_chain(err: &(dyn StdError + 'static)) -> bool {
+///
+/// The [`Classify::is_permanent`] of an error that wraps a transport error, as
+/// [`classify_source_chain`] is its `classify` (`#[derive(Classify)]` uses both for
+/// a `transport` variant).
+///
+/// ```
+/// use std::io;
+/// use steadypool::permanent_in_source_chain;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("login failed")]
+/// struct LoginError(#[source] io::Error);
+///
+/// let refused = LoginError(io::ErrorKind::ConnectionRefused.into());
+/// assert!(!permanent_in_source_chain(&refused), "the upstream may come back");
+/// ```
+pub fn permanent_in_source_chain(err: &(dyn StdError + 'static)) -> bool {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
         if tls_refused_for_good(e) {
@@ -56,7 +72,9 @@ pub(crate) fn permanent_in_chain(err: &(dyn StdError + 'static)) -> bool {
         // An I/O error's `source()` skips the error it wraps (it shows that one as
         // its own message): look at the wrapped one itself.
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return io.get_ref().is_some_and(|inner| permanent_in_chain(inner));
+            return io
+                .get_ref()
+                .is_some_and(|inner| permanent_in_source_chain(inner));
         }
         current = e.source();
     }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
 use steadypool::{
-    AttemptError, CircuitState, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy, RunError,
+    AttemptError, CircuitState, Classify, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy,
+    RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
@@ -431,4 +432,20 @@ async fn callers_of_an_upstream_that_refuses_for_good_hear_it_at_once_without_a_
     );
     assert!(stats.gate_rejections >= 1, "{stats:?}");
     assert_eq!(server.handshakes(), 0);
+
+    // An error type of the application's own that wraps the handshake's error keeps
+    // what it says, through `#[derive(Classify)]`. After the open period (at most
+    // 250 ms) the next checkout makes the trial connect, and gets its error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Err(Error::Connect { source, .. }) = pool.get().await else {
+        panic!("the next trial connect is refused the same way");
+    };
+    assert!(AppError::Io(source).is_permanent());
+}
+
+#[derive(Debug, thiserror::Error, Classify)]
+enum AppError {
+    #[error("i/o: {0}")]
+    #[classify(transport)]
+    Io(#[source] std::io::Error),
 }

@@ -159,7 +159,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent};
-use crate::classify::{classify_source_chain, permanent_in_chain};
+use crate::classify::{classify_source_chain, permanent_in_source_chain};
 use crate::dial::{Address, DialError, Dialer};
 use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;
@@ -742,7 +742,7 @@ impl Classify for tokio_postgres::Error {
     fn is_permanent(&self) -> bool {
         match self.code() {
             Some(code) => code.code().starts_with("28") || code.code() == "3D000",
-            None => permanent_in_chain(self),
+            None => permanent_in_source_chain(self),
         }
     }
 }
