@@ -437,8 +437,10 @@ async fn callers_of_an_upstream_that_refuses_for_good_hear_it_at_once_without_a_
     // what it says, through `#[derive(Classify)]`. After the open period (at most
     // 250 ms) the next checkout makes the trial connect, and gets its error.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Err(Error::Connect { source, .. }) = pool.get().await else {
-        panic!("the next trial connect is refused the same way");
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_permanent(), "{err:?}");
+    let Error::Connect { source, .. } = err else {
+        panic!("the next trial connect is refused the same way: {err:?}");
     };
     assert!(AppError::Io(source).is_permanent());
 }
