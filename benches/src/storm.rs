@@ -7,6 +7,11 @@
 //! `down_for`; then it accepts again. Every connect attempt any pool starts is logged:
 //! the figure of merit is how many hit the upstream at once, and how soon every pool
 //! answers again.
+//!
+//! [`outages`] runs the same fleet through outages of other lengths, each with its
+//! own cap on a request: a short restart, a long outage, and a short one that the
+//! request's deadline outlasts (the storm's 1 s cap hides whether a pool makes a
+//! request wait for the upstream instead of failing it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +22,8 @@ use tokio::time::MissedTickBehavior;
 
 use crate::echo::EchoServer;
 use crate::error::BenchError;
-use crate::pools::{ConnectLog, Kind, PoolSpec};
+use crate::goodput::Contender;
+use crate::pools::{AnyPool, ConnectLog, Kind, PoolSpec};
 use crate::report::Record;
 use crate::stats;
 
@@ -65,6 +71,10 @@ pub struct StormRun {
     pub failed_after_restart: u64,
     /// Requests started after the upstream came back.
     pub requests_after_restart: u64,
+    /// Requests started while the upstream was down.
+    pub requests_while_down: u64,
+    /// Requests started while the upstream was down that failed.
+    pub failed_while_down: u64,
     /// 99th percentile of how long those requests took, failed or not, in ms.
     pub p99_ms_after_restart: f64,
 }
@@ -76,11 +86,40 @@ struct Outcome {
     ok: bool,
 }
 
-/// Runs the storm once for `kind`.
+/// Runs the storm once for `kind`, each request capped at [`REQUEST_TIMEOUT`].
 ///
 /// # Errors
 /// When the server, the proxy or a pool cannot be set up.
 pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchError> {
+    let contender = Contender { kind, attempts: 1 };
+    run_capped(contender, settings, REQUEST_TIMEOUT).await
+}
+
+/// One request, with the application's own retry loop when the contender has one
+/// (at once, as in the goodput scenario), all of it within `cap`.
+async fn request(pool: &AnyPool, attempts: u32, id: u64, cap: Duration) -> bool {
+    let tries = async {
+        for _ in 0..attempts.max(1) {
+            if pool.request(id).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(cap, tries).await.unwrap_or(false)
+}
+
+/// Runs the storm once for `contender`, each request capped at `cap`.
+///
+/// # Errors
+/// When the server, the proxy or a pool cannot be set up.
+pub async fn run_capped(
+    contender: Contender,
+    settings: Settings,
+    cap: Duration,
+) -> Result<StormRun, BenchError> {
+    let kind = contender.kind;
+    let attempts = contender.attempts;
     let server = EchoServer::start().await?;
     let proxy = ChaosProxy::builder(server.addr()).seed(9).start().await?;
     let log = Arc::new(ConnectLog::new());
@@ -113,10 +152,7 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
                     if at >= end {
                         break;
                     }
-                    let ok = matches!(
-                        tokio::time::timeout(REQUEST_TIMEOUT, pool.request(id_base | n)).await,
-                        Ok(Ok(()))
-                    );
+                    let ok = request(&pool, attempts, id_base | n, cap).await;
                     outcomes.push(Outcome {
                         pool: index,
                         started: at,
@@ -140,6 +176,7 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
     drop(pools);
     let mut first_success = vec![None; settings.pools];
     let (mut failed, mut requests) = (0, 0);
+    let (mut failed_down, mut requests_down) = (0, 0);
     let mut waits = Vec::new();
     for outcome in &outcomes {
         // A pool has recovered when a request is answered again, whenever it started:
@@ -150,6 +187,10 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
             if first.is_none_or(|at| outcome.finished < at) {
                 *first = Some(outcome.finished);
             }
+        }
+        if (down_at..up_at).contains(&outcome.started) {
+            requests_down += 1;
+            failed_down += u64::from(!outcome.ok);
         }
         if outcome.started >= up_at {
             requests += 1;
@@ -175,6 +216,8 @@ pub async fn run_once(kind: Kind, settings: Settings) -> Result<StormRun, BenchE
         recovery,
         failed_after_restart: failed,
         requests_after_restart: requests,
+        requests_while_down: requests_down,
+        failed_while_down: failed_down,
         p99_ms_after_restart: stats::percentile(&mut waits, 0.99),
     })
 }
@@ -250,4 +293,105 @@ pub async fn scenario(
         runs.push(run);
     }
     Ok((records, runs))
+}
+
+/// One outage of [`outages`]: how long the upstream refuses connections, and how long
+/// a request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// How long the upstream refuses connections.
+    pub down_for: Duration,
+    /// The cap on one request, the application's retries included.
+    pub request_timeout: Duration,
+}
+
+/// The set-ups compared in [`outages`]: the storm's pools, and deadpool with the
+/// retry loop a user would wrap around it (3 attempts at once, as in the goodput
+/// scenario).
+pub const OUTAGE_CONTENDERS: [Contender; 4] = [
+    Contender {
+        kind: Kind::Steadypool,
+        attempts: 1,
+    },
+    Contender {
+        kind: Kind::DeadpoolPeek,
+        attempts: 1,
+    },
+    Contender {
+        kind: Kind::Bb8Ping,
+        attempts: 1,
+    },
+    Contender {
+        kind: Kind::DeadpoolPeek,
+        attempts: 3,
+    },
+];
+
+/// The fleet of `base` through each outage, for each contender. Case
+/// `<pools>x<size>-down<s>s-cap<s>s`; per contender: `connects_while_down`,
+/// `requests_while_down`, `failed_while_down` (requests started while the upstream
+/// was down that failed or passed their cap), `failed_after_restart`, `recovery_s`
+/// and `p99_ms_after_restart`, as in [`scenario`].
+///
+/// # Errors
+/// When a run cannot be set up.
+pub async fn outages(
+    base: Settings,
+    outages: &[Outage],
+    contenders: &[Contender],
+) -> Result<Vec<Record>, BenchError> {
+    let mut records = Vec::new();
+    for outage in outages {
+        let settings = Settings {
+            down_for: outage.down_for,
+            // Long enough for a request that waited through the outage to finish, and
+            // for the after-return figures to mean something.
+            after: base
+                .after
+                .max(outage.request_timeout + Duration::from_secs(1)),
+            ..base
+        };
+        let case = format!(
+            "{}x{}-down{}s-cap{}s",
+            settings.pools,
+            settings.size,
+            outage.down_for.as_secs_f64(),
+            outage.request_timeout.as_secs_f64()
+        );
+        for &contender in contenders {
+            let run = run_capped(contender, settings, outage.request_timeout).await?;
+            let down = outage.down_for.as_secs_f64();
+            let while_down = run
+                .attempts
+                .iter()
+                .filter(|at| (0.0..down).contains(*at))
+                .count();
+            let label = contender.label();
+            eprintln!(
+                "outage {case} {label:>20}: {while_down} connects while down, {} of {} requests \
+                 failed while down, {} of {} after, recovery {:?}",
+                run.failed_while_down,
+                run.requests_while_down,
+                run.failed_after_restart,
+                run.requests_after_restart,
+                run.recovery
+            );
+            let rec = |metric: &str, value: f64| {
+                Record::new("outage", case.clone(), &label, metric, value)
+            };
+            records.push(rec("connects_while_down", while_down as f64));
+            records.push(rec("requests_while_down", run.requests_while_down as f64));
+            records.push(rec("failed_while_down", run.failed_while_down as f64));
+            records.push(rec("failed_after_restart", run.failed_after_restart as f64));
+            records.push(
+                rec(
+                    "recovery_s",
+                    run.recovery.unwrap_or(settings.after).as_secs_f64(),
+                )
+                .capped(run.recovery.is_none()),
+            );
+            records.push(rec("p99_ms_after_restart", run.p99_ms_after_restart));
+        }
+    }
+    Ok(records)
 }

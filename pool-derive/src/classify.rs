@@ -91,6 +91,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         .collect();
     let mut bounds: Vec<WherePredicate> = Vec::new();
     let mut arms = Vec::with_capacity(cases.len());
+    let mut permanence = Vec::with_capacity(cases.len());
     for case in &cases {
         for field in case.fields {
             for attr in classify_attrs(&field.attrs) {
@@ -102,7 +103,10 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
         match arm(case, &params, &mut bounds) {
-            Ok(arm) => arms.push(arm),
+            Ok((arm, permanent)) => {
+                arms.push(arm);
+                permanence.push(permanent);
+            }
             Err(err) => errors.push(err),
         }
     }
@@ -112,16 +116,23 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut generics = input.generics.clone();
     generics.make_where_clause().predicates.extend(bounds);
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let body = if arms.is_empty() {
-        quote!(match *self {})
+    let (body, permanent) = if arms.is_empty() {
+        (quote!(match *self {}), quote!(match *self {}))
     } else {
-        quote!(match self { #(#arms)* })
+        (
+            quote!(match self { #(#arms)* }),
+            quote!(match self { #(#permanence)* }),
+        )
     };
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics ::steadypool::Classify for #ident #ty_generics #where_clause {
             fn classify(&self) -> ::steadypool::Disposition {
                 #body
+            }
+
+            fn is_permanent(&self) -> bool {
+                #permanent
             }
         }
     })
@@ -131,12 +142,13 @@ fn classify_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("classify"))
 }
 
-/// One match arm: the pattern for the case and what it classifies as.
+/// Two match arms for the case: what it classifies as, and whether it is permanent
+/// (what the wrapped error says, for `transport` and `delegate`; never, otherwise).
 fn arm(
     case: &Case<'_>,
     params: &HashSet<Ident>,
     bounds: &mut Vec<WherePredicate>,
-) -> syn::Result<TokenStream> {
+) -> syn::Result<(TokenStream, TokenStream)> {
     let path = &case.path;
     let mut found = classify_attrs(case.attrs);
     let first = found.next();
@@ -152,15 +164,17 @@ fn arm(
         Some(attr) => (parse_rule(attr)?, Some(attr)),
     };
     let disposition = quote!(::steadypool::Disposition);
+    let never = quote!(#path { .. } => false,);
     Ok(match rule {
-        Rule::Application => quote!(#path { .. } => #disposition::Application,),
-        Rule::Transient => quote!(#path { .. } => #disposition::Transient,),
+        Rule::Application => (quote!(#path { .. } => #disposition::Application,), never),
+        Rule::Transient => (quote!(#path { .. } => #disposition::Transient,), never),
         Rule::Broken { cause, sent_no } => {
             let sent = sent_tokens(sent_no);
-            quote!(#path { .. } => #disposition::Broken {
+            let arm = quote!(#path { .. } => #disposition::Broken {
                 cause: ::steadypool::ResetCause::#cause,
                 sent: #sent,
-            },)
+            },);
+            (arm, never)
         }
         Rule::Transport { sent_no } => {
             let (member, ty) = pick_field(case.fields, attr, "transport", "a transport error")?;
@@ -173,7 +187,7 @@ fn arm(
                     #disposition::Broken { cause, sent: #sent }
                 })
             });
-            quote!(#path { #member: __classify_field, .. } => {
+            let arm = quote!(#path { #member: __classify_field, .. } => {
                 match ::steadypool::classify_source_chain(__classify_field) {
                     #override_sent
                     ::core::option::Option::Some(found) => found,
@@ -182,7 +196,11 @@ fn arm(
                         sent: #sent,
                     },
                 }
-            })
+            });
+            let permanent = quote!(#path { #member: __classify_field, .. } => {
+                ::steadypool::permanent_in_source_chain(__classify_field)
+            });
+            (arm, permanent)
         }
         Rule::Delegate => {
             let (member, ty) = pick_field(
@@ -196,10 +214,15 @@ fn arm(
             }
             // A method call, so a boxed error (`Box<steadypool::Error<E>>`) is reached
             // through auto-deref.
-            quote!(#path { #member: __classify_field, .. } => {
+            let arm = quote!(#path { #member: __classify_field, .. } => {
                 use ::steadypool::Classify as _;
                 __classify_field.classify()
-            })
+            });
+            let permanent = quote!(#path { #member: __classify_field, .. } => {
+                use ::steadypool::Classify as _;
+                __classify_field.is_permanent()
+            });
+            (arm, permanent)
         }
     })
 }

@@ -33,6 +33,12 @@ mod classify;
 /// (`std::error::Error + 'static`, or `Classify`) on the generated impl. On a struct the
 /// attribute goes on the struct itself.
 ///
+/// `is_permanent()` (whether a connect failure will come back however long one
+/// waits) is passed on the same way: a `transport` variant answers what
+/// `permanent_in_source_chain` finds in its field (a TLS refusal), a `delegate`
+/// variant what the wrapped error's `is_permanent()` says; every other variant is
+/// never permanent.
+///
 /// Misuse (an unknown option or cause, `transport` on a variant without a field, two
 /// attributes on one variant) is a compile error at the attribute, saying what to write.
 ///

@@ -330,3 +330,50 @@ fn an_empty_enum_derives() {
         takes(empty);
     }
 }
+
+/// A driver error that knows which of its failures waiting cannot change.
+#[derive(Debug, thiserror::Error)]
+enum Login {
+    #[error("password authentication failed")]
+    BadPassword,
+    #[error("the server is starting up")]
+    StartingUp,
+}
+
+impl Classify for Login {
+    fn classify(&self) -> Disposition {
+        broken(ResetCause::Other, Sent::No)
+    }
+
+    fn is_permanent(&self) -> bool {
+        matches!(self, Login::BadPassword)
+    }
+}
+
+#[derive(Debug, thiserror::Error, Classify)]
+enum App {
+    #[error(transparent)]
+    #[classify(delegate)]
+    Login(#[from] Login),
+    #[error("i/o")]
+    #[classify(transport)]
+    Io(#[source] io::Error),
+    #[error("busy")]
+    #[classify(transient)]
+    Busy,
+    #[error("reset")]
+    #[classify(broken = "peer_reset")]
+    Reset,
+    #[error("no such user")]
+    NoSuchUser,
+}
+
+#[test]
+fn permanence_is_what_the_wrapped_error_says_and_never_otherwise() {
+    assert!(App::Login(Login::BadPassword).is_permanent());
+    assert!(!App::Login(Login::StartingUp).is_permanent());
+    assert!(!App::Io(io_error(io::ErrorKind::ConnectionRefused)).is_permanent());
+    assert!(!App::Busy.is_permanent());
+    assert!(!App::Reset.is_permanent());
+    assert!(!App::NoSuchUser.is_permanent());
+}

@@ -33,6 +33,13 @@ use crate::cause::ResetCause;
 ///   drawn at random between half and all of its length, which keeps a fleet of pools
 ///   from probing a recovering upstream in lock-step.
 ///
+/// A connect that fails for a reason waiting cannot change (a certificate that does
+/// not verify, refused credentials: [`Classify::is_permanent`](crate::Classify::is_permanent))
+/// counts toward opening the circuit like any other, so a fleet does not hammer an
+/// upstream that refuses it either; but no checkout waits behind it: checkouts
+/// parked on the circuit are told at once, and those that arrive while it is open
+/// fail at once, until a trial fails for another reason or succeeds.
+///
 /// Any successful connect closes the circuit. The state is in
 /// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
 /// gauge.
@@ -130,6 +137,10 @@ pub(crate) struct Refusal {
     pub(crate) failures: u32,
     /// Time until the next trial connect may start (zero while one is in flight).
     pub(crate) retry_in: Duration,
+    /// Whether the last failed connect failed for a reason waiting cannot change
+    /// ([`Classify::is_permanent`](crate::Classify::is_permanent)): a checkout does
+    /// not wait for the next trial, it fails at once.
+    pub(crate) permanent: bool,
 }
 
 /// The gate's settings.
@@ -162,6 +173,8 @@ struct State {
     failures: u32,
     last_cause: ResetCause,
     last_error: Arc<str>,
+    /// Whether the last failed connect was permanent.
+    last_permanent: bool,
     /// Trials that failed since the circuit last closed: the exponent of the next
     /// open period.
     failed_trials: u32,
@@ -187,6 +200,7 @@ impl Gate {
                 failures: 0,
                 last_cause: ResetCause::Other,
                 last_error: Arc::from(""),
+                last_permanent: false,
                 failed_trials: 0,
             }),
             moved: Notify::new(),
@@ -243,10 +257,14 @@ impl Gate {
     /// Like [`Gate::enter`], but a checkout the circuit turns away waits up to
     /// `patience` for it to let a connect through: it is woken when a trial succeeds
     /// (or fails, or is abandoned), and when the open period ends it may make the
-    /// trial itself. Zero patience fails fast.
+    /// trial itself. Zero patience fails fast, and so does a circuit whose last
+    /// failed connect was permanent: the next trial would most likely fail the same
+    /// way, and its caller deserves the answer now rather than at the end of its
+    /// patience.
     ///
     /// # Errors
-    /// The last [`Refusal`] once `patience` has passed with the circuit still open.
+    /// The last [`Refusal`] once `patience` has passed with the circuit still open,
+    /// or at once when it says the last failure was permanent.
     pub(crate) async fn enter_within(&self, patience: Duration) -> Result<Ticket<'_>, Refusal> {
         let give_up = Instant::now() + patience;
         loop {
@@ -257,7 +275,7 @@ impl Gate {
                 Err(refusal) => refusal,
             };
             let now = Instant::now();
-            if now >= give_up {
+            if now >= give_up || refusal.permanent {
                 return Err(refusal);
             }
             // A zero `retry_in` is a trial in flight: its outcome moves the circuit.
@@ -318,6 +336,7 @@ impl Gate {
         let was = std::mem::replace(&mut state.circuit, Circuit::Closed);
         let failures = std::mem::take(&mut state.failures);
         state.failed_trials = 0;
+        state.last_permanent = false;
         drop(state);
         let moved = !matches!(was, Circuit::Closed);
         if moved {
@@ -326,23 +345,25 @@ impl Gate {
         moved.then_some(CircuitEvent::Closed { failures })
     }
 
-    fn failed(
-        &self,
-        cause: ResetCause,
-        error: &dyn fmt::Display,
-        trial: bool,
-    ) -> Option<CircuitEvent> {
-        let error = Arc::from(error.to_string());
+    fn failed(&self, failure: Failure<'_>, trial: bool) -> Option<CircuitEvent> {
+        let error = Arc::from(failure.error.to_string());
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
-        state.last_cause = cause;
+        state.last_cause = failure.cause;
         state.last_error = error;
+        state.last_permanent = failure.permanent;
         let open = match state.circuit {
             Circuit::HalfOpen => trial,
             Circuit::Closed => state.failures >= self.config.open_after,
             Circuit::Open { .. } => false,
         };
         if !open {
+            drop(state);
+            if failure.permanent {
+                // Checkouts parked on the open circuit learn at once that the
+                // upstream refuses for good, instead of at their next trial.
+                self.moved.notify_waiters();
+            }
             return None;
         }
         if trial {
@@ -356,7 +377,7 @@ impl Gate {
         drop(state);
         self.moved.notify_waiters();
         Some(CircuitEvent::Opened {
-            cause,
+            cause: failure.cause,
             failures,
             retry_in,
         })
@@ -383,7 +404,15 @@ fn refusal(state: &State, retry_in: Duration) -> Refusal {
         last_error: Arc::clone(&state.last_error),
         failures: state.failures,
         retry_in,
+        permanent: state.last_permanent,
     }
+}
+
+/// A failed connect, as the gate records it.
+struct Failure<'e> {
+    cause: ResetCause,
+    error: &'e dyn fmt::Display,
+    permanent: bool,
 }
 
 /// The right to dial once. Report the outcome with [`Ticket::succeeded`] or
@@ -413,7 +442,28 @@ impl Ticket<'_> {
         error: &dyn fmt::Display,
     ) -> Option<CircuitEvent> {
         self.settled = true;
-        self.gate.failed(cause, error, self.trial)
+        let failure = Failure {
+            cause,
+            error,
+            permanent: false,
+        };
+        self.gate.failed(failure, self.trial)
+    }
+
+    /// Like [`Ticket::failed`], for a connect that failed for a reason waiting
+    /// cannot change: checkouts waiting on the circuit are told at once.
+    pub(crate) fn failed_for_good(
+        mut self,
+        cause: ResetCause,
+        error: &dyn fmt::Display,
+    ) -> Option<CircuitEvent> {
+        self.settled = true;
+        let failure = Failure {
+            cause,
+            error,
+            permanent: true,
+        };
+        self.gate.failed(failure, self.trial)
     }
 }
 
@@ -712,6 +762,116 @@ mod tests {
         assert!(
             (4..=5).contains(&dials),
             "{dials} trials in 500 ms on a doubling schedule from 25 ms"
+        );
+    }
+
+    /// One connect through the gate that failed for good.
+    async fn refuse_one_for_good(gate: &Gate) {
+        gate.enter()
+            .await
+            .unwrap()
+            .failed_for_good(ResetCause::Other, &"invalid peer certificate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failures_open_the_circuit_after_the_same_count() {
+        let gate = gate(3);
+        for _ in 0..2 {
+            refuse_one_for_good(&gate).await;
+            assert_eq!(gate.state(), CircuitState::Closed, "still dialing");
+        }
+        refuse_one_for_good(&gate).await;
+        assert_eq!(gate.state(), CircuitState::Open);
+        let refused = gate.enter().await.err().unwrap();
+        assert!(refused.permanent);
+        assert_eq!(refused.failures, 3);
+        assert!(refused.last_error.contains("invalid peer certificate"));
+        assert!(
+            refused.retry_in >= Duration::from_secs(5),
+            "the open period is the usual one: {:?}",
+            refused.retry_in
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_checkout_behind_a_permanent_failure_fails_at_once() {
+        let gate = doubling_gate();
+        refuse_one_for_good(&gate).await;
+        let started = Instant::now();
+        let refused = gate
+            .enter_within(Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(refused.permanent);
+        assert_eq!(Instant::now(), started, "no wait for the next trial");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_checkouts_are_told_at_once_when_the_trial_fails_for_good() {
+        let gate = Gate::new(GateConfig {
+            max_concurrent_connects: 4,
+            open_after: 1,
+            open_for: Duration::from_secs(10),
+            first_open: Duration::from_secs(10),
+        });
+        refuse_one_connect(&gate).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = gate.enter().await.unwrap();
+        assert!(trial.is_trial());
+        let mut parked: Vec<_> = (0..3)
+            .map(|_| Box::pin(gate.enter_within(Duration::from_secs(30))))
+            .collect();
+        for waiter in &mut parked {
+            assert!(futures_poll(waiter).is_none(), "parked behind the trial");
+        }
+        let failed_at = Instant::now();
+        trial.failed_for_good(ResetCause::Other, &"password authentication failed");
+        for waiter in parked {
+            let refused = waiter.await.err().unwrap();
+            assert!(refused.permanent);
+            assert!(refused.last_error.contains("password"));
+        }
+        assert_eq!(
+            Instant::now(),
+            failed_at,
+            "told at once, not at the next trial"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_of_a_connect_already_in_flight_wakes_the_parked() {
+        let gate = gate(1);
+        let first = gate.enter().await.unwrap();
+        let second = gate.enter().await.unwrap();
+        first.failed(ResetCause::Refused, &"refused");
+        assert_eq!(gate.state(), CircuitState::Open);
+        let mut parked = Box::pin(gate.enter_within(Duration::from_secs(30)));
+        assert!(futures_poll(&mut parked).is_none(), "waits for the trial");
+        second.failed_for_good(ResetCause::Other, &"invalid peer certificate");
+        assert_eq!(gate.state(), CircuitState::Open, "the open period stands");
+        let refused = futures_poll(&mut parked)
+            .expect("woken by the permanent failure")
+            .err()
+            .unwrap();
+        assert!(refused.permanent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passing_failure_or_a_success_after_a_permanent_one_brings_waiting_back() {
+        let gate = doubling_gate();
+        refuse_one_for_good(&gate).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let trial = gate.enter().await.unwrap();
+        trial.failed(ResetCause::Refused, &"refused");
+        let ticket = gate.enter_within(Duration::from_secs(5)).await.unwrap();
+        assert!(ticket.is_trial(), "waited for the next trial");
+        ticket.succeeded();
+        refuse_one_connect(&gate).await;
+        let refused = gate.enter().await.err().unwrap();
+        assert!(
+            !refused.permanent,
+            "a success forgets the permanent failure"
         );
     }
 

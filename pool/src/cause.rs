@@ -318,6 +318,55 @@ impl Disposition {
 pub trait Classify {
     /// What this error means for the connection and the operation.
     fn classify(&self) -> Disposition;
+
+    /// Whether this error, from a connect, will come back however long one waits:
+    /// the server's certificate does not verify, it refused the credentials, the
+    /// configuration cannot work. Default `false`: a connect failure is taken to be
+    /// passing (the upstream is down or restarting) unless the error says otherwise.
+    ///
+    /// A permanent connect failure is not retried by [`Pool::run`](crate::Pool::run)
+    /// and friends (reason [`GiveUp::Permanent`](crate::GiveUp::Permanent)), and
+    /// checkouts do not wait on the [connect circuit](crate::CircuitState) behind
+    /// it: the caller gets the error at once. The circuit still opens after
+    /// [`circuit_open_after`](crate::PoolBuilder::circuit_open_after) of them, so
+    /// the upstream is not dialed by every request.
+    ///
+    /// Not permanent, by design: a refused or timed-out connect, a name that does not
+    /// resolve (a resolver outage, or a service whose name appears when it is
+    /// deployed), a server that is starting up or full.
+    ///
+    /// ```
+    /// use steadypool::{Classify, Disposition, ResetCause, Sent};
+    ///
+    /// #[derive(Debug)]
+    /// enum LoginError {
+    ///     Unreachable(std::io::Error),
+    ///     BadPassword,
+    /// }
+    ///
+    /// impl Classify for LoginError {
+    ///     fn classify(&self) -> Disposition {
+    ///         match self {
+    ///             LoginError::Unreachable(io) => io.classify(),
+    ///             LoginError::BadPassword => Disposition::Broken {
+    ///                 cause: ResetCause::Other,
+    ///                 sent: Sent::No,
+    ///             },
+    ///         }
+    ///     }
+    ///
+    ///     fn is_permanent(&self) -> bool {
+    ///         matches!(self, LoginError::BadPassword)
+    ///     }
+    /// }
+    ///
+    /// assert!(LoginError::BadPassword.is_permanent());
+    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// assert!(!LoginError::Unreachable(refused).is_permanent());
+    /// ```
+    fn is_permanent(&self) -> bool {
+        false
+    }
 }
 
 /// The error of a manager that cannot fail (a wrapped deadpool manager whose `Error`

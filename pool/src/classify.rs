@@ -32,6 +32,85 @@ impl Classify for io::Error {
             },
         }
     }
+
+    /// A TLS handshake refused for good (a certificate that does not verify, none
+    /// sent, no common protocol version, a certificate alert from the server; found
+    /// anywhere in the error's chain, feature `tls`); every other I/O error can pass.
+    fn is_permanent(&self) -> bool {
+        permanent_in_source_chain(self)
+    }
+}
+
+/// Whether an error's `source()` chain holds a TLS refusal that waiting cannot
+/// change (feature `tls`): the server's certificate did not verify (another
+/// authority, another name, expired), the server sent none, the two sides share no
+/// protocol version or cipher suite, or the server turned down this client's
+/// certificate. A reset or a close during the handshake, and rustls's other errors,
+/// are not: they are the upstream restarting, or a glitch.
+///
+/// The [`Classify::is_permanent`] of an error that wraps a transport error, as
+/// [`classify_source_chain`] is its `classify` (`#[derive(Classify)]` uses both for
+/// a `transport` variant).
+///
+/// ```
+/// use std::io;
+/// use steadypool::permanent_in_source_chain;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("login failed")]
+/// struct LoginError(#[source] io::Error);
+///
+/// let refused = LoginError(io::ErrorKind::ConnectionRefused.into());
+/// assert!(!permanent_in_source_chain(&refused), "the upstream may come back");
+/// ```
+pub fn permanent_in_source_chain(err: &(dyn StdError + 'static)) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if tls_refused_for_good(e) {
+            return true;
+        }
+        // An I/O error's `source()` skips the error it wraps (it shows that one as
+        // its own message): look at the wrapped one itself.
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io
+                .get_ref()
+                .is_some_and(|inner| permanent_in_source_chain(inner));
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(feature = "tls")]
+fn tls_refused_for_good(err: &(dyn StdError + 'static)) -> bool {
+    use rustls::{AlertDescription as Alert, Error as Tls};
+    let Some(tls) = err.downcast_ref::<Tls>() else {
+        return false;
+    };
+    match tls {
+        Tls::InvalidCertificate(_) | Tls::NoCertificatesPresented | Tls::PeerIncompatible(_) => {
+            true
+        }
+        Tls::AlertReceived(alert) => matches!(
+            alert,
+            Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+                | Alert::CertificateRequired
+                | Alert::ProtocolVersion
+                | Alert::InsufficientSecurity
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_refused_for_good(_: &(dyn StdError + 'static)) -> bool {
+    false
 }
 
 /// Walks an error's `source()` chain and classifies the first [`io::Error`] (or
@@ -100,6 +179,50 @@ mod tests {
                 sent: Sent::Maybe
             }
         );
+    }
+
+    #[test]
+    fn plain_io_errors_are_never_permanent() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::InvalidData,
+        ] {
+            assert!(!io::Error::from(kind).is_permanent(), "{kind:?}");
+        }
+        assert!(!io::Error::other("handshake glitch").is_permanent());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_refusals_that_waiting_cannot_change_are_permanent() {
+        use rustls::{AlertDescription, CertificateError, Error as Tls};
+        let as_io = |tls: Tls| io::Error::new(io::ErrorKind::InvalidData, tls);
+        for permanent in [
+            Tls::InvalidCertificate(CertificateError::UnknownIssuer),
+            Tls::InvalidCertificate(CertificateError::NotValidForName),
+            Tls::InvalidCertificate(CertificateError::Expired),
+            Tls::NoCertificatesPresented,
+            Tls::AlertReceived(AlertDescription::UnknownCA),
+            Tls::AlertReceived(AlertDescription::CertificateRequired),
+        ] {
+            let shown = permanent.to_string();
+            assert!(as_io(permanent).is_permanent(), "{shown}");
+        }
+        for passing in [
+            Tls::AlertReceived(AlertDescription::InternalError),
+            Tls::AlertReceived(AlertDescription::CloseNotify),
+            Tls::HandshakeNotComplete,
+            Tls::General("oops".into()),
+        ] {
+            let shown = passing.to_string();
+            assert!(!as_io(passing).is_permanent(), "{shown}");
+        }
+        let wrapped = io::Error::other(as_io(Tls::InvalidCertificate(
+            CertificateError::BadSignature,
+        )));
+        assert!(wrapped.is_permanent(), "found down the chain");
     }
 
     #[test]

@@ -151,7 +151,7 @@ mod retry;
 
 pub use crate::breaker::CircuitState;
 pub use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause, Sent};
-pub use crate::classify::classify_source_chain;
+pub use crate::classify::{classify_source_chain, permanent_in_source_chain};
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use crate::config::{BackoffConfig, BudgetConfig, KeepaliveConfig, PoolConfig, RetryConfig};

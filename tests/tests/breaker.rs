@@ -2,17 +2,20 @@
 //! port: retries back off with jitter, the circuit opens, checkouts fail fast without
 //! dialing while it is open (with a zero `circuit_wait`) or wait for the upstream's
 //! return (with the default), and the pool recovers within one open period of the
-//! upstream's return.
+//! upstream's return. An upstream that refuses for good (a certificate that does not
+//! verify) gets its answer to every caller at once, and is still spared a storm.
 
 use std::time::{Duration, Instant};
 
 use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
 use steadypool::{
-    AttemptError, CircuitState, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy, RunError,
+    AttemptError, CircuitState, Classify, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy,
+    RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
 use steadypool_tests::recorded::RecordedMetrics;
+use steadypool_tests::tls::{TestCa, TlsServer, TlsServerOptions};
 
 const BASE: Duration = Duration::from_millis(40);
 /// Long enough that the checks made while the circuit is open finish inside even its
@@ -348,4 +351,103 @@ async fn a_checkout_waits_on_the_open_circuit_no_longer_than_circuit_wait() {
         "waited {waited:?}"
     );
     assert_eq!(manager.connects().len(), 1, "no dial while open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_of_an_upstream_that_refuses_for_good_hear_it_at_once_without_a_storm() {
+    use steadypool::drivers::tls::TlsManager;
+    use tokio::io::AsyncWriteExt;
+
+    let ca = TestCa::new();
+    let server = TlsServer::start(&ca, TlsServerOptions::default()).await;
+    let stranger = TestCa::new();
+    let manager = TlsManager::new(server.addr(), stranger.client_config(), "localhost").unwrap();
+    // Every wait the pool allows is long: any caller that waited on the circuit, or
+    // retried, would show in the time taken.
+    let patience = Duration::from_secs(30);
+    let pool = Pool::builder(manager)
+        .max_size(8)
+        .wait_timeout(patience)
+        .circuit_wait(patience)
+        .retry_policy(RetryPolicy::default().deadline(patience))
+        .build()
+        .unwrap();
+    let callers = 40;
+    let started = Instant::now();
+    let runs: Vec<_> = (0..callers)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run_idempotent(async |conn| conn.write_all(b"ping\n").await)
+                    .await
+            })
+        })
+        .collect();
+    let mut for_good: u64 = 0;
+    for run in runs {
+        match run.await.unwrap() {
+            Err(RunError::NotExecuted {
+                reason: GiveUp::Permanent,
+                attempts: 1,
+                source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
+                ..
+            }) => {
+                assert!(format!("{source:?}").contains("InvalidCertificate"));
+                for_good += 1;
+            }
+            Err(RunError::NotExecuted {
+                reason: GiveUp::NoConnection,
+                attempts: 1,
+                source: Some(AttemptError::Checkout(Error::CircuitOpen { last_error, .. })),
+                ..
+            }) => assert!(
+                last_error.contains("invalid peer certificate"),
+                "{last_error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < patience / 2,
+        "{took:?}: a caller waited on the circuit or retried"
+    );
+    let stats = pool.stats();
+    eprintln!(
+        "{callers} callers answered in {took:?}: {for_good} with the handshake error, after \
+         {} connects",
+        stats.connect_failures
+    );
+    assert!(
+        for_good >= 3,
+        "{for_good} callers got the handshake error itself"
+    );
+    assert_eq!(stats.connect_failures, for_good, "{stats:?}");
+    // Without the circuit each of the 40 callers would dial, and without the rule each
+    // would dial three times.
+    assert!(
+        stats.connect_failures <= 20,
+        "{} connects for {callers} callers in {took:?}: the circuit did not hold them",
+        stats.connect_failures
+    );
+    assert!(stats.gate_rejections >= 1, "{stats:?}");
+    assert_eq!(server.handshakes(), 0);
+
+    // An error type of the application's own that wraps the handshake's error keeps
+    // what it says, through `#[derive(Classify)]`. After the open period (at most
+    // 250 ms) the next checkout makes the trial connect, and gets its error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_permanent(), "{err:?}");
+    let Error::Connect { source, .. } = err else {
+        panic!("the next trial connect is refused the same way: {err:?}");
+    };
+    assert!(AppError::Io(source).is_permanent());
+}
+
+#[derive(Debug, thiserror::Error, Classify)]
+enum AppError {
+    #[error("i/o: {0}")]
+    #[classify(transport)]
+    Io(#[source] std::io::Error),
 }

@@ -278,9 +278,7 @@ async fn a_certificate_from_another_authority_is_refused_with_the_reason() {
     let stranger = TestCa::new();
     let client = client(
         HttpManager::with_tls(&node.origin(), stranger.client_config()).unwrap(),
-        // Fail fast: waiting on the circuit, the request would end with the circuit's
-        // refusal, which names the handshake error only as text.
-        |b| b.max_size(1).circuit_wait(Duration::ZERO),
+        |b| b.max_size(1),
     );
 
     let err = client.send(get("/")).await.unwrap_err();
@@ -305,6 +303,14 @@ async fn a_certificate_from_another_authority_is_refused_with_the_reason() {
         "{chain}"
     );
     assert!(chain.contains("invalid peer certificate"), "{chain}");
+    // A certificate that does not verify will not verify on the next attempt: one
+    // connect, and the GET (idempotent, with attempts and deadline left) is not retried.
+    assert!(
+        chain.contains("after 1 attempt(s) (the connect failed for good"),
+        "{chain}"
+    );
+    let stats = client.pool().stats();
+    assert_eq!(stats.connect_failures, 1, "{stats:?}");
     assert_eq!(node.stats().handshakes, 0);
 }
 

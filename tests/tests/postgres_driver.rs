@@ -13,7 +13,10 @@ use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
-use steadypool::{Broken, Classify, Disposition, Error, Manager, Phase, Pool, ResetCause, Sent};
+use steadypool::{
+    AttemptError, Broken, CircuitState, Classify, Disposition, Error, GiveUp, Manager, Phase, Pool,
+    ResetCause, RetryPolicy, RunError, Sent,
+};
 use steadypool_tests::faults;
 use steadypool_tests::postgres::{Hogs, PgServer};
 use steadypool_tests::recorded::Books;
@@ -288,6 +291,91 @@ async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
     let conn = pool.get().await.unwrap();
     let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_server() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    // The test clusters trust every local login, but not a role that does not exist:
+    // SQLSTATE 28000, the class of a wrong password too.
+    let mut config = server.config();
+    config.user("nobody");
+    let patience = Duration::from_secs(30);
+    let pool = Pool::builder(PgManager::new(config).unwrap())
+        .wait_timeout(patience)
+        .circuit_wait(patience)
+        // Long open periods: the checkouts below all meet the open circuit, none a trial.
+        .circuit_first_open(Duration::from_secs(20))
+        .circuit_open_for(Duration::from_secs(20))
+        .retry_policy(RetryPolicy::default().deadline(patience))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    let err = pool
+        .run_idempotent(async |conn| {
+            conn.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    let RunError::NotExecuted {
+        reason: GiveUp::Permanent,
+        attempts: 1,
+        source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
+        ..
+    } = &err
+    else {
+        panic!("not retried, with the driver's error: {err:?}");
+    };
+    assert!(source.is_permanent());
+    assert!(source.to_string().contains("28000"), "{source}");
+
+    // Two more refusals open the circuit, as any three failed connects do; from then
+    // on no checkout dials, and none waits for a trial either.
+    for _ in 0..2 {
+        let err = pool.get().await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    }
+    assert_eq!(pool.status().circuit, CircuitState::Open);
+    for _ in 0..5 {
+        match pool.get().await.unwrap_err() {
+            Error::CircuitOpen { last_error, .. } => {
+                assert!(last_error.contains("28000"), "{last_error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let err = pool
+        .run_idempotent(async |conn| {
+            conn.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::NotExecuted {
+                reason: GiveUp::NoConnection,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.stats().connect_failures,
+        3,
+        "the server saw three logins"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < patience / 2,
+        "{took:?}: a checkout waited on the circuit (circuit_wait {patience:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

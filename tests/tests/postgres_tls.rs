@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use steadypool::drivers::postgres::PgManager;
 use steadypool::drivers::tls::PgTls;
-use steadypool::{Phase, Pool, ResetCause};
+use steadypool::{GiveUp, Phase, Pool, ResetCause, RunError};
 use steadypool_tests::postgres::PgServer;
 use steadypool_tests::tls::TestCa;
 use tokio_postgres::config::SslMode;
@@ -67,6 +67,28 @@ async fn a_server_that_cannot_prove_its_name_is_refused() {
     let pool = Pool::builder(manager(&server, &stranger)).build().unwrap();
     let err = pool.get().await.unwrap_err();
     assert!(format!("{err:?}").contains("InvalidCertificate"), "{err:?}");
+
+    // The next attempt would be refused the same way: not retried.
+    let err = pool
+        .run_idempotent(async |conn| {
+            conn.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::NotExecuted {
+                reason: GiveUp::Permanent,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(format!("{err:?}").contains("InvalidCertificate"), "{err:?}");
+    assert_eq!(pool.stats().connect_failures, 2);
 }
 
 #[tokio::test]

@@ -30,7 +30,8 @@ struct Args {
     /// Longer runs, for publishing.
     #[arg(long)]
     full: bool,
-    /// Only these scenarios (checkout, goodput, dead-peer, storm, http); all by default.
+    /// Only these scenarios (checkout, goodput, dead-peer, storm, outage, http); all by
+    /// default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these pools (labels as in the results, e.g. steadypool,bb8-ping); all by
@@ -201,6 +202,21 @@ fn storm_settings(mode: Mode) -> storm::Settings {
     }
 }
 
+/// The outages the fleet of the storm goes through: a short restart and a long
+/// outage, each with the storm's 1 s cap per request, and a 1 s outage under a 5 s
+/// cap, which a request may wait out.
+fn storm_outages(mode: Mode) -> Vec<storm::Outage> {
+    let outage = |down_ms, cap_s| storm::Outage {
+        down_for: Duration::from_millis(down_ms),
+        request_timeout: Duration::from_secs(cap_s),
+    };
+    match mode {
+        Mode::Smoke => vec![outage(500, 1), outage(1_000, 2)],
+        Mode::Quick => vec![outage(500, 1), outage(10_000, 1), outage(1_000, 5)],
+        Mode::Full => vec![outage(500, 1), outage(30_000, 1), outage(1_000, 5)],
+    }
+}
+
 /// Runs the dead-peer scenario with an iptables black hole in a child process that
 /// lives in a network namespace of its own, or with the chaos proxy's black hole
 /// when that is not possible here.
@@ -282,6 +298,14 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
         if let Some(dir) = &args.plots {
             steadypool_benches::plot::storm(dir, &runs, settings.after)?;
         }
+    }
+    if args.wants("outage") {
+        let contenders: Vec<_> = storm::OUTAGE_CONTENDERS
+            .into_iter()
+            .filter(|c| args.wants_pool(&c.label()))
+            .collect();
+        records
+            .extend(storm::outages(storm_settings(mode), &storm_outages(mode), &contenders).await?);
     }
     if args.wants("http") {
         let contenders: Vec<http::Contender> = http::Contender::ALL

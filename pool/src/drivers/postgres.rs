@@ -159,7 +159,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::watch::{Fate, Scan, Watched};
 use crate::cause::{Classify, Disposition, ResetCause, Sent};
-use crate::classify::classify_source_chain;
+use crate::classify::{classify_source_chain, permanent_in_source_chain};
 use crate::dial::{Address, DialError, Dialer};
 use crate::manager::{Broken, Manager};
 use crate::probe::SocketRef;
@@ -709,6 +709,16 @@ impl Classify for PgError {
             PgError::Config(_) | PgError::Tls(_) => Disposition::Application,
         }
     }
+
+    /// A configuration the pool cannot use, or a server that refused the session
+    /// for good (see [`tokio_postgres::Error`]'s answer).
+    fn is_permanent(&self) -> bool {
+        match self {
+            PgError::Postgres(e) => e.is_permanent(),
+            PgError::Config(_) | PgError::Tls(_) => true,
+            PgError::Dial(_) | PgError::Socket(_) => false,
+        }
+    }
 }
 
 impl Classify for tokio_postgres::Error {
@@ -723,6 +733,17 @@ impl Classify for tokio_postgres::Error {
             };
         }
         classify_source_chain(self).unwrap_or(Disposition::Application)
+    }
+
+    /// The server refused these credentials (SQLSTATE class 28: a wrong password, a
+    /// role that does not exist or may not log in, no `pg_hba.conf` entry) or this
+    /// database (3D000), or the TLS handshake was refused for good. Waiting does not
+    /// change any of them; "too many connections" and "starting up" are not here.
+    fn is_permanent(&self) -> bool {
+        match self.code() {
+            Some(code) => code.code().starts_with("28") || code.code() == "3D000",
+            None => permanent_in_source_chain(self),
+        }
     }
 }
 

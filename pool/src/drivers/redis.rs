@@ -439,6 +439,20 @@ impl Classify for RedisDriverError {
             },
         }
     }
+
+    /// A configuration the pool cannot use, refused credentials, or a TLS handshake
+    /// refused for good.
+    fn is_permanent(&self) -> bool {
+        match self {
+            RedisDriverError::Redis(e) => e.is_permanent(),
+            RedisDriverError::Config(_) => true,
+            #[cfg(feature = "tls")]
+            RedisDriverError::Tls(_) => true,
+            #[cfg(feature = "tls")]
+            RedisDriverError::Handshake(e) => e.is_permanent(),
+            RedisDriverError::Dial(_) | RedisDriverError::Socket(_) => false,
+        }
+    }
 }
 
 impl Classify for RedisError {
@@ -464,6 +478,15 @@ impl Classify for RedisError {
             }
             _ => Disposition::Application,
         }
+    }
+
+    /// Refused credentials (`AUTH` failed, `WRONGPASS`, `NOAUTH`) or a client
+    /// configuration the server cannot take: waiting does not change them.
+    fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig
+        ) || matches!(self.code(), Some("WRONGPASS" | "NOAUTH"))
     }
 }
 
@@ -496,6 +519,27 @@ mod tests {
             redis::Value::ServerError(err) => RedisError::from(err),
             other => panic!("not an error reply: {other:?}"),
         }
+    }
+
+    #[test]
+    fn refused_credentials_are_permanent_and_a_busy_server_is_not() {
+        for line in [
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            "-NOAUTH Authentication required.\r\n",
+        ] {
+            assert!(server_error(line).is_permanent(), "{line}");
+        }
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "auth failed"));
+        assert!(auth.is_permanent());
+        for line in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-BUSY Redis is busy running a script.\r\n",
+            "-ERR max number of clients reached\r\n",
+        ] {
+            assert!(!server_error(line).is_permanent(), "{line}");
+        }
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(!refused.is_permanent());
     }
 
     #[test]

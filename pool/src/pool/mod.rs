@@ -239,6 +239,17 @@ impl<E: StdError + 'static> Classify for Error<E> {
             None => Disposition::Application,
         }
     }
+
+    /// A connect whose error holds a TLS refusal in its chain (see
+    /// [`permanent_in_source_chain`](crate::permanent_in_source_chain)). What only the
+    /// driver's error type knows (refused credentials) needs `E`'s own `Classify`,
+    /// which the pool's retry loop asks directly.
+    fn is_permanent(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } => crate::classify::permanent_in_source_chain(source),
+            _ => false,
+        }
+    }
 }
 
 impl<M: Manager> Pool<M> {

@@ -461,8 +461,13 @@ impl<M: Manager> Parts<M> {
                 observer.circuit(CircuitEvent::HalfOpen);
             }
             let result = self.connect().await;
+            let mut permanent = false;
             let moved = match &result {
                 Ok(_) => ticket.succeeded(),
+                Err(ConnectError::Failed(cause, source)) if source.is_permanent() => {
+                    permanent = true;
+                    ticket.failed_for_good(*cause, source)
+                }
                 Err(ConnectError::Failed(cause, source)) => ticket.failed(*cause, source),
                 Err(timed_out @ ConnectError::TimedOut(_)) => {
                     ticket.failed(ResetCause::ConnectTimeout, timed_out)
@@ -479,8 +484,9 @@ impl<M: Manager> Parts<M> {
             // A connect that opened the circuit (or a trial that reopened it) is the
             // circuit's news, not this checkout's end: with time left it waits for the
             // next trial like the checkouts parked behind it, instead of spending one
-            // of its caller's attempts on each failed trial.
-            if reopened && tokio::time::Instant::now() < give_up {
+            // of its caller's attempts on each failed trial. A permanent failure is
+            // the caller's answer at once: the next trial would only repeat it.
+            if reopened && !permanent && tokio::time::Instant::now() < give_up {
                 continue;
             }
             return result;

@@ -61,6 +61,12 @@ impl Idempotency {
 ///   [`GiveUp::NoConnection`](crate::GiveUp::NoConnection). The checkout already waited
 ///   for the upstream as long as the pool allows; another attempt would only wait
 ///   again, and a hard outage must not pile up work.
+/// * **A connect that failed for good** (the server's certificate does not verify,
+///   it refused the credentials: the driver's error says so through
+///   [`Classify::is_permanent`](crate::Classify::is_permanent)): returned at once,
+///   with reason [`GiveUp::Permanent`](crate::GiveUp::Permanent) and the driver's
+///   typed error as its source. Another attempt would meet the same refusal; the
+///   caller should hear it now, not when its deadline ends.
 ///
 /// Every retry is bounded three ways, by the the policy: a number of attempts,
 /// an overall deadline (which also bounds the operation itself; one still running at
@@ -385,6 +391,16 @@ pub enum GiveUp {
     /// `wait_timeout`, or its [connect circuit](crate::CircuitState) stayed open through
     /// `circuit_wait`. Not retried.
     NoConnection,
+    /// A connect failed for a reason waiting cannot change (the server's certificate
+    /// does not verify, it refused the credentials: see
+    /// [`Classify::is_permanent`](crate::Classify::is_permanent)). Not retried: the
+    /// error is the caller's at once, with attempts and deadline left.
+    ///
+    /// ```
+    /// use steadypool::GiveUp;
+    /// assert_eq!(GiveUp::Permanent.to_string(), "the connect failed for good");
+    /// ```
+    Permanent,
 }
 
 impl fmt::Display for GiveUp {
@@ -395,6 +411,7 @@ impl fmt::Display for GiveUp {
             GiveUp::Budget => "retry budget spent",
             GiveUp::NotIdempotent => "not idempotent, so not replayed",
             GiveUp::NoConnection => "no connection to be had",
+            GiveUp::Permanent => "the connect failed for good",
         })
     }
 }
@@ -405,6 +422,10 @@ pub(crate) enum Failed {
     /// No connection could be opened (refused, timed out, the handshake failed):
     /// nothing was sent on it.
     Connect(ResetCause),
+    /// No connection could be opened, for a reason another attempt would meet again
+    /// (see [`Classify::is_permanent`](crate::Classify::is_permanent)); nothing was
+    /// sent.
+    Permanent(ResetCause),
     /// No connection to be had: the pool is closed, stayed exhausted past
     /// `wait_timeout`, or its connect circuit is open.
     NoConnection,
@@ -444,7 +465,9 @@ impl Failed {
     /// cut it).
     pub(crate) fn retry_cause(self) -> Option<ResetCause> {
         match self {
-            Failed::Connect(cause) | Failed::Broken { cause, .. } => Some(cause),
+            Failed::Connect(cause) | Failed::Permanent(cause) | Failed::Broken { cause, .. } => {
+                Some(cause)
+            }
             Failed::Transient => Some(ResetCause::Other),
             Failed::NoConnection | Failed::Cut { .. } => None,
         }
@@ -490,6 +513,7 @@ pub(crate) fn decide(
     match attempt.failed {
         Failed::Cut { .. } => return Step::Stop(GiveUp::Deadline),
         Failed::NoConnection => return Step::Stop(GiveUp::NoConnection),
+        Failed::Permanent(_) => return Step::Stop(GiveUp::Permanent),
         Failed::Broken {
             sent: Sent::Maybe, ..
         } if !attempt.idempotency.is_idempotent() => return Step::Stop(GiveUp::NotIdempotent),
@@ -580,7 +604,9 @@ mod tests {
 
     #[test]
     fn the_decision_table() {
-        use ResetCause::{BrokenPipe, ConnectTimeout, PeerClosed, PeerReset, Refused, UserTimeout};
+        use ResetCause::{
+            BrokenPipe, ConnectTimeout, Other, PeerClosed, PeerReset, Refused, UserTimeout,
+        };
         use Sent::{Maybe, No};
         let stop = Step::Stop;
         // failed                        idempotent reused attempt left_ms wait_ms  step
@@ -592,6 +618,11 @@ mod tests {
             (Failed::Connect(Refused),         false, false, 3, 1000, 50, stop(GiveUp::Attempts)),
             // No connection to be had: fail fast, whatever is left.
             (Failed::NoConnection,             true,  false, 1, 1000, 50, stop(GiveUp::NoConnection)),
+            // A connect that failed for good: stop, with attempts and time left.
+            (Failed::Permanent(Other),         true,  false, 1, 1000, 50, stop(GiveUp::Permanent)),
+            (Failed::Permanent(Other),         false, false, 1, 1000, 50, stop(GiveUp::Permanent)),
+            (Failed::Permanent(PeerReset),     true,  false, 2, 1000, 50, stop(GiveUp::Permanent)),
+            (Failed::Permanent(Other),         true,  false, 3, 0,    50, stop(GiveUp::Permanent)),
             // A transient refusal ran nothing: retried after a wait, both kinds.
             (Failed::Transient,                false, true,  1, 1000, 50, retry(50)),
             (Failed::Transient,                true,  true,  1, 1000, 50, retry(50)),
@@ -672,6 +703,11 @@ mod tests {
                 Some(ResetCause::Refused),
             ),
             (Failed::NoConnection, false, None),
+            (
+                Failed::Permanent(ResetCause::Other),
+                false,
+                Some(ResetCause::Other),
+            ),
             (Failed::Transient, false, Some(ResetCause::Other)),
             (
                 broken(ResetCause::PeerReset, Sent::No),

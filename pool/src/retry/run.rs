@@ -462,7 +462,13 @@ impl<M: Manager> Pool<M> {
                 Error::ConnectTimeout(connect_timeout),
             ),
             Error::Connect { cause, source } => (
-                Failed::Connect(cause),
+                // Judged on the driver's own error: `E`'s `From` may not carry
+                // what it knew.
+                if source.is_permanent() {
+                    Failed::Permanent(cause)
+                } else {
+                    Failed::Connect(cause)
+                },
                 Error::Connect {
                     cause,
                     source: E::from(source),

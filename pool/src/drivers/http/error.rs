@@ -141,4 +141,14 @@ impl Classify for HttpError {
             }
         }
     }
+
+    /// A handshake the server's certificate (or the protocol versions on offer)
+    /// refused for good; see [`Classify::is_permanent`].
+    fn is_permanent(&self) -> bool {
+        match self {
+            #[cfg(feature = "tls")]
+            HttpError::Tls { source, .. } => source.is_permanent(),
+            _ => false,
+        }
+    }
 }
