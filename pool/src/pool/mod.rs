@@ -641,6 +641,27 @@ enum First<M: Manager> {
     Failed(Error<M::Error>),
 }
 
+#[cfg(feature = "bench-hooks")]
+impl<M: Manager> Pool<M> {
+    /// Runs one reaper tick now, as the reaper task does, and returns how long its
+    /// pass over the idle connections held deadpool's lock (checkouts and returns wait
+    /// that long). For the `reaper-pass` benchmark; not part of the API.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
+    /// let held = pool.reaper_tick().await;
+    /// println!("the pass held the queue's lock for {held:?}");
+    /// # Ok(()) }
+    /// ```
+    #[doc(hidden)]
+    pub async fn reaper_tick(&self) -> Duration {
+        reaper::tick(self.backend()).await
+    }
+}
+
 /// Counts a checkout as waiting while it yields before queueing.
 struct Waiting<'a>(&'a AtomicUsize);
 

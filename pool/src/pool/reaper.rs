@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
@@ -55,9 +56,10 @@ async fn run<M: Manager>(weak: WeakBackend<M>, interval: std::time::Duration) {
     }
 }
 
-/// One pass: evict, refill, publish.
-pub(super) async fn tick<M: Manager>(pool: &Backend<M>) {
-    evict(pool);
+/// One pass: evict, refill, publish. Returns how long the pass over deadpool's queue
+/// held its lock, during which every checkout and return of the pool waits.
+pub(super) async fn tick<M: Manager>(pool: &Backend<M>) -> Duration {
+    let held = evict(pool);
     refill(pool);
     let parts = pool.parts();
     let core = &parts.core;
@@ -69,15 +71,17 @@ pub(super) async fn tick<M: Manager>(pool: &Backend<M>) {
     };
     let limit = core.learner.snapshot(CoarseInstant::now());
     core.observer.tick(occupancy, core.gate.state(), &limit);
+    held
 }
 
-fn evict<M: Manager>(pool: &Backend<M>) {
+fn evict<M: Manager>(pool: &Backend<M>) -> Duration {
     let parts = pool.parts();
     let now = CoarseInstant::now();
     // `retain` runs under deadpool's slot lock: only the free checks happen there
     // (contained, so that a panic in the manager's code cannot poison the lock), and
     // the reporting, which may write logs, waits until the lock is released.
     let mut verdicts: HashMap<u64, (Verdict, Obituary)> = HashMap::new();
+    let started = Instant::now();
     let removed = pool.retain(|slot| match parts.inspect_idle(slot, now) {
         Verdict::Keep => true,
         verdict => {
@@ -85,6 +89,7 @@ fn evict<M: Manager>(pool: &Backend<M>) {
             false
         }
     });
+    let held = started.elapsed();
     let spare = parts.drain_spare(|slot| match parts.inspect_idle(slot, now) {
         Verdict::Keep => false,
         verdict => {
@@ -97,6 +102,7 @@ fn evict<M: Manager>(pool: &Backend<M>) {
             slot.condemn(verdict, Phase::Idle, &dead);
         }
     }
+    held
 }
 
 /// Starts connects until `min_idle` connections are idle, counting those under way.

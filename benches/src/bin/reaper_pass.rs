@@ -1,0 +1,285 @@
+//! How long the reaper's pass over a pool's idle connections holds deadpool's lock,
+//! by the number of idle connections. Every checkout and return of the pool waits for
+//! that lock, so a pass that holds it long stalls them all, once per
+//! `reaper_interval`.
+//!
+//! Each pool is filled with real, idle loopback connections to a server in a child
+//! process (this process's open-file limit then has room for the client ends alone),
+//! its own reaper task set to tick once an hour, and the ticks timed here, one after
+//! the other, each after writing over 64 MiB of other memory, as a second of other work
+//! would between two ticks. Beside it, bare deadpool's `retain` over as many idle
+//! connections with the predicate deadpool's documentation suggests for a reaper of
+//! one's own (`metrics.last_used() < max_idle`): a walk that reads each entry's
+//! timestamps and no socket.
+//!
+//! ```text
+//! cargo run --release -p steadypool-benches --bin reaper-pass -- --sizes 4096,16384
+//! ```
+//!
+//! One JSON line per value on stdout (scenario `reaper`); a table on stderr.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use deadpool::managed::{self, Metrics, RecycleResult};
+use steadypool::Pool;
+use steadypool::drivers::tcp::TcpManager;
+use steadypool_benches::BenchError;
+use steadypool_benches::report::Record;
+use steadypool_benches::stats::median;
+use tokio::net::TcpStream;
+
+/// Times the reaper's pass.
+#[derive(Debug, Parser)]
+#[command(name = "reaper-pass")]
+struct Args {
+    /// Idle connections in the pool, one measurement each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096, 16384])]
+    sizes: Vec<usize>,
+    /// Timed passes per size; the median is reported, and the longest.
+    #[arg(long, default_value_t = 15)]
+    passes: usize,
+    /// Internal: be the server that accepts and holds the connections, until stdin
+    /// closes.
+    #[arg(long, hide = true)]
+    serve: bool,
+}
+
+/// A bare deadpool manager of TCP connections: no check on recycle.
+struct Bare(SocketAddr);
+
+impl managed::Manager for Bare {
+    type Type = TcpStream;
+    type Error = std::io::Error;
+
+    async fn create(&self) -> std::io::Result<TcpStream> {
+        TcpStream::connect(self.0).await
+    }
+
+    async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<std::io::Error> {
+        Ok(())
+    }
+}
+
+/// Accepts connections and holds them, until stdin closes (the parent ended).
+fn serve() -> Result<(), BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest)?;
+    Ok(())
+}
+
+/// The server child: one per measured pool, so that it never holds more than one
+/// pool's connections (it does not read them, and would not see them close).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Closing its stdin ends it.
+        drop(self.child.stdin.take());
+        if let Err(err) = self.child.wait() {
+            eprintln!("reaper-pass: the server did not end: {err}");
+        }
+    }
+}
+
+fn start_server() -> Result<Server, BenchError> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Setup("the server's stdout is not piped".to_owned()))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .parse()
+        .map_err(|e| BenchError::Setup(format!("the server said {line:?}: {e}")))?;
+    Ok(Server { child, addr })
+}
+
+/// Median and longest of `samples`, in microseconds.
+fn summary(mut samples: Vec<f64>) -> (f64, f64) {
+    let longest = samples.iter().copied().fold(0.0, f64::max);
+    (median(&mut samples), longest)
+}
+
+/// Writes over more memory than the machine's private caches hold, as a second of
+/// other work would between two ticks of a real reaper: the pass then finds the
+/// pool's memory cold, as it does in a service.
+fn cool_caches(scratch: &mut [u8], round: u8) {
+    for line in scratch.chunks_mut(64) {
+        line[0] = round;
+    }
+}
+
+/// Bytes written between two timed passes.
+const SCRATCH: usize = 64 << 20;
+
+async fn steadypool_pass(
+    addr: SocketAddr,
+    size: usize,
+    passes: usize,
+    scratch: &mut [u8],
+) -> Result<Vec<f64>, BenchError> {
+    let refused = |message: String| BenchError::Build {
+        pool: "steadypool",
+        message,
+    };
+    let pool = Pool::builder(TcpManager::new(addr))
+        .max_size(size)
+        .reaper_interval(Duration::from_secs(3600))
+        .build()
+        .map_err(|e| refused(e.to_string()))?;
+    let mut held = Vec::with_capacity(size);
+    for _ in 0..size {
+        held.push(pool.get().await.map_err(|e| refused(e.to_string()))?);
+    }
+    drop(held);
+    let idle = pool.status().idle;
+    if idle != size {
+        return Err(refused(format!("{idle} of {size} connections idle")));
+    }
+    // One pass untimed: the first one after the fill finds the memory warm.
+    pool.reaper_tick().await;
+    let mut samples = Vec::with_capacity(passes);
+    for round in 0..passes {
+        cool_caches(scratch, round as u8);
+        samples.push(pool.reaper_tick().await.as_secs_f64() * 1e6);
+    }
+    let idle = pool.status().idle;
+    if idle != size {
+        return Err(refused(format!(
+            "the passes closed connections: {idle} of {size} idle"
+        )));
+    }
+    Ok(samples)
+}
+
+async fn deadpool_walk(
+    addr: SocketAddr,
+    size: usize,
+    passes: usize,
+    scratch: &mut [u8],
+) -> Result<Vec<f64>, BenchError> {
+    let refused = |message: String| BenchError::Build {
+        pool: "deadpool-bare",
+        message,
+    };
+    let pool: managed::Pool<Bare> = managed::Pool::builder(Bare(addr))
+        .max_size(size)
+        .build()
+        .map_err(|e| refused(e.to_string()))?;
+    let mut held = Vec::with_capacity(size);
+    for _ in 0..size {
+        held.push(pool.get().await.map_err(|e| refused(e.to_string()))?);
+    }
+    drop(held);
+    pool.retain(keep_recent);
+    let mut samples = Vec::with_capacity(passes);
+    for round in 0..passes {
+        cool_caches(scratch, round as u8);
+        let started = Instant::now();
+        let kept = pool.retain(keep_recent).retained;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+        if kept != size {
+            return Err(refused(format!("{kept} of {size} connections kept")));
+        }
+    }
+    Ok(samples)
+}
+
+/// deadpool's documented idle check, with a limit that keeps every connection here.
+fn keep_recent(_: &TcpStream, metrics: Metrics) -> bool {
+    metrics.last_used() < Duration::from_secs(3600)
+}
+
+async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
+    let mut records = Vec::new();
+    let mut scratch = vec![0u8; SCRATCH];
+    eprintln!(
+        "idle connections | pool          | lock held, median (µs) | longest (µs) | per connection (ns)"
+    );
+    for &size in &args.sizes {
+        // One pool at a time: both together would need twice the descriptors.
+        let steady = {
+            let server = start_server()?;
+            steadypool_pass(server.addr, size, args.passes, &mut scratch).await?
+        };
+        let bare = {
+            let server = start_server()?;
+            deadpool_walk(server.addr, size, args.passes, &mut scratch).await?
+        };
+        for (pool, samples) in [("steadypool", steady), ("deadpool-bare", bare)] {
+            let (median_us, longest_us) = summary(samples);
+            eprintln!(
+                "{size:>16} | {pool:<13} | {median_us:>22.1} | {longest_us:>12.1} | {:>19.1}",
+                median_us * 1e3 / size as f64
+            );
+            let case = format!("idle{size}");
+            records.push(Record::new(
+                "reaper",
+                case.clone(),
+                pool,
+                "us_lock_held",
+                median_us,
+            ));
+            records.push(Record::new(
+                "reaper",
+                case,
+                pool,
+                "us_lock_held_max",
+                longest_us,
+            ));
+        }
+    }
+    Ok(records)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.serve {
+        return match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("reaper-pass (server): {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let outcome = steadypool_benches::runtime()
+        .map_err(BenchError::from)
+        .and_then(|runtime| runtime.block_on(run(&args)));
+    let printed = outcome.and_then(|records| {
+        let mut stdout = std::io::stdout().lock();
+        for record in &records {
+            writeln!(stdout, "{}", record.to_json()?)?;
+        }
+        Ok(())
+    });
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("reaper-pass: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
