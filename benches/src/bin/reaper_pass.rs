@@ -267,7 +267,11 @@ fn main() -> ExitCode {
     }
     let outcome = steadypool_benches::runtime()
         .map_err(BenchError::from)
-        .and_then(|runtime| runtime.block_on(run(&args)));
+        .and_then(|runtime| runtime.block_on(run(&args)))
+        .map(|mut records| {
+            steadypool_benches::report::fill_ratios(&mut records);
+            records
+        });
     let printed = outcome.and_then(|records| {
         let mut stdout = std::io::stdout().lock();
         for record in &records {
