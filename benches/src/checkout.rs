@@ -332,3 +332,48 @@ fn open_file_limit() -> Option<usize> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Settings, check_open_files, open_file_limit, scenario};
+    use crate::pools::Kind;
+
+    #[test]
+    fn a_size_beyond_the_open_file_limit_is_refused_with_the_numbers() {
+        let limit = open_file_limit().expect("Linux shows the limit in /proc/self/limits");
+        let refused = check_open_files(&[8, limit], 2).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("pool size {limit} ")),
+            "{refused}"
+        );
+        assert!(
+            refused.contains(&format!("the limit here is {limit}")),
+            "{refused}"
+        );
+        check_open_files(&[8, 32], 2).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_pool_gets_a_figure_in_every_cell() {
+        let settings = Settings {
+            sizes: vec![4],
+            tasks: vec![1, 8],
+            warm_up: Duration::from_millis(5),
+            batch: Duration::from_millis(5),
+            batches: 2,
+        };
+        let kinds = [Kind::Steadypool, Kind::DeadpoolBare];
+        let records = scenario(settings, &kinds).await.unwrap();
+        assert_eq!(records.len(), 4);
+        for record in &records {
+            assert!(
+                record.value.is_finite() && record.value > 0.0,
+                "{}: {}",
+                record.case,
+                record.value
+            );
+        }
+    }
+}
