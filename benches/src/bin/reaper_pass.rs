@@ -18,9 +18,10 @@
 //!
 //! One JSON line per value on stdout (scenario `reaper`); a table on stderr.
 
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -64,19 +65,34 @@ impl managed::Manager for Bare {
     }
 }
 
-/// Accepts connections and holds them, until stdin closes (the parent ended).
+/// What the parent writes to the server to have it close every second connection it
+/// holds, in the order it accepted them.
+const CLOSE_HALF: &str = "close-half";
+
+/// Accepts connections and holds them, until stdin closes (the parent ended); closes
+/// every second one on [`CLOSE_HALF`].
 fn serve() -> Result<(), BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("{}", listener.local_addr()?);
     std::io::stdout().flush()?;
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::clone(&held);
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for stream in listener.incoming().flatten() {
-            held.push(stream);
+            accepted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Some(stream));
         }
     });
-    let mut rest = Vec::new();
-    std::io::stdin().read_to_end(&mut rest)?;
+    for line in std::io::stdin().lines() {
+        if line?.trim() == CLOSE_HALF {
+            let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+            for stream in held.iter_mut().step_by(2) {
+                drop(stream.take());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -94,6 +110,19 @@ impl Drop for Server {
         if let Err(err) = self.child.wait() {
             eprintln!("reaper-pass: the server did not end: {err}");
         }
+    }
+}
+
+impl Server {
+    fn close_half(&mut self) -> Result<(), BenchError> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| BenchError::Setup("the server's stdin is not piped".to_owned()))?;
+        writeln!(stdin, "{CLOSE_HALF}")?;
+        stdin.flush()?;
+        Ok(())
     }
 }
 
@@ -141,10 +170,12 @@ struct Passes {
     held: Vec<f64>,
     /// The whole pass, all its parts.
     whole: Vec<f64>,
+    /// The longest hold and the whole pass of the one that closed half the queue.
+    half_closed: Option<(f64, f64)>,
 }
 
 async fn steadypool_pass(
-    addr: SocketAddr,
+    server: &mut Server,
     size: usize,
     passes: usize,
     scratch: &mut [u8],
@@ -153,7 +184,7 @@ async fn steadypool_pass(
         pool: "steadypool",
         message,
     };
-    let pool = Pool::builder(TcpManager::new(addr))
+    let pool = Pool::builder(TcpManager::new(server.addr))
         .max_size(size)
         .reaper_interval(Duration::from_secs(3600))
         .build()
@@ -181,6 +212,23 @@ async fn steadypool_pass(
     if idle != size {
         return Err(refused(format!(
             "the passes closed connections: {idle} of {size} idle"
+        )));
+    }
+    // Every second connection's peer goes away: a pass that closes half the queue,
+    // scattered through it.
+    server.close_half()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cool_caches(scratch, 0);
+    let started = Instant::now();
+    let held = pool.reaper_tick().await;
+    samples.half_closed = Some((
+        held.as_secs_f64() * 1e6,
+        started.elapsed().as_secs_f64() * 1e6,
+    ));
+    let idle = pool.status().idle;
+    if idle != size / 2 {
+        return Err(refused(format!(
+            "the pass after half the peers left kept {idle} of {size}"
         )));
     }
     Ok(samples)
@@ -235,9 +283,10 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
     for &size in &args.sizes {
         // One pool at a time: both together would need twice the descriptors.
         let steady = {
-            let server = start_server()?;
-            steadypool_pass(server.addr, size, args.passes, &mut scratch).await?
+            let mut server = start_server()?;
+            steadypool_pass(&mut server, size, args.passes, &mut scratch).await?
         };
+        let half_closed = steady.half_closed;
         let bare = {
             let server = start_server()?;
             deadpool_walk(server.addr, size, args.passes, &mut scratch).await?
@@ -265,6 +314,29 @@ async fn run(args: &Args) -> Result<Vec<Record>, BenchError> {
                 longest_us,
             ));
             records.push(Record::new("reaper", case, pool, "us_pass", whole_us));
+        }
+        if let Some((held_us, whole_us)) = half_closed {
+            eprintln!(
+                "{size:>16} | {:<13} | {held_us:>17.1} / {:>20} | {whole_us:>23.1} | {:>19.1}",
+                "steadypool, half of the peers gone",
+                "",
+                whole_us * 1e3 / size as f64
+            );
+            let case = format!("idle{size}-half-closed");
+            records.push(Record::new(
+                "reaper",
+                case.clone(),
+                "steadypool",
+                "us_lock_held",
+                held_us,
+            ));
+            records.push(Record::new(
+                "reaper",
+                case,
+                "steadypool",
+                "us_pass",
+                whole_us,
+            ));
         }
     }
     Ok(records)
