@@ -4,9 +4,9 @@
 //! arrived on it), asks the manager whether it is broken, closes those whose peer is
 //! gone and those past their idle or lifetime limit, starts connects to keep
 //! `min_idle` ready, and publishes the occupancy gauges. It goes over a long queue in
-//! parts, releasing deadpool's lock between them (see [`PART`]). deadpool alone never looks
-//! at an idle connection, so a socket whose server closed it sits in `CLOSE_WAIT`
-//! until the next checkout happens to pop it.
+//! parts, releasing deadpool's lock between them (see [`PART`]). deadpool alone never
+//! looks at an idle connection, so a socket whose server closed it sits in
+//! `CLOSE_WAIT` until the next checkout happens to pop it.
 //!
 //! Nothing in a tick can end the reaper: the manager's code it calls under deadpool's
 //! lock is contained (a panic there discards that connection), and a tick that
@@ -78,7 +78,7 @@ pub(super) async fn tick<M: Manager>(pool: &Backend<M>) -> Duration {
 
 /// Idle connections one part of a pass looks at under deadpool's lock. A look costs
 /// 50 to 85 ns in a large pool, whose slots and sockets are cold by the next tick
-/// (`reaper-pass`, BENCHMARKS.md): a part holds the lock for about 0.1 to 0.2 ms, and
+/// (`reaper-pass`, BENCHMARKS.md): a part holds the lock for about 0.1 to 0.3 ms, and
 /// a pass over 16,384 connections in one part held it for 0.8 to 1.4 ms, each
 /// checkout and return of the pool waiting meanwhile.
 const PART: usize = if cfg!(test) { 4 } else { 2048 };

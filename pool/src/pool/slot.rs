@@ -59,8 +59,8 @@ use crate::probe::{self, Liveness, SocketRef};
 /// 32 bytes after the connection, so with a connection of up to 32 bytes (a tokio
 /// `TcpStream` in an optimized build) it is all one line. The rest is read only when
 /// a connection is reported or closed. Measured with cachegrind, one task, 4,096
-/// connections: 5.1 first-level cache misses per checkout before, 3.1 after, against bare
-/// deadpool's 1.25 (BENCHMARKS.md).
+/// connections: 5.2 first-level cache misses per checkout before, 3.0 after, against
+/// bare deadpool's 1.25 (BENCHMARKS.md).
 #[repr(C, align(64))]
 pub(crate) struct Slot<M: Manager> {
     pub(crate) conn: M::Connection,
