@@ -30,6 +30,11 @@ pub(crate) struct CoarseInstant(coarsetime::Instant);
 const LONGEST: Duration = Duration::from_secs(1 << 31);
 
 impl CoarseInstant {
+    /// An instant no reading of the clock reaches: a deadline that never comes.
+    /// One integer where an `Option` would take two, and compared like any other.
+    pub(crate) const NEVER: CoarseInstant =
+        CoarseInstant(coarsetime::Instant::from_ticks(u64::MAX));
+
     /// The time of the kernel's last tick.
     #[inline]
     pub(crate) fn now() -> CoarseInstant {

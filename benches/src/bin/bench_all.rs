@@ -38,7 +38,8 @@ struct Args {
     /// default.
     #[arg(long, value_delimiter = ',')]
     pools: Vec<String>,
-    /// Checkout: only these pool sizes (default 8,32).
+    /// Checkout: only these pool sizes (default 8,32). Sizes whose connections do not
+    /// fit under the open-file limit are refused before anything runs.
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
     /// Checkout: only these task counts (default 1,16,64,256).

@@ -652,6 +652,27 @@ enum First<M: Manager> {
     Failed(Error<M::Error>),
 }
 
+#[cfg(feature = "bench-hooks")]
+impl<M: Manager> Pool<M> {
+    /// Runs one reaper tick now, as the reaper task does, and returns how long its
+    /// pass over the idle connections held deadpool's lock (checkouts and returns wait
+    /// that long). For the `reaper-pass` benchmark; not part of the API.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:7000")).build()?;
+    /// let held = pool.reaper_tick().await;
+    /// println!("the pass held the queue's lock for {held:?}");
+    /// # Ok(()) }
+    /// ```
+    #[doc(hidden)]
+    pub async fn reaper_tick(&self) -> Duration {
+        reaper::tick(self.backend()).await
+    }
+}
+
 /// Counts a checkout as waiting while it yields before queueing.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -699,6 +720,13 @@ pub struct Connection<M: Manager> {
     /// Always a lease of a connection; `None` only once `Drop` or a method that
     /// consumes the handle has taken it.
     object: Option<Lease<M>>,
+    /// Why the application marked it broken, if it did: it is then closed on return.
+    /// Kept here, not in the slot, like `exchange_open`: the slot's first cache line,
+    /// which every checkout and return read, has no room left for them.
+    broken: Option<ResetCause>,
+    /// An [`Exchange`] began on it and did not finish: a reply may be in flight, so
+    /// it is closed on return.
+    exchange_open: bool,
 }
 
 impl<M: Manager> Connection<M> {
@@ -706,6 +734,8 @@ impl<M: Manager> Connection<M> {
     fn new(object: Lease<M>) -> Connection<M> {
         Connection {
             object: Some(object),
+            broken: None,
+            exchange_open: false,
         }
     }
 
@@ -741,7 +771,7 @@ impl<M: Manager> Connection<M> {
     /// Marks the connection as broken: when dropped it is closed, not returned, and
     /// counted as a reset with `cause` in phase `in_use`.
     pub fn mark_broken(&mut self, cause: ResetCause) {
-        self.slot_mut().broken = Some(cause);
+        self.broken = Some(cause);
     }
 
     /// Whether this connection served an earlier checkout (it sat in the pool before).
@@ -751,7 +781,7 @@ impl<M: Manager> Connection<M> {
 
     /// Whether [`Connection::mark_broken`] was called.
     pub fn is_marked_broken(&self) -> bool {
-        self.slot().broken.is_some()
+        self.broken.is_some()
     }
 
     /// Opens an exchange: a request and its reply, written and read through the
@@ -773,14 +803,14 @@ impl<M: Manager> Connection<M> {
     /// # Ok(()) }
     /// ```
     pub fn exchange(&mut self) -> Exchange<'_, M> {
-        self.slot_mut().exchange_open = true;
+        self.exchange_open = true;
         Exchange { conn: self }
     }
 
     /// Ends the open exchange: its reply was read in full, and the connection may go
     /// back to the pool.
     pub(crate) fn finish_exchange(&mut self) {
-        self.slot_mut().exchange_open = false;
+        self.exchange_open = false;
     }
 
     /// Takes the connection out of the pool for good; the pool opens another in its
@@ -830,8 +860,8 @@ impl<M: Manager> fmt::Debug for Connection<M> {
         f.debug_struct("Connection")
             .field("id", &slot.id)
             .field("peer", &slot.peer)
-            .field("broken", &slot.broken)
-            .field("exchange_open", &slot.exchange_open)
+            .field("broken", &self.broken)
+            .field("exchange_open", &self.exchange_open)
             .finish()
     }
 }
@@ -847,9 +877,9 @@ impl<M: Manager> Drop for Connection<M> {
         // A panic while the application held the connection may have left a request
         // half-way; and the manager's own check must not run (and maybe panic) during
         // unwinding.
-        let healthy = slot.broken.is_none()
-            && !slot.exchange_open
-            && slot.retire_at.is_none_or(|at| now < at)
+        let healthy = self.broken.is_none()
+            && !self.exchange_open
+            && now < slot.retire_at
             && !std::thread::panicking();
         if healthy && slot.tally.parts.manager.broken(&slot.conn).is_none() {
             if let Some(limit) = slot.tally.parts.manager.announced_idle_limit(&slot.conn) {
@@ -950,10 +980,12 @@ impl<M: Manager> Connection<M> {
     #[cold]
     #[inline(never)]
     fn close_on_return(&mut self, now: CoarseInstant) {
+        let marked = self.broken;
+        let exchange_open = self.exchange_open;
         let slot = self.slot_mut();
-        let verdict = if let Some(cause) = slot.broken {
+        let verdict = if let Some(cause) = marked {
             Verdict::Reset(cause, None)
-        } else if slot.exchange_open || std::thread::panicking() {
+        } else if exchange_open || std::thread::panicking() {
             Verdict::Evict(Eviction::Cancelled)
         } else if let Some(broken) = slot.tally.parts.manager.broken(&slot.conn) {
             Verdict::from(broken)

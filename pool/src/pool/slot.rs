@@ -51,29 +51,36 @@ use crate::manager::Manager;
 use crate::probe::{self, Liveness, SocketRef};
 
 /// A pooled connection with the bookkeeping the pool needs.
+///
+/// Laid out for the cache. In a pool of thousands of connections taken in turn, the
+/// slot a checkout gets has not been touched since its last turn, so every cache line
+/// of it that the checkout and the return read is a miss. What they read comes first
+/// (the connection, whose socket the probe looks at, then the clock fields, the
+/// lifetime and the way back to the pool), on a line of its own: the bookkeeping takes
+/// 32 bytes after the connection, so with a connection of up to 32 bytes (a tokio
+/// `TcpStream` in an optimized build) it is all one line. The rest is read only when
+/// a connection is reported or closed. Measured with cachegrind, one task, 4,096
+/// connections: 5.2 first-level cache misses per checkout before, 3.0 after, against
+/// bare deadpool's 1.25 (BENCHMARKS.md).
+#[repr(C, align(64))]
 pub(crate) struct Slot<M: Manager> {
     pub(crate) conn: M::Connection,
-    pub(crate) id: u64,
-    pub(crate) peer: Option<SocketAddr>,
-    pub(crate) created: CoarseInstant,
-    /// When the jittered `max_lifetime` runs out.
-    pub(crate) retire_at: Option<CoarseInstant>,
     /// When the connection last carried traffic the pool knows of: its return to the
     /// pool, or a successful ping.
     pub(crate) idle_since: CoarseInstant,
     /// How long it sat idle before its current checkout (zero for a new connection):
     /// what its fate in use teaches about the path's idle limit.
     pub(crate) reused_after: CoarseDuration,
+    /// When the jittered `max_lifetime` runs out ([`CoarseInstant::NEVER`] without
+    /// one).
+    pub(crate) retire_at: CoarseInstant,
+    pub(crate) tally: Tally<M>,
+    pub(crate) id: u64,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) created: CoarseInstant,
     /// Whether it sat in the pool before its current checkout: it came from the spare
     /// stock (deadpool's own count says so for the others).
     pub(crate) spare: bool,
-    /// Why the application marked it broken in its current checkout, if it did: it
-    /// is then closed on return. A slot back in the pool always has `None` here.
-    pub(crate) broken: Option<ResetCause>,
-    /// An [`Exchange`](crate::Exchange) began on it and did not finish: a reply may
-    /// be in flight, so it is closed on return.
-    pub(crate) exchange_open: bool,
-    pub(crate) tally: Tally<M>,
 }
 
 /// What deadpool holds: a connection, or a stand-in that withdraws a surplus permit
@@ -88,6 +95,10 @@ pub(crate) enum Entry<M: Manager> {
 }
 
 /// Counts its connection's close exactly once, when dropped.
+///
+/// The way back to the pool first: a return reads it, the fate only a close does
+/// (see [`Slot`]'s layout).
+#[repr(C)]
 pub(crate) struct Tally<M: Manager> {
     pub(crate) parts: Arc<Parts<M>>,
     pub(crate) fate: Option<Fate>,
@@ -246,7 +257,7 @@ impl<M: Manager> Parts<M> {
                 }
             }
         }
-        if slot.retire_at.is_some_and(|at| now >= at) {
+        if now >= slot.retire_at {
             return Verdict::Evict(Eviction::MaxLifetime);
         }
         // Never before the limit: the idle time between two coarse readings can read
@@ -537,12 +548,12 @@ impl<M: Manager> Parts<M> {
                     id: core.next_id.fetch_add(1, Ordering::Relaxed),
                     peer,
                     created: now,
-                    retire_at: lifetime.and_then(|l| now.checked_add(l)),
+                    retire_at: lifetime
+                        .and_then(|l| now.checked_add(l))
+                        .unwrap_or(CoarseInstant::NEVER),
                     idle_since: now,
                     reused_after: CoarseDuration::ZERO,
                     spare: false,
-                    broken: None,
-                    exchange_open: false,
                     tally: Tally {
                         parts: Arc::clone(self),
                         fate: None,
@@ -609,5 +620,40 @@ impl<M: Manager> Parts<M> {
             }
             Ok(Entry::Live(Box::new(slot)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{align_of, offset_of, size_of};
+
+    use tokio::net::TcpStream;
+
+    use super::{Slot, Tally};
+    use crate::drivers::tcp::TcpManager;
+
+    /// What a checkout and a return read of a slot follows the connection, in 32
+    /// bytes: with a connection of up to 32 bytes (a tokio `TcpStream` in an optimized
+    /// build; mio adds a field to it in debug builds) all of it is on the slot's first
+    /// cache line. A field added before `tally` would push the pool pointer off it.
+    #[test]
+    fn what_a_checkout_reads_follows_the_connection_within_32_bytes() {
+        type S = Slot<TcpManager>;
+        assert_eq!(align_of::<S>(), 64);
+        assert_eq!(offset_of!(S, conn), 0);
+        let conn = size_of::<TcpStream>();
+        assert_eq!(offset_of!(S, idle_since), conn);
+        let end = offset_of!(S, tally) + offset_of!(Tally<TcpManager>, parts) + size_of::<usize>();
+        assert!(
+            end - conn <= 32,
+            "the bookkeeping takes {} bytes after the connection",
+            end - conn
+        );
+        for hot in [offset_of!(S, reused_after), offset_of!(S, retire_at)] {
+            assert!(
+                hot < end,
+                "a field every checkout reads lies at byte {hot}, past the pool pointer"
+            );
+        }
     }
 }
