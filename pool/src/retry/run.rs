@@ -285,6 +285,7 @@ impl<M: Manager> Pool<M> {
     /// its holder reads later (an HTTP response body). The holder calls
     /// `Connection::finish_exchange` once the reply was read to its end; dropped
     /// before, the connection is closed and counted as `cancelled`.
+    #[cfg(feature = "http")]
     pub(crate) async fn run_keeping<T, E, F>(
         &self,
         idempotency: Idempotency,
