@@ -3,7 +3,7 @@
 //! `NthConnectionFailManager`, for the ports of their suites.
 //!
 //! Every connection it opens is a real socket to a
-//! [`LineServer`](crate::servers::LineServer), with a counter the test may use; the
+//! [`LineServer`], with a counter the test may use; the
 //! manager counts connects attempted, connections opened and connections closed
 //! (dropped), and pings. A test scripts what the next connects and pings do
 //! ([`Behaviour`]): succeed, fail, stall, hang, or (connects) wait for the test's
