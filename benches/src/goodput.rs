@@ -42,6 +42,10 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(1);
 pub const RESET_PER_CHUNK: f64 = 0.005;
 /// A request slower than this counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The start of a wave: every task wakes from the lull at the period's start, so the
+/// requests started this early in a period are the burst that queues for the pool's
+/// connections.
+pub const WAVE_START: Duration = Duration::from_millis(50);
 
 /// A pool set-up in this scenario: a kind, and whether the application retries a
 /// failed request itself (immediately, up to `attempts` in all).
@@ -143,6 +147,44 @@ impl Run {
         let ok = self.samples.iter().filter(|s| s.ok).count();
         ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// Of the successful requests at or above the `q` quantile of latency, the percentage
+/// that started within [`WAVE_START`] of a period's start (0 when there are none).
+///
+/// The p99 of this workload is the tail of the burst that starts each wave: this says
+/// how much of it is, run by run.
+///
+/// ```
+/// use std::time::Duration;
+/// use steadypool_benches::goodput::{tail_at_wave_start_pct, Sample};
+/// let ms = Duration::from_millis;
+/// let sample = |at, latency| Sample { at: ms(at), latency: ms(latency), ok: true };
+/// // The slow request started 10 ms into the second period; the others are fast.
+/// let samples = [sample(3_010, 9), sample(500, 1), sample(700, 1), sample(900, 1)];
+/// assert_eq!(tail_at_wave_start_pct(&samples, 0.99), 100.0);
+/// assert_eq!(tail_at_wave_start_pct(&samples, 0.5), 25.0);
+/// ```
+pub fn tail_at_wave_start_pct(samples: &[Sample], q: f64) -> f64 {
+    let mut latencies: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.ok)
+        .map(|s| s.latency.as_secs_f64())
+        .collect();
+    let threshold = stats::percentile(&mut latencies, q);
+    let tail: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.ok && s.latency.as_secs_f64() >= threshold)
+        .collect();
+    if tail.is_empty() {
+        return 0.0;
+    }
+    let period = PERIOD.as_nanos();
+    let at_start = tail
+        .iter()
+        .filter(|s| s.at.as_nanos() % period < WAVE_START.as_nanos())
+        .count();
+    100.0 * at_start as f64 / tail.len() as f64
 }
 
 fn faults(on: bool) -> Faults {
@@ -289,7 +331,8 @@ fn case(with_faults: bool) -> String {
 ///
 /// Per contender and case: `success_pct` and `failed` over all runs,
 /// `throughput_rps` (median over runs), `p50_ms` and `p99_ms` of the successful
-/// requests of all runs; with faults also `resets_injected` (by the proxy, all runs)
+/// requests of all runs, `p99_tail_at_wave_start_pct` (of the requests at or above
+/// that p99, the share that started in the burst at a wave's start); with faults also `resets_injected` (by the proxy, all runs)
 /// and `throughput_vs_no_faults`.
 ///
 /// # Errors
@@ -338,6 +381,11 @@ pub async fn scenario(
             records.push(rec("throughput_rps", throughput));
             records.push(rec("p50_ms", stats::percentile(&mut latencies, 0.5)));
             records.push(rec("p99_ms", stats::percentile(&mut latencies, 0.99)));
+            let samples: Vec<Sample> = runs.iter().flat_map(|r| r.samples.clone()).collect();
+            records.push(rec(
+                "p99_tail_at_wave_start_pct",
+                tail_at_wave_start_pct(&samples, 0.99),
+            ));
             if with_faults {
                 rec_resets(
                     &mut records,
