@@ -18,7 +18,7 @@
 use std::env;
 use std::fs;
 use std::io::{self, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +83,23 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Whether something listens at `addr`: a connect within 200 ms that reached another
+/// socket ([`is_self_connect`]).
+pub fn listening_at(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        .is_ok_and(|stream| !is_self_connect(&stream))
+}
+
+/// Whether `stream` is connected to itself.
+///
+/// A connect to a loopback port in the ephemeral range that nothing listens on can be
+/// given that same port as its source port, and then connects to itself (a
+/// simultaneous open). Taken for a server's answer, it would call a server ready
+/// before it listens, and the test's first connects would be refused.
+pub fn is_self_connect(stream: &TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
+}
+
 /// A new, empty directory under the system's temporary directory, named after `what`,
 /// this process and a counter. The caller removes it.
 ///
@@ -144,6 +161,26 @@ mod tests {
         assert!(program("sh").is_some());
         assert!(program("no-such-program-steadypool").is_none());
         assert_eq!(account("root"), Some((0, 0)));
+    }
+
+    /// A socket bound to a port and connected to that same port connects to itself,
+    /// as a connect to an unserved ephemeral port can by chance.
+    #[test]
+    fn a_self_connect_is_not_a_listener() {
+        use socket2::{Domain, Socket, Type};
+
+        let addr: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_port().unwrap()).into();
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        assert!(is_self_connect(&TcpStream::from(socket)));
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let served = listener.local_addr().unwrap();
+        assert!(!is_self_connect(&TcpStream::connect(served).unwrap()));
+        assert!(listening_at(served));
+        drop(listener);
+        assert!(!listening_at(served));
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn spawn_listening(mut command: Command, port: u16) -> Result<Child, String> {
             exited = Some(status);
             return true;
         }
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        host::listening_at(addr)
     });
     if ready && exited.is_none() {
         return Ok(child);
