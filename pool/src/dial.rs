@@ -21,6 +21,12 @@
 //! black hole otherwise waits about 127 s, and a black-holed first address would
 //! otherwise leave no time for the next.
 //!
+//! A connect to a loopback port that nothing listens on can, now and then, connect
+//! to itself: the kernel may pick that very port, when it lies in the ephemeral range,
+//! as the connect's source port (a TCP simultaneous open). Every request sent on it
+//! would come back as its own reply. The dialer checks for it and reports the connect
+//! as refused, which is what it was.
+//!
 //! [`Dialer`] owns these settings: their defaults, the rule that ties the user
 //! timeout to keepalive, and the checks ([`Dialer::validate`]). The pool's builder
 //! sets its knobs on a `Dialer`, or takes one whole
@@ -520,13 +526,28 @@ impl Dialer {
             source,
         })?;
         self.set_options(SockRef::from(&socket))?;
-        socket
+        let stream = socket
             .connect(addr)
             .await
             .map_err(|source| DialError::Connect {
                 addr: addr.into(),
                 source,
-            })
+            })?;
+        if stream.local_addr().is_ok_and(|local| local == addr) {
+            // Nothing listened on `addr`, a port of the ephemeral range, and the
+            // kernel gave the connect that same port as its source: the socket
+            // connected to itself, and every request would read back as its own
+            // reply. It is what it would have been a moment sooner or later: refused.
+            return Err(DialError::Connect {
+                addr: addr.into(),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "connected to itself: nothing listens there, and the kernel \
+                     picked the same port as the source port",
+                ),
+            });
+        }
+        Ok(stream)
     }
 
     /// Sets this dialer's options on a socket opened elsewhere.

@@ -446,3 +446,36 @@ async fn an_exhausted_pool_fails_with_a_timeout_after_wait_timeout() {
     );
     assert!(err.to_string().contains("max_size"), "{err}");
 }
+
+/// A connect to a loopback port that nothing listens on connects to itself when the
+/// kernel picks that same port as its source, which it does at random among the
+/// ephemeral ports: here, in a private namespace whose range holds that one port, it
+/// must. Such a "connection" reads back every request as its reply; the pool counts
+/// it as what it is, a refused connect.
+#[test]
+fn a_connect_to_itself_is_refused() {
+    let Some(_ns) = steadypool_tests::netns::isolate("a_connect_to_itself_is_refused") else {
+        return;
+    };
+    let port = 40_000;
+    std::fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        format!("{port} {port}"),
+    )
+    .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    steadypool_tests::netns::runtime().block_on(async {
+        let pool = Pool::builder(TcpManager::new(addr))
+            .circuit_wait(Duration::ZERO)
+            .build()
+            .unwrap();
+        let err = pool
+            .get()
+            .await
+            .expect_err("nothing listens: no connection");
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert_eq!(err.cause(), Some(ResetCause::Refused), "{err}");
+        assert!(err.to_string().contains("itself"), "{err}");
+        assert_eq!(pool.status().size, 0);
+    });
+}
