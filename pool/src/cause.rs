@@ -201,8 +201,9 @@ pub enum Eviction {
     Rejected,
     /// Closed before a limit the server announced: the manager reported it due
     /// ([`Broken::server_limit`](crate::Broken::server_limit)), as the HTTP driver
-    /// does for a connection idle close to the server's `Keep-Alive: timeout`.
-    /// Nothing broke; the pool closed it first.
+    /// does for a connection idle close to the server's `Keep-Alive: timeout`, and
+    /// for one whose last response said `Connection: close` (a server's limit of
+    /// requests per connection). Nothing broke; the pool closed it first.
     ServerLimit,
 }
 

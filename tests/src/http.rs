@@ -130,6 +130,9 @@ server.on(tlsDir !== undefined ? 'secureConnection' : 'connection', (socket) => 
   socket.on('close', () => open.delete(socket));
 });
 if (keepAlive !== 'default') server.keepAliveTimeout = Number(keepAlive);
+if (process.env.MAX_REQUESTS_PER_SOCKET !== undefined) {
+  server.maxRequestsPerSocket = Number(process.env.MAX_REQUESTS_PER_SOCKET);
+}
 server.listen(Number(port), '127.0.0.1');
 "#;
 
@@ -194,6 +197,9 @@ pub struct NodeServer {
     /// The plain port of `/stats` of an https server.
     stats_port: Option<u16>,
     keep_alive: Option<Duration>,
+    /// Node's `maxRequestsPerSocket`: its last response on a connection says
+    /// `Connection: close`.
+    max_requests: Option<u32>,
     process: Process,
 }
 
@@ -205,7 +211,16 @@ impl NodeServer {
     /// # Panics
     /// Under CI instead of skipping, and whenever an installed Node fails to start.
     pub fn start(keep_alive: Option<Duration>) -> Option<NodeServer> {
-        NodeServer::launch(keep_alive, None)
+        NodeServer::launch(keep_alive, None, None)
+    }
+
+    /// Starts a server that serves at most `max_requests` requests per connection
+    /// (`maxRequestsPerSocket`), as [`NodeServer::start`] does otherwise.
+    ///
+    /// # Panics
+    /// As [`NodeServer::start`].
+    pub fn start_with_request_limit(max_requests: u32) -> Option<NodeServer> {
+        NodeServer::launch(None, None, Some(max_requests))
     }
 
     /// Starts an `https.createServer` with the certificate `ca` signed for
@@ -214,10 +229,14 @@ impl NodeServer {
     /// # Panics
     /// As [`NodeServer::start`], and when the certificate cannot be written.
     pub fn start_https(keep_alive: Option<Duration>, ca: &TestCa) -> Option<NodeServer> {
-        NodeServer::launch(keep_alive, Some(ca))
+        NodeServer::launch(keep_alive, Some(ca), None)
     }
 
-    fn launch(keep_alive: Option<Duration>, tls: Option<&TestCa>) -> Option<NodeServer> {
+    fn launch(
+        keep_alive: Option<Duration>,
+        tls: Option<&TestCa>,
+        max_requests: Option<u32>,
+    ) -> Option<NodeServer> {
         let Some(bin) = host::program("node").or_else(|| host::program("nodejs")) else {
             host::skip("node not found: install package nodejs");
             return None;
@@ -237,6 +256,7 @@ impl NodeServer {
             port: 0,
             stats_port: None,
             keep_alive,
+            max_requests,
             process: Process {
                 child: Mutex::new(None),
             },
@@ -267,6 +287,9 @@ impl NodeServer {
             .arg(keep_alive);
         if let Some(stats_port) = self.stats_port {
             command.arg(&self.dir).arg(stats_port.to_string());
+        }
+        if let Some(max) = self.max_requests {
+            command.env("MAX_REQUESTS_PER_SOCKET", max.to_string());
         }
         let child = spawn_listening(command, self.port)?;
         *self

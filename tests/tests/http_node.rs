@@ -90,12 +90,46 @@ async fn connection_close_from_the_server_is_honoured() {
 
     let stats = client.pool().stats();
     assert_eq!(stats.opened, 2, "{stats:?}");
-    assert_eq!(
-        stats.resets(ResetCause::PeerClosed, Phase::InUse),
-        1,
-        "{stats:?}"
-    );
+    // Announced, so planned: an eviction, not a reset.
+    assert_eq!(stats.evictions(Eviction::ServerLimit), 1, "{stats:?}");
+    assert_eq!(resets(&stats), 0, "{stats:?}");
     assert_eq!(node.stats().connections, 2);
+}
+
+/// Every reset counted, whatever its cause and phase.
+fn resets(stats: &steadypool::Stats) -> u64 {
+    ResetCause::ALL
+        .iter()
+        .flat_map(|cause| Phase::ALL.iter().map(|phase| stats.resets(*cause, *phase)))
+        .sum()
+}
+
+/// A server's request limit per connection (Node's `maxRequestsPerSocket`, Apache's
+/// `Keep-Alive: max=N`) shows as `Connection: close` on the last response it allows:
+/// the pool closes that connection as planned, and no request meets the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_request_limit_per_connection_is_a_planned_close() {
+    let Some(node) = NodeServer::start_with_request_limit(3) else {
+        return;
+    };
+    let client = client(HttpManager::new(&node.origin()).unwrap(), |b| b.max_size(1));
+    for n in 0..10 {
+        let response = client.send(get("/")).await.unwrap();
+        assert_eq!(response.status(), 200, "request {n}");
+        assert_eq!(response.body(), "ok");
+    }
+
+    let stats = client.pool().stats();
+    // 3 requests per connection: 4 connections, the first 3 closed after their third.
+    assert_eq!(stats.opened, 4, "{stats:?}");
+    assert_eq!(stats.evictions(Eviction::ServerLimit), 3, "{stats:?}");
+    assert_eq!(resets(&stats), 0, "{stats:?}");
+    assert_eq!(node.stats().connections, 4);
+    let limit = client.pool().idle_limit();
+    assert_eq!(
+        limit.upper, None,
+        "a request limit is no idle limit: {limit:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

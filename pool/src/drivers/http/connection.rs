@@ -328,8 +328,8 @@ pub struct HttpConnection {
     close_after: Option<Duration>,
     /// The last announced Keep-Alive timeout, in whole seconds, for the log.
     announced: u64,
-    /// The server said it closes the connection after its last response.
-    closing: bool,
+    /// The server said it closes the connection after its last response, and how.
+    closing: Option<&'static str>,
     /// A request was sent whose response was not read to the end.
     reply_pending: bool,
     /// When the last response ended (or the connection opened).
@@ -461,7 +461,16 @@ impl HttpConnection {
         let says = |token: &str| {
             connection.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         };
-        self.closing = says("close") || (version == Version::HTTP_10 && !says("keep-alive"));
+        // A server says so on the last response it allows on a connection (Apache's
+        // and nginx's request limits, Node's `maxRequestsPerSocket`, a server
+        // shutting down): a planned close, announced, not a failure.
+        self.closing = if says("close") {
+            Some("the server answered with Connection: close")
+        } else if version == Version::HTTP_10 && !says("keep-alive") {
+            Some("the server answered in HTTP/1.0 without keep-alive")
+        } else {
+            None
+        };
         if let Some(timeout) = headers
             .get("keep-alive")
             .and_then(|v| v.to_str().ok())
@@ -531,11 +540,8 @@ impl HttpConnection {
                     .with_detail("a response was not read to its end; its bytes may be in flight"),
             );
         }
-        if self.closing {
-            return Some(
-                Broken::new(ResetCause::PeerClosed)
-                    .with_detail("the server answered with Connection: close"),
-            );
+        if let Some(said) = self.closing {
+            return Some(Broken::server_limit(said));
         }
         if self.sender.is_closed() || self.driver.is_finished() {
             return Some(
@@ -625,7 +631,7 @@ impl HttpManager {
             fate,
             close_after: None,
             announced: 0,
-            closing: false,
+            closing: None,
             reply_pending: false,
             idle_since: Instant::now(),
             sent_after: Duration::ZERO,

@@ -61,7 +61,10 @@
 //! `peer_closed` reset and teaches the learner as any other.
 //! A response with `Connection: close` (or an HTTP/1.0 response without
 //! keep-alive) is honoured: hyper closes the connection after it, and the pool
-//! discards it as it comes back.
+//! discards it as it comes back, counted as the eviction `server_limit` too. That is
+//! how a server's request limit shows (`Keep-Alive: max=N` of Apache, nginx's
+//! `keepalive_requests`, Node's `maxRequestsPerSocket`): the last response it allows
+//! on a connection says `Connection: close`, and no request is sent on it after.
 //!
 //! A load balancer does not announce its idle timeout: set the pool's
 //! `idle_timeout` below it (below 60 s behind an ALB, below `timeout client`
