@@ -96,20 +96,30 @@ async fn finish<T>(mut task: JoinHandle<T>, valve: &Valve) -> T {
 /// One connection held by the test, one connect held in its hook (the gate's only
 /// permit), and the pool with room for more.
 async fn one_held_one_dialing() -> (LedgerServer, LedgerManager, Valve, Pool<LedgerManager>) {
+    pool_with(false).await
+}
+
+/// [`one_held_one_dialing`], with an on-return hook if `on_return`.
+async fn pool_with(on_return: bool) -> (LedgerServer, LedgerManager, Valve, Pool<LedgerManager>) {
     let server = LedgerServer::start(Faults::default()).await.unwrap();
     let manager = LedgerManager::new(server.addr());
     let valve = Valve::new(1);
-    let pool = Pool::builder(manager.clone())
+    let builder = Pool::builder(manager.clone())
         .max_size(4)
         .max_concurrent_connects(1)
         .wait_timeout(Duration::from_secs(30))
-        .after_connect(valve.hook())
-        .build()
-        .unwrap();
-    (server, manager, valve, pool)
+        .after_connect(valve.hook());
+    let builder = if on_return {
+        builder.on_return(|_conn, _info| Box::pin(async { Ok(()) }))
+    } else {
+        builder
+    };
+    (server, manager, valve, builder.build().unwrap())
 }
 
 async fn books_balance_after_close(pool: &Pool<LedgerManager>) {
+    // Connections on their way back through an on-return hook are still in use.
+    assert!(eventually(WITHIN, || pool.status().in_use == 0).await);
     pool.close();
     let stats = pool.stats();
     assert_eq!(
@@ -264,5 +274,53 @@ async fn a_hand_off_whose_checkout_was_cancelled_goes_to_the_next_one() {
     assert_eq!(manager.connects().len(), 2);
     assert!(eventually(WITHIN, || server.accepted() == 2).await);
     drop(again);
+    books_balance_after_close(&pool).await;
+}
+
+/// A connection returned through the on-return hook is handed off too, once its hook
+/// has passed.
+#[tokio::test]
+async fn a_connection_returned_through_the_on_return_hook_is_handed_off_after_it() {
+    let (_server, manager, valve, pool) = pool_with(true).await;
+    let held = pool.get().await.unwrap();
+    let returned_id = held.id();
+    let dialing = checkout(&pool);
+    valve.entered(2).await;
+    let waiting = checkout(&pool);
+    settle().await;
+    drop(held);
+    let got = finish(waiting, &valve).await.unwrap();
+    assert_eq!(got.id(), returned_id);
+    valve.open();
+    let other = dialing.await.unwrap().unwrap();
+    assert_eq!(manager.connects().len(), 2, "connects made");
+    drop((got, other));
+    books_balance_after_close(&pool).await;
+}
+
+/// `resize()` down while a handed-off connection waits for its checkout in the spare
+/// stock: the cap holds (the connection is closed as `resize`, and no more than the
+/// new size stay open), and the books balance.
+#[tokio::test]
+async fn a_resize_down_during_a_hand_off_keeps_the_cap() {
+    let (_server, _manager, valve, pool) = one_held_one_dialing().await;
+    let held = pool.get().await.unwrap();
+    let dialing = checkout(&pool);
+    valve.entered(2).await;
+    let waiting = checkout(&pool);
+    settle().await;
+    drop(held);
+    pool.resize(1);
+    assert_eq!(pool.stats().evictions(Eviction::Resize), 1);
+    valve.open();
+    // The dialed connection finds the pool at its new size and is closed; the waiting
+    // checkout dials the one connection the cap allows, then hands it on.
+    let first = waiting.await.unwrap().unwrap();
+    assert_eq!(pool.status().size, 1, "{:?}", pool.status());
+    drop(first);
+    let second = dialing.await.unwrap().unwrap();
+    assert_eq!(pool.status().size, 1, "{:?}", pool.status());
+    drop(second);
+    assert_eq!(pool.stats().evictions(Eviction::Resize), 2);
     books_balance_after_close(&pool).await;
 }
