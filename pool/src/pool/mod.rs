@@ -891,10 +891,12 @@ impl<M: Manager> Drop for Connection<M> {
                     .core
                     .record_reuse(slot.reused_after.to_std());
             }
-            slot.idle_since = now;
             // One relaxed load for the on-return hook and the hand-off both: this is
-            // every checkout's return.
-            if slot.tally.parts.detour() {
+            // every checkout's return. Read before the store below, so that the slot's
+            // address need not be loaded again after it (one instruction, measured).
+            let detour = slot.tally.parts.detour();
+            slot.idle_since = now;
+            if detour {
                 self.return_detour();
             }
             return;
