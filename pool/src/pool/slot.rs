@@ -17,6 +17,22 @@
 //! The first check that fails discards the connection with its cause, and the queue
 //! moves on to the next idle one (or opens a new one).
 //!
+//! **A checkout waiting for its turn to dial takes a connection returned meanwhile.**
+//! A checkout in `create` that has reserved room waits for the connect gate: for a
+//! permit (at most `max_concurrent_connects` dial at once) or on the open circuit.
+//! deadpool counts it as opening a connection, so a connection another user returns
+//! meanwhile would go to deadpool's queue, where it does not look. Instead, while such
+//! a checkout waits ([`Parts::detour`], one relaxed load on the return path), the
+//! return takes the connection out of deadpool's queue ([`Parts::hand_off`]), puts it
+//! in the spare stock and wakes one waiting checkout, which gives back its
+//! reservation (the connection is counted open already), checks it as any idle one
+//! and takes it instead of dialing. A checkout that got its turn dials as before. A
+//! connection whose checkout is gone by then (cancelled, timed out, or it got its
+//! turn first) stays in the spare stock for the next checkout, or the reaper's idle
+//! rules. After an upstream's return this is what keeps the checkouts parked on its
+//! circuit from each dialing a connection of its own, when a returned one comes
+//! sooner than their turn.
+//!
 //! **Every connection is counted when it closes, exactly once.** A [`Slot`] carries a
 //! [`Tally`] whose `Drop` counts the close, with the fate the pool decided for it (a
 //! reset with its cause and phase, or an eviction with its reason). A slot dropped on
