@@ -16,8 +16,10 @@ use steadypool_tests::flaky::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-/// Generous: on the code before hand-off, what waits here never finishes by itself.
-const WITHIN: Duration = Duration::from_secs(10);
+/// Generous, and shorter than the pools' `connect_timeout` (10 s): on the code before
+/// hand-off, what waits here never finishes by itself, and a held connect must still
+/// succeed once the valve opens after it.
+const WITHIN: Duration = Duration::from_secs(5);
 
 /// Holds every connect after the first `free` in the `after_connect` hook until
 /// opened.
@@ -107,7 +109,9 @@ async fn pool_with(on_return: bool) -> (LedgerServer, LedgerManager, Valve, Pool
     let builder = Pool::builder(manager.clone())
         .max_size(4)
         .max_concurrent_connects(1)
-        .wait_timeout(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(60))
+        // Longer than a test waits for the valve: a held connect does not time out.
+        .connect_timeout(Duration::from_secs(10))
         .after_connect(valve.hook());
     let builder = if on_return {
         builder.on_return(|_conn, _info| Box::pin(async { Ok(()) }))
