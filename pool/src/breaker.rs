@@ -19,6 +19,8 @@ use crate::cause::ResetCause;
 ///
 /// * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
 ///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
+///   A checkout waiting for its turn, or on the open circuit below, takes a healthy
+///   connection that another user returns meanwhile instead of dialing.
 /// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
 ///   consecutive failed connects the circuit *opens*: [`Pool::get`](crate::Pool::get)
 ///   calls that need a new connection stop dialing. They wait for the circuit to let

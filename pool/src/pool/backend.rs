@@ -11,6 +11,7 @@
 //! | [`Backend::checkout`] | a checkout that waits in the queue (its caller bounds the wait) |
 //! | dropping a [`Lease`] | the entry goes back to the queue (or is shed above the size) |
 //! | [`Lease::take`] | the entry leaves the queue for good, its slot freed |
+//! | [`Lease::withdraw`] | the same, for a connection that stays the pool's (a hand-off) |
 //! | [`Backend::occupancy`], [`Backend::resize`], [`Backend::close`], [`Backend::retain`] | status, size, close, and the idle entries a predicate rejects |
 //! | [`Backend::retain_part`] | the same over a part of the queue, resumed where the last part stopped |
 //!
@@ -377,6 +378,18 @@ impl<M: Manager> Lease<M> {
     /// its place is free for a new connection.
     pub(crate) fn take(self) -> Entry<M> {
         Object::take(self.0)
+    }
+
+    /// Takes the entry out of the queue for good without its manager's `detach`: the
+    /// connection stays the pool's, on its way to a checkout that waits to dial.
+    ///
+    /// deadpool's `Object::take` (0.13) lowers the queue's size by one and gives its
+    /// semaphore permit back (unless the queue is above its size after a resize), as a
+    /// return does; it runs `detach` on what the object holds, here a placeholder.
+    pub(crate) fn withdraw(mut self) -> Entry<M> {
+        let entry = std::mem::replace(&mut *self.0, Entry::Placeholder);
+        drop(Object::take(self.0));
+        entry
     }
 }
 

@@ -280,7 +280,9 @@ impl<M: Manager> PoolBuilder<M> {
     /// How many connects may be in flight at once (see [`CircuitState`](crate::CircuitState)). Default 2.
     /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
     /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
-    /// storm of connections and handshakes at the same moment.
+    /// storm of connections and handshakes at the same moment. A checkout waiting for
+    /// its turn takes a healthy connection that another user returns meanwhile, and
+    /// then does not dial at all.
     pub fn max_concurrent_connects(mut self, connects: usize) -> Self {
         self.config.max_concurrent_connects = connects;
         self
@@ -344,7 +346,9 @@ impl<M: Manager> PoolBuilder<M> {
     /// back, instead of failing with [`Error::CircuitOpen`](crate::Error::CircuitOpen)
     /// while it had time left. The bound keeps a hard outage from piling up work:
     /// after it, the checkout fails with `CircuitOpen` as before. Zero fails fast.
-    /// Healthy pooled connections are handed out without waiting either way.
+    /// Healthy pooled connections are handed out without waiting either way, and a
+    /// waiting checkout takes one that another user returns meanwhile (the trial's,
+    /// after its first request) instead of dialing.
     ///
     /// [`build`](Self::build) refuses a value above `wait_timeout`
     /// ([`BuildError::CircuitWaitAboveWaitTimeout`](crate::BuildError::CircuitWaitAboveWaitTimeout)).

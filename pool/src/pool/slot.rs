@@ -17,6 +17,22 @@
 //! The first check that fails discards the connection with its cause, and the queue
 //! moves on to the next idle one (or opens a new one).
 //!
+//! **A checkout waiting for its turn to dial takes a connection returned meanwhile.**
+//! A checkout in `create` that has reserved room waits for the connect gate: for a
+//! permit (at most `max_concurrent_connects` dial at once) or on the open circuit.
+//! deadpool counts it as opening a connection, so a connection another user returns
+//! meanwhile would go to deadpool's queue, where it does not look. Instead, while such
+//! a checkout waits ([`Parts::detour`], one relaxed load on the return path), the
+//! return takes the connection out of deadpool's queue ([`Parts::hand_off`]), puts it
+//! in the spare stock and wakes one waiting checkout, which gives back its
+//! reservation (the connection is counted open already), checks it as any idle one
+//! and takes it instead of dialing. A checkout that got its turn dials as before. A
+//! connection whose checkout is gone by then (cancelled, timed out, or it got its
+//! turn first) stays in the spare stock for the next checkout, or the reaper's idle
+//! rules. After an upstream's return this is what keeps the checkouts parked on its
+//! circuit from each dialing a connection of its own, when a returned one comes
+//! sooner than their turn.
+//!
 //! **Every connection is counted when it closes, exactly once.** A [`Slot`] carries a
 //! [`Tally`] whose `Drop` counts the close, with the fate the pool decided for it (a
 //! reset with its cause and phase, or an eviction with its reason). A slot dropped on
@@ -37,14 +53,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use super::hooks::{self, ConnectionInfo, Hook, Hooks};
 use super::state::{ConnectError, Core, Fate, Obituary, Verdict};
-use crate::breaker::CircuitEvent;
+use crate::breaker::{CircuitEvent, Refusal, Ticket};
 use crate::cause::{Classify, Disposition, Eviction, Phase, ResetCause};
 use crate::clock::{CoarseDuration, CoarseInstant};
 use crate::manager::Manager;
@@ -191,13 +210,54 @@ pub(crate) struct Parts<M: Manager> {
     /// comparison on the checkout path for both (measured: with a second test there
     /// a checkout cost 1,202 instructions instead of 1,188; with one, 1,198).
     round_trips_after: CoarseDuration,
-    /// Connections the reaper opened to keep `min_idle`, not yet taken by a checkout.
-    /// They are idle connections like those in deadpool's queue, which deadpool offers
-    /// no way to add to: a checkout that finds the queue empty takes one here before
-    /// dialing.
+    /// Connections the reaper opened to keep `min_idle`, and connections returned
+    /// while a checkout waited for its turn to dial ([`Parts::hand_off`]), not yet
+    /// taken by a checkout. They are idle connections like those in deadpool's queue,
+    /// which deadpool offers no way to add to: a checkout that finds the queue empty
+    /// takes one here before dialing.
     spare: Mutex<Vec<Box<Slot<M>>>>,
     /// Connects the refill has under way.
     refilling: AtomicUsize,
+    /// What a healthy return must do besides going back to the queue: [`ON_RETURN`]
+    /// when there is an on-return hook, plus [`WAITER`] for each checkout waiting for
+    /// its turn to dial, to which the return hands its connection. One word, so that
+    /// the return path pays one relaxed load and a branch for both (the hook's own
+    /// test costs as much).
+    detour: AtomicUsize,
+    /// Wakes one checkout waiting for its turn to dial when a returned connection was
+    /// put in the spare stock for it.
+    handed_off: Notify,
+}
+
+/// In [`Parts::detour`]: the pool has an on-return hook.
+const ON_RETURN: usize = 1;
+/// In [`Parts::detour`]: one checkout waits for its turn to dial.
+const WAITER: usize = 2;
+
+/// Counts a checkout in [`Parts::detour`] while it waits for its turn to dial; a
+/// cancelled checkout is uncounted when its future drops.
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl<'a> Waiter<'a> {
+    fn new(detour: &'a AtomicUsize) -> Waiter<'a> {
+        detour.fetch_add(WAITER, Ordering::AcqRel);
+        Waiter(detour)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(WAITER, Ordering::AcqRel);
+    }
+}
+
+/// What [`Parts::gated_connect`] came back with.
+enum Dialed<M: Manager> {
+    /// A connection it opened.
+    New(Slot<M>),
+    /// Nothing: while it waited for its turn, a returned connection was put in the
+    /// spare stock for it.
+    HandedOff,
 }
 
 impl<M: Manager> Parts<M> {
@@ -206,13 +266,20 @@ impl<M: Manager> Parts<M> {
             Some(_) => CoarseDuration::ZERO,
             None => core.config.check_after,
         };
+        let detour = if hooks.on_return.is_some() {
+            ON_RETURN
+        } else {
+            0
+        };
         Arc::new(Parts {
             manager,
             core,
-            hooks,
             round_trips_after,
             spare: Mutex::new(Vec::new()),
             refilling: AtomicUsize::new(0),
+            detour: AtomicUsize::new(detour),
+            handed_off: Notify::new(),
+            hooks,
         })
     }
 }
@@ -380,6 +447,46 @@ impl<M: Manager> Parts<M> {
             .len()
     }
 
+    /// Whether a healthy return has more to do than go back to the queue: run the
+    /// on-return hook, or hand its connection to a checkout waiting to dial. One
+    /// relaxed load: a return that misses a checkout that just began to wait goes
+    /// back to the queue, and that checkout dials, as it would have without hand-off.
+    #[inline(always)]
+    pub(crate) fn detour(&self) -> bool {
+        self.detour.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether a checkout waits for its turn to dial.
+    pub(crate) fn awaited(&self) -> bool {
+        self.detour.load(Ordering::Relaxed) >= WAITER
+    }
+
+    /// Puts a healthy returned connection, already out of deadpool's queue, in the
+    /// spare stock and wakes one checkout waiting for its turn to dial, which takes it
+    /// instead of dialing. Should that checkout be gone (cancelled, or it got its turn
+    /// at the same moment), the connection waits in the spare stock like any other:
+    /// the next checkout that finds the queue empty takes it, or the reaper closes it
+    /// by its idle rules. It is counted open all along: the checkout that takes it
+    /// gives back the room it had reserved to dial.
+    ///
+    /// The size cap and `close()` are checked under the spare stock's lock, as the
+    /// refill does: `close()` and `resize()` change them before they empty the stock,
+    /// so a connection either sees the change here or is emptied out with the stock.
+    pub(crate) fn hand_off(&self, mut slot: Box<Slot<M>>) {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.core.is_closing() || self.core.open() > self.core.max_size.load(Ordering::Acquire) {
+            drop(spare);
+            self.manager.detach(&mut slot.conn);
+            // Counted as its drop explains it: `closed`, or `resize`.
+            drop(slot);
+            return;
+        }
+        slot.spare = true;
+        spare.push(slot);
+        drop(spare);
+        self.handed_off.notify_one();
+    }
+
     /// Connects the refill has under way.
     pub(crate) fn refilling(&self) -> usize {
         self.refilling.load(Ordering::Acquire)
@@ -430,9 +537,17 @@ impl<M: Manager> Parts<M> {
     pub(crate) async fn open_spare(self: Arc<Self>) -> Option<Result<(), ConnectError<M::Error>>> {
         let reservation = self.core.reserve()?;
         self.refilling.fetch_add(1, Ordering::AcqRel);
-        // The refill does not wait on an open circuit: the next tick tries again.
-        let result = self.gated_connect(Duration::ZERO).await;
+        // The refill does not wait on an open circuit: the next tick tries again. Nor
+        // does it take a returned connection: that would only move an idle connection
+        // from the queue to the spare stock.
+        let result = self.gated_connect(Duration::ZERO, false).await;
         self.refilling.fetch_sub(1, Ordering::AcqRel);
+        let result = match result {
+            Ok(Dialed::New(slot)) => Ok(slot),
+            // Not asked for: nothing was opened.
+            Ok(Dialed::HandedOff) => return None,
+            Err(err) => Err(err),
+        };
         Some(result.map(|mut slot| {
             reservation.keep();
             slot.spare = true;
@@ -455,16 +570,27 @@ impl<M: Manager> Parts<M> {
 
     /// A new connection, through the connect gate. The caller has reserved room.
     /// While the circuit is open it waits up to `patience` for it to let a connect
-    /// through.
+    /// through. With `take_returned`, a connection returned while it waits for its
+    /// turn (a gate permit, or the circuit) ends the wait instead
+    /// ([`Dialed::HandedOff`]).
     async fn gated_connect(
         self: &Arc<Self>,
         patience: Duration,
-    ) -> Result<Slot<M>, ConnectError<M::Error>> {
+        take_returned: bool,
+    ) -> Result<Dialed<M>, ConnectError<M::Error>> {
         let observer = &self.core.observer;
         let give_up = tokio::time::Instant::now() + patience;
         loop {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let ticket = self.core.gate.enter_within(left).await.map_err(|refusal| {
+            let entered = if take_returned {
+                self.wait_turn(left).await
+            } else {
+                Some(self.core.gate.enter_within(left).await)
+            };
+            let Some(entered) = entered else {
+                return Ok(Dialed::HandedOff);
+            };
+            let ticket = entered.map_err(|refusal| {
                 observer.gate_rejected();
                 ConnectError::CircuitOpen(Box::new(refusal))
             })?;
@@ -500,7 +626,38 @@ impl<M: Manager> Parts<M> {
             if reopened && !permanent && tokio::time::Instant::now() < give_up {
                 continue;
             }
-            return result;
+            return result.map(Dialed::New);
+        }
+    }
+
+    /// The connect gate's answer ([`Gate::enter_within`](crate::breaker::Gate::enter_within)),
+    /// or `None` when a returned connection was handed to this checkout while it
+    /// waited for its turn.
+    ///
+    /// A checkout that gets its turn at once is not counted as waiting: it dials, and a
+    /// connection returned meanwhile stays in the queue.
+    async fn wait_turn(&self, patience: Duration) -> Option<Result<Ticket<'_>, Refusal>> {
+        let mut enter = pin!(self.core.gate.enter_within(patience));
+        if let Poll::Ready(entered) =
+            std::future::poll_fn(|cx| Poll::Ready(enter.as_mut().poll(cx))).await
+        {
+            return Some(entered);
+        }
+        let _waiting = Waiter::new(&self.detour);
+        loop {
+            // A hand-off made before this `notified()` left its wake-up stored
+            // (`notify_one`), so none is missed between the count and the wait.
+            tokio::select! {
+                biased;
+                () = self.handed_off.notified() => {
+                    // Another checkout may have taken it first: then wait on, unless
+                    // `close()` emptied the stock, which ends the checkout.
+                    if self.spare_count() > 0 || self.core.is_closing() {
+                        return None;
+                    }
+                }
+                entered = enter.as_mut() => return Some(entered),
+            }
         }
     }
 
@@ -585,7 +742,9 @@ impl<M: Manager> Parts<M> {
 impl<M: Manager> Parts<M> {
     /// A connection for a checkout that found the queue empty: one from the spare
     /// stock that passes the checkout check, else a new one; a placeholder when the
-    /// size cap has no room.
+    /// size cap has no room. While it waits for its turn to dial, a connection
+    /// returned meanwhile is handed to it through the spare stock
+    /// ([`Parts::hand_off`]), and it takes that one instead of dialing.
     ///
     /// Opening a connection takes a round trip or more, and its future is large
     /// (resolve, connect, the manager's handshake). It lives on the heap so that
@@ -593,17 +752,34 @@ impl<M: Manager> Parts<M> {
     /// would otherwise copy kilobytes it never uses.
     pub(crate) fn create(self: &Arc<Self>) -> Opening<'_, M> {
         Box::pin(async {
-            while let Some(mut slot) = self.take_spare() {
-                if self.checkout_check(&mut slot).await {
-                    return Ok(Entry::Live(slot));
+            let give_up = tokio::time::Instant::now() + self.core.config.circuit_wait();
+            let mut slot = loop {
+                while let Some(mut slot) = self.take_spare() {
+                    if self.checkout_check(&mut slot).await {
+                        return Ok(Entry::Live(slot));
+                    }
+                    self.manager.detach(&mut slot.conn);
                 }
-                self.manager.detach(&mut slot.conn);
-            }
-            let Some(reservation) = self.core.reserve() else {
-                return Ok(Entry::Placeholder);
+                let Some(reservation) = self.core.reserve() else {
+                    return Ok(Entry::Placeholder);
+                };
+                let patience = give_up.saturating_duration_since(tokio::time::Instant::now());
+                match self.gated_connect(patience, true).await? {
+                    Dialed::New(slot) => {
+                        reservation.keep();
+                        break slot;
+                    }
+                    // The returned connection is counted open already: the room
+                    // reserved for a new one goes back, and the spare stock is looked
+                    // at again.
+                    Dialed::HandedOff => {
+                        drop(reservation);
+                        if self.core.is_closing() {
+                            return Err(ConnectError::PoolClosed);
+                        }
+                    }
+                }
             };
-            let mut slot = self.gated_connect(self.core.config.circuit_wait()).await?;
-            reservation.keep();
             // `close()` or `resize()` may have returned while this connect ran: its
             // promise holds from that moment, so the new connection does not outlive
             // it. Dropped while closing, it is counted `closed`.
