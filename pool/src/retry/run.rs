@@ -520,8 +520,6 @@ impl<M: Manager> Pool<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn progress(maybe_sent: bool) -> Progress<std::io::Error> {
