@@ -17,8 +17,18 @@ use crate::cause::ResetCause;
 /// a stampede of handshakes the moment it comes back. The gate puts two limits on a
 /// pool's connects:
 ///
-/// * **At most [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects)
-///   in flight.** Further connects wait their turn (inside `get()`'s `wait_timeout`).
+/// * **A width: how many connects may be in flight at once.** Further connects wait
+///   their turn (inside `get()`'s `wait_timeout`). The width follows the upstream's
+///   health, like TCP's congestion window: it starts narrow (2), grows by one with
+///   each successful connect (so it doubles with each round of connects) up to its
+///   ceiling (16 by default), and stays there across idle periods, so a pool whose
+///   connects succeed reopens a burst of connections that went idle and were closed
+///   all at once, as a pool without a gate would. A failed connect narrows it back at
+///   once: connects already in flight go on, but no new one starts until fewer than
+///   the narrow width are in flight. A connect that started before that failure does
+///   not widen the gate when it succeeds. An explicit
+///   [`max_concurrent_connects`](crate::PoolBuilder::max_concurrent_connects) is the
+///   ceiling, never exceeded, and the narrow width is 2 or that value when lower.
 ///   A checkout waiting for its turn, or on the open circuit below, takes a healthy
 ///   connection that another user returns meanwhile instead of dialing.
 /// * **A circuit.** After [`circuit_open_after`](crate::PoolBuilder::circuit_open_after)
@@ -42,7 +52,10 @@ use crate::cause::ResetCause;
 /// parked on the circuit are told at once, and those that arrive while it is open
 /// fail at once, until a trial fails for another reason or succeeds.
 ///
-/// Any successful connect closes the circuit. The state is in
+/// Any successful connect closes the circuit. One that closes it starts the width
+/// again from narrow: an upstream that just came back, with every pool of a fleet
+/// reconnecting to it, gets a slow start rather than each pool's full ceiling at once.
+/// The state is in
 /// [`Status::circuit`](crate::Status::circuit) and in the `steadypool_circuit_state`
 /// gauge.
 ///
@@ -74,7 +87,7 @@ use crate::cause::ResetCause;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CircuitState {
-    /// Connects go ahead (at most `max_concurrent_connects` at once).
+    /// Connects go ahead (as many at once as the gate's width allows).
     #[default]
     Closed,
     /// The open period is over: the next connect is a trial, and while it is in
@@ -148,7 +161,10 @@ pub(crate) struct Refusal {
 /// The gate's settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GateConfig {
-    pub(crate) max_concurrent_connects: usize,
+    /// The width after a failed connect and after the circuit closes, and at first.
+    pub(crate) narrow: usize,
+    /// The widest the gate grows while connects succeed; at least `narrow`.
+    pub(crate) ceiling: usize,
     pub(crate) open_after: u32,
     /// The longest open period: the cap of the doubling schedule.
     pub(crate) open_for: Duration,
@@ -161,6 +177,25 @@ pub(crate) struct GateConfig {
 /// a fraction of a second: a first trial tens of milliseconds after the circuit opens
 /// finds it, and the doubling keeps a long outage down to a trial per `open_for`.
 pub(crate) const FIRST_OPEN: Duration = Duration::from_millis(100);
+
+/// The narrow width: two connects in flight while the upstream's health is unknown
+/// or bad. One would serialize a pool's reconnects behind a slow handshake; more
+/// would multiply a fleet's load on an upstream that is failing.
+pub(crate) const NARROW: usize = 2;
+
+/// The default ceiling of the width: a pool whose connects succeed reopens up to 16
+/// connections at once (as many as a burst after an idle close usually needs),
+/// without letting a large pool open hundreds of handshakes at the same moment.
+pub(crate) const CEILING: usize = 16;
+
+/// The narrow width and the ceiling for a pool's `max_concurrent_connects`: the
+/// defaults when unset; when set, the value is the ceiling and bounds the narrow width.
+pub(crate) fn widths(max_concurrent_connects: Option<usize>) -> (usize, usize) {
+    match max_concurrent_connects {
+        Some(connects) => (NARROW.min(connects), connects),
+        None => (NARROW, CEILING),
+    }
+}
 
 #[derive(Debug)]
 enum Circuit {
@@ -180,6 +215,16 @@ struct State {
     /// Trials that failed since the circuit last closed: the exponent of the next
     /// open period.
     failed_trials: u32,
+    /// Connects allowed in flight now, from `narrow` to `ceiling`: the semaphore's
+    /// free permits plus the permits tickets hold, less `owed`.
+    width: usize,
+    /// Permits held by tickets that must be forgotten, not returned, when they end:
+    /// the part of a narrowing the free permits could not pay at once.
+    owed: usize,
+    /// Counts the narrowings. A connect that started before the last one does not
+    /// widen the gate when it succeeds: its success says nothing about the failure
+    /// that came after it started.
+    narrowings: u64,
 }
 
 /// One pool's connect gate. See the [module docs](self).
@@ -196,7 +241,7 @@ pub(crate) struct Gate {
 impl Gate {
     pub(crate) fn new(config: GateConfig) -> Gate {
         Gate {
-            permits: Semaphore::new(config.max_concurrent_connects),
+            permits: Semaphore::new(config.narrow),
             state: Mutex::new(State {
                 circuit: Circuit::Closed,
                 failures: 0,
@@ -204,6 +249,9 @@ impl Gate {
                 last_error: Arc::from(""),
                 last_permanent: false,
                 failed_trials: 0,
+                width: config.narrow,
+                owed: 0,
+                narrowings: 0,
             }),
             moved: Notify::new(),
             config,
@@ -240,6 +288,7 @@ impl Gate {
             permit: None,
             trial,
             settled: false,
+            narrowings: 0,
         };
         // Dropping `ticket` while waiting here (a cancelled checkout) hands a trial
         // back, so the circuit cannot stay half-open with nobody trying.
@@ -248,11 +297,7 @@ impl Gate {
             Err(_) => unreachable!("the gate's semaphore is never closed"),
         };
         ticket.permit = Some(permit);
-        if !trial {
-            // The circuit may have opened while this connect waited for a permit:
-            // then it must not dial either.
-            self.admit_waiter()?;
-        }
+        ticket.narrowings = self.admit_waiter(trial)?;
         Ok(ticket)
     }
 
@@ -310,10 +355,16 @@ impl Gate {
         }
     }
 
-    fn admit_waiter(&self) -> Result<(), Refusal> {
+    /// Decides once a permit is in hand, and returns the narrowings so far. The
+    /// circuit may have opened while a connect waited for its permit: then it must
+    /// not dial either. The trial dials whatever the circuit says: it is its trial.
+    fn admit_waiter(&self, trial: bool) -> Result<u64, Refusal> {
         let state = self.lock();
+        if trial {
+            return Ok(state.narrowings);
+        }
         match state.circuit {
-            Circuit::Closed => Ok(()),
+            Circuit::Closed => Ok(state.narrowings),
             Circuit::HalfOpen => Err(refusal(&state, Duration::ZERO)),
             Circuit::Open { until } => Err(refusal(
                 &state,
@@ -333,14 +384,63 @@ impl Gate {
         period / 2 + (period / 2).mul_f64(fastrand::f64())
     }
 
-    fn succeeded(&self) -> Option<CircuitEvent> {
+    /// Narrows the width at once. Free permits are forgotten now; what they cannot
+    /// pay is owed by the connects in flight, each of which forgets its permit when
+    /// it ends, so no new connect starts until fewer than `narrow` are in flight.
+    fn narrow(&self, state: &mut State) {
+        state.narrowings = state.narrowings.wrapping_add(1);
+        let excess = state.width.saturating_sub(self.config.narrow);
+        state.width = self.config.narrow;
+        if excess > 0 {
+            let forgotten = self.permits.forget_permits(excess);
+            state.owed += excess - forgotten;
+        }
+    }
+
+    /// Widens by one, up to the ceiling, unless the gate narrowed since the connect
+    /// that succeeded started.
+    fn widen(&self, state: &mut State, narrowings: u64) {
+        if narrowings != state.narrowings || state.width >= self.config.ceiling {
+            return;
+        }
+        state.width += 1;
+        if state.owed > 0 {
+            state.owed -= 1;
+        } else {
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// Ends a ticket's hold on its permit: returned, or forgotten if a narrowing is
+    /// still owed.
+    fn release(&self, permit: SemaphorePermit<'_>) {
+        let mut state = self.lock();
+        let owed = state.owed > 0;
+        if owed {
+            state.owed -= 1;
+        }
+        drop(state);
+        if owed {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
+
+    fn succeeded(&self, narrowings: u64) -> Option<CircuitEvent> {
         let mut state = self.lock();
         let was = std::mem::replace(&mut state.circuit, Circuit::Closed);
         let failures = std::mem::take(&mut state.failures);
         state.failed_trials = 0;
         state.last_permanent = false;
-        drop(state);
         let moved = !matches!(was, Circuit::Closed);
+        if moved {
+            // The upstream just came back: a slow start from narrow.
+            self.narrow(&mut state);
+        } else {
+            self.widen(&mut state, narrowings);
+        }
+        drop(state);
         if moved {
             self.moved.notify_waiters();
         }
@@ -354,6 +454,7 @@ impl Gate {
         state.last_cause = failure.cause;
         state.last_error = error;
         state.last_permanent = failure.permanent;
+        self.narrow(&mut state);
         let open = match state.circuit {
             Circuit::HalfOpen => trial,
             Circuit::Closed => state.failures >= self.config.open_after,
@@ -425,6 +526,8 @@ pub(crate) struct Ticket<'g> {
     permit: Option<SemaphorePermit<'g>>,
     trial: bool,
     settled: bool,
+    /// The gate's narrowings when this connect was admitted.
+    narrowings: u64,
 }
 
 impl Ticket<'_> {
@@ -435,7 +538,7 @@ impl Ticket<'_> {
 
     pub(crate) fn succeeded(mut self) -> Option<CircuitEvent> {
         self.settled = true;
-        self.gate.succeeded()
+        self.gate.succeeded(self.narrowings)
     }
 
     pub(crate) fn failed(
@@ -471,7 +574,9 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        drop(self.permit.take());
+        if let Some(permit) = self.permit.take() {
+            self.gate.release(permit);
+        }
         if !self.settled && self.trial {
             self.gate.abandoned();
         }
@@ -492,7 +597,8 @@ mod tests {
 
     fn gate(open_after: u32) -> Gate {
         let config = GateConfig {
-            max_concurrent_connects: 2,
+            narrow: 2,
+            ceiling: 2,
             open_after,
             open_for: Duration::from_secs(10),
             // The fixed period these tests were written for; the doubling schedule
@@ -636,7 +742,8 @@ mod tests {
 
     fn doubling_gate() -> Gate {
         Gate::new(GateConfig {
-            max_concurrent_connects: 2,
+            narrow: 2,
+            ceiling: 2,
             open_after: 1,
             open_for: Duration::from_millis(800),
             first_open: Duration::from_millis(25),
@@ -707,7 +814,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_checkouts_are_woken_by_the_trials_success() {
         let gate = Gate::new(GateConfig {
-            max_concurrent_connects: 4,
+            narrow: 4,
+            ceiling: 4,
             open_after: 1,
             open_for: Duration::from_secs(10),
             first_open: Duration::from_secs(10),
@@ -812,7 +920,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_checkouts_are_told_at_once_when_the_trial_fails_for_good() {
         let gate = Gate::new(GateConfig {
-            max_concurrent_connects: 4,
+            narrow: 4,
+            ceiling: 4,
             open_after: 1,
             open_for: Duration::from_secs(10),
             first_open: Duration::from_secs(10),
@@ -875,6 +984,154 @@ mod tests {
             !refused.permanent,
             "a success forgets the permanent failure"
         );
+    }
+
+    /// A gate with the pool's default width (2 to 16) and the circuit as configured.
+    fn widening_gate(open_after: u32) -> Gate {
+        Gate::new(GateConfig {
+            narrow: NARROW,
+            ceiling: CEILING,
+            open_after,
+            open_for: Duration::from_secs(10),
+            first_open: Duration::from_secs(10),
+        })
+    }
+
+    /// A ticket if the gate admits one without waiting. Outside tokio's cooperative
+    /// budget, which would otherwise answer "wait" after a long run of admissions.
+    fn enter_now(gate: &Gate) -> Option<Ticket<'_>> {
+        futures_poll(&mut Box::pin(tokio::task::unconstrained(gate.enter())))
+            .map(|entered| entered.unwrap())
+    }
+
+    /// How many connects the gate lets through at once now: tickets are taken until
+    /// one has to wait, then all are dropped unreported, which moves nothing.
+    fn admitted_at_once(gate: &Gate) -> usize {
+        let mut held = Vec::new();
+        loop {
+            let mut next = Box::pin(tokio::task::unconstrained(gate.enter()));
+            match futures_poll(&mut next) {
+                Some(ticket) => held.push(ticket.unwrap()),
+                None => return held.len(),
+            }
+        }
+    }
+
+    /// `n` connects through the gate, one after the other, that succeed.
+    async fn succeed(gate: &Gate, n: usize) {
+        for _ in 0..n {
+            gate.enter().await.unwrap().succeeded();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_width_grows_by_one_per_success_up_to_the_ceiling_and_stays() {
+        let gate = widening_gate(3);
+        assert_eq!(
+            admitted_at_once(&gate),
+            NARROW,
+            "narrow while nothing is known"
+        );
+        succeed(&gate, 1).await;
+        assert_eq!(admitted_at_once(&gate), NARROW + 1);
+        succeed(&gate, 5).await;
+        assert_eq!(admitted_at_once(&gate), NARROW + 6);
+        succeed(&gate, 100).await;
+        assert_eq!(admitted_at_once(&gate), CEILING);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(admitted_at_once(&gate), CEILING, "still wide after idling");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_narrows_at_once_and_connects_in_flight_hold_the_new_starts() {
+        let gate = widening_gate(u32::MAX);
+        succeed(&gate, CEILING).await;
+        let mut in_flight: Vec<_> = (0..CEILING).map(|_| enter_now(&gate).unwrap()).collect();
+        let failed = in_flight.pop().unwrap();
+        assert_eq!(failed.failed(ResetCause::Refused, &"refused"), None);
+        // Fifteen started before the failure are still in flight: nothing new starts
+        // until fewer than the narrow width are.
+        let mut waiting = Box::pin(tokio::task::unconstrained(gate.enter()));
+        while in_flight.len() > NARROW {
+            assert!(futures_poll(&mut waiting).is_none(), "{}", in_flight.len());
+            // Their successes do not widen the gate again: they began before the failure.
+            in_flight.pop().unwrap().succeeded();
+        }
+        assert!(futures_poll(&mut waiting).is_none());
+        drop(in_flight.pop());
+        let next = futures_poll(&mut waiting).unwrap().unwrap();
+        drop((next, in_flight));
+        assert_eq!(admitted_at_once(&gate), NARROW);
+        assert_eq!(gate.permits.available_permits(), NARROW, "no permit lost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_width_starts_narrow_when_the_circuit_closes_after_a_trial() {
+        let gate = widening_gate(3);
+        succeed(&gate, CEILING).await;
+        for _ in 0..3 {
+            refuse_one_connect(&gate).await;
+        }
+        assert_eq!(gate.state(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = gate.enter().await.unwrap();
+        assert!(trial.is_trial());
+        assert!(trial.succeeded().is_some());
+        assert_eq!(
+            admitted_at_once(&gate),
+            NARROW,
+            "a slow start after an outage"
+        );
+        succeed(&gate, 2).await;
+        assert_eq!(admitted_at_once(&gate), NARROW + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_explicit_max_concurrent_connects_is_never_exceeded() {
+        for set in [1, 2, 4, 64] {
+            let (narrow, ceiling) = widths(Some(set));
+            assert_eq!(ceiling, set);
+            let gate = Gate::new(GateConfig {
+                narrow,
+                ceiling,
+                open_after: 3,
+                open_for: Duration::from_secs(10),
+                first_open: Duration::from_secs(10),
+            });
+            assert_eq!(narrow, NARROW.min(set));
+            assert_eq!(admitted_at_once(&gate), narrow, "set to {set}");
+            succeed(&gate, 200).await;
+            assert_eq!(admitted_at_once(&gate), set, "set to {set}");
+            refuse_one_connect(&gate).await;
+            assert_eq!(admitted_at_once(&gate), narrow, "set to {set}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_waiters_and_dropped_tickets_lose_no_permit_across_moves() {
+        let gate = widening_gate(u32::MAX);
+        succeed(&gate, 6).await;
+        let width = NARROW + 6;
+        let mut held: Vec<_> = (0..width).map(|_| enter_now(&gate).unwrap()).collect();
+        let mut waiters: Vec<_> = (0..10)
+            .map(|_| Box::pin(tokio::task::unconstrained(gate.enter())))
+            .collect();
+        for waiter in &mut waiters {
+            assert!(futures_poll(waiter).is_none());
+        }
+        // Half the waiters give up, a connect fails (narrowing while the others
+        // wait), two finish unreported, then the rest of the waiters give up too.
+        waiters.truncate(5);
+        held.pop().unwrap().failed(ResetCause::Refused, &"refused");
+        held.truncate(held.len() - 2);
+        drop(waiters);
+        drop(held);
+        assert_eq!(gate.permits.available_permits(), NARROW);
+        assert_eq!(admitted_at_once(&gate), NARROW);
+        // And growing again pays back every permit.
+        succeed(&gate, 100).await;
+        assert_eq!(gate.permits.available_permits(), CEILING);
+        assert_eq!(admitted_at_once(&gate), CEILING);
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {

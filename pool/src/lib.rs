@@ -24,10 +24,11 @@
 //!   the request may have taken effect ([`RunError::MaybeExecuted`]) or provably did
 //!   not ([`RunError::NotExecuted`]), and every call counts in
 //!   `steadypool_runs_total{outcome}`.
-//! * **A connect gate** ([`CircuitState`]): a few connects in flight at most, and a
-//!   circuit that stops dialing while the upstream is down: checkouts that need a
-//!   connection wait for a trial connect to succeed (bounded by `circuit_wait`),
-//!   instead of every waiter dialing it.
+//! * **A connect gate** ([`CircuitState`]): a few connects in flight at most (up to
+//!   16 while connects succeed, 2 after a failure or an outage), and a circuit that
+//!   stops dialing while the upstream is down: checkouts that need a connection wait
+//!   for a trial connect to succeed (bounded by `circuit_wait`), instead of every
+//!   waiter dialing it.
 //!
 //! Built on [`deadpool::managed`](https://docs.rs/deadpool): its queue and semaphore,
 //! plus everything it leaves to you.

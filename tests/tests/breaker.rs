@@ -4,18 +4,28 @@
 //! return (with the default), and the pool recovers within one open period of the
 //! upstream's return. An upstream that refuses for good (a certificate that does not
 //! verify) gets its answer to every caller at once, and is still spared a storm.
+//! The gate's width as a server sees it: a burst reopens connections a load balancer
+//! closed all at once while connects succeed, and two at a time after one failed.
 
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
 use steadypool::{
-    AttemptError, CircuitState, Classify, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy,
-    RunError,
+    AttemptError, CircuitState, Classify, Dialer, Error, GiveUp, Manager, Phase, Pool, ResetCause,
+    RetryPolicy, RunError, SocketRef,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
+use steadypool_tests::line_manager::LineConnection;
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::tls::{TestCa, TlsServer, TlsServerOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 const BASE: Duration = Duration::from_millis(40);
 /// Long enough that the checks made while the circuit is open finish inside even its
@@ -450,4 +460,189 @@ enum AppError {
     #[error("i/o: {0}")]
     #[classify(transport)]
     Io(#[source] std::io::Error),
+}
+
+/// How long the holding server keeps each new connection in its handshake: long
+/// enough that a burst's connects, if the gate lets them, overlap on a loaded machine.
+const HOLD: Duration = Duration::from_millis(400);
+
+/// A server whose handshake takes [`HOLD`]: it greets each connection that long after
+/// accepting it, or while failing closes it ungreeted (a failed connect), and counts
+/// how many connections were in their handshake at once. On request it closes every
+/// greeted connection, as a load balancer's idle timeout does.
+struct HoldingServer {
+    addr: SocketAddr,
+    most_at_once: Arc<AtomicUsize>,
+    greeted: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    close_all: watch::Sender<u64>,
+    acceptor: tokio::task::AbortHandle,
+}
+
+impl Drop for HoldingServer {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl HoldingServer {
+    async fn start() -> HoldingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let greeted = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let (close_all, closing) = watch::channel(0);
+        let acceptor = tokio::spawn({
+            let (most_at_once, greeted, failing) = (
+                Arc::clone(&most_at_once),
+                Arc::clone(&greeted),
+                Arc::clone(&failing),
+            );
+            let in_handshake = Arc::new(AtomicUsize::new(0));
+            async move {
+                let mut handlers = tokio::task::JoinSet::new();
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let (in_handshake, most_at_once, greeted, failing) = (
+                        Arc::clone(&in_handshake),
+                        Arc::clone(&most_at_once),
+                        Arc::clone(&greeted),
+                        Arc::clone(&failing),
+                    );
+                    let mut closing = closing.clone();
+                    handlers.spawn(async move {
+                        let now = in_handshake.fetch_add(1, Ordering::SeqCst) + 1;
+                        most_at_once.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(HOLD).await;
+                        // Out of the handshake before the client can see its outcome.
+                        in_handshake.fetch_sub(1, Ordering::SeqCst);
+                        if failing.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        greeted.fetch_add(1, Ordering::SeqCst);
+                        closing.mark_unchanged();
+                        if tokio::io::AsyncWriteExt::write_all(&mut stream, b"HELLO\n")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let mut sink = Vec::new();
+                        tokio::select! {
+                            _ = closing.changed() => {}
+                            _ = stream.read_to_end(&mut sink) => {}
+                        }
+                    });
+                }
+            }
+        });
+        HoldingServer {
+            addr,
+            most_at_once,
+            greeted,
+            failing,
+            close_all,
+            acceptor: acceptor.abort_handle(),
+        }
+    }
+
+    /// The most connections in their handshake at once since the last call.
+    fn take_most_at_once(&self) -> usize {
+        self.most_at_once.swap(0, Ordering::SeqCst)
+    }
+
+    /// Closes every greeted connection, and waits for the closes to reach the pool.
+    async fn close_all(&self) {
+        self.close_all.send_modify(|generation| *generation += 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A connect is done when the server's greeting arrived.
+#[derive(Debug)]
+struct GreetedManager(SocketAddr);
+
+impl Manager for GreetedManager {
+    type Connection = LineConnection;
+    type Error = io::Error;
+
+    async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
+        let mut conn = BufReader::new(dialer.connect(&self.0.into()).await?);
+        let mut greeting = String::new();
+        conn.read_line(&mut greeting).await?;
+        if greeting != "HELLO\n" {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("greeted with {greeting:?}"),
+            ));
+        }
+        Ok(conn)
+    }
+
+    fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::from(conn))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reconnects_at_once_while_connects_succeed_and_two_at_a_time_after_a_failure() {
+    const BURST: usize = 8;
+    let server = HoldingServer::start().await;
+    let pool = Pool::builder(GreetedManager(server.addr))
+        .max_size(BURST)
+        // The gate's width alone: the circuit never opens.
+        .circuit_open_after(u32::MAX)
+        .reaper_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    // Each checkout of a burst holds its connection until all have one, so each
+    // needs a connection of its own.
+    let burst = async |pool: &Pool<GreetedManager>| {
+        let checkouts: Vec<_> = (0..BURST)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.get().await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for checkout in checkouts {
+            outcomes.push(checkout.await.unwrap());
+        }
+        outcomes
+    };
+
+    // A new pool's first burst: its connects succeed, and widen the gate.
+    let held = burst(&pool).await;
+    assert!(held.iter().all(Result::is_ok));
+    drop(held);
+    assert_eq!(server.greeted.load(Ordering::SeqCst), BURST);
+    server.take_most_at_once();
+
+    // Every idle connection closed by the upstream: the next burst reopens them all
+    // at once, as a pool without a gate would.
+    server.close_all().await;
+    let held = burst(&pool).await;
+    assert!(held.iter().all(Result::is_ok));
+    drop(held);
+    assert_eq!(
+        server.greeted.load(Ordering::SeqCst),
+        2 * BURST,
+        "every checkout of the second burst opened a connection"
+    );
+    let most = server.take_most_at_once();
+    assert_eq!(
+        most, BURST,
+        "connects of a healthy pool's burst in flight at once"
+    );
+
+    // The upstream now fails every handshake. Once one connect failed, a burst's
+    // connects go two at a time.
+    server.failing.store(true, Ordering::SeqCst);
+    server.close_all().await;
+    assert!(pool.get().await.is_err());
+    server.take_most_at_once();
+    let failed = burst(&pool).await;
+    assert!(failed.iter().all(Result::is_err));
+    let most = server.take_most_at_once();
+    assert_eq!(most, 2, "connects in flight at once after a failure");
 }

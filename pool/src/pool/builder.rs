@@ -46,7 +46,7 @@ impl<M: Manager> Pool<M> {
 /// | [`queue_mode`](Self::queue_mode) | FIFO | connections idling out while the pool is busy |
 /// | [`reaper_interval`](Self::reaper_interval) | 1 s | dead sockets lingering in `CLOSE_WAIT` |
 /// | [`learn_idle_limit`](Self::learn_idle_limit) | on | repeated resets from an idle limit below `idle_timeout` |
-/// | [`max_concurrent_connects`](Self::max_concurrent_connects) | 2 | a burst of waiters, or a restarted upstream's every client, dialing at once |
+/// | [`max_concurrent_connects`](Self::max_concurrent_connects) | a width from 2 (after a failure or an outage) to 16 (while connects succeed) | a burst of waiters, or a restarted upstream's every client, dialing at once; a burst after an idle close reopening its connections two at a time |
 /// | [`circuit_open_after`](Self::circuit_open_after) | 3 failed connects | every checkout dialing an upstream that is down |
 /// | [`circuit_open_for`](Self::circuit_open_for) | 250 ms | trial connects hammering a down upstream, or in lock-step across a fleet |
 /// | [`circuit_first_open`](Self::circuit_first_open) | 100 ms (at most `circuit_open_for`) | a pool turning connects away long after a short restart of its upstream |
@@ -277,14 +277,41 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// How many connects may be in flight at once (see [`CircuitState`](crate::CircuitState)). Default 2.
-    /// Further connects wait their turn within `wait_timeout`. Prevents a burst of
-    /// checkouts, or every pool of a fleet when the upstream restarts, from opening a
-    /// storm of connections and handshakes at the same moment. A checkout waiting for
-    /// its turn takes a healthy connection that another user returns meanwhile, and
-    /// then does not dial at all.
+    /// The most connects in flight at once: a hard ceiling on the connect gate's
+    /// width (see [`CircuitState`](crate::CircuitState)). Further connects wait their
+    /// turn within `wait_timeout`.
+    ///
+    /// Default: a width that follows the upstream's health, from 2 up to 16. It starts
+    /// at 2, grows by one with each successful connect, and stays wide across idle
+    /// periods, so a burst of checkouts that finds its idle connections closed by a
+    /// load balancer reopens them together instead of two at a time. A failed connect
+    /// narrows it back to 2 at once, and so does the circuit closing after an outage,
+    /// from where it grows again. The narrow width prevents a burst of checkouts, or
+    /// every pool of a fleet when the upstream restarts, from opening a storm of
+    /// connections and handshakes against an upstream that is failing or just came
+    /// back; the ceiling keeps a large pool from opening hundreds at the same moment.
+    ///
+    /// Set, the value is the ceiling and is never exceeded (the width still narrows to
+    /// 2, or the value when lower, after a failure): set it for an upstream whose
+    /// handshake is costly (TLS, authentication) or that limits new connections.
+    /// [`build`](Self::build) refuses zero.
+    ///
+    /// A checkout waiting for its turn takes a healthy connection that another user
+    /// returns meanwhile, and then does not dial at all.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadypool::BuildError> {
+    /// use steadypool::{drivers::tcp::TcpManager, Pool};
+    ///
+    /// // A costly handshake: never more than 4 at once, 2 after a failure.
+    /// let pool = Pool::builder(TcpManager::new("127.0.0.1:5432"))
+    ///     .max_concurrent_connects(4)
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent_connects(mut self, connects: usize) -> Self {
-        self.config.max_concurrent_connects = connects;
+        self.config.max_concurrent_connects = Some(connects);
         self
     }
 

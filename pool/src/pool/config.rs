@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::breaker::{FIRST_OPEN, GateConfig};
+use crate::breaker::{FIRST_OPEN, GateConfig, widths};
 use crate::clock::CoarseDuration;
 use crate::dial::{Dialer, SocketSettingError};
 use crate::retry::policy::{PolicyError, RetryPolicy};
@@ -47,7 +47,9 @@ pub(crate) struct Config {
     pub(crate) queue_mode: QueueMode,
     pub(crate) reaper_interval: Duration,
     pub(crate) learn_idle_limit: bool,
-    pub(crate) max_concurrent_connects: usize,
+    /// `None`: the gate's default widths; set: the ceiling, never exceeded
+    /// ([`widths`]).
+    pub(crate) max_concurrent_connects: Option<usize>,
     pub(crate) circuit_open_after: u32,
     pub(crate) circuit_open_for: Duration,
     /// `None`: [`FIRST_OPEN`], or `circuit_open_for` when that is shorter.
@@ -76,7 +78,7 @@ impl Default for Config {
             queue_mode: QueueMode::Fifo,
             reaper_interval: Duration::from_secs(1),
             learn_idle_limit: true,
-            max_concurrent_connects: 2,
+            max_concurrent_connects: None,
             circuit_open_after: 3,
             circuit_open_for: Duration::from_millis(250),
             circuit_first_open: None,
@@ -108,8 +110,10 @@ impl Config {
     }
 
     pub(crate) fn gate(&self) -> GateConfig {
+        let (narrow, ceiling) = widths(self.max_concurrent_connects);
         GateConfig {
-            max_concurrent_connects: self.max_concurrent_connects,
+            narrow,
+            ceiling,
             open_after: self.circuit_open_after,
             open_for: self.circuit_open_for,
             first_open: self
@@ -161,7 +165,7 @@ impl Config {
         {
             return Err(BuildError::JitterAboveMaxLifetime { jitter, lifetime });
         }
-        if self.max_concurrent_connects == 0 {
+        if self.max_concurrent_connects == Some(0) {
             return Err(BuildError::ZeroLimit {
                 knob: "max_concurrent_connects",
             });

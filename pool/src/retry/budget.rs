@@ -102,9 +102,13 @@ impl RetryState {
     }
 
     pub(crate) fn next_seed(&self, policy: &RetryPolicy) -> u64 {
-        let run = self.runs.fetch_add(1, Ordering::Relaxed);
         match policy.jitter_seed {
-            Some(seed) => seed ^ run.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            Some(seed) => {
+                let run = self.runs.fetch_add(1, Ordering::Relaxed);
+                seed ^ run.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            }
+            // Only a seeded policy numbers its runs: a shared counter is a cache line
+            // every run on every thread would otherwise write.
             None => fastrand::u64(..),
         }
     }
