@@ -1,7 +1,10 @@
 //! A [`Manager`] for [`LineServer`](crate::servers::LineServer)'s protocol, with a
-//! real round-trip ping, counting its connects and pings.
+//! real round-trip ping, counting its connects and pings; and [`GreetedManager`],
+//! whose connect lasts until the server's greeting, for servers that hold a
+//! connection in its handshake.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use steadypool::{Address, Dialer, Manager, SocketRef};
@@ -79,5 +82,33 @@ impl Manager for LineManager {
                 format!("ping answered {other:?}"),
             )),
         }
+    }
+}
+
+/// A connect that is done when the server's greeting line, `HELLO`, arrived: a server
+/// that holds the greeting holds the connect in its handshake, as a TLS or database
+/// server does while it works.
+#[derive(Debug)]
+pub struct GreetedManager(pub SocketAddr);
+
+impl Manager for GreetedManager {
+    type Connection = LineConnection;
+    type Error = io::Error;
+
+    async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
+        let mut conn = BufReader::new(dialer.connect(&self.0.into()).await?);
+        let mut greeting = String::new();
+        conn.read_line(&mut greeting).await?;
+        if greeting != "HELLO\n" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("greeted with {greeting:?}"),
+            ));
+        }
+        Ok(conn)
+    }
+
+    fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::from(conn))
     }
 }

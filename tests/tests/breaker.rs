@@ -7,7 +7,6 @@
 //! The gate's width as a server sees it: a burst reopens connections a load balancer
 //! closed all at once while connects succeed, and two at a time after one failed.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use steadypool::metrics::{CHECKOUT_ERRORS, CONNECTS, CheckoutFailure, RESETS};
 use steadypool::{
-    AttemptError, CircuitState, Classify, Dialer, Error, GiveUp, Manager, Phase, Pool, ResetCause,
-    RetryPolicy, RunError, SocketRef,
+    AttemptError, CircuitState, Classify, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy,
+    RunError,
 };
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
-use steadypool_tests::line_manager::LineConnection;
+use steadypool_tests::line_manager::GreetedManager;
 use steadypool_tests::recorded::RecordedMetrics;
 use steadypool_tests::tls::{TestCa, TlsServer, TlsServerOptions};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -555,32 +554,6 @@ impl HoldingServer {
     async fn close_all(&self) {
         self.close_all.send_modify(|generation| *generation += 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// A connect is done when the server's greeting arrived.
-#[derive(Debug)]
-struct GreetedManager(SocketAddr);
-
-impl Manager for GreetedManager {
-    type Connection = LineConnection;
-    type Error = io::Error;
-
-    async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
-        let mut conn = BufReader::new(dialer.connect(&self.0.into()).await?);
-        let mut greeting = String::new();
-        conn.read_line(&mut greeting).await?;
-        if greeting != "HELLO\n" {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("greeted with {greeting:?}"),
-            ));
-        }
-        Ok(conn)
-    }
-
-    fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::from(conn))
     }
 }
 

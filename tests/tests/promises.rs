@@ -19,15 +19,15 @@ use steadypool::metrics::{
     CIRCUIT_STATE, CONNECTIONS, CONNECTS, EVICTIONS, IDLE_EVICT_AFTER, RESETS, WAITERS,
 };
 use steadypool::{
-    AttemptError, CircuitState, Dialer, Error, Eviction, GiveUp, Manager, Pool, PoolBuilder,
-    RetryPolicy, RunError, SocketRef,
+    AttemptError, CircuitState, Error, Eviction, GiveUp, Manager, Pool, PoolBuilder, RetryPolicy,
+    RunError,
 };
 use steadypool_tests::eventually;
-use steadypool_tests::line_manager::{LineConnection, LineManager, request};
+use steadypool_tests::line_manager::{GreetedManager, LineManager, request};
 use steadypool_tests::recorded::{Books, RecordedMetrics};
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -408,32 +408,6 @@ impl SlowHandshakeServer {
             greeted,
             acceptor: acceptor.abort_handle(),
         }
-    }
-}
-
-/// A connect is done when the server's greeting arrived.
-#[derive(Debug)]
-struct GreetedManager(SocketAddr);
-
-impl Manager for GreetedManager {
-    type Connection = LineConnection;
-    type Error = io::Error;
-
-    async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
-        let mut conn = BufReader::new(dialer.connect(&self.0.into()).await?);
-        let mut greeting = String::new();
-        conn.read_line(&mut greeting).await?;
-        if greeting != "HELLO\n" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("greeted with {greeting:?}"),
-            ));
-        }
-        Ok(conn)
-    }
-
-    fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
-        Some(SocketRef::from(conn))
     }
 }
 
