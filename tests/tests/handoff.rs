@@ -95,26 +95,19 @@ async fn finish<T>(mut task: JoinHandle<T>, valve: &Valve) -> T {
     }
 }
 
-/// The scene every hand-off test starts from: the test holds one connection, a
-/// second checkout's connect is held in its hook (the gate's only permit), and a
-/// third checkout waits for its turn to dial.
-struct Scene {
-    held: Connection<LedgerManager>,
-    dialing: Checkout,
-    waiting: Checkout,
-}
-
-async fn scene(pool: &Pool<LedgerManager>, valve: &Valve) -> Scene {
+/// The scene every hand-off test starts from: the test holds one connection (the
+/// first), a second checkout's connect is held in its hook (the gate's only permit),
+/// and a third checkout waits for its turn to dial.
+async fn scene(
+    pool: &Pool<LedgerManager>,
+    valve: &Valve,
+) -> (Connection<LedgerManager>, Checkout, Checkout) {
     let held = pool.get().await.unwrap();
     let dialing = checkout(pool);
     valve.entered(2).await;
     let waiting = checkout(pool);
     settle().await;
-    Scene {
-        held,
-        dialing,
-        waiting,
-    }
+    (held, dialing, waiting)
 }
 
 /// One connection held by the test, one connect held in its hook (the gate's only
@@ -162,11 +155,7 @@ async fn books_balance_after_close(pool: &Pool<LedgerManager>) {
 #[tokio::test]
 async fn a_checkout_waiting_for_the_gate_takes_a_connection_returned_meanwhile() {
     let (server, manager, valve, pool) = one_held_one_dialing().await;
-    let Scene {
-        held,
-        dialing,
-        waiting,
-    } = scene(&pool, &valve).await;
+    let (held, dialing, waiting) = scene(&pool, &valve).await;
     let returned_id = held.id();
     drop(held);
     let mut got = finish(waiting, &valve).await.unwrap();
@@ -246,11 +235,7 @@ async fn checkouts_parked_on_the_circuit_share_the_connections_returned_after_th
 #[tokio::test]
 async fn a_pool_closed_during_a_hand_off_closes_the_connection_and_dials_no_more() {
     let (_server, manager, valve, pool) = one_held_one_dialing().await;
-    let Scene {
-        held,
-        dialing,
-        waiting,
-    } = scene(&pool, &valve).await;
+    let (held, dialing, waiting) = scene(&pool, &valve).await;
     drop(held);
     pool.close();
     let ended = finish(waiting, &valve).await;
@@ -274,11 +259,7 @@ async fn a_pool_closed_during_a_hand_off_closes_the_connection_and_dials_no_more
 #[tokio::test]
 async fn a_hand_off_whose_checkout_was_cancelled_goes_to_the_next_one() {
     let (server, manager, valve, pool) = one_held_one_dialing().await;
-    let Scene {
-        held,
-        dialing,
-        waiting: first,
-    } = scene(&pool, &valve).await;
+    let (held, dialing, first) = scene(&pool, &valve).await;
     let returned_id = held.id();
     let second = checkout(&pool);
     settle().await;
@@ -308,11 +289,7 @@ async fn a_hand_off_whose_checkout_was_cancelled_goes_to_the_next_one() {
 #[tokio::test]
 async fn a_connection_returned_through_the_on_return_hook_is_handed_off_after_it() {
     let (_server, manager, valve, pool) = pool_with(true).await;
-    let Scene {
-        held,
-        dialing,
-        waiting,
-    } = scene(&pool, &valve).await;
+    let (held, dialing, waiting) = scene(&pool, &valve).await;
     let returned_id = held.id();
     drop(held);
     let got = finish(waiting, &valve).await.unwrap();
@@ -330,11 +307,7 @@ async fn a_connection_returned_through_the_on_return_hook_is_handed_off_after_it
 #[tokio::test]
 async fn a_resize_down_during_a_hand_off_keeps_the_cap() {
     let (_server, _manager, valve, pool) = one_held_one_dialing().await;
-    let Scene {
-        held,
-        dialing,
-        waiting,
-    } = scene(&pool, &valve).await;
+    let (held, dialing, waiting) = scene(&pool, &valve).await;
     drop(held);
     pool.resize(1);
     assert_eq!(pool.stats().evictions(Eviction::Resize), 1);
