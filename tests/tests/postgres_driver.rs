@@ -121,7 +121,12 @@ async fn backends_terminated_while_idle_never_reach_the_application() {
         "terminated connections stayed in the pool: {:?}",
         pool.status()
     );
-    assert_eq!(pool.stats().resets(ResetCause::PeerClosed, Phase::Idle), 3);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.resets(ResetCause::PeerClosed, Phase::Idle),
+        3,
+        "{stats:?}"
+    );
     assert!(no_close_wait(server.port()).await);
 
     let conn = pool.get().await.unwrap();
