@@ -139,6 +139,11 @@ pub trait Manager: Send + Sync + 'static {
     /// the failure in its own code, [`Connection::mark_broken`](crate::Connection::mark_broken)
     /// says so at once.
     ///
+    /// When [`socket`](Manager::socket) is a [`SocketRef::Raw`] duplicate of a socket
+    /// a driver's task reads, and the probe finds it closed or reset, the pool asks
+    /// here first and counts the reason given: the task saw the session end before
+    /// the probe did (a server's goodbye, then the reset that answered a late write).
+    ///
     /// A connection that is fine but due to close (it sat idle nearly as long as the
     /// server said it keeps idle connections) is reported with
     /// [`Broken::server_limit`]: the pool closes it as a planned eviction

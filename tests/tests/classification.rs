@@ -11,21 +11,31 @@
 //! | the listener's accept queue is full, so SYNs are dropped | `connect_timeout` / `connect` |
 //! | the server writes on an idle connection | `unexpected_data` / `idle` |
 //! | the server hangs, and the checkout ping times out | `ping_failed` / `checkout` |
+//! | a driver's task read the server's goodbye, then an RST came (reaper or checkout) | `peer_closed`, as the driver recorded |
 //!
 //! Each test also checks that nothing else was recorded: one fault, one label.
 //! The black-hole causes (`keepalive_timeout`, `user_timeout`) need packets dropped by
 //! the kernel and are covered with the other kernel-level faults.
 
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use steadypool::{Classify, Disposition, Manager, Phase, Pool, PoolBuilder, ResetCause};
+use steadypool::{
+    Address, Broken, Classify, Dialer, Disposition, Manager, Phase, Pool, PoolBuilder, ResetCause,
+    SocketRef,
+};
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::recorded::Books;
 use steadypool_tests::servers::LineServer;
-use tokio::task::JoinSet;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::task::{JoinHandle, JoinSet};
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Generous: these are waits for loopback events, which take microseconds.
@@ -221,4 +231,111 @@ async fn a_ping_the_server_never_answers_is_ping_failed_checkout() {
     assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
     assert_eq!(pool.manager().pings(), 1);
     recorded(&pool, ResetCause::PingFailed, Phase::Checkout, 1).await;
+}
+
+/// A connection whose socket a background task reads, as tokio-postgres' and redis'
+/// do: the pool probes a duplicate of it ([`SocketRef::Raw`]), and the task records
+/// the first thing that ends the session, a server's `BYE` line.
+struct DrivenConnection {
+    duplicate: Socket,
+    goodbye: Arc<OnceLock<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for DrivenConnection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Opens [`DrivenConnection`]s to a [`LineServer`]; counts the goodbyes read.
+struct DrivenManager {
+    addr: SocketAddr,
+    goodbyes: Arc<AtomicUsize>,
+}
+
+impl Manager for DrivenManager {
+    type Connection = DrivenConnection;
+    type Error = io::Error;
+
+    async fn connect(&self, dialer: &Dialer) -> io::Result<DrivenConnection> {
+        let stream = dialer.connect(&Address::from(self.addr)).await?;
+        let duplicate = socket2::SockRef::from(&stream).try_clone()?;
+        let goodbye = Arc::new(OnceLock::new());
+        let (recorded, goodbyes) = (goodbye.clone(), self.goodbyes.clone());
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("BYE") && recorded.set(line).is_ok() {
+                    goodbyes.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(DrivenConnection {
+            duplicate,
+            goodbye,
+            reader,
+        })
+    }
+
+    fn socket<'a>(&self, conn: &'a DrivenConnection) -> Option<SocketRef<'a>> {
+        Some(SocketRef::Raw(conn.duplicate.as_fd()))
+    }
+
+    async fn ping(&self, _: &mut DrivenConnection) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn broken(&self, conn: &DrivenConnection) -> Option<Broken> {
+        let goodbye = conn.goodbye.get()?;
+        Some(Broken::new(ResetCause::PeerClosed).with_detail(goodbye.clone()))
+    }
+}
+
+/// A pool of one idle [`DrivenConnection`] to `server`.
+async fn one_driven(server: &LineServer, reaper_interval: Duration) -> Pool<DrivenManager> {
+    let manager = DrivenManager {
+        addr: server.addr(),
+        goodbyes: Arc::default(),
+    };
+    let pool = Pool::builder(manager)
+        .reaper_interval(reaper_interval)
+        .check_after(HOUR)
+        .build()
+        .unwrap();
+    drop(pool.get().await.unwrap());
+    assert!(eventually(PATIENCE, || server.live() == 1).await);
+    pool
+}
+
+/// The server says `BYE`, the connection's task records it, then the server resets
+/// the connection.
+async fn goodbye_then_rst(server: &LineServer, pool: &Pool<DrivenManager>) {
+    assert_eq!(server.send_all(b"BYE terminating connection\n").await, 1);
+    let goodbyes = &pool.manager().goodbyes;
+    assert!(eventually(PATIENCE, || goodbyes.load(Ordering::SeqCst) == 1).await);
+    assert_eq!(server.reset_all().await, 1);
+}
+
+#[tokio::test]
+async fn a_goodbye_the_driver_read_before_an_rst_is_peer_closed_idle() {
+    let server = LineServer::start().await.unwrap();
+    let pool = one_driven(&server, Duration::from_millis(200)).await;
+
+    // The RST right behind the goodbye the task recorded: the reaper's next look
+    // (most likely after the RST) finds the duplicate reset.
+    goodbye_then_rst(&server, &pool).await;
+    recorded(&pool, ResetCause::PeerClosed, Phase::Idle, 1).await;
+}
+
+#[tokio::test]
+async fn a_goodbye_the_driver_read_before_an_rst_is_peer_closed_at_checkout() {
+    let server = LineServer::start().await.unwrap();
+    let pool = one_driven(&server, HOUR).await;
+
+    goodbye_then_rst(&server, &pool).await;
+    // Let the RST reach the client's socket, where the probe's peek finds it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(pool.get().await.unwrap());
+    recorded(&pool, ResetCause::PeerClosed, Phase::Checkout, 1).await;
 }

@@ -8,7 +8,9 @@
 //! trip:
 //!
 //! 1. the [`probe`] (an atomic load, or one `peek`): first, so that a connection the
-//!    path already closed counts as a reset even when it is also past a limit,
+//!    path already closed counts as a reset even when it is also past a limit; on
+//!    the duplicate of a socket a driver's task reads, a close the probe finds is
+//!    counted with the reason the driver recorded first, when it recorded one,
 //! 2. lifetime and idle limits (a read of the coarse [`clock`](crate::clock)),
 //! 3. [`Manager::broken`] (a flag read): a reset, or a planned close before a limit
 //!    the server announced (counted as the eviction `server_limit`),
@@ -304,24 +306,34 @@ impl<M: Manager> Parts<M> {
         // evidence about the path's idle limit) even when it is also past a limit of
         // ours. In the common case it costs an atomic load, no more than the limits.
         if let Some(socket) = self.manager.socket(&slot.conn) {
-            match probe::check(socket) {
-                Liveness::Alive => {}
-                Liveness::PeerClosed => return Verdict::Reset(ResetCause::PeerClosed, None),
-                Liveness::PeerReset => return Verdict::Reset(ResetCause::PeerReset, None),
+            let found = match probe::check(socket) {
+                Liveness::Alive => None,
+                Liveness::PeerClosed => Some(Verdict::Reset(ResetCause::PeerClosed, None)),
+                Liveness::PeerReset => Some(Verdict::Reset(ResetCause::PeerReset, None)),
                 // A raw socket is a duplicate of one a driver's task reads: bytes
                 // waiting there are the task's next message (a late reply to a statement
                 // close, a notification, or a server's goodbye before its FIN), not a
                 // desync. The task reads them; a close behind them the probe reports
                 // as `PeerClosed` (from the TCP state), or `Manager::broken` does.
-                Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => {}
-                Liveness::UnexpectedData => {
-                    return Verdict::Reset(ResetCause::UnexpectedData, None);
-                }
+                Liveness::UnexpectedData if matches!(socket, SocketRef::Raw(_)) => None,
+                Liveness::UnexpectedData => Some(Verdict::Reset(ResetCause::UnexpectedData, None)),
                 Liveness::Error(err) => {
                     // The message names what a layer saw (a TLS alert, for one).
                     let cause = ResetCause::of_io(&err, Phase::Idle);
-                    return Verdict::Reset(cause, Some(err.to_string()));
+                    Some(Verdict::Reset(cause, Some(err.to_string())))
                 }
+            };
+            if let Some(found) = found {
+                // The task that reads a raw socket's original saw the session end
+                // before the probe could: a PostgreSQL backend's FATAL before its FIN,
+                // and the RST that answers a write sent after that FIN. What the task
+                // recorded is the cause; what the probe finds is its aftermath.
+                if matches!(socket, SocketRef::Raw(_))
+                    && let Some(broken) = self.manager.broken(&slot.conn)
+                {
+                    return Verdict::from(broken);
+                }
+                return found;
             }
         }
         if now >= slot.retire_at {
