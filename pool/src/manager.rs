@@ -141,8 +141,9 @@ pub trait Manager: Send + Sync + 'static {
     ///
     /// When [`socket`](Manager::socket) is a [`SocketRef::Raw`] duplicate of a socket
     /// a driver's task reads, and the probe finds it closed or reset, the pool asks
-    /// here first and counts the reason given: the task saw the session end before
-    /// the probe did (a server's goodbye, then the reset that answered a late write).
+    /// here first and counts the reason given, unless it is a planned close: the
+    /// task saw the session end before the probe did (a server's goodbye, then the
+    /// reset that answered a late write).
     ///
     /// A connection that is fine but due to close (it sat idle nearly as long as the
     /// server said it keeps idle connections) is reported with

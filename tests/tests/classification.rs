@@ -12,6 +12,7 @@
 //! | the server writes on an idle connection | `unexpected_data` / `idle` |
 //! | the server hangs, and the checkout ping times out | `ping_failed` / `checkout` |
 //! | a driver's task read the server's goodbye, then an RST came (reaper or checkout) | `peer_closed`, as the driver recorded |
+//! | the server resets a connection its manager calls due for a planned close | `peer_reset` / `checkout`, no `server_limit` |
 //!
 //! Each test also checks that nothing else was recorded: one fault, one label.
 //! The black-hole causes (`keepalive_timeout`, `user_timeout`) need packets dropped by
@@ -20,14 +21,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use steadypool::{
-    Address, Broken, Classify, Dialer, Disposition, Manager, Phase, Pool, PoolBuilder, ResetCause,
-    SocketRef,
+    Address, Broken, Classify, Dialer, Disposition, Eviction, Manager, Phase, Pool, PoolBuilder,
+    ResetCause, SocketRef,
 };
 use steadypool_tests::eventually;
 use steadypool_tests::faults;
@@ -248,10 +249,12 @@ impl Drop for DrivenConnection {
     }
 }
 
-/// Opens [`DrivenConnection`]s to a [`LineServer`]; counts the goodbyes read.
+/// Opens [`DrivenConnection`]s to a [`LineServer`]; counts the goodbyes read. Once
+/// `due`, calls every connection due for a planned close.
 struct DrivenManager {
     addr: SocketAddr,
     goodbyes: Arc<AtomicUsize>,
+    due: AtomicBool,
 }
 
 impl Manager for DrivenManager {
@@ -287,8 +290,13 @@ impl Manager for DrivenManager {
     }
 
     fn broken(&self, conn: &DrivenConnection) -> Option<Broken> {
-        let goodbye = conn.goodbye.get()?;
-        Some(Broken::new(ResetCause::PeerClosed).with_detail(goodbye.clone()))
+        match conn.goodbye.get() {
+            Some(goodbye) => Some(Broken::new(ResetCause::PeerClosed).with_detail(goodbye.clone())),
+            None => self
+                .due
+                .load(Ordering::SeqCst)
+                .then(|| Broken::server_limit("idle close to the server's limit")),
+        }
     }
 }
 
@@ -297,6 +305,7 @@ async fn one_driven(server: &LineServer, reaper_interval: Duration) -> Pool<Driv
     let manager = DrivenManager {
         addr: server.addr(),
         goodbyes: Arc::default(),
+        due: AtomicBool::new(false),
     };
     let pool = Pool::builder(manager)
         .reaper_interval(reaper_interval)
@@ -338,4 +347,20 @@ async fn a_goodbye_the_driver_read_before_an_rst_is_peer_closed_at_checkout() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(pool.get().await.unwrap());
     recorded(&pool, ResetCause::PeerClosed, Phase::Checkout, 1).await;
+}
+
+#[tokio::test]
+async fn an_rst_before_a_planned_close_is_peer_reset_not_the_plan() {
+    let server = LineServer::start().await.unwrap();
+    let pool = one_driven(&server, HOUR).await;
+
+    // The server reset the connection before the pool's planned close, which the
+    // manager now calls due: the reset is what happened, and evidence of its limit.
+    assert_eq!(server.reset_all().await, 1);
+    pool.manager().due.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Held, not returned: on its return the new connection is due as well.
+    let _new = pool.get().await.unwrap();
+    recorded(&pool, ResetCause::PeerReset, Phase::Checkout, 1).await;
+    assert_eq!(pool.stats().evictions(Eviction::ServerLimit), 0);
 }

@@ -327,9 +327,12 @@ impl<M: Manager> Parts<M> {
                 // The task that reads a raw socket's original saw the session end
                 // before the probe could: a PostgreSQL backend's FATAL before its FIN,
                 // and the RST that answers a write sent after that FIN. What the task
-                // recorded is the cause; what the probe finds is its aftermath.
+                // recorded is the cause; what the probe finds is its aftermath. A
+                // planned close is no record: the peer closed first, which is a reset
+                // and evidence about its limit.
                 if matches!(socket, SocketRef::Raw(_))
                     && let Some(broken) = self.manager.broken(&slot.conn)
+                    && !broken.planned
                 {
                     return Verdict::from(broken);
                 }
