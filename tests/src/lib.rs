@@ -28,6 +28,13 @@ pub mod tls;
 pub mod tool;
 pub mod unreliable;
 
+/// The README's complete programs (its `rust` and `rust,no_run` blocks), compiled as
+/// doctests, so that a change of the API cannot leave them behind. Its fragments of
+/// a larger program are marked `ignore`; the tests named next to them run that code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct Readme;
+
 /// Checks `condition` every 10 ms until it holds or `within` passes; returns whether
 /// it held. Timing-dependent tests wait with a generous `within` instead of sleeping a
 /// guessed amount.

@@ -296,3 +296,134 @@ pub enum BuildError {
     #[error("internal error: the pool's queue refused its configuration: {0}")]
     Internal(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::dial::Keepalive;
+
+    /// The README a reader sees: the repository's, or the published crate's copy.
+    fn readme() -> String {
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(crate_dir.join("../README.md"))
+            .or_else(|_| std::fs::read_to_string(crate_dir.join("README.md")))
+            .unwrap()
+    }
+
+    /// The default the README's table of knobs states for `knob`.
+    fn stated(readme: &str, knob: &str) -> String {
+        let row = format!("| `{knob}` | ");
+        let line = readme
+            .lines()
+            .find(|line| line.starts_with(&row))
+            .unwrap_or_else(|| panic!("no row for `{knob}` in the README's table of knobs"));
+        let cell = &line[row.len()..];
+        cell[..cell.find(" |").unwrap()].to_owned()
+    }
+
+    /// A duration as the README writes it.
+    fn written(duration: Duration) -> String {
+        let ms = duration.as_millis();
+        match ms {
+            _ if ms % 60_000 == 0 => format!("{} min", ms / 60_000),
+            _ if ms % 1000 == 0 => format!("{} s", ms / 1000),
+            _ => format!("{ms} ms"),
+        }
+    }
+
+    /// Asserts that `knob`'s stated default is `value`, or starts with it followed by
+    /// a remark (a space or a comma).
+    fn assert_stated(readme: &str, knob: &str, value: &str) {
+        let stated = stated(readme, knob);
+        let rest = stated.strip_prefix(value);
+        assert!(
+            rest.is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ','])),
+            "the README says `{knob}` defaults to {stated:?}; the code: {value:?}"
+        );
+    }
+
+    #[test]
+    fn the_readmes_table_of_knobs_states_each_default_as_the_code_has_it() {
+        let readme = readme();
+        let config = Config::default();
+        let gate = config.gate();
+        let keepalive = Keepalive::default();
+        let detection = keepalive.idle + keepalive.interval * keepalive.count;
+        for (knob, value) in [
+            ("max_size", config.max_size.to_string()),
+            ("min_idle", config.min_idle.to_string()),
+            ("wait_timeout", written(config.wait_timeout)),
+            ("connect_timeout", written(config.connect_timeout())),
+            ("ping_timeout", written(config.ping_timeout)),
+            ("idle_timeout", written(config.idle_timeout.unwrap())),
+            ("max_lifetime", written(config.max_lifetime.unwrap())),
+            ("check_after", written(config.check_after.to_std())),
+            ("reaper_interval", written(config.reaper_interval)),
+            ("circuit_open_for", written(gate.open_for)),
+            ("circuit_first_open", written(gate.first_open)),
+            ("circuit_wait", written(config.circuit_wait())),
+            (
+                "circuit_open_after",
+                format!("{} failed connects", gate.open_after),
+            ),
+            (
+                "keepalive",
+                format!(
+                    "{} / {} / {}",
+                    written(keepalive.idle),
+                    written(keepalive.interval),
+                    keepalive.count
+                ),
+            ),
+            (
+                "user_timeout",
+                format!("keepalive detection time ({})", written(detection)),
+            ),
+            (
+                "max_concurrent_connects",
+                format!("a width from {} ", gate.narrow),
+            ),
+            (
+                "queue_mode",
+                format!("{:?}", config.queue_mode).to_uppercase(),
+            ),
+            ("learn_idle_limit", "on".to_owned()),
+        ] {
+            assert_stated(&readme, knob, value.trim_end());
+        }
+        assert!(config.learn_idle_limit);
+        let width = stated(&readme, "max_concurrent_connects");
+        assert!(width.contains(&format!("to {} ", gate.ceiling)), "{width}");
+        assert_eq!(config.lifetime_jitter() * 40, config.max_lifetime.unwrap());
+        assert_stated(&readme, "max_lifetime_jitter", "2.5 % of `max_lifetime`");
+    }
+
+    #[test]
+    fn the_readme_states_the_retry_policys_defaults_as_the_code_has_them() {
+        let readme = readme();
+        let policy = RetryPolicy::default();
+        for promise in [
+            format!("attempts (default {})", policy.max_attempts),
+            format!(
+                "an overall deadline (default {}, covering the operation too)",
+                written(policy.deadline)
+            ),
+            format!(
+                "retries ≤ {} × the requests of the last 10 s + {}",
+                policy.budget_ratio, policy.budget_floor
+            ),
+            format!(
+                "doubling from {} and never above {}",
+                written(policy.backoff_base),
+                written(policy.backoff_cap)
+            ),
+        ] {
+            assert!(
+                readme.contains(&promise),
+                "the README does not say {promise:?}"
+            );
+        }
+    }
+}
