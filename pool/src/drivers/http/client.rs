@@ -291,3 +291,36 @@ pub fn idempotency<B>(request: &Request<B>) -> Idempotency {
         Idempotency::NotIdempotent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(method: &str, key: bool) -> Idempotency {
+        let mut request = Request::builder().method(method);
+        if key {
+            request = request.header("Idempotency-Key", "k-1");
+        }
+        idempotency(&request.body(()).unwrap())
+    }
+
+    #[test]
+    fn methods_are_idempotent_as_rfc_9110_section_9_2_2_says_and_unknown_ones_are_not() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert_eq!(of(method, false), Idempotency::Idempotent, "{method}");
+        }
+        // Methods are case-sensitive (RFC 9110 section 9.1): `get` is not GET. A
+        // method this crate does not know may do anything, so it is never replayed,
+        // even one its own specification calls idempotent (WebDAV's PROPFIND).
+        for method in [
+            "POST", "PATCH", "CONNECT", "PROPFIND", "LOCK", "PURGE", "X-FLUSH", "get",
+        ] {
+            assert_eq!(of(method, false), Idempotency::NotIdempotent, "{method}");
+            assert_eq!(
+                of(method, true),
+                Idempotency::Idempotent,
+                "{method} with a key"
+            );
+        }
+    }
+}

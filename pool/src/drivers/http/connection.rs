@@ -251,6 +251,14 @@ impl HttpManager {
         self
     }
 
+    /// How long a connection whose server announced a Keep-Alive timeout of
+    /// `announced` may sit idle before it is closed: the timeout less the margin,
+    /// the margin capped at a quarter of it so that a short timeout (Node's
+    /// `timeout=1`) still leaves the connection most of its idle life.
+    fn close_after(&self, announced: Duration) -> Duration {
+        announced - self.keep_alive_margin.min(announced / 4)
+    }
+
     /// The origin, `http://host[:port]` or `https://host[:port]`.
     pub fn origin(&self) -> &str {
         &self.origin
@@ -476,9 +484,7 @@ impl HttpConnection {
             .and_then(|v| v.to_str().ok())
             .and_then(keep_alive_timeout)
         {
-            let announced = Duration::from_secs(timeout);
-            let margin = self.manager.keep_alive_margin.min(announced / 4);
-            self.close_after = Some(announced - margin);
+            self.close_after = Some(self.manager.close_after(Duration::from_secs(timeout)));
             self.announced = timeout;
         }
     }
@@ -976,5 +982,349 @@ mod tests {
             let stats = client.pool().stats();
             assert_eq!(stats.resets(cause, crate::Phase::InUse), 2, "{stats:?}");
         }
+    }
+
+    #[test]
+    fn the_keep_alive_margin_is_one_second_and_at_most_a_quarter_of_the_timeout() {
+        let ms = Duration::from_millis;
+        let manager = HttpManager::new("http://127.0.0.1:3000").unwrap();
+        assert_eq!(manager.keep_alive_margin, Duration::from_secs(1));
+        // From 4 s up the margin is 1 s; below, a quarter of the timeout. At 4 s
+        // both are 1 s.
+        for (announced, closed_after) in [
+            (60_000, 59_000),
+            (5_000, 4_000),
+            (4_001, 3_001),
+            (4_000, 3_000),
+            (3_996, 2_997),
+            (2_000, 1_500),
+            (1_000, 750),
+            (0, 0),
+        ] {
+            assert_eq!(
+                manager.close_after(ms(announced)),
+                ms(closed_after),
+                "timeout={announced}ms"
+            );
+        }
+        let wide = manager.keep_alive_margin(ms(1500));
+        assert_eq!(wide.close_after(ms(60_000)), ms(58_500));
+        assert_eq!(wide.close_after(ms(6_000)), ms(4_500));
+        assert_eq!(wide.close_after(ms(4_000)), ms(3_000));
+    }
+
+    /// A blocking HTTP/1.1 server on threads of its own, whose connections a
+    /// test can close at the moment it chooses. It answers the n-th request it receives (from 0) with `answer(n)`: a status
+    /// and a body length.
+    struct ThreadServer {
+        origin: String,
+        /// The method of each request received, in order.
+        methods: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+        addr: std::net::SocketAddr,
+        stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    type Answer = std::sync::Arc<dyn Fn(usize) -> (u16, usize) + Send + Sync>;
+
+    impl ThreadServer {
+        fn start(answer: impl Fn(usize) -> (u16, usize) + Send + Sync + 'static) -> ThreadServer {
+            use std::sync::Arc;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = ThreadServer {
+                origin: format!("http://{addr}"),
+                methods: Arc::default(),
+                streams: Arc::default(),
+                addr,
+                stopped: Arc::default(),
+            };
+            let methods = Arc::clone(&server.methods);
+            let streams = Arc::clone(&server.streams);
+            let stopped = Arc::clone(&server.stopped);
+            let answer: Answer = Arc::new(answer);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    streams.lock().unwrap().push(stream.try_clone().unwrap());
+                    let methods = Arc::clone(&methods);
+                    let answer = Arc::clone(&answer);
+                    std::thread::spawn(move || serve(stream, &methods, &answer));
+                }
+            });
+            server
+        }
+
+        fn methods(&self) -> Vec<String> {
+            self.methods.lock().unwrap().clone()
+        }
+
+        /// Closes every connection with a FIN, as a server's idle timeout does.
+        fn close_all(&self) {
+            for stream in self.streams.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    impl Drop for ThreadServer {
+        fn drop(&mut self) {
+            self.close_all();
+            self.stopped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Wakes the accept loop, which sees it is stopped.
+            let _ = std::net::TcpStream::connect(self.addr);
+        }
+    }
+
+    /// Answers the requests of one connection (bodies are not expected) until it
+    /// closes.
+    fn serve(
+        mut stream: std::net::TcpStream,
+        methods: &std::sync::Mutex<Vec<String>>,
+        answer: &Answer,
+    ) {
+        use std::io::{Read, Write};
+        let filler = [b'x'; 64 * 1024];
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Ok(n @ 1..) = stream.read(&mut chunk) else {
+                return;
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let method = String::from_utf8_lossy(&buf[..end])
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                buf.drain(..end + 4);
+                let nth = {
+                    let mut methods = methods.lock().unwrap();
+                    methods.push(method);
+                    methods.len() - 1
+                };
+                let (status, len) = answer(nth);
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {len}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(filler.len());
+                    if stream.write_all(&filler[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            }
+        }
+    }
+
+    /// The server closes the connection after the checkout's probe passed it, and
+    /// hyper's connection task reads that before the `POST` is offered to it: the
+    /// request provably never left, and is retried on a new connection.
+    #[tokio::test]
+    async fn a_post_on_a_connection_found_closed_before_it_was_written_is_retried() {
+        let server = std::sync::Arc::new(ThreadServer::start(|_| (200, 2)));
+        let closer = std::sync::Arc::clone(&server);
+        let pool = crate::Pool::builder(HttpManager::new(&server.origin).unwrap())
+            .max_size(1)
+            .before_checkout(move |conn, _| {
+                let server = std::sync::Arc::clone(&closer);
+                Box::pin(async move {
+                    server.close_all();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !conn.sender.is_closed() {
+                        assert!(Instant::now() < deadline, "hyper's task did not end");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Ok(())
+                })
+            })
+            .build()
+            .unwrap();
+        let client = HttpClient::new(pool);
+
+        client.send(request(http::Method::GET)).await.unwrap();
+        let response = client.send(request(http::Method::POST)).await.unwrap();
+        assert_eq!(response.status(), 200);
+
+        // The POST reached the server once: on the new connection.
+        assert_eq!(server.methods(), ["GET", "POST"]);
+        let stats = client.pool().stats();
+        assert_eq!(stats.opened, 2, "{stats:?}");
+        assert_eq!(
+            stats.resets(ResetCause::PeerClosed, crate::Phase::InUse),
+            1,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.retries_by_cause(
+                ResetCause::PeerClosed,
+                crate::metrics::RetryOutcome::Succeeded
+            ),
+            1,
+            "{stats:?}"
+        );
+        assert_eq!(stats.runs(crate::metrics::RunOutcome::Ok), 2, "{stats:?}");
+    }
+
+    /// Every method meets the keep-alive race on its reused connection: the
+    /// idempotent ones (RFC 9110 section 9.2.2) run again on a new connection, the
+    /// others come back as maybe executed, unless the caller says otherwise.
+    #[tokio::test]
+    async fn the_keep_alive_race_retries_exactly_the_idempotent_methods() {
+        use crate::Idempotency;
+        use std::sync::atomic::Ordering;
+
+        let method = |name: &str| http::Method::from_bytes(name.as_bytes()).unwrap();
+        let keyed = |name: &str| {
+            let mut request = request(method(name));
+            request
+                .headers_mut()
+                .insert("idempotency-key", HeaderValue::from_static("k-1"));
+            request
+        };
+        let mut cases: Vec<(String, Option<Idempotency>, Request<Bytes>, bool)> = Vec::new();
+        for name in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            cases.push((name.into(), None, request(method(name)), true));
+        }
+        // Methods of other specifications (WebDAV's), or of none: the driver cannot
+        // know what they do, so it never replays them.
+        for name in [
+            "POST", "PATCH", "PROPFIND", "LOCK", "PURGE", "X-FLUSH", "get",
+        ] {
+            cases.push((name.into(), None, request(method(name)), false));
+        }
+        cases.push(("POST with a key".into(), None, keyed("POST"), true));
+        cases.push(("PATCH with a key".into(), None, keyed("PATCH"), true));
+        cases.push((
+            "POST marked idempotent".into(),
+            Some(Idempotency::Idempotent),
+            request(http::Method::POST),
+            true,
+        ));
+        cases.push((
+            "PUT marked not idempotent".into(),
+            Some(Idempotency::NotIdempotent),
+            request(http::Method::PUT),
+            false,
+        ));
+        for (name, kind, racing, retried) in cases {
+            let (origin, received) = closing_on_second_request(false).await;
+            let client = client_for(&origin);
+            client.send(request(http::Method::GET)).await.unwrap();
+            let result = match kind {
+                Some(kind) => client.send_with(kind, racing).await,
+                None => client.send(racing).await,
+            };
+            if retried {
+                assert_eq!(result.unwrap().status(), 200, "{name}");
+                assert_eq!(received.load(Ordering::SeqCst), 3, "{name}");
+            } else {
+                match result {
+                    Err(crate::RunError::MaybeExecuted {
+                        reason: crate::GiveUp::NotIdempotent,
+                        attempts: 1,
+                        ..
+                    }) => {}
+                    other => panic!("{name}: {other:?}"),
+                }
+                assert_eq!(received.load(Ordering::SeqCst), 2, "{name} was replayed");
+            }
+        }
+    }
+
+    /// 502 and 503 twice, then 200: retried after a backoff when the request is
+    /// idempotent, else the response; other 5xx statuses are responses.
+    #[tokio::test]
+    async fn bad_gateway_and_unavailable_are_retried_for_idempotent_requests_only() {
+        use crate::Idempotency;
+
+        for (status, retried) in [(502, true), (503, true), (500, false), (504, false)] {
+            for (kind, retried) in [
+                (Idempotency::Idempotent, retried),
+                (Idempotency::NotIdempotent, false),
+            ] {
+                let server = ThreadServer::start(move |n| (if n < 2 { status } else { 200 }, 2));
+                let client = client_for(&server.origin);
+                let method = if kind.is_idempotent() {
+                    http::Method::GET
+                } else {
+                    http::Method::POST
+                };
+                let response = client.send(request(method.clone())).await.unwrap();
+                let (expected, sent) = if retried { (200, 3) } else { (status, 1) };
+                assert_eq!(response.status(), expected, "{status} to {method}");
+                assert_eq!(server.methods().len(), sent, "{status} to {method}");
+                // Each answer's body was read: one connection served them all.
+                let stats = client.pool().stats();
+                assert_eq!(stats.opened, 1, "{status} to {method}: {stats:?}");
+                assert_eq!(stats.closed(), 0, "{status} to {method}: {stats:?}");
+            }
+        }
+
+        let server = ThreadServer::start(|_| (502, 2));
+        let client = client_for(&server.origin);
+        let err = client.send(request(http::Method::GET)).await.unwrap_err();
+        assert_eq!(err.attempts(), Some(3), "{err}");
+        let Some(crate::AttemptError::Operation(HttpError::Unavailable(last))) =
+            err.attempt_error()
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(last.status(), 502, "{err}");
+        assert_eq!(server.methods().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_default_64_mib_fails_with_body_too_large() {
+        const MIB_64: usize = 64 * 1024 * 1024;
+        let manager = HttpManager::new("http://127.0.0.1:3000").unwrap();
+        assert_eq!(manager.max_body, MIB_64);
+
+        let server = ThreadServer::start(|_| (200, MIB_64 + 1));
+        let client = client_for(&server.origin);
+        match client.send(request(http::Method::GET)).await {
+            Err(crate::RunError::Operation(err @ HttpError::BodyTooLarge { limit: MIB_64 })) => {
+                assert_eq!(
+                    err.to_string(),
+                    "the response body is longer than the limit of 67108864 bytes"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not retried: the server answered; the connection, its body unread, is closed.
+        assert_eq!(server.methods().len(), 1);
+        let stats = client.pool().stats();
+        assert_eq!(
+            stats.resets(ResetCause::Other, crate::Phase::InUse),
+            1,
+            "{stats:?}"
+        );
+
+        // The limit itself is allowed.
+        let server = ThreadServer::start(|n| (200, 10 + n));
+        let pool = crate::Pool::builder(
+            HttpManager::new(&server.origin)
+                .unwrap()
+                .max_response_body(10),
+        )
+        .build()
+        .unwrap();
+        let client = HttpClient::new(pool);
+        let response = client.send(request(http::Method::GET)).await.unwrap();
+        assert_eq!(response.body().len(), 10);
+        assert!(matches!(
+            client.send(request(http::Method::GET)).await,
+            Err(crate::RunError::Operation(HttpError::BodyTooLarge {
+                limit: 10
+            }))
+        ));
     }
 }
