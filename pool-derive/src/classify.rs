@@ -92,6 +92,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut bounds: Vec<WherePredicate> = Vec::new();
     let mut arms = Vec::with_capacity(cases.len());
     let mut permanence = Vec::with_capacity(cases.len());
+    let mut delegated_sent = Vec::new();
     for case in &cases {
         for field in case.fields {
             for attr in classify_attrs(&field.attrs) {
@@ -103,9 +104,14 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
         match arm(case, &params, &mut bounds) {
-            Ok((arm, permanent)) => {
-                arms.push(arm);
+            Ok(Arms {
+                classify,
+                permanent,
+                transient_sent,
+            }) => {
+                arms.push(classify);
                 permanence.push(permanent);
+                delegated_sent.extend(transient_sent);
             }
             Err(err) => errors.push(err),
         }
@@ -124,6 +130,18 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             quote!(match self { #(#permanence)* }),
         )
     };
+    // Only a delegate has more to say than the trait's default.
+    let transient_sent = (!delegated_sent.is_empty()).then(|| {
+        quote! {
+            fn transient_sent(&self) -> ::steadypool::Sent {
+                #[allow(unreachable_patterns)]
+                match self {
+                    #(#delegated_sent)*
+                    _ => ::steadypool::Sent::No,
+                }
+            }
+        }
+    });
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics ::steadypool::Classify for #ident #ty_generics #where_clause {
@@ -134,6 +152,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             fn is_permanent(&self) -> bool {
                 #permanent
             }
+
+            #transient_sent
         }
     })
 }
@@ -142,13 +162,23 @@ fn classify_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("classify"))
 }
 
-/// Two match arms for the case: what it classifies as, and whether it is permanent
-/// (what the wrapped error says, for `transport` and `delegate`; never, otherwise).
+/// The match arms for one case.
+struct Arms {
+    /// What it classifies as.
+    classify: TokenStream,
+    /// Whether it is permanent: what the wrapped error says, for `transport` and
+    /// `delegate`; never, otherwise.
+    permanent: TokenStream,
+    /// Whether a transient failure may have run: asked of the wrapped error, for a
+    /// `delegate`; `None` for the default (no).
+    transient_sent: Option<TokenStream>,
+}
+
 fn arm(
     case: &Case<'_>,
     params: &HashSet<Ident>,
     bounds: &mut Vec<WherePredicate>,
-) -> syn::Result<(TokenStream, TokenStream)> {
+) -> syn::Result<Arms> {
     let path = &case.path;
     let mut found = classify_attrs(case.attrs);
     let first = found.next();
@@ -165,16 +195,21 @@ fn arm(
     };
     let disposition = quote!(::steadypool::Disposition);
     let never = quote!(#path { .. } => false,);
+    let simple = |classify: TokenStream| Arms {
+        classify,
+        permanent: never.clone(),
+        transient_sent: None,
+    };
     Ok(match rule {
-        Rule::Application => (quote!(#path { .. } => #disposition::Application,), never),
-        Rule::Transient => (quote!(#path { .. } => #disposition::Transient,), never),
+        Rule::Application => simple(quote!(#path { .. } => #disposition::Application,)),
+        Rule::Transient => simple(quote!(#path { .. } => #disposition::Transient,)),
         Rule::Broken { cause, sent_no } => {
             let sent = sent_tokens(sent_no);
             let arm = quote!(#path { .. } => #disposition::Broken {
                 cause: ::steadypool::ResetCause::#cause,
                 sent: #sent,
             },);
-            (arm, never)
+            simple(arm)
         }
         Rule::Transport { sent_no } => {
             let (member, ty) = pick_field(case.fields, attr, "transport", "a transport error")?;
@@ -200,7 +235,11 @@ fn arm(
             let permanent = quote!(#path { #member: __classify_field, .. } => {
                 ::steadypool::permanent_in_source_chain(__classify_field)
             });
-            (arm, permanent)
+            Arms {
+                classify: arm,
+                permanent,
+                transient_sent: None,
+            }
         }
         Rule::Delegate => {
             let (member, ty) = pick_field(
@@ -222,7 +261,15 @@ fn arm(
                 use ::steadypool::Classify as _;
                 __classify_field.is_permanent()
             });
-            (arm, permanent)
+            let transient_sent = quote!(#path { #member: __classify_field, .. } => {
+                use ::steadypool::Classify as _;
+                __classify_field.transient_sent()
+            });
+            Arms {
+                classify: arm,
+                permanent,
+                transient_sent: Some(transient_sent),
+            }
         }
     })
 }

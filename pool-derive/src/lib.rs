@@ -37,7 +37,9 @@ mod classify;
 /// waits) is passed on the same way: a `transport` variant answers what
 /// `permanent_in_source_chain` finds in its field (a TLS refusal), a `delegate`
 /// variant what the wrapped error's `is_permanent()` says; every other variant is
-/// never permanent.
+/// never permanent. `transient_sent()` (whether a transient failure may have run) is
+/// asked of a `delegate` variant's wrapped error; every other variant answers the
+/// trait's default, `Sent::No`.
 ///
 /// Misuse (an unknown option or cause, `transport` on a variant without a field, two
 /// attributes on one variant) is a compile error at the attribute, saying what to write.

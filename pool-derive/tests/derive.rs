@@ -377,3 +377,53 @@ fn permanence_is_what_the_wrapped_error_says_and_never_otherwise() {
     assert!(!App::Reset.is_permanent());
     assert!(!App::NoSuchUser.is_permanent());
 }
+
+/// A gateway's error: which transient failures came after the work may have run.
+#[derive(Debug, thiserror::Error)]
+enum Gateway {
+    #[error("502 from the gateway")]
+    UpstreamLost,
+    #[error("503 from the service")]
+    Overloaded,
+}
+
+impl Classify for Gateway {
+    fn classify(&self) -> Disposition {
+        Disposition::Transient
+    }
+
+    fn transient_sent(&self) -> Sent {
+        match self {
+            Gateway::UpstreamLost => Sent::Maybe,
+            Gateway::Overloaded => Sent::No,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Classify)]
+enum Caller {
+    #[error(transparent)]
+    #[classify(delegate)]
+    Gateway(#[from] Gateway),
+    #[error("busy")]
+    #[classify(transient)]
+    Busy,
+    #[error("i/o")]
+    #[classify(transport)]
+    Io(#[source] io::Error),
+}
+
+#[test]
+fn whether_a_transient_failure_may_have_run_is_what_the_wrapped_error_says() {
+    assert_eq!(
+        Caller::Gateway(Gateway::UpstreamLost).transient_sent(),
+        Sent::Maybe
+    );
+    assert_eq!(
+        Caller::Gateway(Gateway::Overloaded).transient_sent(),
+        Sent::No
+    );
+    assert_eq!(Caller::Busy.transient_sent(), Sent::No);
+    let io = Caller::Io(io_error(io::ErrorKind::ConnectionReset));
+    assert_eq!(io.transient_sent(), Sent::No);
+}

@@ -272,7 +272,8 @@ pub enum Disposition {
     /// pool; the operation is not retried.
     Application,
     /// A passing condition (the server is busy, try later): the connection is fine;
-    /// the operation may be retried after a backoff.
+    /// the operation may be retried after a backoff. Nothing ran, unless the error's
+    /// [`Classify::transient_sent`] says it may have.
     Transient,
     /// The connection is unusable and must be discarded.
     Broken {
@@ -367,6 +368,48 @@ pub trait Classify {
     /// ```
     fn is_permanent(&self) -> bool {
         false
+    }
+
+    /// For an error that [classifies](Classify::classify) as
+    /// [`Disposition::Transient`]: whether the work may have run before the server
+    /// answered it. Default [`Sent::No`]: a server that says "busy, try later"
+    /// (Redis `LOADING`, a PostgreSQL serialization failure whose transaction was
+    /// rolled back, HTTP 503) did not do it.
+    ///
+    /// [`Sent::Maybe`] is for an answer that comes after the work may have run: a
+    /// gateway's 502 says its upstream failed, perhaps after it ran the request.
+    /// Such a failure is retried only for an idempotent operation, and a run that
+    /// ends after it ends in [`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted),
+    /// never `NotExecuted`.
+    ///
+    /// ```
+    /// use steadypool::{Classify, Disposition, Sent};
+    ///
+    /// #[derive(Debug)]
+    /// enum GatewayError {
+    ///     /// The service said it is overloaded: it did not start the work.
+    ///     Overloaded,
+    ///     /// The gateway lost its upstream, perhaps mid-way through the work.
+    ///     UpstreamLost,
+    /// }
+    ///
+    /// impl Classify for GatewayError {
+    ///     fn classify(&self) -> Disposition {
+    ///         Disposition::Transient
+    ///     }
+    ///
+    ///     fn transient_sent(&self) -> Sent {
+    ///         match self {
+    ///             GatewayError::Overloaded => Sent::No,
+    ///             GatewayError::UpstreamLost => Sent::Maybe,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(GatewayError::UpstreamLost.transient_sent(), Sent::Maybe);
+    /// ```
+    fn transient_sent(&self) -> Sent {
+        Sent::No
     }
 }
 

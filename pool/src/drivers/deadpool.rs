@@ -229,6 +229,20 @@ impl<E: Classify + StdError + 'static> Classify for DeadpoolError<E> {
             DeadpoolError::Recycle(_) => RECYCLE_DISPOSITION,
         }
     }
+
+    fn is_permanent(&self) -> bool {
+        match self {
+            DeadpoolError::Backend(e) => e.is_permanent(),
+            DeadpoolError::Recycle(_) => false,
+        }
+    }
+
+    fn transient_sent(&self) -> Sent {
+        match self {
+            DeadpoolError::Backend(e) => e.transient_sent(),
+            DeadpoolError::Recycle(_) => Sent::No,
+        }
+    }
 }
 
 /// A rejected `recycle`: the check failed before any request was sent.

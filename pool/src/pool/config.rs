@@ -326,10 +326,12 @@ mod tests {
     /// A duration as the README writes it.
     fn written(duration: Duration) -> String {
         let ms = duration.as_millis();
-        match ms {
-            _ if ms % 60_000 == 0 => format!("{} min", ms / 60_000),
-            _ if ms % 1000 == 0 => format!("{} s", ms / 1000),
-            _ => format!("{ms} ms"),
+        if ms.is_multiple_of(60_000) {
+            format!("{} min", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{} s", ms / 1000)
+        } else {
+            format!("{ms} ms")
         }
     }
 

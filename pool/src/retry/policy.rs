@@ -53,6 +53,9 @@ impl Idempotency {
 ///   [`GiveUp::NotIdempotent`](crate::GiveUp::NotIdempotent) and the cause. This is what [`Pool::run`](crate::Pool::run) does.
 /// * **A transient error** (the server is busy; the connection is fine) is retried
 ///   after a backoff, for both kinds: the server refused the work, it did not run it.
+///   One whose [`Classify::transient_sent`](crate::Classify::transient_sent) says the
+///   work may have run (a gateway's 502) counts as sent: retried only for an
+///   idempotent operation.
 /// * **An application error** (the server answered "no") is returned as it is, at once,
 ///   as [`RunError::Operation`](crate::RunError::Operation), and the connection goes back to the pool.
 /// * **No connection at all** because the pool is closed, exhausted past
@@ -87,7 +90,8 @@ impl Idempotency {
 /// | [`RunError::NotExecuted`](crate::RunError::NotExecuted) | no attempt reached the server: nothing took effect | safe to try again later |
 ///
 /// Once an attempt may have sent the request (its connection broke with
-/// [`Sent::Maybe`](crate::Sent::Maybe), or the deadline cut the operation while it ran), every way the
+/// [`Sent::Maybe`](crate::Sent::Maybe), a transient failure came after the work may
+/// have run, or the deadline cut the operation while it ran), every way the
 /// run can end is [`RunError::MaybeExecuted`](crate::RunError::MaybeExecuted), whatever stopped it: the deadline, the
 /// budget, the attempts, a failed connect or a closed pool on a later attempt. Only a
 /// run whose every attempt failed before sending (failed connects, [`Sent::No`](crate::Sent::No),
@@ -429,9 +433,13 @@ pub(crate) enum Failed {
     /// No connection to be had: the pool is closed, stayed exhausted past
     /// `wait_timeout`, or its connect circuit is open.
     NoConnection,
-    /// The server turned the work down for now; the connection is fine and nothing
-    /// ran.
-    Transient,
+    /// The server turned the work down for now; the connection is fine. Nothing
+    /// ran, unless a gateway answered after its upstream may have run it
+    /// ([`Classify::transient_sent`](crate::Classify::transient_sent)).
+    Transient {
+        /// Whether the request may have run.
+        sent: Sent,
+    },
     /// The connection broke under the operation.
     Broken {
         /// Why it broke.
@@ -457,6 +465,7 @@ impl Failed {
                 sent: Sent::Maybe,
                 ..
             } | Failed::Cut { sent: Sent::Maybe }
+                | Failed::Transient { sent: Sent::Maybe }
         )
     }
 
@@ -468,7 +477,7 @@ impl Failed {
             Failed::Connect(cause) | Failed::Permanent(cause) | Failed::Broken { cause, .. } => {
                 Some(cause)
             }
-            Failed::Transient => Some(ResetCause::Other),
+            Failed::Transient { .. } => Some(ResetCause::Other),
             Failed::NoConnection | Failed::Cut { .. } => None,
         }
     }
@@ -516,8 +525,13 @@ pub(crate) fn decide(
         Failed::Permanent(_) => return Step::Stop(GiveUp::Permanent),
         Failed::Broken {
             sent: Sent::Maybe, ..
-        } if !attempt.idempotency.is_idempotent() => return Step::Stop(GiveUp::NotIdempotent),
-        Failed::Connect(_) | Failed::Transient | Failed::Broken { .. } => {}
+        }
+        | Failed::Transient { sent: Sent::Maybe }
+            if !attempt.idempotency.is_idempotent() =>
+        {
+            return Step::Stop(GiveUp::NotIdempotent);
+        }
+        Failed::Connect(_) | Failed::Transient { .. } | Failed::Broken { .. } => {}
     }
     if attempt.number >= policy.max_attempts {
         return Step::Stop(GiveUp::Attempts);
@@ -624,8 +638,13 @@ mod tests {
             (Failed::Permanent(PeerReset),     true,  false, 2, 1000, 50, stop(GiveUp::Permanent)),
             (Failed::Permanent(Other),         true,  false, 3, 0,    50, stop(GiveUp::Permanent)),
             // A transient refusal ran nothing: retried after a wait, both kinds.
-            (Failed::Transient,                false, true,  1, 1000, 50, retry(50)),
-            (Failed::Transient,                true,  true,  1, 1000, 50, retry(50)),
+            (Failed::Transient { sent: No },   false, true,  1, 1000, 50, retry(50)),
+            (Failed::Transient { sent: No },   true,  true,  1, 1000, 50, retry(50)),
+            // A transient answer after the work may have run (a gateway's 502): as a
+            // break after sending, never replayed unless idempotent.
+            (Failed::Transient { sent: Maybe }, false, true, 1, 1000, 50, stop(GiveUp::NotIdempotent)),
+            (Failed::Transient { sent: Maybe }, true,  true, 1, 1000, 50, retry(50)),
+            (Failed::Transient { sent: Maybe }, true,  true, 3, 1000, 50, stop(GiveUp::Attempts)),
             // Broke after it may have been sent: never replayed unless idempotent.
             (broken(PeerReset, Maybe),         false, true,  1, 1000, 50, stop(GiveUp::NotIdempotent)),
             (broken(UserTimeout, Maybe),       false, false, 2, 1000, 50, stop(GiveUp::NotIdempotent)),
@@ -708,7 +727,16 @@ mod tests {
                 false,
                 Some(ResetCause::Other),
             ),
-            (Failed::Transient, false, Some(ResetCause::Other)),
+            (
+                Failed::Transient { sent: Sent::No },
+                false,
+                Some(ResetCause::Other),
+            ),
+            (
+                Failed::Transient { sent: Sent::Maybe },
+                true,
+                Some(ResetCause::Other),
+            ),
             (
                 broken(ResetCause::PeerReset, Sent::No),
                 false,

@@ -445,7 +445,12 @@ impl<M: Manager> Pool<M> {
         exchange.finish();
         let (failed, cause) = match err.classify() {
             Disposition::Application => return Ending::Answered(err),
-            Disposition::Transient => (Failed::Transient, None),
+            Disposition::Transient => (
+                Failed::Transient {
+                    sent: err.transient_sent(),
+                },
+                None,
+            ),
             Disposition::Broken { cause, sent } => {
                 conn.mark_broken(cause);
                 (Failed::Broken { cause, sent }, Some(cause))

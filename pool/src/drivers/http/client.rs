@@ -94,7 +94,9 @@ impl HttpClient {
     /// [`RunError::MaybeExecuted`] when the request may have reached the server and
     /// was not (or no longer) retried; [`RunError::NotExecuted`] when it provably
     /// never did. Any status is a response, except 502 and 503 to an idempotent
-    /// request: retried, and [`HttpError::Unavailable`] once the retries ran out.
+    /// request: retried, and [`HttpError::Unavailable`] once the retries ran out (in
+    /// [`RunError::MaybeExecuted`] after a 502, whose gateway's upstream may have run
+    /// the request; in [`RunError::NotExecuted`] after 503s only).
     pub async fn send<B: Into<Bytes>>(
         &self,
         request: Request<B>,

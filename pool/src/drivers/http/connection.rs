@@ -1269,17 +1269,22 @@ mod tests {
             }
         }
 
-        let server = ThreadServer::start(|_| (502, 2));
-        let client = client_for(&server.origin);
-        let err = client.send(request(http::Method::GET)).await.unwrap_err();
-        assert_eq!(err.attempts(), Some(3), "{err}");
-        let Some(crate::AttemptError::Operation(HttpError::Unavailable(last))) =
-            err.attempt_error()
-        else {
-            panic!("{err:?}");
-        };
-        assert_eq!(last.status(), 502, "{err}");
-        assert_eq!(server.methods().len(), 3);
+        // Retries run out: a 503 says the server did not handle the request, a 502
+        // only that the gateway's upstream failed, perhaps after running it.
+        for (status, may_have_run) in [(502, true), (503, false)] {
+            let server = ThreadServer::start(move |_| (status, 2));
+            let client = client_for(&server.origin);
+            let err = client.send(request(http::Method::GET)).await.unwrap_err();
+            assert_eq!(err.attempts(), Some(3), "{err}");
+            assert_eq!(err.may_have_executed(), may_have_run, "{status}: {err:?}");
+            let Some(crate::AttemptError::Operation(HttpError::Unavailable(last))) =
+                err.attempt_error()
+            else {
+                panic!("{err:?}");
+            };
+            assert_eq!(last.status(), status, "{err}");
+            assert_eq!(server.methods().len(), 3);
+        }
     }
 
     #[tokio::test]

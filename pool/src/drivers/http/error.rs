@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{Response, StatusCode};
 
 use crate::cause::{Classify, Disposition, ResetCause, Sent};
 use crate::dial::DialError;
@@ -149,6 +149,17 @@ impl Classify for HttpError {
             #[cfg(feature = "tls")]
             HttpError::Tls { source, .. } => source.is_permanent(),
             _ => false,
+        }
+    }
+
+    /// A 503 says the server did not handle the request; a 502 only that the
+    /// gateway's upstream failed, which may be after it ran it.
+    fn transient_sent(&self) -> Sent {
+        match self {
+            HttpError::Unavailable(response) if response.status() == StatusCode::BAD_GATEWAY => {
+                Sent::Maybe
+            }
+            _ => Sent::No,
         }
     }
 }
