@@ -443,7 +443,7 @@ async fn a_database_that_does_not_exist_fails_at_once_for_good() {
 
 /// The query a user abandons: slow enough to be still running on the server when
 /// the next user's query arrives behind it.
-const ABANDONED: &str = "SELECT 'first'::text FROM pg_sleep(2)";
+const ABANDONED: &str = "SELECT 'first'::text FROM pg_sleep(3)";
 
 /// The next user's query: its own text back, and the backend that answered.
 async fn second_query(client: &tokio_postgres::Client) -> (String, i32) {
@@ -478,7 +478,10 @@ async fn a_query_abandoned_mid_flight_never_answers_the_next_user() {
     for cut in [0, 1, 10, 100].map(Duration::from_millis) {
         let conn = pool.get().await.unwrap();
         let abandoned = tokio::time::timeout(cut, conn.query_one(ABANDONED, &[])).await;
-        assert!(abandoned.is_err(), "{cut:?}: the slow query finished");
+        assert!(
+            abandoned.is_err(),
+            "{cut:?}: the slow query finished: {abandoned:?}"
+        );
         drop(conn);
         let next = pool.get().await.unwrap();
         assert_eq!(
