@@ -197,7 +197,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_refusals_that_waiting_cannot_change_are_permanent() {
-        use rustls::{AlertDescription, CertificateError, Error as Tls};
+        use rustls::{AlertDescription, CertificateError, Error as Tls, PeerIncompatible};
         let as_io = |tls: Tls| io::Error::new(io::ErrorKind::InvalidData, tls);
         for permanent in [
             Tls::InvalidCertificate(CertificateError::UnknownIssuer),
@@ -206,6 +206,12 @@ mod tests {
             Tls::NoCertificatesPresented,
             Tls::AlertReceived(AlertDescription::UnknownCA),
             Tls::AlertReceived(AlertDescription::CertificateRequired),
+            // No protocol version in common: refused by the server, or found by this
+            // client in the server's hello.
+            Tls::AlertReceived(AlertDescription::ProtocolVersion),
+            Tls::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13),
+            Tls::PeerIncompatible(PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig),
+            Tls::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon),
         ] {
             let shown = permanent.to_string();
             assert!(as_io(permanent).is_permanent(), "{shown}");

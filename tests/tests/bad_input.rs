@@ -6,12 +6,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use steadypool::drivers::postgres::PgManager;
+use steadypool::drivers::redis::RedisManager;
 use steadypool::drivers::tcp::TcpManager;
 use steadypool::{
-    BuildError, Dialer, Error, Keepalive, Manager, PolicyError, Pool, PoolBuilder, ResetCause,
-    RetryPolicy, SocketSettingError,
+    BuildError, Classify, Dialer, Error, GiveUp, Keepalive, Manager, PolicyError, Pool,
+    PoolBuilder, ResetCause, RetryPolicy, RunError, SocketSettingError,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn builder() -> PoolBuilder<TcpManager> {
@@ -369,6 +371,68 @@ async fn an_address_that_does_not_resolve_names_it() {
         message.contains("could not resolve localhost:99999"),
         "{message}"
     );
+}
+
+/// A name under `.invalid`, which never resolves (RFC 6761), whose first label is
+/// longer than DNS allows (63 bytes): the resolver refuses to build the query, so the
+/// lookup fails on this machine and no packet leaves it.
+fn unresolvable_host() -> String {
+    format!("{}.invalid", "x".repeat(64))
+}
+
+/// The connect error of one checkout from `manager`; no connection was opened.
+async fn connect_error<M: Manager>(manager: M) -> M::Error {
+    let (err, _) = failed_checkout(manager, Duration::from_secs(2)).await;
+    assert!(!err.is_permanent(), "{err:?}");
+    let Error::Connect { source, .. } = err else {
+        panic!("a failed lookup is a failed connect: {err:?}");
+    };
+    source
+}
+
+/// A resolver outage ends, and a service's name appears when it is deployed: a name
+/// that does not resolve is waited for and retried, in every driver, not given up on
+/// as a connect that failed for good.
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_not_permanent_and_is_retried() {
+    let host = unresolvable_host();
+
+    let tcp = connect_error(TcpManager::new(format!("{host}:80"))).await;
+    assert!(tcp.to_string().contains(&host), "{tcp}");
+    assert!(!tcp.is_permanent(), "{tcp}");
+    let mut config = tokio_postgres::Config::new();
+    config.host(&host).user("app");
+    let pg = connect_error(PgManager::new(config).unwrap()).await;
+    assert!(pg.to_string().contains(&host), "{pg}");
+    assert!(!pg.is_permanent(), "{pg}");
+    let redis = connect_error(RedisManager::new(format!("redis://{host}:6379")).unwrap()).await;
+    assert!(redis.to_string().contains(&host), "{redis}");
+    assert!(!redis.is_permanent(), "{redis}");
+
+    let pool = Pool::builder(TcpManager::new(format!("{host}:80")))
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .backoff(Duration::from_millis(1), Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let err = pool
+        .run_idempotent(async |conn| conn.write_all(b"ping\n").await)
+        .await
+        .unwrap_err();
+    let RunError::NotExecuted {
+        reason, attempts, ..
+    } = &err
+    else {
+        panic!("no connection, nothing sent: {err:?}");
+    };
+    // By the last attempt the failed connects may have opened the connect circuit
+    // (then the reason is `NoConnection`): either way every attempt was made, where a
+    // permanent failure ends the first one.
+    assert_ne!(*reason, GiveUp::Permanent, "{err}");
+    assert_eq!(*attempts, 3, "{err}");
+    assert!(pool.stats().connect_failures >= 3, "{:?}", pool.stats());
 }
 
 #[tokio::test]

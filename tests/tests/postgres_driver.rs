@@ -3,8 +3,9 @@
 //! mid-query whose connection went straight back to the pool, a crash is counted with
 //! its causes and refused while the server is down, "too many connections" is
 //! reported as a refusal with its message, query errors leave the connection in the
-//! pool, and a deadpool-postgres manager wrapped by steadypool gets the same
-//! replacement of dead connections. Without root or the PostgreSQL programs these
+//! pool, a database that does not exist fails at once for good, a query abandoned
+//! mid-flight never hands its reply to the next user, and a deadpool-postgres manager
+//! wrapped by steadypool gets the same replacement of dead connections. Without root or the PostgreSQL programs these
 //! tests say SKIPPED.
 
 use std::time::Duration;
@@ -14,8 +15,8 @@ use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
 use steadypool::drivers::postgres::PgManager;
 use steadypool::{
-    AttemptError, Broken, CircuitState, Classify, Disposition, Error, GiveUp, Manager, Phase, Pool,
-    ResetCause, RetryPolicy, RunError, Sent,
+    AttemptError, Broken, CircuitState, Classify, Disposition, Error, Eviction, GiveUp, Manager,
+    Phase, Pool, ResetCause, RetryPolicy, RunError, Sent,
 };
 use steadypool_tests::faults;
 use steadypool_tests::postgres::{Hogs, PgServer};
@@ -381,6 +382,178 @@ async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_serve
         took < patience / 2,
         "{took:?}: a checkout waited on the circuit (circuit_wait {patience:?})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_fails_at_once_for_good() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    // SQLSTATE 3D000: the server knows the role but not the database.
+    let mut config = server.config();
+    config.dbname("no_such_database");
+    let patience = Duration::from_secs(30);
+    let pool = Pool::builder(PgManager::new(config).unwrap())
+        .wait_timeout(patience)
+        .circuit_wait(patience)
+        .retry_policy(RetryPolicy::default().deadline(patience))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    let err = pool
+        .run_idempotent(async |conn| {
+            conn.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    let RunError::NotExecuted {
+        reason: GiveUp::Permanent,
+        attempts: 1,
+        source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
+        ..
+    } = &err
+    else {
+        panic!("not retried, with the driver's error: {err:?}");
+    };
+    assert!(source.is_permanent());
+    assert!(
+        source.to_string().contains("3D000") && source.to_string().contains("no_such_database"),
+        "{source}"
+    );
+
+    let err = pool.get().await.unwrap_err();
+    let Error::Connect { source, .. } = &err else {
+        panic!("the next checkout connects, and is refused the same way: {err:?}");
+    };
+    assert!(source.is_permanent(), "{source}");
+    assert_eq!(
+        pool.stats().connect_failures,
+        2,
+        "one login per caller, none retried"
+    );
+    assert_eq!(pool.stats().opened, 0);
+    let took = started.elapsed();
+    assert!(
+        took < patience / 2,
+        "{took:?}: a caller waited for a database that does not exist"
+    );
+}
+
+/// The query a user abandons: slow enough to be still running on the server when
+/// the next user's query arrives behind it.
+const ABANDONED: &str = "SELECT 'first'::text FROM pg_sleep(3)";
+
+/// The next user's query: its own text back, and the backend that answered.
+async fn second_query(client: &tokio_postgres::Client) -> (String, i32) {
+    let row = client
+        .query_one("SELECT $1::text, pg_backend_pid()", &[&"second"])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A user starts a slow query and drops its future while the query is on the wire
+/// (a timeout that fires, or a `select!` that took another branch); the connection
+/// goes back to the pool. The next user, on the same connection (the pool holds one),
+/// gets its own answer: the driver's task matched the late reply to the abandoned
+/// request and threw it away. Nothing was closed or counted as broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_abandoned_mid_flight_never_answers_the_next_user() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let pool = Pool::builder(PgManager::new(server.config()).unwrap())
+        .name("abandoned-query")
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
+    let admin = server.connect().await;
+    let pid = backend_pid(&pool.get().await.unwrap()).await;
+
+    // Cut before the first poll, at once, and while the request and its reply travel.
+    for cut in [0, 1, 10, 100].map(Duration::from_millis) {
+        let conn = pool.get().await.unwrap();
+        let abandoned = tokio::time::timeout(cut, conn.query_one(ABANDONED, &[])).await;
+        assert!(
+            abandoned.is_err(),
+            "{cut:?}: the slow query finished: {abandoned:?}"
+        );
+        drop(conn);
+        let next = pool.get().await.unwrap();
+        assert_eq!(
+            second_query(&next).await,
+            ("second".to_owned(), pid),
+            "{cut:?}: the next user on the same connection"
+        );
+    }
+
+    // Cut once the server is running it: its reply is certain to come.
+    let conn = pool.get().await.unwrap();
+    tokio::select! {
+        reply = conn.query_one(ABANDONED, &[]) => panic!("the slow query finished first: {reply:?}"),
+        () = wait_for_sleep(&admin, pid) => {}
+    }
+    drop(conn);
+    let next = pool.get().await.unwrap();
+    assert_eq!(second_query(&next).await, ("second".to_owned(), pid));
+    drop(next);
+
+    let stats = pool.stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(stats.closed(), 0, "{stats:?}");
+    assert_eq!(stats.all_resets(), 0, "{:?}", stats.reset_table());
+    assert_eq!(pool.status().size, 1);
+}
+
+/// The same cut through `run_idempotent`: the operation did not finish, so the pool
+/// closes its connection (eviction `cancelled`) rather than lend it again, and the
+/// next run gets its own answer on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_abandoned_mid_flight_closes_its_connection_and_the_next_run_gets_its_answer() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let pool = Pool::builder(PgManager::new(server.config()).unwrap())
+        .name("abandoned-run")
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
+    let admin = server.connect().await;
+    let pid = backend_pid(&pool.get().await.unwrap()).await;
+
+    tokio::select! {
+        reply = pool.run_idempotent(async |conn| {
+            let row = conn.query_one(ABANDONED, &[]).await?;
+            Ok(row.get::<_, String>(0))
+        }) => panic!("the slow query finished first: {reply:?}"),
+        () = wait_for_sleep(&admin, pid) => {}
+    }
+    let (text, next_pid) = pool
+        .run_idempotent(async |conn| {
+            let row = conn
+                .query_one("SELECT $1::text, pg_backend_pid()", &[&"second"])
+                .await?;
+            Ok((row.get::<_, String>(0), row.get::<_, i32>(1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "second");
+    assert_ne!(
+        next_pid, pid,
+        "the abandoned run's connection was lent again"
+    );
+
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert_eq!(stats.all_resets(), 0, "{:?}", stats.reset_table());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The Redis driver against a real redis-server: connections the server closes while
 //! they sit in the pool (`CLIENT KILL`, its `timeout`, a crash) are found and replaced
 //! before the application sees them, each counted with its cause, and no socket is
-//! left in `CLOSE_WAIT`. Without redis-server installed these tests say SKIPPED.
+//! left in `CLOSE_WAIT`; a command abandoned mid-flight never hands its reply to the
+//! next user. Without redis-server installed these tests say SKIPPED.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use steadypool::TcpState;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Classify, Disposition, Manager, Phase, Pool, ResetCause};
+use steadypool::{Classify, Disposition, Eviction, Manager, Phase, Pool, ResetCause};
 use steadypool_tests::faults;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
@@ -352,4 +353,172 @@ async fn a_connection_killed_mid_command_is_not_handed_out_again_even_at_once() 
         "{:?}",
         pool.stats().reset_table()
     );
+}
+
+/// The command a user abandons: it blocks on an empty list until someone pushes
+/// `first` onto it, and then answers with that element.
+fn abandoned_command() -> redis::Cmd {
+    let mut cmd = redis::cmd("BLPOP");
+    cmd.arg("handoff").arg(30);
+    cmd
+}
+
+/// The next user's command: its own text back, and the client that answered.
+async fn second_command(conn: &mut impl redis::aio::ConnectionLike) -> (String, i64) {
+    redis::pipe()
+        .cmd("ECHO")
+        .arg("second")
+        .cmd("CLIENT")
+        .arg("ID")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until one client is blocked in a command.
+async fn wait_until_blocked(admin: &mut MultiplexedConnection) {
+    let deadline = tokio::time::Instant::now() + SLACK;
+    while blocked_clients(admin).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BLPOP never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Unblocks the abandoned BLPOP, if it reached the server; its reply is then on the
+/// way, behind which the next user's command waits.
+async fn release_abandoned(admin: &mut MultiplexedConnection) {
+    admin_command(admin, &["RPUSH", "handoff", "first"]).await;
+}
+
+/// A user sends a command that blocks and drops its future while it waits for the
+/// reply (a timeout that fires, or a `select!` that took another branch); the
+/// connection goes back to the pool. The next user, on the same connection (the pool
+/// holds one), gets its own answer, not the abandoned BLPOP's `first`: the driver's
+/// task matched that reply to its request and threw it away. Nothing was closed or
+/// counted as broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_abandoned_mid_flight_never_answers_the_next_user() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let pool = Pool::builder(without_response_timeout(&server))
+        .name("abandoned-command")
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
+    let mut admin = server.connect().await;
+    let id = client_id(&mut *pool.get().await.unwrap()).await;
+
+    // Cut before the first poll, at once, and while the request travels; the next
+    // user's command goes out before the abandoned one is answered, or after.
+    for (cut, release_first) in [(0, false), (1, true), (10, false), (100, true)] {
+        let cut = Duration::from_millis(cut);
+        let mut conn = pool.get().await.unwrap();
+        let abandoned = tokio::time::timeout(
+            cut,
+            abandoned_command().query_async::<redis::Value>(&mut *conn),
+        )
+        .await;
+        assert!(abandoned.is_err(), "{cut:?}: BLPOP answered: {abandoned:?}");
+        drop(conn);
+        let mut next = pool.get().await.unwrap();
+        let answer = if release_first {
+            release_abandoned(&mut admin).await;
+            second_command(&mut *next).await
+        } else {
+            let (answer, ()) = tokio::join!(second_command(&mut *next), async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                release_abandoned(&mut admin).await;
+            });
+            answer
+        };
+        assert_eq!(
+            answer,
+            ("second".to_owned(), id),
+            "{cut:?}: the next user on the same connection"
+        );
+        admin_command(&mut admin, &["DEL", "handoff"]).await;
+    }
+
+    // Cut once the server holds it blocked: its reply is certain to come.
+    let mut conn = pool.get().await.unwrap();
+    let blpop = abandoned_command();
+    tokio::select! {
+        reply = blpop.query_async::<redis::Value>(&mut *conn) => {
+            panic!("BLPOP answered first: {reply:?}")
+        }
+        () = wait_until_blocked(&mut admin) => {}
+    }
+    drop(conn);
+    let mut next = pool.get().await.unwrap();
+    let (answer, ()) = tokio::join!(second_command(&mut *next), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release_abandoned(&mut admin).await;
+    });
+    assert_eq!(answer, ("second".to_owned(), id));
+    drop(next);
+    // The abandoned BLPOP ran: it took the element its reply carried.
+    let left: i64 = redis::cmd("LLEN")
+        .arg("handoff")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the abandoned BLPOP never took its element");
+
+    let stats = pool.stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(stats.closed(), 0, "{stats:?}");
+    assert_eq!(stats.all_resets(), 0, "{:?}", stats.reset_table());
+    assert_eq!(pool.status().size, 1);
+}
+
+/// The same cut through `run_idempotent`: the operation did not finish, so the pool
+/// closes its connection (eviction `cancelled`) rather than lend it again, and the
+/// next run gets its own answer on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_abandoned_mid_flight_closes_its_connection_and_the_next_run_gets_its_answer() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let pool = Pool::builder(without_response_timeout(&server))
+        .name("abandoned-run")
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap();
+    let mut admin = server.connect().await;
+    let id = client_id(&mut *pool.get().await.unwrap()).await;
+
+    tokio::select! {
+        reply = pool.run_idempotent(async |conn| {
+            Ok(abandoned_command().query_async::<redis::Value>(conn).await?)
+        }) => panic!("BLPOP answered first: {reply:?}"),
+        () = wait_until_blocked(&mut admin) => {}
+    }
+    let (text, next_id) = pool
+        .run_idempotent(async |conn| {
+            Ok(redis::pipe()
+                .cmd("ECHO")
+                .arg("second")
+                .cmd("CLIENT")
+                .arg("ID")
+                .query_async::<(String, i64)>(conn)
+                .await?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "second");
+    assert_ne!(next_id, id, "the abandoned run's connection was lent again");
+
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.opened, 2, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert_eq!(stats.all_resets(), 0, "{:?}", stats.reset_table());
 }
