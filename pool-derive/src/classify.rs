@@ -30,12 +30,12 @@ const CAUSES: [(&str, &str); 10] = [
 ];
 
 const FORMS: &str = "`transport`, `transient`, `broken = \"<cause>\"`, `delegate` or `application` \
-     (`sent = \"no\"` may follow `broken` or `transport`)";
+     (`sent = \"no\"` may follow `broken` or `transport`, `sent = \"maybe\"` may follow `transient`)";
 
 /// What one variant means.
 enum Rule {
     Application,
-    Transient,
+    Transient { sent_maybe: bool },
     Broken { cause: Ident, sent_no: bool },
     Transport { sent_no: bool },
     Delegate,
@@ -202,7 +202,10 @@ fn arm(
     };
     Ok(match rule {
         Rule::Application => simple(quote!(#path { .. } => #disposition::Application,)),
-        Rule::Transient => simple(quote!(#path { .. } => #disposition::Transient,)),
+        Rule::Transient { sent_maybe } => Arms {
+            transient_sent: sent_maybe.then(|| quote!(#path { .. } => ::steadypool::Sent::Maybe,)),
+            ..simple(quote!(#path { .. } => #disposition::Transient,))
+        },
         Rule::Broken { cause, sent_no } => {
             let sent = sent_tokens(sent_no);
             let arm = quote!(#path { .. } => #disposition::Broken {
@@ -350,7 +353,7 @@ fn parse_rule(attr: &Attribute) -> syn::Result<Rule> {
                             &value,
                             format!(
                                 "unknown `sent` value \"{other}\": write `sent = \"no\"` (the request provably \
-                                 never left the client) or `sent = \"maybe\"` (the default)"
+                                 never left the client, or never ran) or `sent = \"maybe\"` (it may have)"
                             ),
                         ));
                     }
@@ -376,7 +379,7 @@ fn parse_rule(attr: &Attribute) -> syn::Result<Rule> {
     let (kind, kind_span) = match kinds.as_slice() {
         [] => {
             let message = if sent.is_some() {
-                "`sent` only applies together with `broken = \"<cause>\"` or `transport`, \
+                "`sent` only applies together with `broken = \"<cause>\"`, `transport` or `transient`, \
                  e.g. `#[classify(broken = \"peer_closed\", sent = \"no\")]`"
                     .to_owned()
             } else {
@@ -395,21 +398,24 @@ fn parse_rule(attr: &Attribute) -> syn::Result<Rule> {
         }
     };
     let sent_no = match (sent, kind) {
+        (None, "transient") => true,
         (None, _) => false,
-        (Some((sent_no, _)), "broken" | "transport") => sent_no,
+        (Some((sent_no, _)), "broken" | "transport" | "transient") => sent_no,
         (Some((_, span)), other) => {
             return Err(syn::Error::new(
                 span,
                 format!(
-                    "`sent` only applies to `broken = \"<cause>\"` or `transport`; a `{other}` error \
-                     does not break the connection, so remove `sent`"
+                    "`sent` only applies to `broken = \"<cause>\"`, `transport` or `transient`: \
+                     remove it from `{other}`, whose answer does not depend on it"
                 ),
             ));
         }
     };
     Ok(match kind {
         "transport" => Rule::Transport { sent_no },
-        "transient" => Rule::Transient,
+        "transient" => Rule::Transient {
+            sent_maybe: !sent_no,
+        },
         "delegate" => Rule::Delegate,
         "application" => Rule::Application,
         _ => match cause {

@@ -17,6 +17,7 @@ mod classify;
 /// |---|---|---|
 /// | *(none)* or `#[classify(application)]` | the server answered with an error; the connection is fine and nothing is retried | `Disposition::Application` |
 /// | `#[classify(transient)]` | a passing condition (server busy); the connection is fine, the operation may be retried after a backoff | `Disposition::Transient` |
+/// | `#[classify(transient, sent = "maybe")]` | as above, but the answer came after the work may have run (a gateway's 502), so only an idempotent operation is retried | `Disposition::Transient`, and `transient_sent()` returns `Sent::Maybe` |
 /// | `#[classify(broken = "<cause>")]` | the connection is unusable, for the named reason; the request may have reached the server | `Disposition::Broken { cause, sent: Sent::Maybe }` |
 /// | `#[classify(broken = "<cause>", sent = "no")]` | as above, but the request provably never left the client, so even a non-idempotent operation may be retried | `Disposition::Broken { cause, sent: Sent::No }` |
 /// | `#[classify(transport)]` | the variant wraps a transport error (`std::io::Error`, or any error with one in its `source()` chain); the I/O error decides | what `classify_source_chain` finds; `Broken { cause: Other, sent: Maybe }` when the chain holds no I/O error |
@@ -38,8 +39,8 @@ mod classify;
 /// `permanent_in_source_chain` finds in its field (a TLS refusal), a `delegate`
 /// variant what the wrapped error's `is_permanent()` says; every other variant is
 /// never permanent. `transient_sent()` (whether a transient failure may have run) is
-/// asked of a `delegate` variant's wrapped error; every other variant answers the
-/// trait's default, `Sent::No`.
+/// asked of a `delegate` variant's wrapped error, is `Sent::Maybe` for a
+/// `transient, sent = "maybe"` variant, and `Sent::No` for every other.
 ///
 /// Misuse (an unknown option or cause, `transport` on a variant without a field, two
 /// attributes on one variant) is a compile error at the attribute, saying what to write.

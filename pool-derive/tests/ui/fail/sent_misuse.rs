@@ -4,8 +4,8 @@ use steadypool::Classify;
 enum E {
     #[classify(sent = "no")]
     Alone,
-    #[classify(transient, sent = "no")]
-    OnTransient,
+    #[classify(application, sent = "no")]
+    OnApplication,
     #[classify(broken = "peer_reset", sent = "never")]
     BadValue,
 }

@@ -19,6 +19,12 @@ enum KvError<E: std::error::Error + 'static> {
     #[error("loading")]
     #[classify(transient)]
     Loading,
+    #[error("overloaded")]
+    #[classify(transient, sent = "no")]
+    Overloaded,
+    #[error("bad gateway")]
+    #[classify(transient, sent = "maybe")]
+    BadGateway,
     #[error("garbage")]
     #[classify(broken = "unexpected_data")]
     Garbage { bytes: Vec<u8> },
@@ -53,6 +59,10 @@ fn main() {
         Disposition::Application
     );
     assert_eq!(E::Loading.classify(), Disposition::Transient);
+    assert_eq!(E::Loading.transient_sent(), Sent::No);
+    assert_eq!(E::Overloaded.transient_sent(), Sent::No);
+    assert_eq!(E::BadGateway.classify(), Disposition::Transient);
+    assert_eq!(E::BadGateway.transient_sent(), Sent::Maybe);
     assert!(E::Garbage { bytes: vec![0] }.classify().is_broken());
     assert!(E::GoingAway.classify().is_broken());
     assert_eq!(E::Denied.classify(), Disposition::Application);
