@@ -22,7 +22,7 @@
 //! | what the kernel says | [`Liveness`] |
 //! |---|---|
 //! | nothing to read (`EAGAIN`) | [`Liveness::Alive`] |
-//! | end of stream (0 bytes) | [`Liveness::PeerClosed`] |
+//! | end of stream (0 bytes) | [`Liveness::PeerClosed`]; on a [`SocketRef::Raw`] duplicate whose TCP state is `CLOSED`, [`Liveness::PeerReset`] (the owner read the reset) |
 //! | `ECONNRESET` | [`Liveness::PeerReset`] |
 //! | some bytes (or some in the reader's buffer) | [`Liveness::UnexpectedData`] |
 //! | another error (`ETIMEDOUT` after keepalive gave up, ...) | [`Liveness::Error`] |
@@ -83,7 +83,8 @@ pub enum SocketRef<'a> {
     Tokio(&'a TcpStream),
     /// A tokio stream read through a user-space buffer (see
     /// `From<&BufReader<TcpStream>>`): unconsumed bytes in the buffer are
-    /// [`Liveness::UnexpectedData`]; with none, probed as [`SocketRef::Tokio`].
+    /// [`Liveness::UnexpectedData`] ([`Liveness::PeerClosed`] when the peer closed
+    /// behind them); with none, probed as [`SocketRef::Tokio`].
     Buffered {
         /// The socket under the buffer.
         stream: &'a TcpStream,

@@ -17,6 +17,7 @@ use steadypool::{
     AttemptError, CircuitState, Classify, Error, GiveUp, Phase, Pool, ResetCause, RetryPolicy,
     RunError,
 };
+use steadypool_tests::eventually;
 use steadypool_tests::flaky::{self, Faults, LedgerManager, LedgerServer};
 use steadypool_tests::ledger::{GaveUpAs, assert_gave_up};
 use steadypool_tests::line_manager::GreetedManager;
@@ -464,6 +465,8 @@ enum AppError {
 /// How long the holding server keeps each new connection in its handshake: long
 /// enough that a burst's connects, if the gate lets them, overlap on a loaded machine.
 const HOLD: Duration = Duration::from_millis(400);
+/// Generous: a wait for loopback events, which take milliseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A server whose handshake takes [`HOLD`]: it greets each connection that long after
 /// accepting it, or while failing closes it ungreeted (a failed connect), and counts
@@ -618,4 +621,98 @@ async fn a_burst_reconnects_at_once_while_connects_succeed_and_two_at_a_time_aft
     assert!(failed.iter().all(Result::is_err));
     let most = server.take_most_at_once();
     assert_eq!(most, 2, "connects in flight at once after a failure");
+}
+
+/// Checkouts parked on the open circuit are not in deadpool's queue: `close()` must
+/// reach them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_checkouts_parked_on_the_open_circuit_at_once() {
+    let server = LedgerServer::start(Faults::default()).await.unwrap();
+    let addr = server.addr();
+    server.stop().await;
+    let manager = LedgerManager::new(addr);
+    let wait = Duration::from_secs(20);
+    // One connect at a time: the first one's refusal opens the circuit before another
+    // dials, so every checkout ends up parked on it.
+    let pool = Pool::builder(manager.clone())
+        .max_concurrent_connects(1)
+        .circuit_open_after(1)
+        .circuit_open_for(Duration::from_secs(60))
+        .circuit_first_open(Duration::from_secs(60))
+        .circuit_wait(wait)
+        .build()
+        .unwrap();
+    let parked: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    // One refused connect opened the circuit; every checkout now waits on it.
+    assert!(eventually(PATIENCE, || pool.status().circuit == CircuitState::Open).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dialed = manager.connects().len();
+    assert_eq!(dialed, 1);
+
+    let closed_at = Instant::now();
+    pool.close();
+    for checkout in parked {
+        match checkout.await.unwrap() {
+            Err(Error::Closed) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+    }
+    let took = closed_at.elapsed();
+    assert!(
+        took < wait / 2,
+        "the parked checkouts ended {took:?} after close()"
+    );
+    assert_eq!(manager.connects().len(), dialed, "dialed after close()");
+}
+
+/// Checkouts waiting for a permit of the connect gate: `close()` ends them, and
+/// nothing is dialed for the closed pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_checkouts_waiting_for_a_connect_permit_without_dialing() {
+    let server = HoldingServer::start().await;
+    let pool = Pool::builder(GreetedManager(server.addr))
+        .max_size(4)
+        .max_concurrent_connects(1)
+        .build()
+        .unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { (pool.get().await.map(drop), Instant::now()) })
+        })
+        .collect();
+    // One connect is in its handshake (held for HOLD); the other two wait their turn.
+    assert!(eventually(PATIENCE, || server.most_at_once.load(Ordering::SeqCst) == 1).await);
+
+    let closed_at = Instant::now();
+    pool.close();
+    let mut ended_at_once = 0;
+    for checkout in waiting {
+        match checkout.await.unwrap() {
+            (Err(Error::Closed), ended) => {
+                ended_at_once += usize::from(ended < closed_at + HOLD / 2);
+            }
+            (other, _) => panic!("expected Closed, got {other:?}"),
+        }
+    }
+    // The one in its handshake ends with it; the two waiting end at close().
+    assert_eq!(
+        ended_at_once, 2,
+        "checkouts that ended before the handshake could"
+    );
+    // Past the handshake of any connect that might still start.
+    tokio::time::sleep(3 * HOLD).await;
+    assert_eq!(
+        server.greeted.load(Ordering::SeqCst),
+        1,
+        "dialed after close()"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.opened, 1, "{stats:?}");
+    assert_eq!(pool.status().size, 0);
 }

@@ -180,8 +180,9 @@ pub struct Stats {
     /// Checkouts that had to wait (the pool was exhausted, or a connect or ping was
     /// needed) and got a connection.
     pub checkouts_waited: u64,
-    /// Checkouts that failed: timed out, the pool closed, a connect failed, or the
-    /// connect circuit was open ([`Stats::checkout_failures`] tells them apart).
+    /// Checkouts that failed: timed out, the pool closed, a connect failed, the
+    /// connect circuit was open, or a defect in steadypool
+    /// ([`Stats::checkout_failures`] tells them apart).
     pub checkout_errors: u64,
     checkout_failures: [u64; FAILURES],
     retries: [[u64; RETRY_OUTCOMES]; CAUSES],
@@ -221,8 +222,9 @@ impl Stats {
         self.retries[index(&ResetCause::ALL, &cause)][index(&RetryOutcome::ALL, &outcome)]
     }
 
-    /// Operations that hit a broken connection and ended in `outcome`, whatever broke
-    /// the connection.
+    /// Failed attempts of operations (a broken connection, a failed connect, a
+    /// transient error, counted with cause `other`) that ended in `outcome`, whatever
+    /// the cause.
     pub fn retries(&self, outcome: RetryOutcome) -> u64 {
         let at = index(&RetryOutcome::ALL, &outcome);
         self.retries.iter().map(|row| row[at]).sum()

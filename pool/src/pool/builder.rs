@@ -98,8 +98,10 @@ impl<M: Manager> Pool<M> {
 /// (`io::Error::other("stale")` classifies as broken with cause `other`).
 ///
 /// A hook that panics in `after_connect` or `before_checkout` unwinds into the
-/// checkout, as a panicking manager would; the connection it held is closed and
-/// counted (`cancelled`), and the pool goes on.
+/// checkout, as a panicking manager would, and the pool goes on. In
+/// `before_checkout` the connection it held is closed and counted (`cancelled`). In
+/// `after_connect` the connection is not open yet (it opens when its hook
+/// succeeds): it is closed, and counted neither as opened nor as closed.
 #[derive(Debug)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PoolBuilder<M: Manager> {
@@ -167,8 +169,10 @@ impl<M: Manager> PoolBuilder<M> {
 
     /// Close connections idle longer than this. Default 45 s, below the common
     /// load balancer limits (AWS ALB 60 s, nginx 75 s): a middlebox that drops an idle
-    /// flow makes the next request on it fail with `ECONNRESET`. `None` keeps idle
-    /// connections forever (keepalive still finds dead ones).
+    /// flow makes the next request on it fail with `ECONNRESET`. `None` sets no idle
+    /// limit of the pool's own: the limit learned from resets
+    /// ([`learn_idle_limit`](Self::learn_idle_limit), on by default) still applies,
+    /// and keepalive still finds dead connections.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
         self

@@ -438,11 +438,12 @@ impl<M: Manager> Pool<M> {
         self.core().observer.stats()
     }
 
-    /// Changes `max_size`. From the moment it returns, at most `max_size` connections
-    /// are open: idle connections beyond the new size are closed at once (the longest
-    /// idle first), busy ones when they are returned, and no new one is opened while
-    /// the pool is at or above its size. All are counted as evictions with reason
-    /// `resize`. Does nothing on a closed pool.
+    /// Changes `max_size`. From the moment it returns, no new connection is opened
+    /// while the pool is at or above its size, idle connections beyond the new size
+    /// are closed at once (those opened ahead of demand first, then the longest
+    /// idle), and busy ones beyond it when they are returned: at most `max_size`
+    /// connections are open once those are back. All are counted as evictions with
+    /// reason `resize`. Does nothing on a closed pool.
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -614,6 +615,9 @@ impl<M: Manager> Pool<M> {
     pub fn close(&self) {
         let parts = self.parts();
         parts.core.start_closing();
+        // Checkouts waiting for their turn to dial (a gate permit, or the open
+        // circuit) are not in deadpool's queue: they learn it here.
+        parts.wake_waiting_turns();
         parts.close_spare(Eviction::Closed);
         drop(self.backend().retain(|_| false));
         self.backend().close();

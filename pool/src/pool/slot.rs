@@ -533,6 +533,12 @@ impl<M: Manager> Parts<M> {
     }
 
     /// Closes every connection in the spare stock, counted with `reason`.
+    /// Wakes every checkout waiting for its turn to dial, to look at the pool again:
+    /// after `close()`, to fail with `Closed` instead of dialing.
+    pub(crate) fn wake_waiting_turns(&self) {
+        self.handed_off.notify_waiters();
+    }
+
     pub(crate) fn close_spare(&self, reason: Eviction) {
         for mut slot in self.drain_spare(|_| true) {
             slot.evict_quietly(reason);
@@ -609,6 +615,10 @@ impl<M: Manager> Parts<M> {
                 observer.gate_rejected();
                 ConnectError::CircuitOpen(Box::new(refusal))
             })?;
+            // Its turn came after `close()`: nothing is dialed for a closed pool.
+            if self.core.is_closing() {
+                return Err(ConnectError::PoolClosed);
+            }
             if ticket.is_trial() {
                 observer.circuit(CircuitEvent::HalfOpen);
             }
@@ -661,10 +671,16 @@ impl<M: Manager> Parts<M> {
         let _waiting = Waiter::new(&self.detour);
         loop {
             // A hand-off made before this `notified()` left its wake-up stored
-            // (`notify_one`), so none is missed between the count and the wait.
+            // (`notify_one`), so none is missed between the count and the wait. A
+            // `close()` after it wakes it (`notify_waiters`); one before it, the check
+            // below sees.
+            let handed_off = self.handed_off.notified();
+            if self.core.is_closing() {
+                return None;
+            }
             tokio::select! {
                 biased;
-                () = self.handed_off.notified() => {
+                () = handed_off => {
                     // Another checkout may have taken it first: then wait on, unless
                     // `close()` emptied the stock, which ends the checkout.
                     if self.spare_count() > 0 || self.core.is_closing() {

@@ -243,7 +243,9 @@ impl RetryPolicy {
     }
 
     /// The first wait (`base`) and the longest (`cap`). Default 50 ms and 2 s. Waits
-    /// double from `base` and are drawn at random, never above `cap`.
+    /// double from `base` and are drawn at random, never above `cap`: the first
+    /// between `base` and twice `base`. A `base` above half of `cap` starts from
+    /// half of `cap` instead, so that the random part stays below `cap`.
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.backoff_base = base;
