@@ -527,3 +527,329 @@ async fn postgres_after_connect_sets_the_search_path_of_every_session() {
     assert_books(&failing);
     assert_books(&pool);
 }
+
+/// A flag a hook reads to panic once, as a bug in it would.
+fn panic_once(flag: &AtomicBool, hook: &str) {
+    if flag.swap(false, Ordering::SeqCst) {
+        panic!("a bug in the {hook} hook");
+    }
+}
+
+/// Runs one checkout on a task of its own, and checks that it ended in a hook's
+/// panic (not in an error, nor a connection).
+async fn checkout_that_panics(pool: &Pool<LineManager>) {
+    let pool = pool.clone();
+    let joined = tokio::spawn(async move { pool.get().await.map(|conn| conn.id()) }).await;
+    let panic = match joined {
+        Err(err) if err.is_panic() => err.into_panic(),
+        other => panic!("expected the checkout to panic, got {other:?}"),
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .map_or("", String::as_str)
+        .to_owned();
+    assert!(message.starts_with("a bug in the"), "{message:?}");
+}
+
+#[tokio::test]
+async fn a_panicking_before_checkout_unwinds_into_the_checkout_and_closes_its_connection() {
+    let server = LineServer::start().await.unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let panics = Arc::clone(&armed);
+    let pool = builder(&server)
+        .before_checkout(move |_conn, _info| {
+            let panics = Arc::clone(&panics);
+            Box::pin(async move {
+                panic_once(&panics, "before_checkout");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    let first = pool.get().await.unwrap().id();
+
+    armed.store(true, Ordering::SeqCst);
+    checkout_that_panics(&pool).await;
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert_eq!(pool.status().size, 0);
+    assert!(
+        eventually(SLACK, || server.live() == 0).await,
+        "the connection the hook held was not closed"
+    );
+
+    // The pool goes on: the next checkout opens a connection and uses it.
+    let mut conn = pool.get().await.unwrap();
+    assert_ne!(conn.id(), first);
+    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+    assert_eq!(server.accepts(), 2);
+    drop(conn);
+    assert_books(&pool);
+}
+
+#[tokio::test]
+async fn a_panicking_after_connect_unwinds_into_the_checkout_and_its_connection_is_not_counted() {
+    let server = LineServer::start().await.unwrap();
+    let armed = Arc::new(AtomicBool::new(true));
+    let panics = Arc::clone(&armed);
+    let pool = builder(&server)
+        .after_connect(move |conn| {
+            let panics = Arc::clone(&panics);
+            Box::pin(async move {
+                // The connection is real: the server answered on it.
+                assert_eq!(request(conn, "PING").await?, "PONG");
+                panic_once(&panics, "after_connect");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+
+    checkout_that_panics(&pool).await;
+    assert_eq!(server.accepts(), 1);
+    assert!(
+        eventually(SLACK, || server.live() == 0).await,
+        "the connection whose hook panicked was not closed"
+    );
+    let stats = pool.stats();
+    assert_eq!((stats.opened, stats.closed()), (0, 0), "{stats:?}");
+    assert_eq!(pool.status().size, 0);
+    assert_books(&pool);
+
+    // The pool goes on: the next checkout's connect runs the hook and succeeds.
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+    assert_eq!(server.accepts(), 2);
+    drop(conn);
+    let stats = pool.stats();
+    assert_eq!((stats.opened, stats.closed()), (1, 0), "{stats:?}");
+    assert_books(&pool);
+}
+
+#[tokio::test]
+async fn a_panicking_on_return_closes_its_connection_as_cancelled() {
+    let server = LineServer::start().await.unwrap();
+    let armed = Arc::new(AtomicBool::new(true));
+    let panics = Arc::clone(&armed);
+    let pool = builder(&server)
+        .on_return(move |_conn, _info| {
+            let panics = Arc::clone(&panics);
+            Box::pin(async move {
+                panic_once(&panics, "on_return");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    let first = pool.get().await.unwrap().id();
+    assert!(eventually(SLACK, || pool.status().size == 0).await);
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(stats.closed(), 1, "{stats:?}");
+    assert!(
+        eventually(SLACK, || server.live() == 0).await,
+        "the connection whose hook panicked was not closed"
+    );
+
+    // The pool goes on, and a hook that succeeds returns the connection.
+    let conn = pool.get().await.unwrap();
+    let second = conn.id();
+    assert_ne!(second, first);
+    drop(conn);
+    assert!(eventually(SLACK, || pool.status().idle == 1).await);
+    let mut reused = pool.get().await.unwrap();
+    assert_eq!(reused.id(), second);
+    assert_eq!(request(&mut reused, "PING").await.unwrap(), "PONG");
+    drop(reused);
+    assert_eq!(server.accepts(), 2);
+    assert_books(&pool);
+}
+
+/// A pool whose on-return hook counts its calls in `calls`.
+fn counting_on_return(server: &LineServer, calls: &Arc<AtomicUsize>) -> PoolBuilder<LineManager> {
+    let counted = Arc::clone(calls);
+    builder(server).on_return(move |_conn, _info| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    })
+}
+
+/// Gives a hook task spawned by a return every chance to run (the test runtime has
+/// one thread, which runs it while this sleeps).
+async fn let_hooks_run() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn on_return_does_not_run_for_a_connection_closed_on_return() {
+    let server = LineServer::start().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let pool = counting_on_return(&server, &calls).build().unwrap();
+
+    // A healthy return runs it: the count below can see a call.
+    drop(pool.get().await.unwrap());
+    assert!(eventually(SLACK, || pool.status().idle == 1).await);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Marked broken.
+    let mut conn = pool.get().await.unwrap();
+    conn.mark_broken(ResetCause::PeerReset);
+    drop(conn);
+    let_hooks_run().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "ran on a broken connection"
+    );
+    assert_eq!(pool.stats().resets(ResetCause::PeerReset, Phase::InUse), 1);
+
+    // Returned with an exchange left open.
+    let mut conn = pool.get().await.unwrap();
+    drop(conn.exchange());
+    drop(conn);
+    let_hooks_run().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "ran on a connection returned mid-exchange"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Cancelled), 1, "{stats:?}");
+    assert_eq!(pool.status().size, 0);
+    assert_books(&pool);
+
+    // Past its lifetime.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lifetime = Duration::from_millis(300);
+    let pool = counting_on_return(&server, &calls)
+        .max_lifetime(Some(lifetime))
+        .idle_timeout(None)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    tokio::time::sleep(lifetime * 2).await;
+    drop(conn);
+    let_hooks_run().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "ran on a connection past its lifetime"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::MaxLifetime), 1, "{stats:?}");
+    assert_eq!(pool.status().size, 0);
+    assert_books(&pool);
+}
+
+#[tokio::test]
+async fn a_retain_predicate_that_panics_after_rejecting_some_closes_those_and_keeps_the_rest() {
+    let server = LineServer::start().await.unwrap();
+    let pool = builder(&server).build().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.get().await.unwrap());
+    }
+    drop(held);
+    assert_eq!(pool.status().idle, 4);
+
+    let mut calls = 0;
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.retain(|_, _| {
+            calls += 1;
+            assert!(calls <= 2, "predicate bug");
+            false
+        })
+    }));
+    assert!(panicked.is_err(), "the panic did not reach the caller");
+    assert_eq!(calls, 3);
+    let stats = pool.stats();
+    assert_eq!(stats.evictions(Eviction::Rejected), 2, "{stats:?}");
+    assert_eq!(stats.closed(), 2, "{stats:?}");
+    assert_eq!(pool.status().size, 2);
+    assert_eq!(pool.status().idle, 2);
+    assert!(
+        eventually(SLACK, || server
+            .ended()
+            .iter()
+            .filter(|e| e.how == Ending::ClientClosed)
+            .count()
+            == 2)
+        .await,
+        "the rejected connections were not closed"
+    );
+    assert_books(&pool);
+
+    // The pool goes on: the two kept connections serve, without a new connect.
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(request(&mut conn, "PING").await.unwrap(), "PONG");
+        kept.push(conn);
+    }
+    assert_eq!(server.accepts(), 4);
+    drop(kept);
+    assert_eq!(pool.retain(|_, _| false), 2);
+    assert_books(&pool);
+}
+
+/// What each connect of a warm-up does in its after-connect hook, by the order it
+/// reached the hook.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Fail,
+    Open,
+    Hang,
+}
+
+/// A pool of `min_idle` = `script.len()` whose connects follow `script`.
+fn scripted(server: &LineServer, script: &'static [Step]) -> Pool<LineManager> {
+    let next = Arc::new(AtomicUsize::new(0));
+    builder(server)
+        .min_idle(script.len())
+        .max_size(script.len())
+        .max_concurrent_connects(script.len())
+        .after_connect(move |_conn| {
+            let step = script[next.fetch_add(1, Ordering::SeqCst) % script.len()];
+            Box::pin(async move {
+                match step {
+                    Step::Fail => Err(io::Error::other("AUTH rejected")),
+                    Step::Open => Ok(()),
+                    Step::Hang => {
+                        tokio::time::sleep(HOUR).await;
+                        Ok(())
+                    }
+                }
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn warm_up_with_a_failed_connect_and_the_rest_still_running_at_its_timeout_is_unreachable() {
+    let server = LineServer::start().await.unwrap();
+    // None opened, one failed: the failure is the answer, though others were still
+    // under way when the time ran out.
+    let pool = scripted(&server, &[Step::Fail, Step::Hang, Step::Hang]);
+    match pool.warm_up(Duration::from_millis(500)).await {
+        Err(WarmUpError::Unreachable(Error::Connect { cause, source })) => {
+            assert_eq!(cause, ResetCause::Other);
+            assert!(source.to_string().contains("AUTH rejected"), "{source}");
+        }
+        other => panic!("expected the failed connect, got {other:?}"),
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.opened, stats.connect_failures), (0, 1), "{stats:?}");
+    assert!(eventually(SLACK, || server.accepts() == 3).await);
+    assert!(eventually(SLACK, || server.live() == 0).await);
+    assert_eq!(pool.status().size, 0);
+
+    // One opened: the failure and the connect cut at the timeout are no error.
+    let pool = scripted(&server, &[Step::Fail, Step::Open, Step::Hang]);
+    assert_eq!(pool.warm_up(Duration::from_millis(500)).await.unwrap(), 1);
+    let stats = pool.stats();
+    assert_eq!((stats.opened, stats.connect_failures), (1, 1), "{stats:?}");
+    assert_eq!(pool.status().idle, 1);
+    assert_books(&pool);
+}

@@ -19,11 +19,11 @@ use steadypool::metrics::{
     CIRCUIT_STATE, CONNECTIONS, CONNECTS, EVICTIONS, IDLE_EVICT_AFTER, RESETS, WAITERS,
 };
 use steadypool::{
-    AttemptError, CircuitState, Error, Eviction, GiveUp, Manager, Pool, PoolBuilder, RetryPolicy,
-    RunError,
+    AttemptError, CircuitState, Dialer, Error, Eviction, GiveUp, Manager, Pool, PoolBuilder,
+    ResetCause, RetryPolicy, RunError, SocketRef,
 };
 use steadypool_tests::eventually;
-use steadypool_tests::line_manager::{GreetedManager, LineManager, request};
+use steadypool_tests::line_manager::{GreetedManager, LineConnection, LineManager, request};
 use steadypool_tests::recorded::{Books, RecordedMetrics};
 use steadypool_tests::servers::{Ending, LineServer};
 use steadypool_tests::unreliable::{Behaviour, UnreliableManager};
@@ -703,4 +703,124 @@ async fn by_default_the_reaper_finds_a_closed_idle_connection_within_about_a_sec
             closed_at.elapsed()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_dials_no_more_than_max_concurrent_connects_at_once() {
+    const MIN_IDLE: usize = 6;
+    let server = SlowHandshakeServer::start(Duration::from_millis(100)).await;
+    let pool = Pool::builder(GreetedManager(server.addr))
+        .min_idle(MIN_IDLE)
+        .max_size(MIN_IDLE)
+        .max_concurrent_connects(2)
+        .reaper_interval(HOUR)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.warm_up(Duration::from_secs(60)).await.unwrap(),
+        MIN_IDLE
+    );
+    assert_eq!(server.greeted.load(Ordering::SeqCst), MIN_IDLE);
+    assert_eq!(pool.status().idle, MIN_IDLE);
+    let most = server.most_at_once.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} connections in their handshake at once");
+    // The warm-up dials in parallel: a limit of one would also pass the line above.
+    assert_eq!(most, 2, "the warm-up never had two connects in flight");
+}
+
+#[tokio::test]
+async fn the_reapers_refills_turned_away_by_the_open_circuit_are_gate_rejections() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    // Nobody checks out: every connect is the reaper's refill toward `min_idle`.
+    let pool = Pool::builder(LineManager::new(addr))
+        .min_idle(2)
+        .circuit_open_after(1)
+        .circuit_open_for(HOUR)
+        .circuit_first_open(HOUR)
+        .reaper_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    assert!(
+        eventually(PATIENCE * 2, || pool.stats().gate_rejections >= 4).await,
+        "{:?}",
+        pool.stats()
+    );
+    assert_eq!(pool.status().circuit, CircuitState::Open);
+    let stats = pool.stats();
+    // The refills of the first tick may both have dialed before the circuit opened;
+    // none after.
+    assert!(
+        (1..=2).contains(&stats.connect_failures),
+        "the open circuit let refills dial: {stats:?}"
+    );
+    assert_eq!(
+        stats.checkouts_immediate + stats.checkouts_waited + stats.checkout_errors,
+        0,
+        "{stats:?}"
+    );
+    assert_eq!((stats.opened, pool.status().size), (0, 0));
+}
+
+/// A [`LineManager`] that counts the connections it was told left the pool for good.
+#[derive(Debug)]
+struct DetachCounting {
+    lines: LineManager,
+    detached: Arc<AtomicUsize>,
+}
+
+impl Manager for DetachCounting {
+    type Connection = LineConnection;
+    type Error = io::Error;
+
+    async fn connect(&self, dialer: &Dialer) -> io::Result<LineConnection> {
+        self.lines.connect(dialer).await
+    }
+
+    fn socket<'a>(&self, conn: &'a LineConnection) -> Option<SocketRef<'a>> {
+        self.lines.socket(conn)
+    }
+
+    fn detach(&self, _conn: &mut LineConnection) {
+        self.detached.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn detach_is_not_run_for_a_connection_returned_after_its_pool_was_dropped() {
+    let server = LineServer::start().await.unwrap();
+    let detached = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::builder(DetachCounting {
+        lines: LineManager::new(server.addr()),
+        detached: Arc::clone(&detached),
+    })
+    .reaper_interval(HOUR)
+    .check_after(HOUR)
+    .build()
+    .unwrap();
+
+    // While the pool lives, a connection closed on return leaves it for good: the
+    // count below can see a call.
+    let mut conn = pool.get().await.unwrap();
+    conn.mark_broken(ResetCause::PeerReset);
+    drop(conn);
+    assert_eq!(detached.load(Ordering::SeqCst), 1);
+
+    let healthy = pool.get().await.unwrap();
+    let mut broken = pool.get().await.unwrap();
+    broken.mark_broken(ResetCause::PeerReset);
+    drop(pool);
+    drop(healthy);
+    drop(broken);
+    assert!(
+        eventually(PATIENCE, || server.live() == 0).await,
+        "the connections returned to a dropped pool were not closed"
+    );
+    assert_eq!(
+        detached.load(Ordering::SeqCst),
+        1,
+        "detach ran for a connection returned after its pool was dropped"
+    );
 }

@@ -501,8 +501,9 @@ impl<M: Manager> Pool<M> {
     ///
     /// # Errors
     /// Only when it opened no connection and needed to: [`WarmUpError::Unreachable`]
-    /// with the first connect's failure when every connect failed,
-    /// [`WarmUpError::TimedOut`] when none finished within `timeout`,
+    /// with the first connect's failure when at least one connect failed (also when
+    /// the others were still under way at `timeout`: a failure says more than a
+    /// timeout), [`WarmUpError::TimedOut`] when none finished within `timeout`,
     /// [`WarmUpError::Closed`] after [`Pool::close`]. Some connects failing while
     /// others succeed is not an error: the failures are in [`Pool::stats`] and the
     /// metrics.
