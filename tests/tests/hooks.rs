@@ -19,6 +19,7 @@ use steadypool_tests::eventually;
 use steadypool_tests::line_manager::{LineManager, request};
 use steadypool_tests::postgres::PgServer;
 use steadypool_tests::servers::{Ending, LineServer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Timing room on a loaded 2-core machine.
@@ -706,7 +707,11 @@ async fn on_return_does_not_run_for_a_connection_closed_on_return() {
 
     // Returned with an exchange left open.
     let mut conn = pool.get().await.unwrap();
-    drop(conn.exchange());
+    {
+        let mut exchange = conn.exchange();
+        exchange.write_all(b"PING\n").await.unwrap();
+        // Cut before its reply was read, as a timeout would.
+    }
     drop(conn);
     let_hooks_run().await;
     assert_eq!(
