@@ -344,6 +344,7 @@ async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_serve
     for _ in 0..2 {
         let err = pool.get().await.unwrap_err();
         assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert!(err.is_permanent(), "{err:?}");
     }
     assert_eq!(pool.status().circuit, CircuitState::Open);
     for _ in 0..5 {
@@ -428,6 +429,8 @@ async fn a_database_that_does_not_exist_fails_at_once_for_good() {
         panic!("the next checkout connects, and is refused the same way: {err:?}");
     };
     assert!(source.is_permanent(), "{source}");
+    // A caller of `get()` reads it from the pool's error as well.
+    assert!(err.is_permanent(), "{err:?}");
     assert_eq!(
         pool.stats().connect_failures,
         2,

@@ -10,7 +10,10 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use steadypool::TcpState;
 use steadypool::drivers::redis::RedisManager;
-use steadypool::{Classify, Disposition, Eviction, Manager, Phase, Pool, ResetCause};
+use steadypool::{
+    AttemptError, Classify, Disposition, Error, Eviction, GiveUp, Manager, Phase, Pool, ResetCause,
+    RunError,
+};
 use steadypool_tests::faults;
 use steadypool_tests::recorded::Books;
 use steadypool_tests::redis::RedisServer;
@@ -521,4 +524,48 @@ async fn a_run_abandoned_mid_flight_closes_its_connection_and_the_next_run_gets_
     assert_eq!(stats.opened, 2, "{stats:?}");
     assert_eq!(stats.closed(), 1, "{stats:?}");
     assert_eq!(stats.all_resets(), 0, "{:?}", stats.reset_table());
+}
+
+/// A password the server refuses is a connect failure for good: the caller hears it
+/// at once, from `run_idempotent` and from `get()` alike, with the server's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_fail_at_once_for_good() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut admin = server.connect().await;
+    admin_command(&mut admin, &["CONFIG", "SET", "requirepass", "secret"]).await;
+    let wrong = RedisManager::new(format!("redis://:wrong@{}/0", server.addr())).unwrap();
+    let pool = Pool::builder(wrong).build().unwrap();
+
+    let err = pool
+        .run_idempotent(async |conn| Ok(redis::cmd("PING").query_async::<String>(conn).await?))
+        .await
+        .unwrap_err();
+    let RunError::NotExecuted {
+        reason: GiveUp::Permanent,
+        attempts: 1,
+        source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
+        ..
+    } = &err
+    else {
+        panic!("not retried, with the driver's error: {err:?}");
+    };
+    assert!(source.is_permanent(), "{source}");
+    // redis-rs names the server's WRONGPASS this way.
+    assert!(
+        source.to_string().contains("Password authentication failed"),
+        "{source}"
+    );
+
+    let err = pool.get().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.is_permanent(), "{err:?}");
+    assert_eq!(pool.stats().connect_failures, 2, "one login per caller");
+
+    let right = RedisManager::new(format!("redis://:secret@{}/0", server.addr())).unwrap();
+    let pool = Pool::builder(right).build().unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+    assert_eq!(pong, "PONG");
 }

@@ -229,7 +229,7 @@ pub enum WarmUpError<E: StdError + 'static> {
     Closed,
 }
 
-impl<E: StdError + 'static> Classify for Error<E> {
+impl<E: Classify + StdError + 'static> Classify for Error<E> {
     fn classify(&self) -> Disposition {
         match self.cause() {
             Some(cause) => Disposition::Broken {
@@ -240,13 +240,14 @@ impl<E: StdError + 'static> Classify for Error<E> {
         }
     }
 
-    /// A connect whose error holds a TLS refusal in its chain (see
-    /// [`permanent_in_source_chain`](crate::permanent_in_source_chain)). What only the
-    /// driver's error type knows (refused credentials) needs `E`'s own `Classify`,
-    /// which the pool's retry loop asks directly.
+    /// A connect whose error is permanent by its own [`Classify`] (refused
+    /// credentials, a database that does not exist), or holds a TLS refusal in its
+    /// chain (see [`permanent_in_source_chain`](crate::permanent_in_source_chain)).
     fn is_permanent(&self) -> bool {
         match self {
-            Error::Connect { source, .. } => crate::classify::permanent_in_source_chain(source),
+            Error::Connect { source, .. } => {
+                source.is_permanent() || crate::classify::permanent_in_source_chain(source)
+            }
             _ => false,
         }
     }
