@@ -554,7 +554,9 @@ async fn refused_credentials_fail_at_once_for_good() {
     assert!(source.is_permanent(), "{source}");
     // redis-rs names the server's WRONGPASS this way.
     assert!(
-        source.to_string().contains("Password authentication failed"),
+        source
+            .to_string()
+            .contains("Password authentication failed"),
         "{source}"
     );
 
