@@ -13,7 +13,7 @@ use std::time::Duration;
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use steadypool::TcpState;
 use steadypool::drivers::deadpool::DeadpoolManager;
-use steadypool::drivers::postgres::PgManager;
+use steadypool::drivers::postgres::{PgError, PgManager};
 use steadypool::{
     AttemptError, Broken, CircuitState, Classify, Disposition, Error, Eviction, GiveUp, Manager,
     Phase, Pool, ResetCause, RetryPolicy, RunError, Sent,
@@ -299,6 +299,32 @@ async fn a_crash_is_counted_refused_while_down_and_recovered_after_restart() {
     assert_eq!(one, 1);
 }
 
+/// `SELECT 1` through `run_idempotent`.
+async fn select_one(pool: &Pool<PgManager>) -> Result<(), RunError<PgError>> {
+    pool.run_idempotent(async |conn| {
+        conn.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A run whose connect the server refuses for good: it must come back after one
+/// attempt, not retried, with the driver's error, which says it is permanent.
+async fn refused_for_good(pool: &Pool<PgManager>) -> PgError {
+    match select_one(pool).await {
+        Err(RunError::NotExecuted {
+            reason: GiveUp::Permanent,
+            attempts: 1,
+            source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
+            ..
+        }) => {
+            assert!(source.is_permanent(), "{source}");
+            source
+        }
+        other => panic!("not retried, with the driver's error: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_server() {
     let Some(server) = PgServer::start() else {
@@ -320,23 +346,7 @@ async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_serve
         .unwrap();
     let started = std::time::Instant::now();
 
-    let err = pool
-        .run_idempotent(async |conn| {
-            conn.simple_query("SELECT 1").await?;
-            Ok(())
-        })
-        .await
-        .unwrap_err();
-    let RunError::NotExecuted {
-        reason: GiveUp::Permanent,
-        attempts: 1,
-        source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
-        ..
-    } = &err
-    else {
-        panic!("not retried, with the driver's error: {err:?}");
-    };
-    assert!(source.is_permanent());
+    let source = refused_for_good(&pool).await;
     assert!(source.to_string().contains("28000"), "{source}");
 
     // Two more refusals open the circuit, as any three failed connects do; from then
@@ -355,13 +365,7 @@ async fn refused_credentials_fail_at_once_and_the_circuit_still_spares_the_serve
             other => panic!("{other:?}"),
         }
     }
-    let err = pool
-        .run_idempotent(async |conn| {
-            conn.simple_query("SELECT 1").await?;
-            Ok(())
-        })
-        .await
-        .unwrap_err();
+    let err = select_one(&pool).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -402,23 +406,7 @@ async fn a_database_that_does_not_exist_fails_at_once_for_good() {
         .unwrap();
     let started = std::time::Instant::now();
 
-    let err = pool
-        .run_idempotent(async |conn| {
-            conn.simple_query("SELECT 1").await?;
-            Ok(())
-        })
-        .await
-        .unwrap_err();
-    let RunError::NotExecuted {
-        reason: GiveUp::Permanent,
-        attempts: 1,
-        source: Some(AttemptError::Checkout(Error::Connect { source, .. })),
-        ..
-    } = &err
-    else {
-        panic!("not retried, with the driver's error: {err:?}");
-    };
-    assert!(source.is_permanent());
+    let source = refused_for_good(&pool).await;
     assert!(
         source.to_string().contains("3D000") && source.to_string().contains("no_such_database"),
         "{source}"
