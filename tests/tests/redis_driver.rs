@@ -75,6 +75,18 @@ async fn blocked_clients(admin: &mut MultiplexedConnection) -> u64 {
         .unwrap_or(0)
 }
 
+/// A pool of one connection, whose commands wait as long as the server makes them,
+/// and which nothing but its users touches.
+fn one_connection(server: &RedisServer, name: &str) -> Pool<RedisManager> {
+    Pool::builder(without_response_timeout(server))
+        .name(name)
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
+}
+
 /// A manager whose commands wait as long as the server makes them: a BLPOP blocks
 /// until its client is killed.
 fn without_response_timeout(server: &RedisServer) -> RedisManager {
@@ -407,13 +419,7 @@ async fn a_command_abandoned_mid_flight_never_answers_the_next_user() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let pool = Pool::builder(without_response_timeout(&server))
-        .name("abandoned-command")
-        .max_size(1)
-        .reaper_interval(Duration::from_secs(3600))
-        .learn_idle_limit(false)
-        .build()
-        .unwrap();
+    let pool = one_connection(&server, "abandoned-command");
     let mut admin = server.connect().await;
     let id = client_id(&mut *pool.get().await.unwrap()).await;
 
@@ -488,13 +494,7 @@ async fn a_run_abandoned_mid_flight_closes_its_connection_and_the_next_run_gets_
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let pool = Pool::builder(without_response_timeout(&server))
-        .name("abandoned-run")
-        .max_size(1)
-        .reaper_interval(Duration::from_secs(3600))
-        .learn_idle_limit(false)
-        .build()
-        .unwrap();
+    let pool = one_connection(&server, "abandoned-run");
     let mut admin = server.connect().await;
     let id = client_id(&mut *pool.get().await.unwrap()).await;
 
