@@ -30,7 +30,7 @@ pub mod unreliable;
 
 /// The README's complete programs (its `rust` and `rust,no_run` blocks), compiled as
 /// doctests, so that a change of the API cannot leave them behind. Its fragments of
-/// a larger program are marked `ignore`; the tests named next to them run that code.
+/// a larger program are marked `ignore`: they are not compiled.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct Readme;
