@@ -716,6 +716,9 @@ impl Manager for HttpManager {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
     use crate::cause::Classify;
     use crate::drivers::http::HttpClient;
@@ -783,8 +786,7 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let manager =
-            HttpManager::with_tls("https://API.example.com", std::sync::Arc::new(config)).unwrap();
+        let manager = HttpManager::with_tls("https://API.example.com", Arc::new(config)).unwrap();
         let https = manager.tls.as_ref().unwrap();
         assert_eq!(https.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
         assert_eq!(
@@ -883,9 +885,8 @@ mod tests {
     /// requests received.
     async fn closing_on_second_request(
         reset: bool,
-    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::AtomicUsize;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -948,8 +949,6 @@ mod tests {
 
     #[tokio::test]
     async fn the_keep_alive_race_retries_a_get_and_never_replays_a_post() {
-        use std::sync::atomic::Ordering;
-
         for (reset, cause) in [
             (false, ResetCause::PeerClosed),
             (true, ResetCause::PeerReset),
@@ -1013,23 +1012,22 @@ mod tests {
         assert_eq!(wide.close_after(ms(4_000)), ms(3_000));
     }
 
-    /// A blocking HTTP/1.1 server on threads of its own, whose connections a
-    /// test can close at the moment it chooses. It answers the n-th request it receives (from 0) with `answer(n)`: a status
-    /// and a body length.
+    /// A blocking HTTP/1.1 server on threads of its own, whose connections a test
+    /// can close at the moment it chooses. It answers the n-th request it receives
+    /// (from 0) with `answer(n)`: a status and a body length.
     struct ThreadServer {
         origin: String,
         /// The method of each request received, in order.
-        methods: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-        streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+        methods: Arc<Mutex<Vec<String>>>,
+        streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
         addr: std::net::SocketAddr,
-        stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        stopped: Arc<AtomicBool>,
     }
 
-    type Answer = std::sync::Arc<dyn Fn(usize) -> (u16, usize) + Send + Sync>;
+    type Answer = Arc<dyn Fn(usize) -> (u16, usize) + Send + Sync>;
 
     impl ThreadServer {
         fn start(answer: impl Fn(usize) -> (u16, usize) + Send + Sync + 'static) -> ThreadServer {
-            use std::sync::Arc;
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let server = ThreadServer {
@@ -1046,7 +1044,7 @@ mod tests {
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { return };
-                    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    if stopped.load(Ordering::SeqCst) {
                         return;
                     }
                     streams.lock().unwrap().push(stream.try_clone().unwrap());
@@ -1073,8 +1071,7 @@ mod tests {
     impl Drop for ThreadServer {
         fn drop(&mut self) {
             self.close_all();
-            self.stopped
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.stopped.store(true, Ordering::SeqCst);
             // Wakes the accept loop, which sees it is stopped.
             let _ = std::net::TcpStream::connect(self.addr);
         }
@@ -1082,11 +1079,7 @@ mod tests {
 
     /// Answers the requests of one connection (bodies are not expected) until it
     /// closes.
-    fn serve(
-        mut stream: std::net::TcpStream,
-        methods: &std::sync::Mutex<Vec<String>>,
-        answer: &Answer,
-    ) {
+    fn serve(mut stream: std::net::TcpStream, methods: &Mutex<Vec<String>>, answer: &Answer) {
         use std::io::{Read, Write};
         let filler = [b'x'; 64 * 1024];
         let mut buf = Vec::new();
@@ -1130,12 +1123,12 @@ mod tests {
     /// request provably never left, and is retried on a new connection.
     #[tokio::test]
     async fn a_post_on_a_connection_found_closed_before_it_was_written_is_retried() {
-        let server = std::sync::Arc::new(ThreadServer::start(|_| (200, 2)));
-        let closer = std::sync::Arc::clone(&server);
+        let server = Arc::new(ThreadServer::start(|_| (200, 2)));
+        let closer = Arc::clone(&server);
         let pool = crate::Pool::builder(HttpManager::new(&server.origin).unwrap())
             .max_size(1)
             .before_checkout(move |conn, _| {
-                let server = std::sync::Arc::clone(&closer);
+                let server = Arc::clone(&closer);
                 Box::pin(async move {
                     server.close_all();
                     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1180,7 +1173,6 @@ mod tests {
     #[tokio::test]
     async fn the_keep_alive_race_retries_exactly_the_idempotent_methods() {
         use crate::Idempotency;
-        use std::sync::atomic::Ordering;
 
         let method = |name: &str| http::Method::from_bytes(name.as_bytes()).unwrap();
         let keyed = |name: &str| {
