@@ -436,6 +436,17 @@ async fn a_database_that_does_not_exist_fails_at_once_for_good() {
 /// the next user's query arrives behind it.
 const ABANDONED: &str = "SELECT 'first'::text FROM pg_sleep(3)";
 
+/// A pool of one connection, which nothing but its users touches.
+fn one_connection(server: &PgServer, name: &str) -> Pool<PgManager> {
+    Pool::builder(PgManager::new(server.config()).unwrap())
+        .name(name)
+        .max_size(1)
+        .reaper_interval(Duration::from_secs(3600))
+        .learn_idle_limit(false)
+        .build()
+        .unwrap()
+}
+
 /// The next user's query: its own text back, and the backend that answered.
 async fn second_query(client: &tokio_postgres::Client) -> (String, i32) {
     let row = client
@@ -455,13 +466,7 @@ async fn a_query_abandoned_mid_flight_never_answers_the_next_user() {
     let Some(server) = PgServer::start() else {
         return;
     };
-    let pool = Pool::builder(PgManager::new(server.config()).unwrap())
-        .name("abandoned-query")
-        .max_size(1)
-        .reaper_interval(Duration::from_secs(3600))
-        .learn_idle_limit(false)
-        .build()
-        .unwrap();
+    let pool = one_connection(&server, "abandoned-query");
     let admin = server.connect().await;
     let pid = backend_pid(&pool.get().await.unwrap()).await;
 
@@ -508,13 +513,7 @@ async fn a_run_abandoned_mid_flight_closes_its_connection_and_the_next_run_gets_
     let Some(server) = PgServer::start() else {
         return;
     };
-    let pool = Pool::builder(PgManager::new(server.config()).unwrap())
-        .name("abandoned-run")
-        .max_size(1)
-        .reaper_interval(Duration::from_secs(3600))
-        .learn_idle_limit(false)
-        .build()
-        .unwrap();
+    let pool = one_connection(&server, "abandoned-run");
     let admin = server.connect().await;
     let pid = backend_pid(&pool.get().await.unwrap()).await;
 
