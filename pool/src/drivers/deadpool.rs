@@ -429,6 +429,35 @@ mod tests {
         );
     }
 
+    /// A backend error that is permanent and, as a transient failure, may have run.
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused for good, after the work may have run")]
+    struct Judged;
+
+    impl Classify for Judged {
+        fn classify(&self) -> Disposition {
+            Disposition::Transient
+        }
+
+        fn is_permanent(&self) -> bool {
+            true
+        }
+
+        fn transient_sent(&self) -> Sent {
+            Sent::Maybe
+        }
+    }
+
+    #[test]
+    fn a_backend_errors_own_answers_pass_through_and_a_rejected_recycle_has_none() {
+        let backend = DeadpoolError::Backend(Judged);
+        assert!(backend.is_permanent());
+        assert_eq!(backend.transient_sent(), Sent::Maybe);
+        let rejected: DeadpoolError<Judged> = DeadpoolError::Recycle("stale".into());
+        assert!(!rejected.is_permanent());
+        assert_eq!(rejected.transient_sent(), Sent::No);
+    }
+
     /// A deadpool manager that cannot fail: in-memory objects numbered from 1.
     struct Numbered(AtomicUsize);
 
